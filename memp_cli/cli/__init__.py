@@ -1,0 +1,131 @@
+"""The ``memp`` command line: thin commands over the library in ``memp_cli``.
+
+Errors from the library (:class:`memp_cli.errors.MempError`) are turned into a
+message on stderr and an exit code in exactly one place, :class:`MempGroup`.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback as tb
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from .. import __version__
+from ..errors import ExitCode, MempError
+from ..store import Store, resolve_store_path
+from . import output
+from .output import env
+
+
+class MempGroup(TyperGroup):
+    """Maps library exceptions to exit codes, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MempError as e:
+            if env.traceback:
+                tb.print_exc()
+            output.error(str(e))
+            raise typer.Exit(int(e.exit_code)) from None
+        except KeyboardInterrupt:
+            output.error("interrupted; the store is left as it was before the unfinished step")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if env.traceback:
+                raise
+            output.error(f"unexpected {type(e).__name__}: {e}")
+            sys.stderr.write("  hint: this is a bug in memp; run again with --traceback and report it\n")
+            raise typer.Exit(int(ExitCode.ERROR)) from None
+
+
+app = typer.Typer(
+    cls=MempGroup,
+    name="memp",
+    help=(
+        "Procedural memory for LLM agents: turn agent trajectories into memories, "
+        "retrieve the right one for a new task.\n\n"
+        "Example:  memp init && memp ingest runs.jsonl && memp distill && memp query 'put a clean mug in the microwave'"
+    ),
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Globals:
+    store: str | None = None
+    embedder: str | None = None
+    wait: bool = True
+
+
+G = Globals()
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"memp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    store: Annotated[
+        str | None,
+        typer.Option("--store", "-s", envvar="MEMP_STORE", help="Store directory (default: ./.memp)."),
+    ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MEMP_EMBEDDER", help="Embedder: minilm, hash or litellm/<model> (default: the store's)."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            envvar="MEMP_WAIT",
+            help="When another memp process is writing: wait for it, or exit with code 6.",
+        ),
+    ] = True,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", envvar="MEMP_QUIET", help="No progress or summary on stderr.")
+    ] = False,
+    traceback: Annotated[
+        bool, typer.Option("--traceback", envvar="MEMP_TRACEBACK", help="Show tracebacks for errors.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """memp: procedural memory for LLM agents."""
+    G.store, G.embedder, G.wait = store, embedder, wait
+    env.quiet, env.traceback = quiet, traceback
+
+
+def store_path() -> Path:
+    return resolve_store_path(G.store)
+
+
+def open_store(command: str) -> Store:
+    s = Store.open(store_path(), wait=G.wait)
+    s.command = command
+    return s
+
+
+from . import commands, maintenance, query_cmd  # noqa: E402,F401  (register commands)
+
+
+def main() -> None:
+    app(prog_name="memp")

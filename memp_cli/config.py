@@ -1,0 +1,219 @@
+"""The store's settings file, ``memp.toml``.
+
+It is written once by ``memp init`` from a commented template and then
+belongs to the user: memp reads it, validates every value it knows and says
+``memp.toml:LINE: ...`` about what is wrong. ``schema_version`` lets future
+memp versions upgrade it with small per-version migrations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError
+from .tomlutil import line_of_key, parse_toml
+
+SCHEMA_VERSION = 1
+CONFIG_NAME = "memp.toml"
+
+
+class _ConfigFileError(InputError):
+    pass
+
+
+@dataclass
+class EmbedderConfig:
+    name: str = "minilm"
+    dim: int = 384
+    model_path: str = ""
+    api_base: str = ""
+
+
+@dataclass
+class IndexConfig:
+    M: int = 16
+    ef_construction: int = 200
+    ef_search: int = 96
+
+
+@dataclass
+class RetrievalConfig:
+    k: int = 3
+    min_score: float = 0.0
+    key: str = "query"
+    lexical_weight: float = 0.5
+
+
+@dataclass
+class LLMConfig:
+    model: str = "builtin"
+    api_base: str = ""
+    timeout: float = 60.0
+
+
+@dataclass
+class DistillConfig:
+    policy: str = "trajectory"
+    max_steps: int = 40
+    max_observation_chars: int = 300
+
+
+@dataclass
+class Config:
+    schema_version: int = SCHEMA_VERSION
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "embedder": EmbedderConfig,
+    "index": IndexConfig,
+    "retrieval": RetrievalConfig,
+    "llm": LLMConfig,
+    "distill": DistillConfig,
+}
+
+_RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("embedder", "dim"): (8, 65536),
+    ("index", "M"): (2, 256),
+    ("index", "ef_construction"): (8, 10000),
+    ("index", "ef_search"): (1, 10000),
+    ("retrieval", "k"): (1, 1000),
+    ("retrieval", "min_score"): (-1.0, 1.0),
+    ("retrieval", "lexical_weight"): (0.0, 1.0),
+    ("llm", "timeout"): (0.1, 3600),
+    ("distill", "max_steps"): (1, 10000),
+    ("distill", "max_observation_chars"): (0, 1_000_000),
+}
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("retrieval", "key"): ("query", "avefact", "random"),
+    ("distill", "policy"): ("trajectory", "script", "proceduralization"),
+}
+
+
+def render_config(cfg: Config) -> str:
+    """The commented ``memp.toml`` written by ``memp init``."""
+    e, i, r, llm, d = cfg.embedder, cfg.index, cfg.retrieval, cfg.llm, cfg.distill
+
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return f"""\
+# memp store settings. Edit by hand; `memp doctor` checks this file.
+schema_version = {cfg.schema_version}
+
+[embedder]
+# minilm (all-MiniLM-L6-v2, local, no key), hash (no model), or litellm/<model>.
+# Changing it needs `memp index rebuild`.
+name = {q(e.name)}
+dim = {e.dim}
+# A local sentence-transformers all-MiniLM-L6-v2 folder (skips the download).
+model_path = {q(e.model_path)}
+# For litellm/<model> embedders served locally (Ollama, vLLM, ...).
+api_base = {q(e.api_base)}
+
+[index]
+# hnswlib parameters. M and ef_construction apply at the next `memp index rebuild`.
+M = {i.M}
+ef_construction = {i.ef_construction}
+ef_search = {i.ef_search}
+
+[retrieval]
+k = {r.k}
+min_score = {r.min_score}
+# query (the task text), avefact (task keywords) or random (baseline).
+key = {q(r.key)}
+# Weight of the lexical (BM25) score in the fused score; 0 = embeddings only.
+lexical_weight = {r.lexical_weight}
+
+[llm]
+# Any litellm model string (openai/gpt-4o-mini, anthropic/..., ollama/...), or builtin.
+model = {q(llm.model)}
+api_base = {q(llm.api_base)}
+timeout = {llm.timeout}
+
+[distill]
+# trajectory, script or proceduralization.
+policy = {q(d.policy)}
+max_steps = {d.max_steps}
+max_observation_chars = {d.max_observation_chars}
+"""
+
+
+def _check(section: str, key: str, value: Any, default: Any, text: str, path: Path) -> Any:
+    def fail(msg: str) -> ConfigError:
+        line = line_of_key(text, key)
+        where = f"{path}:{line}: " if line else f"{path}: "
+        return ConfigError(where + f"[{section}] {key} {msg}", hint=f"fix it by hand in {path}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise fail(f"must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"must be a whole number, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise fail(f"must be a string, got {value!r}")
+    rng = _RANGES.get((section, key))
+    if rng and not (rng[0] <= value <= rng[1]):
+        raise fail(f"must be between {rng[0]} and {rng[1]}, got {value!r}")
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise fail(f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found", hint="create the store with `memp init`") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})", hint="fix or restore the file") from None
+    try:
+        data = parse_toml(text, path, _ConfigFileError)
+    except _ConfigFileError as e:
+        raise ConfigError(e.message, hint=e.hint) from None
+    cfg = Config()
+    version = data.get("schema_version", None)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(
+            f"{path}: schema_version is missing or not a number",
+            hint=f"add `schema_version = {SCHEMA_VERSION}` at the top",
+        )
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path}: schema_version {version} is newer than this memp understands ({SCHEMA_VERSION})",
+            hint="upgrade memp (pip install -U memp)",
+        )
+    for key, value in data.items():
+        if key == "schema_version":
+            continue
+        if key not in _SECTIONS:
+            line = line_of_key(text, key)
+            raise ConfigError(
+                f"{path}:{line or '?'}: unknown setting or section {key!r}",
+                hint=f"known sections: {', '.join(_SECTIONS)}",
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}:{line_of_key(text, key) or '?'}: {key!r} must be a [{key}] section")
+        section = getattr(cfg, key)
+        for k, v in value.items():
+            if not hasattr(section, k):
+                line = line_of_key(text, k)
+                known = ", ".join(section.__dataclass_fields__)
+                raise ConfigError(
+                    f"{path}:{line or '?'}: unknown setting [{key}] {k}", hint=f"known: {known}"
+                )
+            setattr(section, k, _check(key, k, v, getattr(section, k), text, path))
+    return cfg

@@ -1,0 +1,150 @@
+"""``memp doctor``: check that files, index and config agree; say how to fix what does not."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from . import index as index_mod
+from .errors import MemoryFileError, MempError
+from .fsutil import TMP_PREFIX
+from .store import Store
+
+
+@dataclass
+class Finding:
+    level: str  # "error" | "warning"
+    what: str
+    fix: str
+    fixed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return vars(self)
+
+
+def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Finding]:
+    findings: list[Finding] = []
+    add = findings.append
+
+    # Stray temp files from killed writers.
+    for d in (store.root, store.memories_dir, store.trajectories_dir, store.index_dir):
+        for p in d.glob(f"{TMP_PREFIX}*"):
+            f = Finding(
+                "warning",
+                f"{p}: leftover temporary file from an interrupted write",
+                "harmless; `memp doctor --fix` removes it",
+            )
+            if fix:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    f.fixed = True
+            add(f)
+
+    # Memory files.
+    memory_trajs: set[str] = set()
+    n_mem = 0
+    for m in store.iter_memories():
+        if isinstance(m, MemoryFileError):
+            add(Finding("error", str(m).split("\n")[0], "fix the file by hand (memp edit ID) or restore it"))
+        else:
+            n_mem += 1
+            memory_trajs.update(m.provenance.trajectories)
+    for p in store.memories_dir.iterdir():
+        if p.name.startswith(TMP_PREFIX) or p.name.startswith("."):
+            continue
+        if p.suffix != ".toml":
+            add(
+                Finding(
+                    "warning",
+                    f"{p}: not a memory file (memories/ holds <id>.toml files)",
+                    "move it elsewhere",
+                )
+            )
+        elif not index_mod.valid_id_name(p.stem):
+            add(
+                Finding(
+                    "error",
+                    f"{p}: file name is not a valid memory id",
+                    "rename it to <id>.toml with a lowercase id of letters, digits, - and _",
+                )
+            )
+
+    # Trajectory segments.
+    traj_ids: set[str] = set()
+    for seg in store.segments():
+        with open(seg, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                    traj_ids.add(rec["id"])
+                    rec["task"], rec["steps"]
+                except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+                    add(
+                        Finding(
+                            "error",
+                            f"{seg}:{lineno}: damaged trajectory record ({e})",
+                            "restore the segment from a backup, or delete the line",
+                        )
+                    )
+    missing = memory_trajs - traj_ids
+    if missing:
+        add(
+            Finding(
+                "warning",
+                f"{len(missing)} memories name source trajectories that are not in trajectories/ "
+                f"(e.g. {sorted(missing)[0]})",
+                "re-ingest the source logs if you want them kept",
+            )
+        )
+
+    # Journal.
+    with contextlib.suppress(FileNotFoundError), open(store.journal_path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                add(
+                    Finding(
+                        "warning",
+                        f"{store.journal_path}:{lineno}: torn journal line (a writer was killed)",
+                        "harmless; the journal is a record, not state",
+                    )
+                )
+
+    # Index.
+    problem = None
+    try:
+        state = index_mod.read_state(store)
+        if state is None:
+            if n_mem:
+                problem = f"{store.index_dir}: no index for {n_mem} memories"
+        elif state.embedder != store.config.embedder.name:
+            problem = (
+                f"the index was built with embedder {state.embedder!r} but memp.toml says "
+                f"{store.config.embedder.name!r}"
+            )
+        elif not index_mod.is_fresh(store, state):
+            problem = "the index is older than some memory files"
+        else:
+            idx = index_mod.load(store)
+            if idx is not None and idx.hnsw is not None and idx.hnsw.get_current_count() < len(idx):
+                problem = "the vector index holds fewer vectors than the state lists"
+    except MempError as e:
+        problem = str(e).split("\n")[0]
+    if problem:
+        f = Finding(
+            "error" if "older" not in problem else "warning",
+            problem,
+            "run `memp index rebuild` (or `memp doctor --fix`); the index is derived data",
+        )
+        if fix and embedder is not None:
+            index_mod.clear(store)
+            index_mod.sync(store, embedder, rebuild=True)
+            f.fixed = True
+        add(f)
+    return findings

@@ -1,0 +1,273 @@
+"""Memories: one TOML file each, meant to be read and edited by hand.
+
+A memory is what a new task gets back: the task it was learned from, the
+concrete steps (kind ``trajectory``), an abstract script (kind ``script``),
+or both (kind ``procedure``, the paper's proceduralization), plus usage
+statistics and provenance. ``keys`` are the texts embedded for retrieval
+(by default the task); editing them re-embeds the memory on the next command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import MemoryFileError
+from .tomlutil import line_of_key, parse_toml
+
+SCHEMA_VERSION = 1
+KINDS = ("trajectory", "script", "procedure")
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+HEADER = (
+    "# memp memory. Edit freely: the next memp command re-checks it and re-embeds\n"
+    "# it when `keys` change. `memp doctor` validates every memory file.\n"
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def valid_id(memory_id: str) -> bool:
+    return bool(ID_RE.match(memory_id))
+
+
+@dataclass
+class Stats:
+    retrieved: int = 0
+    successes: int = 0
+    failures: int = 0
+    last_used: str = ""
+
+
+@dataclass
+class Provenance:
+    trajectories: list[str] = field(default_factory=list)
+    policy: str = ""
+    model: str = ""
+    prompt_version: str = ""
+    created: str = ""
+    updated: str = ""
+
+
+@dataclass
+class Memory:
+    id: str
+    kind: str
+    task: str
+    keys: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)
+    task_type: str = ""
+    success: bool | None = None
+    script: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, str]] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+    provenance: Provenance = field(default_factory=Provenance)
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key_text(self) -> str:
+        """The text embedded and matched lexically for the ``query`` key."""
+        return "\n".join(self.keys) if self.keys else self.task
+
+    def key_hash(self) -> str:
+        return hashlib.sha256(self.key_text().encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "id": self.id,
+            "kind": self.kind,
+            "version": self.version,
+            "task": self.task,
+        }
+        if self.task_type:
+            d["task_type"] = self.task_type
+        if self.success is not None:
+            d["success"] = self.success
+        d["keys"] = list(self.keys)
+        d["keywords"] = list(self.keywords)
+        d.update(self.extra)
+        d["stats"] = {k: v for k, v in vars(self.stats).items()}
+        d["provenance"] = {k: v for k, v in vars(self.provenance).items()}
+        if self.script:
+            d["script"] = self.script
+        if self.steps:
+            d["steps"] = self.steps
+        return d
+
+    def to_toml(self) -> str:
+        return HEADER + tomli_w.dumps(self.to_dict(), multiline_strings=True)
+
+
+def _fail(msg: str, path: Path | str, text: str, key: str | None = None) -> MemoryFileError:
+    line = line_of_key(text, key) if key else None
+    return MemoryFileError(
+        msg,
+        path=str(path),
+        line=line,
+        hint="fix the file by hand, or restore it; `memp doctor` lists every broken file",
+    )
+
+
+def _expect(cond: bool, msg: str, path: Path | str, text: str, key: str) -> None:
+    if not cond:
+        raise _fail(msg, path, text, key)
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def memory_from_toml(text: str, path: Path | str) -> Memory:
+    """Parse and validate one memory file; errors name ``path:line``."""
+    data = parse_toml(text, path, MemoryFileError)
+    sv = data.get("schema_version", SCHEMA_VERSION)
+    _expect(
+        isinstance(sv, int) and not isinstance(sv, bool),
+        "schema_version must be a number",
+        path,
+        text,
+        "schema_version",
+    )
+    _expect(
+        sv <= SCHEMA_VERSION,
+        f"schema_version {sv} is newer than this memp understands",
+        path,
+        text,
+        "schema_version",
+    )
+    mid = data.get("id")
+    _expect(
+        isinstance(mid, str) and valid_id(mid),
+        'missing or invalid "id" (lowercase letters, digits, - and _, at most 64)',
+        path,
+        text,
+        "id",
+    )
+    stem = Path(path).stem
+    _expect(
+        stem == mid,
+        f'"id" is {mid!r} but the file is named {Path(path).name}: they must agree',
+        path,
+        text,
+        "id",
+    )
+    kind = data.get("kind")
+    _expect(kind in KINDS, f'"kind" must be one of {", ".join(KINDS)}, got {kind!r}', path, text, "kind")
+    task = data.get("task")
+    _expect(
+        isinstance(task, str) and bool(task.strip()), '"task" must be a non-empty string', path, text, "task"
+    )
+    version = data.get("version", 1)
+    _expect(
+        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+        '"version" must be a positive whole number',
+        path,
+        text,
+        "version",
+    )
+    keys = data.get("keys", [])
+    _expect(_str_list(keys), '"keys" must be a list of strings', path, text, "keys")
+    keywords = data.get("keywords", [])
+    _expect(_str_list(keywords), '"keywords" must be a list of strings', path, text, "keywords")
+    task_type = data.get("task_type", "")
+    _expect(isinstance(task_type, str), '"task_type" must be a string', path, text, "task_type")
+    success = data.get("success")
+    _expect(
+        success is None or isinstance(success, bool), '"success" must be true or false', path, text, "success"
+    )
+    script = data.get("script", {})
+    _expect(isinstance(script, dict), "[script] must be a table", path, text, "script")
+    steps = data.get("steps", [])
+    ok_steps = isinstance(steps, list) and all(
+        isinstance(s, dict) and all(isinstance(v, str) for v in s.values()) for s in steps
+    )
+    _expect(
+        ok_steps,
+        "[[steps]] entries must be tables of strings (action, observation, thought)",
+        path,
+        text,
+        "steps",
+    )
+    if kind in ("script", "procedure"):
+        _expect(bool(script), f'a "{kind}" memory needs a [script] table', path, text, "kind")
+    if kind in ("trajectory", "procedure"):
+        _expect(bool(steps), f'a "{kind}" memory needs [[steps]]', path, text, "kind")
+
+    stats_d = data.get("stats", {})
+    _expect(isinstance(stats_d, dict), "[stats] must be a table", path, text, "stats")
+    stats = Stats()
+    for k, v in stats_d.items():
+        if k not in vars(stats):
+            continue
+        want = type(getattr(stats, k))
+        _expect(
+            isinstance(v, want) and not isinstance(v, bool) and (not isinstance(v, int) or v >= 0),
+            f"stats.{k} must be a {'non-negative whole number' if want is int else 'string'}",
+            path,
+            text,
+            k,
+        )
+        setattr(stats, k, v)
+    prov_d = data.get("provenance", {})
+    _expect(isinstance(prov_d, dict), "[provenance] must be a table", path, text, "provenance")
+    prov = Provenance()
+    for k, v in prov_d.items():
+        if k not in vars(prov):
+            continue
+        want = type(getattr(prov, k))
+        ok = _str_list(v) if want is list else isinstance(v, str)
+        _expect(ok, f"provenance.{k} has the wrong type", path, text, k)
+        setattr(prov, k, v)
+    known = {
+        "schema_version",
+        "id",
+        "kind",
+        "version",
+        "task",
+        "task_type",
+        "success",
+        "keys",
+        "keywords",
+        "stats",
+        "provenance",
+        "script",
+        "steps",
+    }
+    extra = {k: v for k, v in data.items() if k not in known}
+    return Memory(
+        id=mid,
+        kind=kind,
+        task=task,
+        keys=keys,
+        keywords=keywords,
+        task_type=task_type,
+        success=success,
+        script=script,
+        steps=steps,
+        stats=stats,
+        provenance=prov,
+        version=version,
+        extra=extra,
+    )
+
+
+def load_memory_file(path: Path) -> Memory:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MemoryFileError("no such memory file", path=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise MemoryFileError(f"not UTF-8 text ({e.reason})", path=str(path), line=line) from None
+    return memory_from_toml(text, path)

@@ -1,0 +1,60 @@
+"""``memp stats``: what the store holds."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from . import index as index_mod
+from .errors import MemoryFileError
+from .store import Store
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def store_stats(store: Store) -> dict[str, Any]:
+    outcomes: Counter[str] = Counter()
+    n_traj = 0
+    for t in store.iter_trajectories():
+        n_traj += 1
+        outcomes[{True: "success", False: "failure", None: "unknown"}[t.success]] += 1
+    kinds: Counter[str] = Counter()
+    broken = 0
+    for m in store.iter_memories():
+        if isinstance(m, MemoryFileError):
+            broken += 1
+        else:
+            kinds[m.kind] += 1
+    state = index_mod.read_state(store)
+    return {
+        "store": str(store.root),
+        "trajectories": n_traj,
+        "outcomes": dict(outcomes),
+        "memories": sum(kinds.values()),
+        "kinds": dict(kinds),
+        "broken_memory_files": broken,
+        "embedder": store.config.embedder.name,
+        "index": {
+            "indexed": len(state.ids) if state else 0,
+            "fresh": index_mod.is_fresh(store, state),
+            "embedder": state.embedder if state else None,
+            "dim": state.dim if state else None,
+        },
+        "bytes": {
+            "memories": _du(store.memories_dir),
+            "trajectories": _du(store.trajectories_dir),
+            "index": _du(store.index_dir),
+        },
+        "segments": len(store.segments()),
+    }

@@ -1,0 +1,282 @@
+"""The store: a directory of plain files (see the README's "Store layout").
+
+::
+
+    memp.toml                 settings (hand-editable)
+    memories/<id>.toml        one memory per file (hand-editable)
+    trajectories/*.jsonl      ingested trajectories, append-only segments
+    index/                    derived: hnswlib index, label map, BM25 (rebuildable)
+    journal.jsonl             append-only record of every change
+    .lock                     writers' lock
+
+Writers hold the store lock; every file is replaced atomically, so readers
+never need the lock and never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .config import CONFIG_NAME, Config, load_config, render_config
+from .errors import InputError, MemoryFileError, NotFoundError, StoreError
+from .fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
+from .memory import Memory, load_memory_file, now_iso, valid_id
+from .trajectories import ReadResult, Trajectory
+
+DEFAULT_STORE = ".memp"
+_SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
+
+
+@dataclass
+class IngestReport:
+    read: int = 0
+    added: int = 0
+    duplicates: int = 0
+    bad: int = 0
+    errors: list[InputError] = field(default_factory=list)
+    segment: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "bad": self.bad,
+            "segment": self.segment,
+        }
+
+
+class Store:
+    def __init__(self, root: Path, config: Config, *, wait: bool = True) -> None:
+        self.root = root
+        self.config = config
+        self.memories_dir = root / "memories"
+        self.trajectories_dir = root / "trajectories"
+        self.index_dir = root / "index"
+        self.cache_dir = root / "cache"
+        self.prompts_dir = root / "prompts"
+        self.journal_path = root / "journal.jsonl"
+        self.config_path = root / CONFIG_NAME
+        self.lock = StoreLock(root / ".lock", wait=wait)
+        self.command = "memp"
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def init(cls, root: Path, config: Config | None = None) -> Store:
+        config = config or Config()
+        if (root / CONFIG_NAME).exists():
+            raise StoreError(
+                f"{root / CONFIG_NAME} already exists: {root} is a memp store",
+                hint="use it as it is, or pick another directory",
+            )
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} exists and is not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("memories", "trajectories", "index"):
+            (root / sub).mkdir(exist_ok=True)
+        atomic_write(root / ".gitignore", "index/\ncache/\n.lock\n")
+        atomic_write(root / CONFIG_NAME, render_config(config))
+        store = cls(root, config)
+        store.journal("init", embedder=config.embedder.name)
+        return store
+
+    @classmethod
+    def open(cls, root: Path, *, wait: bool = True) -> Store:
+        if not (root / CONFIG_NAME).exists():
+            if root.is_dir() and any(root.iterdir()):
+                raise StoreError(
+                    f"{root} has no {CONFIG_NAME}: not a memp store",
+                    hint=f"create one with `memp init {root}`, or point --store / MEMP_STORE elsewhere",
+                )
+            raise NotFoundError(
+                f"no memp store at {root}",
+                hint=f"create one with `memp init {root}`, or point --store / MEMP_STORE at one",
+            )
+        config = load_config(root / CONFIG_NAME)
+        store = cls(root, config, wait=wait)
+        for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
+            sub.mkdir(exist_ok=True)
+        return store
+
+    # ---------------------------------------------------------------- journal
+    def journal(self, event: str, **fields: Any) -> None:
+        """Append one line to ``journal.jsonl`` (single write, O_APPEND)."""
+        rec = {"time": now_iso(), "event": event, "command": self.command, "pid": os.getpid(), **fields}
+        line = orjson.dumps(rec) + b"\n"
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_journal(self) -> Iterator[dict[str, Any]]:
+        try:
+            with open(self.journal_path, "rb") as f:
+                for line in f:
+                    try:
+                        yield orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue  # a torn last line from a killed process
+        except FileNotFoundError:
+            return
+
+    # ----------------------------------------------------------- trajectories
+    def segments(self) -> list[Path]:
+        return sorted(p for p in self.trajectories_dir.glob("*.jsonl") if not p.name.startswith(TMP_PREFIX))
+
+    def trajectory_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for seg in self.segments():
+            with open(seg, "rb") as f:
+                for line in f:
+                    m = _SEGMENT_ID.match(line)
+                    if m:
+                        ids.add(m.group(1).decode())
+                    elif line.strip():
+                        try:
+                            ids.add(orjson.loads(line)["id"])
+                        except (orjson.JSONDecodeError, KeyError, TypeError):
+                            continue
+        return ids
+
+    def iter_trajectories(self) -> Iterator[Trajectory]:
+        for seg in self.segments():
+            with open(seg, "rb") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield Trajectory.from_stored(orjson.loads(line))
+                    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+                        raise StoreError(
+                            f"{seg}:{lineno}: damaged trajectory record ({e})", hint="run `memp doctor`"
+                        ) from None
+
+    def ingest(self, results: Iterable[ReadResult], *, strict: bool = False) -> IngestReport:
+        """Store the parsed trajectories of one input as one new segment.
+
+        The segment is written to a temp file and renamed into place when the
+        input is done: a killed ingest stores nothing, a finished one all.
+        With ``strict`` the first bad line aborts and nothing is stored.
+        """
+        report = IngestReport()
+        with self.lock:
+            seen = self.trajectory_ids()
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            name = f"{stamp}-{secrets.token_hex(3)}.jsonl"
+            target = self.trajectories_dir / name
+            try:
+                with atomic_output(target) as tmp, open(tmp, "wb") as out:
+                    for r in results:
+                        if r.error is not None:
+                            report.bad += 1
+                            report.errors.append(r.error)
+                            if strict:
+                                raise r.error
+                            continue
+                        assert r.trajectory is not None
+                        report.read += 1
+                        t = r.trajectory
+                        if t.id in seen:
+                            report.duplicates += 1
+                            continue
+                        seen.add(t.id)
+                        out.write(orjson.dumps(t.to_dict()) + b"\n")
+                        report.added += 1
+                    if report.added == 0:
+                        raise _NothingToWrite
+            except _NothingToWrite:
+                return report
+            report.segment = name
+            self.journal(
+                "ingest", segment=name, added=report.added, duplicates=report.duplicates, bad=report.bad
+            )
+        return report
+
+    # --------------------------------------------------------------- memories
+    def memory_path(self, memory_id: str) -> Path:
+        if not valid_id(memory_id):
+            raise NotFoundError(
+                f"{memory_id!r} is not a valid memory id",
+                hint="ids are lowercase letters, digits, - and _; see `memp list`",
+            )
+        return self.memories_dir / f"{memory_id}.toml"
+
+    def memory_ids(self) -> list[str]:
+        return sorted(
+            n[:-5]
+            for n in os.listdir(self.memories_dir)
+            if n.endswith(".toml") and not n.startswith(TMP_PREFIX) and valid_id(n[:-5])
+        )
+
+    def load_memory(self, memory_id: str) -> Memory:
+        path = self.memory_path(memory_id)
+        if not path.exists():
+            raise NotFoundError(f"no memory {memory_id!r} in {self.root}", hint="see `memp list`")
+        return load_memory_file(path)
+
+    def iter_memories(self) -> Iterator[Memory | MemoryFileError]:
+        """Every memory file, parsed; a broken one yields its error instead."""
+        for mid in self.memory_ids():
+            try:
+                yield load_memory_file(self.memories_dir / f"{mid}.toml")
+            except MemoryFileError as e:
+                yield e
+
+    def save_memory(self, memory: Memory, *, event: str = "memory.write", **fields: Any) -> None:
+        """Write one memory file atomically and journal it. Caller holds the lock."""
+        if not valid_id(memory.id):
+            raise StoreError(f"refusing to write memory with invalid id {memory.id!r}")
+        memory.provenance.updated = now_iso()
+        if not memory.provenance.created:
+            memory.provenance.created = memory.provenance.updated
+        atomic_write(self.memory_path(memory.id), memory.to_toml())
+        self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
+
+    def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
+        """Write many memory files; one journal line names them all."""
+        for m in memories:
+            if not valid_id(m.id):
+                raise StoreError(f"refusing to write memory with invalid id {m.id!r}")
+        stamp = now_iso()
+        for m in memories:
+            m.provenance.updated = stamp
+            if not m.provenance.created:
+                m.provenance.created = stamp
+            atomic_write(self.memory_path(m.id), m.to_toml(), durable=False)
+        if memories:
+            os.sync()
+            self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
+
+
+class _NothingToWrite(Exception):
+    """Internal: abort an atomic segment write that would hold no trajectory."""
+
+
+def resolve_store_path(store: str | os.PathLike[str] | None) -> Path:
+    return Path(store) if store else Path(os.environ.get("MEMP_STORE") or DEFAULT_STORE)
+
+
+def store_embedder(store: Store, name: str | None = None) -> Any:
+    """The embedder the store is configured with (or ``name``, checked later against the index)."""
+    from .embedders import get_embedder
+
+    cfg = store.config.embedder
+    chosen = name or cfg.name
+    model_path: Path | None = None
+    if cfg.model_path:
+        model_path = Path(cfg.model_path).expanduser()
+        if not model_path.is_absolute():
+            model_path = store.root / model_path
+    dim = cfg.dim if chosen == cfg.name else None
+    return get_embedder(chosen, dim=dim, model_path=model_path, api_base=cfg.api_base or None)

@@ -1,0 +1,366 @@
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memp_cli import lexical
+from memp_cli.lexical import MANIFEST, LexicalIndex, tokenize
+
+LN16 = math.log(1.6)  # idf of a term in 2 of 3 documents: ln(1 + (3 - 2 + 0.5) / (2 + 0.5))
+
+
+def _tiny() -> LexicalIndex:
+    # Document lengths 2, 3, 1: avgdl = 2.
+    return LexicalIndex.build([(10, "red mug"), (20, "mug mug cup"), (30, "cup")])
+
+
+def _docs() -> list[tuple[int, str]]:
+    return [
+        (3, "put a clean mug in coffeemachine."),
+        (1, "heat some egg and put it in garbagecan."),
+        (7, "put two mugs in the cabinet"),
+        (2, "cool some apple and put it in fridge"),
+        (5, "examine the book with the desklamp"),
+        (4, "put a hot potato in the fridge"),
+        (9, "the a an of"),
+    ]
+
+
+# ------------------------------------------------------------------ tokenize
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("put a clean mug in coffeemachine.", ["put", "clean", "mug", "coffeemachine"]),
+        ("Heat some EGG and put it in GarbageCan.", ["heat", "egg", "put", "garbagecan"]),
+        ("find two mugs and put them in cabinet 12", ["find", "two", "mug", "put", "cabinet", "12"]),
+        ("glass glasses bus gas", ["glass", "glasse", "bus", "gas"]),
+        ("knives, forks; spoons!", ["knive", "fork", "spoon"]),
+        ("the apple's core isn't red", ["apple", "core", "isn", "red"]),
+        ("2024 items 3s", ["2024", "item", "3s"]),
+        ("café déjà-vu", ["caf", "d", "j", "vu"]),
+        ("", []),
+        ("the a an of to", []),
+    ],
+)
+def test_tokenize(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
+
+
+# ------------------------------------------------------------------ BM25 values
+
+
+def test_bm25_hand_computed() -> None:
+    ix = _tiny()
+    assert len(ix) == 3
+    assert ix.avgdl == pytest.approx(2.0)
+    labels, scores = ix.scores("mug")
+    assert labels.dtype == np.int64 and scores.dtype == np.float32
+    assert labels.tolist() == [10, 20]
+    # doc 10: tf 1, dl 2 -> 1 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 2 / 2)) = 1
+    # doc 20: tf 2, dl 3 -> 2 * 2.2 / (2 + 1.2 * (0.25 + 0.75 * 3 / 2)) = 4.4 / 3.65
+    np.testing.assert_allclose(scores, [LN16, LN16 * 4.4 / 3.65], rtol=1e-6)
+
+    labels, scores = ix.scores("mug cup")
+    assert labels.tolist() == [10, 20, 30]
+    np.testing.assert_allclose(
+        scores,
+        [
+            LN16,
+            LN16 * 4.4 / 3.65 + LN16 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 3 / 2)),
+            LN16 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 1 / 2)),
+        ],
+        rtol=1e-6,
+    )
+
+
+def test_idf_of_rare_term_and_query_repetition() -> None:
+    ix = _tiny()
+    labels, scores = ix.scores("red")
+    idf_red = math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
+    assert labels.tolist() == [10]
+    np.testing.assert_allclose(scores, [idf_red], rtol=1e-6)
+    # A repeated query token counts once per occurrence, in scores and max_score alike.
+    _, twice = ix.scores("red red")
+    np.testing.assert_allclose(twice, 2 * scores, rtol=1e-6)
+    assert ix.max_score("red red") == pytest.approx(2 * ix.max_score("red"), rel=1e-6)
+
+
+def test_max_score_value() -> None:
+    ix = _tiny()
+    assert ix.max_score("mug cup") == pytest.approx(2 * LN16 * 2.2, rel=1e-6)
+    assert ix.max_score("mug unknownword") == pytest.approx(LN16 * 2.2, rel=1e-6)
+    assert ix.max_score("unknownword") == 0.0
+    assert ix.max_score("") == 0.0
+
+
+def test_normalised_scores_within_unit_interval() -> None:
+    rng = np.random.default_rng(1)
+    words = ["mug", "cup", "egg", "apple", "fridge", "cabinet", "put", "heat", "clean", "two"]
+    docs = [(i, " ".join(rng.choice(words, size=int(rng.integers(1, 30))))) for i in range(300)]
+    docs.append((1000, "mug " * 500))  # a huge term frequency approaches the bound
+    for k1, b in ((1.2, 0.75), (0.0, 0.75), (2.0, 1.0), (1.2, 0.0)):
+        ix = LexicalIndex.build(docs, k1=k1, b=b)
+        for query in ("mug", "mug mug cup", "put two egg in fridge", "heat clean apple cabinet two"):
+            _, scores = ix.scores(query)
+            norm = scores / np.float32(ix.max_score(query))
+            assert scores.size > 0
+            assert float(norm.min()) >= 0.0
+            assert float(norm.max()) <= 1.0
+
+
+# ------------------------------------------------------------------ queries
+
+
+def test_unknown_terms_give_empty_results() -> None:
+    ix = LexicalIndex.build(_docs())
+    for query in ("zebra", "", "the of and", "!!!"):
+        labels, scores = ix.scores(query)
+        assert labels.shape == (0,) and scores.shape == (0,)
+        assert labels.dtype == np.int64 and scores.dtype == np.float32
+        top_labels, top_scores = ix.top(query, 5)
+        assert top_labels.size == 0 and top_scores.size == 0
+        assert ix.max_score(query) == 0.0
+
+
+def test_scores_only_docs_sharing_a_term_and_sorted_by_label() -> None:
+    ix = LexicalIndex.build(_docs())
+    labels, scores = ix.scores("put mug in fridge")
+    assert labels.tolist() == [1, 2, 3, 4, 7]
+    assert (scores > 0).all()
+
+
+def test_top_orders_by_score_then_label() -> None:
+    # Identical texts tie: the smaller label wins.
+    docs = [(8, "red mug"), (2, "red mug"), (5, "red mug"), (1, "mug cup plate"), (9, "cup")]
+    ix = LexicalIndex.build(docs)
+    labels, scores = ix.top("red mug", 10)
+    assert labels.tolist() == [2, 5, 8, 1]
+    assert (np.diff(scores) <= 0).all()
+    labels, scores = ix.top("red mug", 2)
+    assert labels.tolist() == [2, 5]
+    assert ix.top("red mug", 0)[0].size == 0
+    assert ix.top("red mug", -3)[0].size == 0
+
+
+def test_top_matches_full_sort_on_random_data() -> None:
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(30)]
+    docs = [(int(lab), " ".join(rng.choice(words, size=4))) for lab in rng.permutation(5000)]
+    ix = LexicalIndex.build(docs)
+    for query in ("w1 w2", "w3", "w4 w4 w5 w6 w7"):
+        labels, scores = ix.scores(query)
+        order = sorted(range(len(labels)), key=lambda i: (-scores[i], labels[i]))
+        for k in (1, 7, 50, len(labels) + 5):
+            top_labels, top_scores = ix.top(query, k)
+            assert top_labels.tolist() == [int(labels[i]) for i in order[:k]]
+            np.testing.assert_array_equal(top_scores, scores[order[:k]])
+
+
+def _naive_bm25(
+    docs: list[tuple[int, str]], query: str, k1: float = 1.2, b: float = 0.75
+) -> dict[int, float]:
+    toks = {lab: tokenize(text) for lab, text in docs}
+    n = len(docs)
+    avgdl = sum(len(t) for t in toks.values()) / n
+    out: dict[int, float] = {}
+    for term in tokenize(query):
+        df = sum(term in t for t in toks.values())
+        if not df:
+            continue
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        for lab, t in toks.items():
+            tf = t.count(term)
+            if tf:
+                norm = tf + k1 * (1 - b + b * len(t) / avgdl)
+                out[lab] = out.get(lab, 0.0) + idf * tf * (k1 + 1) / norm
+    return out
+
+
+def test_matches_naive_bm25_on_dense_and_sparse_paths() -> None:
+    # Few postings take the np.unique path, many take the dense bincount path.
+    docs = [(i, f"put mug rare{i % 50} rare{i % 7}" if i % 2 else f"rare{i % 50}") for i in range(2000)]
+    ix = LexicalIndex.build(docs)
+    for query in ("put mug", "rare1 rare2", "put rare3", "rare3 rare3 mug", "mug"):
+        expected = _naive_bm25(docs, query)
+        labels, scores = ix.scores(query)
+        assert labels.tolist() == sorted(expected)
+        np.testing.assert_allclose(scores, [expected[lab] for lab in sorted(expected)], rtol=1e-6)
+
+
+def test_score_labels() -> None:
+    ix = LexicalIndex.build(_docs())
+    labels, scores = ix.scores("put mug")
+    by_label = dict(zip(labels.tolist(), scores.tolist(), strict=True))
+    want = np.array([7, 5, 3, 9, 123, 1, 7], dtype=np.int64)
+    got = ix.score_labels("put mug", want)
+    assert got.dtype == np.float32 and got.shape == (7,)
+    assert got.tolist() == [by_label.get(int(lab), 0.0) for lab in want]
+    assert got[1] == 0.0 and got[3] == 0.0 and got[4] == 0.0  # no shared term / unknown label
+    assert ix.score_labels("zebra", want).tolist() == [0.0] * 7
+    assert ix.score_labels("put", np.array([], dtype=np.int64)).shape == (0,)
+
+
+# ------------------------------------------------------------------ build
+
+
+def test_build_validates_labels() -> None:
+    with pytest.raises(ValueError, match="duplicate label 3"):
+        LexicalIndex.build([(3, "a mug"), (1, "cup"), (3, "plate")])
+    with pytest.raises(ValueError, match="non-negative"):
+        LexicalIndex.build([(-1, "a mug")])
+
+
+def test_empty_index(tmp_path: Path) -> None:
+    ix = LexicalIndex.build([])
+    assert len(ix) == 0
+    assert ix.scores("mug")[0].size == 0
+    ix.save(tmp_path)
+    loaded = LexicalIndex.load(tmp_path)
+    assert len(loaded) == 0 and loaded.top("mug", 3)[0].size == 0
+
+
+def test_all_stopword_documents_are_counted() -> None:
+    ix = LexicalIndex.build([(0, "the a of"), (1, "mug")])
+    assert len(ix) == 2
+    assert ix.avgdl == pytest.approx(0.5)
+    assert ix.scores("mug")[0].tolist() == [1]
+
+
+def test_build_is_independent_of_input_order() -> None:
+    docs = _docs()
+    a = LexicalIndex.build(docs)
+    b = LexicalIndex.build(list(reversed(docs)))
+    for query in ("put mug", "fridge apple", "two"):
+        for x, y in zip(a.scores(query), b.scores(query), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------------ save / load
+
+
+def _assert_same(a: LexicalIndex, b: LexicalIndex, queries: list[str]) -> None:
+    assert len(a) == len(b)
+    for query in queries:
+        for x, y in zip(a.scores(query), b.scores(query), strict=True):
+            np.testing.assert_array_equal(x, y)
+        assert a.max_score(query) == b.max_score(query)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    ix = LexicalIndex.build(_docs(), k1=1.5, b=0.6)
+    ix.save(tmp_path / "index")
+    loaded = LexicalIndex.load(tmp_path / "index")
+    assert (loaded.k1, loaded.b, loaded.avgdl) == (1.5, 0.6, ix.avgdl)
+    _assert_same(ix, loaded, ["put mug in fridge", "heat egg", "zebra", "examine book desklamp two"])
+    np.testing.assert_array_equal(loaded.top("put mug", 3)[0], ix.top("put mug", 3)[0])
+    names = sorted(os.listdir(tmp_path / "index"))
+    assert MANIFEST in names
+    assert len(names) == 6  # manifest + 5 arrays
+    assert not any(n.endswith(".pkl") or n.startswith(".tmp-") for n in names)
+
+
+def test_load_missing_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        LexicalIndex.load(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        LexicalIndex.load(tmp_path / "nope")
+
+
+def test_load_rejects_corrupt_manifest(tmp_path: Path) -> None:
+    LexicalIndex.build(_docs()).save(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError):
+        LexicalIndex.load(tmp_path)
+    (tmp_path / MANIFEST).write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="not a memp lexical"):
+        LexicalIndex.load(tmp_path)
+
+
+def test_load_rejects_mismatched_arrays(tmp_path: Path) -> None:
+    LexicalIndex.build(_docs()).save(tmp_path)
+    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    np.save(tmp_path / manifest["arrays"]["labels"], np.arange(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="do not match"):
+        LexicalIndex.load(tmp_path)
+    np.save(tmp_path / manifest["arrays"]["labels"], np.arange(len(_docs()), dtype=np.int32))
+    with pytest.raises(ValueError, match="expected 1-d int64"):
+        LexicalIndex.load(tmp_path)
+
+
+def test_resave_replaces_generation_and_removes_old_arrays(tmp_path: Path) -> None:
+    LexicalIndex.build(_docs()).save(tmp_path)
+    first = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    new = LexicalIndex.build([(100, "slice bread with knife"), (101, "put bread in fridge")])
+    new.save(tmp_path)
+    second = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    assert second["generation"] == first["generation"] + 1
+    assert set(first["arrays"].values()).isdisjoint(second["arrays"].values())
+    on_disk = set(os.listdir(tmp_path))
+    assert on_disk == {MANIFEST, *second["arrays"].values()}
+    _assert_same(new, LexicalIndex.load(tmp_path), ["bread", "put mug"])
+
+
+def test_manifest_is_the_source_of_truth(tmp_path: Path) -> None:
+    """A newer generation's arrays on disk are ignored until its manifest replaces the old one."""
+    old = LexicalIndex.build(_docs())
+    old.save(tmp_path)
+    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    # A writer that wrote a new generation's arrays but not (yet) its manifest.
+    for name, fname in manifest["arrays"].items():
+        stray = fname.replace(f"lexical-{manifest['generation']:08d}", "lexical-99999999")
+        assert stray != fname
+        np.save(tmp_path / stray, np.zeros(4, dtype=lexical._ARRAYS[name]))
+    loaded = LexicalIndex.load(tmp_path)
+    _assert_same(old, loaded, ["put mug", "fridge apple"])
+    # The next complete save removes every array file its manifest does not name.
+    old.save(tmp_path)
+    current = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    assert set(os.listdir(tmp_path)) == {MANIFEST, *current["arrays"].values()}
+
+
+def test_crash_before_manifest_keeps_old_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = LexicalIndex.build(_docs())
+    old.save(tmp_path)
+
+    def boom(path: Path, data: bytes | str, *, durable: bool = True) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lexical, "atomic_write", boom)
+    with pytest.raises(OSError, match="disk full"):
+        LexicalIndex.build([(1, "something else entirely")]).save(tmp_path)
+    _assert_same(old, LexicalIndex.load(tmp_path), ["put mug", "something else"])
+
+
+def test_load_rereads_manifest_when_a_writer_races(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    LexicalIndex.build(_docs()).save(tmp_path)
+    new = LexicalIndex.build([(100, "slice bread"), (101, "put bread in fridge")])
+    original = LexicalIndex._from_manifest.__func__  # type: ignore[attr-defined]
+    calls: list[bytes] = []
+
+    def racing(cls: type[LexicalIndex], directory: Path, raw: bytes) -> LexicalIndex:
+        if not calls:  # a writer saves between our manifest read and our array reads
+            new.save(tmp_path)
+        calls.append(raw)
+        result: LexicalIndex = original(cls, directory, raw)
+        return result
+
+    monkeypatch.setattr(LexicalIndex, "_from_manifest", classmethod(racing))
+    loaded = LexicalIndex.load(tmp_path)
+    assert len(calls) == 2 and calls[0] != calls[1]
+    _assert_same(new, loaded, ["bread", "put mug"])
+
+
+def test_arrays_are_plain_npy_without_pickle(tmp_path: Path) -> None:
+    LexicalIndex.build(_docs()).save(tmp_path)
+    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    for name, fname in manifest["arrays"].items():
+        arr = np.load(tmp_path / fname, allow_pickle=False)
+        assert arr.dtype == lexical._ARRAYS[name]
+    assert manifest["n_docs"] == len(_docs())
+    assert set(manifest["vocab"]) >= {"put", "mug", "coffeemachine", "fridge"}
