@@ -1,0 +1,802 @@
+"""The LLM layer: chat completions, JSON replies, embeddings: the only module that imports litellm.
+
+litellm is imported lazily (:func:`_litellm`), so ``import memp_cli.llm`` stays cheap and
+commands that never call a model never pay for it (the import takes seconds). Before the
+import two variables are set, both checked against litellm 1.110.2's source:
+
+- ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (only if unset): ``get_model_cost_map`` tests
+  ``os.getenv(...).lower() == "true"`` and then reads the bundled price list instead of
+  fetching it over the network at import time.
+- ``LITELLM_MODE=PRODUCTION``: ``_process_defaults.apply_process_defaults`` calls
+  ``dotenv.load_dotenv()`` whenever the value is ``"DEV"`` (the default), which would read a
+  ``.env`` file into the environment.
+
+``LITELLM_OFFLINE_MODE=true`` is also set (only if unset): litellm then never downloads a
+Hugging Face tokenizer for :func:`count_tokens` (or any other catalog it fetches on its own);
+requests to the model provider are unaffected.
+
+Retries are memp's own (litellm's ``num_retries`` and the OpenAI SDK's ``max_retries`` are
+both 0): exponential backoff with jitter on rate limits, server errors, connection errors and
+timeouts; configuration errors (auth, bad request, unknown model) fail at once with a hint.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .errors import LLMError, MempError, ModelError
+
+T = TypeVar("T")
+
+__all__ = [
+    "Completion",
+    "LLMReplyError",
+    "LLMSettings",
+    "ResponseCache",
+    "Usage",
+    "complete",
+    "complete_json",
+    "count_tokens",
+    "embed",
+    "extract_json",
+]
+
+# Backoff policy. ``BACKOFF_SCALE`` multiplies every wait (tests set it near 0).
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 20.0
+RETRY_AFTER_CAP = 60.0
+BACKOFF_SCALE = 1.0
+EMBED_BATCH = 128
+CACHE_VERSION = 1
+
+_log = logging.getLogger("memp.llm")
+_LITELLM: ModuleType | None = None
+_LITELLM_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- litellm import
+
+
+def _litellm() -> ModuleType:
+    """Import and configure litellm once (thread-safe); never at module import time."""
+    global _LITELLM
+    if _LITELLM is not None:
+        return _LITELLM
+    with _LITELLM_LOCK:
+        if _LITELLM is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+            os.environ["LITELLM_MODE"] = "PRODUCTION"
+            import litellm
+
+            litellm.suppress_debug_info = True
+            litellm.telemetry = False
+            # The OpenAI embedding path computes ``max_retries or DEFAULT_MAX_RETRIES``, so
+            # an explicit 0 would still mean 2 hidden SDK retries: memp does the retrying.
+            setattr(litellm, "DEFAULT_MAX_RETRIES", 0)  # noqa: B010 - a Final we override
+            _configure_litellm_logging()
+            _LITELLM = litellm
+    return _LITELLM
+
+
+def _configure_litellm_logging() -> None:
+    """Route litellm's loggers to stderr only, and silence them unless MEMP_DEBUG is set.
+
+    litellm's own handler writes records below WARNING to *stdout*, which would corrupt
+    memp's machine-readable output, so it is replaced by a plain stderr handler.
+    """
+    ll_logging: ModuleType | None
+    try:
+        from litellm import _logging as ll_logging
+    except ImportError:  # pragma: no cover - layout of a future litellm
+        ll_logging = None
+    theirs = getattr(ll_logging, "handler", None)
+    secret_filter = getattr(ll_logging, "_secret_filter", None)
+    debug = bool(os.environ.get("MEMP_DEBUG"))
+    ours = logging.StreamHandler()  # stderr
+    ours.setFormatter(logging.Formatter("litellm %(levelname)s: %(message)s"))
+    if secret_filter is not None:
+        ours.addFilter(secret_filter)
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        lg = logging.getLogger(name)
+        if theirs is not None:
+            lg.removeHandler(theirs)
+        lg.addHandler(ours)
+        lg.propagate = False
+        lg.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+
+
+# --------------------------------------------------------------------------- data classes
+
+
+@dataclass
+class LLMSettings:
+    model: str
+    api_base: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 4
+    temperature: float = 0.0
+    max_tokens: int | None = 1024
+
+
+@dataclass
+class Usage:
+    """Token and cost totals. ``cost_usd`` is None while no call had a known price."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+
+    def add(self, other: Usage) -> Usage:
+        self.calls += other.calls
+        self.cached_calls += other.cached_calls
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        if other.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
+        return self
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: Usage
+    cached: bool
+    finish_reason: str | None = None
+    cache_key: str | None = field(default=None, repr=False)
+
+
+class LLMReplyError(LLMError):
+    """The model's reply did not parse or validate, even after one repair attempt."""
+
+    def __init__(
+        self, message: str, *, reason: str, raw: str, usage: Usage | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.raw = raw
+        self.usage = usage or Usage()  # what the failed attempts cost
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+_KEY_PATTERN = re.compile(r"\b(sk|pk|rk|xai|gsk|key)[-_][A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+
+
+def _redact(text: str) -> str:
+    """Remove API keys from ``text``: values of secret-looking env vars and sk-... tokens."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, "***")
+    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
+
+
+_ERR_PREFIX = re.compile(r"^(?:litellm\.)?[A-Za-z]*(?:Error|Exception|Timeout):\s*")
+
+
+def _short(err: BaseException, limit: int = 400) -> str:
+    """``Type: message`` on one line, without litellm's repeated prefixes or any API key."""
+    text = " ".join(_redact(str(err)).split())
+    while (m := _ERR_PREFIX.match(text)) is not None and m.end() > 0:
+        text = text[m.end() :]
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _norm_api_base(api_base: str | None) -> str | None:
+    if not api_base:
+        return None
+    return api_base.strip().rstrip("/").lower()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class ResponseCache:
+    """Replies on disk, keyed by everything that determines them (``<dir>/<k[:2]>/<k>.json``).
+
+    Writes are atomic, so a crash never leaves a half file; an unreadable file is a miss and
+    is overwritten by the next put. Re-running over the same inputs costs no tokens.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def key(
+        messages: Sequence[dict[str, str]],
+        settings: LLMSettings,
+        *,
+        response_format: dict[str, Any] | None = None,
+        mock_response: str | None = None,
+    ) -> str:
+        payload: dict[str, Any] = {
+            "v": CACHE_VERSION,
+            "model": settings.model,
+            "api_base": _norm_api_base(settings.api_base),
+            "messages": list(messages),
+            "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens,
+        }
+        if response_format is not None:
+            payload["response_format"] = response_format
+        if mock_response is not None:  # a dry run never serves a real run's cache, nor poisons it
+            payload["mock_response"] = mock_response
+        return hashlib.sha256(_canonical(payload)).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> tuple[str, Usage] | None:
+        """The cached text and the usage the original call had, or None (also when corrupt)."""
+        try:
+            data = json.loads(self.path(key).read_bytes())
+            text = data["text"]
+            u = data.get("usage") or {}
+            if not isinstance(text, str):
+                return None
+            cost = u.get("cost_usd")
+            usage = Usage(
+                calls=1,
+                tokens_in=int(u.get("tokens_in", 0)),
+                tokens_out=int(u.get("tokens_out", 0)),
+                cost_usd=float(cost) if cost is not None else None,
+            )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return text, usage
+
+    def put(self, key: str, text: str, usage: Usage, *, model: str | None = None) -> None:
+        record = {
+            "v": CACHE_VERSION,
+            "model": model,
+            "text": text,
+            "usage": {k: v for k, v in asdict(usage).items() if k in ("tokens_in", "tokens_out", "cost_usd")},
+            "created": time.time(),
+        }
+        _atomic_write(self.path(key), _canonical(record))
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def _classify(err: BaseException) -> tuple[str, float | None]:
+    """("retry" | "auth" | "not_found" | "bad_request" | "other", retry-after seconds)."""
+    ll = _litellm()
+    import openai
+
+    if _MISSING_KEY.search(str(err)):
+        return "auth", None
+    if isinstance(err, (ll.AuthenticationError, ll.PermissionDeniedError, openai.AuthenticationError)):
+        return "auth", None
+    if isinstance(err, ll.RateLimitError):
+        return "retry", _retry_after(err)
+    if isinstance(err, (ll.NotFoundError, openai.NotFoundError)):
+        return "not_found", None
+    if isinstance(err, openai.APIConnectionError):  # includes litellm.Timeout and APIConnectionError
+        return "retry", None
+    retryable = (ll.InternalServerError, ll.ServiceUnavailableError, ll.BadGatewayError, ll.Timeout)
+    if isinstance(err, retryable):
+        return "retry", _retry_after(err)
+    if isinstance(err, (ll.BadRequestError, ll.UnprocessableEntityError, openai.BadRequestError)):
+        return "bad_request", None
+    status = getattr(err, "status_code", None)
+    if isinstance(status, int) and (status >= 500 or status in (408, 409, 429)):
+        return "retry", _retry_after(err)
+    if isinstance(status, int) and status in (401, 403):
+        return "auth", None
+    if isinstance(status, int) and 400 <= status < 500:
+        return "bad_request", None
+    return "other", None
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """A header value from an httpx.Headers or a plain mapping (any case), else None."""
+    if headers is None or not hasattr(headers, "items"):
+        return None
+    for key, value in list(headers.items()):
+        if isinstance(key, str) and key.lower() == name:
+            return str(value)
+    return None
+
+
+def _retry_after(err: BaseException) -> float | None:
+    """Seconds the server asked us to wait (Retry-After / retry-after-ms), capped; else None."""
+    response = getattr(err, "response", None)
+    sources = (getattr(err, "headers", None), getattr(response, "headers", None))
+    for headers in sources:
+        ms = _header(headers, "retry-after-ms")
+        value = _header(headers, "retry-after")
+        seconds: float | None = None
+        if ms is not None:
+            try:
+                seconds = float(ms) / 1000.0
+            except ValueError:
+                seconds = None
+        if seconds is None and value is not None:
+            try:
+                seconds = float(value)
+            except ValueError:
+                try:
+                    seconds = parsedate_to_datetime(value).timestamp() - time.time()
+                except (TypeError, ValueError, IndexError):
+                    seconds = None
+        if seconds is not None:
+            return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+    return None
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return retry_after * BACKOFF_SCALE
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2**attempt))
+    return (ceiling / 2 + random.uniform(0, ceiling / 2)) * BACKOFF_SCALE
+
+
+_PROVIDER_KEYS = {
+    "openai": "OPENAI_API_KEY",
+    "text-completion-openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "azure": "AZURE_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "vertex_ai": "GOOGLE_APPLICATION_CREDENTIALS",
+    "bedrock": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "cohere": "COHERE_API_KEY",
+    "cohere_chat": "COHERE_API_KEY",
+    "xai": "XAI_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY",
+    "voyage": "VOYAGE_API_KEY",
+}
+_MISSING_KEY = re.compile(
+    r"missing credentials|api_key client option must be set|no api key|api key (?:is )?(?:not|missing)",
+    re.IGNORECASE,
+)
+
+
+def _key_names(model: str) -> str:
+    """The environment variable(s) holding the API key for ``model``'s provider."""
+    ll = _litellm()
+    try:
+        missing = [
+            k for k in ll.validate_environment(model=model).get("missing_keys", []) if isinstance(k, str)
+        ]
+    except Exception:
+        missing = []
+    if missing:
+        return " and ".join(missing)
+    try:
+        provider = str(ll.get_llm_provider(model=model)[1])
+    except Exception:
+        return "the API key environment variable of the provider"
+    return _PROVIDER_KEYS.get(provider, f"{provider.upper()}_API_KEY")
+
+
+def _config_error(
+    kind: str, err: BaseException, *, what: str, model: str, api_base: str | None, cls: type[MempError]
+) -> MempError:
+    where = f" at {api_base}" if api_base else ""
+    msg = f"{what} to model {model!r}{where} failed: {_short(err)}"
+    if kind == "auth":
+        hint = f"set {_key_names(model)} (or check it is valid) and check --model and --api-base"
+    elif kind == "not_found":
+        hint = "check --model (litellm's provider/model form, e.g. openai/gpt-4o-mini) and --api-base"
+    elif "LLM Provider NOT provided" in str(err) or "Unknown provider" in str(err):
+        hint = (
+            "--model needs litellm's provider prefix, e.g. openai/gpt-4o-mini or anthropic/claude-3-5-haiku"
+        )
+    elif "context" in str(err).lower() and "window" in str(err).lower():
+        hint = "the prompt is longer than the model's context window: use a model with a larger one"
+    else:
+        hint = "check --model and --api-base; the provider rejected the request"
+    return cls(msg, hint=hint)
+
+
+def _with_retries(
+    call: Callable[[], T],
+    *,
+    what: str,
+    model: str,
+    api_base: str | None,
+    max_retries: int,
+    sleep: Callable[[float], None] | None,
+    config_error_cls: type[MempError] = LLMError,
+) -> T:
+    """Run ``call`` with memp's retry policy; raise ``LLMError`` (or ``config_error_cls``)."""
+    sleeper = sleep or time.sleep
+    attempts = max(0, max_retries) + 1
+    last: BaseException | None = None
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MempError:
+            raise
+        except Exception as err:
+            kind, retry_after = _classify(err)
+            if kind != "retry":
+                raise _config_error(
+                    kind, err, what=what, model=model, api_base=api_base, cls=config_error_cls
+                ) from None
+            last = err
+            if attempt + 1 < attempts:
+                wait = _backoff(attempt, retry_after)
+                _log.info(
+                    "%s failed (%s); retry %d/%d in %.2fs",
+                    what,
+                    _short(err, 200),
+                    attempt + 1,
+                    attempts - 1,
+                    wait,
+                )
+                if wait > 0:
+                    sleeper(wait)
+    assert last is not None
+    where = f" at {api_base}" if api_base else ""
+    raise LLMError(
+        f"{what} to model {model!r}{where} failed after {attempts} attempt{'s' if attempts > 1 else ''}: "
+        f"{_short(last)}",
+        hint="the provider is overloaded or unreachable: retry later, or check --api-base",
+    ) from None
+
+
+# --------------------------------------------------------------------------- completions
+
+
+def _usage_of(resp: Any) -> Usage:
+    u = getattr(resp, "usage", None)
+    if u is None and isinstance(resp, dict):
+        u = resp.get("usage")
+    get = (lambda k: u.get(k)) if isinstance(u, dict) else (lambda k: getattr(u, k, None))
+    cost: float | None = None
+    hidden = getattr(resp, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:  # litellm already priced it
+        value = hidden["response_cost"]
+        cost = float(value) if isinstance(value, (int, float)) else None
+    else:
+        try:
+            cost = float(_litellm().completion_cost(completion_response=resp))
+        except Exception:
+            cost = None
+    return Usage(
+        calls=1,
+        tokens_in=int(get("prompt_tokens") or 0) if u is not None else 0,
+        tokens_out=int(get("completion_tokens") or 0) if u is not None else 0,
+        cost_usd=cost,
+    )
+
+
+def complete(
+    messages: list[dict[str, str]],
+    settings: LLMSettings,
+    *,
+    cache: ResponseCache | None = None,
+    mock_response: str | None = None,
+    cache_put: bool = True,
+    response_format: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Completion:
+    """One chat completion, served from ``cache`` when it holds the same request.
+
+    ``cache_put=False`` reads the cache but leaves writing to the caller (who validates
+    first); the key is in ``Completion.cache_key``. ``mock_response`` goes to litellm's own
+    mock (no network) and is part of the cache key.
+    """
+    key = None
+    if cache is not None:
+        key = cache.key(messages, settings, response_format=response_format, mock_response=mock_response)
+        hit = cache.get(key)
+        if hit is not None:
+            return Completion(
+                text=hit[0], usage=Usage(cached_calls=1, cost_usd=0.0), cached=True, cache_key=key
+            )
+    ll = _litellm()
+    kwargs: dict[str, Any] = {
+        "model": settings.model,
+        "messages": messages,
+        "timeout": settings.timeout,
+        "temperature": settings.temperature,
+        "num_retries": 0,
+        "max_retries": 0,
+        "drop_params": True,
+    }
+    if settings.api_base:
+        kwargs["api_base"] = settings.api_base
+    if settings.max_tokens is not None:
+        kwargs["max_tokens"] = settings.max_tokens
+    if response_format is not None:
+        kwargs["response_format"] = response_format
+    if mock_response is not None:
+        kwargs["mock_response"] = mock_response
+
+    resp = _with_retries(
+        lambda: ll.completion(**kwargs),
+        what="LLM call",
+        model=settings.model,
+        api_base=settings.api_base,
+        max_retries=settings.max_retries,
+        sleep=sleep,
+    )
+    try:
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        finish = getattr(choice, "finish_reason", None)
+    except (AttributeError, IndexError, TypeError) as err:
+        raise LLMError(
+            f"LLM call to model {settings.model!r} returned no message: {_short(err)}",
+            hint="check --model and --api-base point to a chat-completions endpoint",
+        ) from None
+    usage = _usage_of(resp)
+    if cache is not None and key is not None and cache_put:
+        cache.put(key, text, usage, model=settings.model)
+    return Completion(text=text, usage=usage, cached=False, finish_reason=finish, cache_key=key)
+
+
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> Any:
+    """Parse the JSON object in a model reply (``` fences and chatter around it allowed).
+
+    Raises ValueError with a short reason.
+    """
+    body = _THINK.sub("", text).strip()
+    if not body:
+        raise ValueError("the reply was empty")
+    candidates = [body]
+    candidates += [m.group(1).strip() for m in _FENCE.finditer(body)]
+    start, end = body.find("{"), body.rfind("}")
+    if 0 <= start < end:
+        candidates.append(body[start : end + 1])
+    first_error: str | None = None
+    for cand in candidates:
+        try:
+            return json.loads(cand)
+        except ValueError as err:
+            if first_error is None or cand.startswith("{"):
+                first_error = str(err)
+    if start < 0 or end <= start:
+        raise ValueError("no JSON object ({...}) found in the reply")
+    raise ValueError(f"the JSON does not parse: {first_error}")
+
+
+def _check(text: str, validate: Callable[[Any], T], finish_reason: str | None, max_tokens: int | None) -> T:
+    try:
+        obj = extract_json(text)
+        if not isinstance(obj, dict):
+            raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+        return validate(obj)
+    except (ValueError, TypeError) as err:
+        reason = str(err) or type(err).__name__
+        if finish_reason == "length":
+            reason += f" (the reply was cut off at max_tokens={max_tokens})"
+        raise ValueError(reason) from None
+
+
+def complete_json(
+    messages: list[dict[str, str]],
+    settings: LLMSettings,
+    *,
+    validate: Callable[[Any], T],
+    cache: ResponseCache | None = None,
+    mock_response: str | None = None,
+    json_mode: bool = False,
+    sleep: Callable[[float], None] | None = None,
+) -> tuple[T, Usage]:
+    """Ask for a JSON object, validate it, make one repair attempt, and cache only good replies.
+
+    ``validate(obj)`` returns the typed value or raises ValueError with a reason. With
+    ``json_mode`` the request carries ``response_format={"type": "json_object"}`` when litellm
+    says the model supports it.
+    """
+    response_format = _json_response_format(settings.model) if json_mode else None
+    total = Usage()
+    first = complete(
+        messages,
+        settings,
+        cache=cache,
+        mock_response=mock_response,
+        cache_put=False,
+        response_format=response_format,
+        sleep=sleep,
+    )
+    if first.cached:
+        try:
+            value = _check(first.text, validate, None, settings.max_tokens)
+            return value, total.add(first.usage)
+        except ValueError:  # an old or tampered entry: ask again, overwrite it
+            first = complete(
+                messages,
+                settings,
+                mock_response=mock_response,
+                response_format=response_format,
+                sleep=sleep,
+            )
+    total.add(first.usage)
+    key = first.cache_key or (
+        cache.key(messages, settings, response_format=response_format, mock_response=mock_response)
+        if cache is not None
+        else None
+    )
+    try:
+        value = _check(first.text, validate, first.finish_reason, settings.max_tokens)
+    except ValueError as err:
+        reason = str(err)
+    else:
+        if cache is not None and key is not None:
+            cache.put(key, first.text, first.usage, model=settings.model)
+        return value, total
+
+    repair = [
+        *messages,
+        {"role": "assistant", "content": first.text},
+        {
+            "role": "user",
+            "content": f"Your reply was not valid: {reason}. "
+            "Reply with only the JSON object, matching the schema.",
+        },
+    ]
+    second = complete(
+        repair,
+        settings,
+        mock_response=mock_response,
+        response_format=response_format,
+        sleep=sleep,
+    )
+    total.add(second.usage)
+    try:
+        value = _check(second.text, validate, second.finish_reason, settings.max_tokens)
+    except ValueError as err:
+        raw = second.text
+        shown = raw if len(raw) <= 500 else raw[:500] + "..."
+        raise LLMReplyError(
+            f"model {settings.model!r} did not return valid JSON after a repair attempt: {err}\n"
+            f"  reply: {shown}",
+            reason=str(err),
+            raw=raw,
+            usage=total,
+            hint="try a stronger --model or raise max_tokens; invalid replies are never cached",
+        ) from None
+    if cache is not None and key is not None:
+        usage = Usage(
+            tokens_in=first.usage.tokens_in + second.usage.tokens_in,
+            tokens_out=first.usage.tokens_out + second.usage.tokens_out,
+            cost_usd=total.cost_usd,
+        )
+        cache.put(key, second.text, usage, model=settings.model)
+    return value, total
+
+
+def _json_response_format(model: str) -> dict[str, Any] | None:
+    try:
+        params = _litellm().get_supported_openai_params(model=model) or []
+    except Exception:
+        return None
+    return {"type": "json_object"} if "response_format" in params else None
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embed(
+    texts: Sequence[str],
+    model: str,
+    *,
+    api_base: str | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 4,
+    sleep: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """Embed ``texts`` through litellm: float32 rows, L2-normalised, in input order."""
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    ll = _litellm()
+    rows: list[np.ndarray] = []
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = [t if t.strip() else " " for t in texts[start : start + EMBED_BATCH]]
+        kwargs: dict[str, Any] = {"model": model, "input": batch, "timeout": timeout, "max_retries": 0}
+        if api_base:
+            kwargs["api_base"] = api_base
+        resp = _with_retries(
+            functools.partial(ll.embedding, **kwargs),
+            what="embedding call",
+            model=model,
+            api_base=api_base,
+            max_retries=max_retries,
+            sleep=sleep,
+            config_error_cls=ModelError,
+        )
+        rows.append(_embedding_matrix(resp, len(batch), model))
+    dims = {r.shape[1] for r in rows}
+    if len(dims) != 1:
+        raise ModelError(f"embedding model {model!r} returned vectors of different sizes {sorted(dims)}")
+    out = np.concatenate(rows, axis=0).astype(np.float32, copy=False)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def _embedding_matrix(resp: Any, n: int, model: str) -> np.ndarray:
+    data = getattr(resp, "data", None)
+    if data is None and isinstance(resp, dict):
+        data = resp.get("data")
+    items: list[tuple[int, Any]] = []
+    for pos, item in enumerate(data or []):
+        if isinstance(item, dict):
+            idx, vec = item.get("index"), item.get("embedding")
+        else:
+            idx, vec = getattr(item, "index", None), getattr(item, "embedding", None)
+        items.append((int(idx) if idx is not None else pos, vec))
+    if len(items) != n:
+        raise LLMError(
+            f"embedding model {model!r} returned {len(items)} vectors for {n} texts",
+            hint="check --api-base points to an embeddings endpoint",
+        )
+    items.sort(key=lambda it: it[0])
+    try:
+        return np.asarray([vec for _, vec in items], dtype=np.float32).reshape(n, -1)
+    except (TypeError, ValueError) as err:
+        raise LLMError(
+            f"embedding model {model!r} returned malformed vectors: {_short(err)}",
+            hint="the embedding endpoint must return float vectors (encoding_format=float)",
+        ) from None
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def count_tokens(messages: Sequence[dict[str, str]], model: str) -> int:
+    """Best-effort prompt size in tokens (litellm's tokenizer, else ~4 characters a token)."""
+    try:
+        return int(_litellm().token_counter(model=model, messages=list(messages)))
+    except Exception:
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        return chars // 4 + 4 * len(messages)
