@@ -31,11 +31,23 @@ def parse_toml(text: str, path: Path | str, error: type[InputError] = InputError
         ) from None
 
 
-def line_of_key(text: str, key: str) -> int | None:
-    """The first line that assigns ``key`` (best effort, for validation errors)."""
-    pat = re.compile(rf"^\s*{re.escape(key)}\s*=", re.MULTILINE)
+def line_of_key(text: str, key: str, section: str | None = None) -> int | None:
+    """The first line that assigns ``key`` (best effort, for validation errors).
+
+    With ``section``, the first such line inside that ``[section]`` table.
+    Only spaces and tabs may precede a key: a match never starts on the blank
+    line before the one it names.
+    """
+    pat = re.compile(rf"^[ \t]*{re.escape(key)}[ \t]*=", re.MULTILINE)
+    if section is not None:
+        head = re.search(rf"^[ \t]*\[[ \t]*{re.escape(section)}[ \t]*\]", text, re.MULTILINE)
+        if head is not None:
+            nxt = re.compile(r"^[ \t]*\[", re.MULTILINE).search(text, head.end())
+            m = pat.search(text, head.end(), nxt.start() if nxt else len(text))
+            if m is not None:
+                return text.count("\n", 0, m.start()) + 1
     m = pat.search(text)
     if m is None:
-        pat = re.compile(rf"^\s*\[+\s*{re.escape(key)}\s*\]+", re.MULTILINE)
+        pat = re.compile(rf"^[ \t]*\[+[ \t]*{re.escape(key)}[ \t]*\]+", re.MULTILINE)
         m = pat.search(text)
     return text.count("\n", 0, m.start()) + 1 if m else None

@@ -350,6 +350,8 @@ def parse_conversations(obj: dict[str, Any]) -> Trajectory:
     for i, (role, text) in enumerate(turns):
         if role == "user" and any(mk in text for mk in _TASK_MARKERS):
             task_turn = i
+        elif role == "assistant" and task_turn is not None and text.strip() != "OK":
+            break  # the first real action: later observations may repeat the task text
     if task_turn is not None:
         turns = turns[task_turn:]
     return _dialogue_to_trajectory(turns, obj, '"conversations"')
@@ -437,7 +439,11 @@ def parse_record(obj: Any, fmt: str = "auto") -> Trajectory:
         parser = _PARSERS[fmt]
     except KeyError:
         raise RecordError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}") from None
-    return parser(obj)
+    t = parser(obj)
+    if not t.steps:
+        # A memory is built from the steps: a run without any could never be distilled.
+        raise RecordError("the trajectory has no steps (no action was taken)")
+    return t
 
 
 @dataclass(slots=True)
@@ -454,6 +460,8 @@ def read_jsonl(lines: Iterable[bytes], path: str, fmt: str = "auto") -> Iterator
     not parse, and records of the wrong shape each give an error for their line.
     """
     for lineno, raw in enumerate(lines, 1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte order mark, as some Windows tools write
         if not raw.strip():
             continue
         if len(raw) > MAX_LINE_BYTES:

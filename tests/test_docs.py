@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import typer
 
 from memp_cli.cli import app
-from memp_cli.cli.gendocs import _commands, expected_files
+from memp_cli.cli.gendocs import _commands, expected_files, subcommand
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,24 +25,29 @@ def test_every_command_has_help() -> None:
     root = typer.main.get_command(app)
     missing = []
     for path in _commands(root, []):
-        cmd: click.Command = root
+        cmd = root
         for name in path:
-            assert isinstance(cmd, click.Group)
-            sub = cmd.get_command(click.Context(cmd), name)
+            sub = subcommand(cmd, name)
             assert sub is not None
             cmd = sub
         if not (cmd.help or "").strip():
             missing.append(" ".join(path))
         for param in cmd.params:
-            if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip():
+            is_option = param.param_type_name == "option"
+            if (
+                is_option
+                and not getattr(param, "hidden", False)
+                and not (getattr(param, "help", "") or "").strip()
+            ):
                 missing.append(f"{' '.join(path)} {param.opts[0]}")
     assert not missing, f"commands/options without help: {missing}"
+    assert len(_commands(root, [])) >= 12  # the walk reaches every subcommand
 
 
 def test_every_global_option_has_env_var() -> None:
     root = typer.main.get_command(app)
     for param in root.params:
-        if isinstance(param, click.Option) and param.name not in {
+        if param.param_type_name == "option" and param.name not in {
             "version",
             "install_completion",
             "show_completion",

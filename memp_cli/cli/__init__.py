@@ -11,8 +11,8 @@ import traceback as tb
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+from typer import _click  # typer vendors click: its Context and exceptions live here
 from typer.core import TyperGroup
 
 from .. import __version__
@@ -25,7 +25,7 @@ from .output import env
 class MempGroup(TyperGroup):
     """Maps library exceptions to exit codes, in one place."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: _click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MempError as e:
@@ -39,7 +39,8 @@ class MempGroup(TyperGroup):
         except BrokenPipeError:
             sys.stderr.close()
             raise typer.Exit(0) from None
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            # Usage errors (typer._click's UsageError and friends) are TyperExceptions.
             raise
         except Exception as e:
             if env.traceback:

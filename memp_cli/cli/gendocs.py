@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-import click
 import typer
+from typer._click.core import Command, Context  # typer 0.28 vendors its own click
 from typer._completion_shared import get_completion_script
 from typer.testing import CliRunner
 
@@ -28,13 +28,19 @@ def completion_scripts() -> dict[str, str]:
     }
 
 
-def _commands(cmd: click.Command, path: list[str]) -> list[list[str]]:
+def subcommand(cmd: Command, name: str) -> Command | None:
+    get = getattr(cmd, "get_command", None)
+    return get(Context(cmd), name) if get else None
+
+
+def _commands(cmd: Command, path: list[str]) -> list[list[str]]:
+    """Every command path below ``cmd`` (groups included), depth first."""
     out = [path]
-    if isinstance(cmd, click.Group):
-        for name in cmd.list_commands(click.Context(cmd)):
-            sub = cmd.get_command(click.Context(cmd), name)
-            if sub is not None and not sub.hidden:
-                out.extend(_commands(sub, [*path, name]))
+    names = getattr(cmd, "list_commands", None)
+    for name in names(Context(cmd)) if names else []:
+        sub = subcommand(cmd, name)
+        if sub is not None and not sub.hidden:
+            out.extend(_commands(sub, [*path, name]))
     return out
 
 

@@ -1,0 +1,127 @@
+"""memp distill --policy trajectory: one memory per stored run, idempotent, resumable."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from conftest import FILES, memory_ids, memp, read_records
+
+from memp_cli.distill import memory_id
+from memp_cli.errors import ExitCode
+from memp_cli.trajectories import parse_record
+
+DISTILL = ("distill", "--policy", "trajectory")
+
+
+def _ingest(*files: Path) -> None:
+    memp("ingest", *files)
+
+
+def test_distill_writes_one_memory_per_run_then_nothing(cli, store: Path) -> None:
+    _ingest(FILES["native"])
+    r = cli(*DISTILL, "--json")
+    (rep,) = r.jsonl()
+    assert (rep["read"], rep["written"], rep["skipped"], rep["filtered"]) == (40, 40, 0, 0)
+    assert "wrote 40 memories" in r.stderr
+    assert "index: 40 embedded (hash)" in r.stderr
+    assert len(memory_ids(store)) == 40
+    assert (store / "index" / "state.json").is_file()
+
+    r = cli(*DISTILL, "--json")
+    (rep,) = r.jsonl()
+    assert (rep["read"], rep["written"], rep["skipped"]) == (0, 0, 40)
+    assert "embedded" not in r.stderr
+
+
+def test_memory_content_comes_from_the_run(store: Path) -> None:
+    _ingest(FILES["native"])
+    memp(*DISTILL)
+    for rec in read_records(FILES["native"])[:10]:
+        t = parse_record(rec)
+        mid = memory_id("trajectory", t.id)
+        data = tomllib.loads((store / "memories" / f"{mid}.toml").read_text())
+        assert data["id"] == mid and data["kind"] == "trajectory" and data["version"] == 1
+        assert data["task"] == rec["task"] and data["keys"] == [rec["task"]]
+        assert data["task_type"] == rec["task_type"]
+        assert data["success"] is rec["success"]
+        assert data["provenance"]["trajectories"] == [t.id]
+        assert data["provenance"]["policy"] == "trajectory"
+        assert [s["action"] for s in data["steps"]] == [s["action"] for s in rec["steps"]]
+        for s, src in zip(data["steps"], rec["steps"], strict=True):
+            obs = src["observation"].strip()
+            assert s["observation"] == (obs if len(obs) <= 300 else obs[:299] + "…")
+
+
+def test_long_runs_are_trimmed_by_the_store_settings(store: Path) -> None:
+    cfg = store / "memp.toml"
+    cfg.write_text(cfg.read_text().replace("max_steps = 40", "max_steps = 5"))
+    _ingest(FILES["conversations"])  # runs of 7 to 34 steps
+    memp(*DISTILL)
+    rec = read_records(FILES["conversations"])[1]
+    t = parse_record(rec)
+    data = tomllib.loads((store / "memories" / f"{memory_id('trajectory', t.id)}.toml").read_text())
+    actions = [s["action"] for s in data["steps"]]
+    assert len(actions) == 5
+    assert actions[:2] == [s.action for s in t.steps[:2]]
+    assert actions[2] == f"[... {len(t.steps) - 4} steps omitted ...]"
+    assert actions[3:] == [s.action for s in t.steps[-2:]]
+
+
+def test_only_success(store: Path) -> None:
+    _ingest(FILES["native"])
+    (rep,) = memp(*DISTILL, "--only-success", "--json").jsonl()
+    assert (rep["written"], rep["filtered"]) == (30, 10)
+    assert "10 filtered (not successful)" in memp(*DISTILL, "--only-success").stderr
+    for mid in memory_ids(store):
+        assert "success = true" in (store / "memories" / f"{mid}.toml").read_text()
+    # Without the filter, the failures are built too (the successes are skipped).
+    (rep,) = memp(*DISTILL, "--json").jsonl()
+    assert (rep["written"], rep["skipped"]) == (10, 30)
+
+
+def test_dry_run_writes_nothing(store: Path) -> None:
+    _ingest(FILES["native"])
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    journal = (store / "journal.jsonl").read_bytes()
+    r = memp(*DISTILL, "--dry-run", "--json")
+    rows = r.jsonl()
+    would = [row["id"] for row in rows if row.get("would_write")]
+    assert len(would) == 40 and len(set(would)) == 40
+    assert rows[-1]["written"] == 0 and rows[-1]["read"] == 40
+    assert "would write 40 memories" in r.stderr
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert (store / "journal.jsonl").read_bytes() == journal
+    memp(*DISTILL)
+    assert sorted(would) == memory_ids(store)
+
+
+def test_limit_and_resume(store: Path) -> None:
+    _ingest(FILES["native"])
+    (rep,) = memp(*DISTILL, "--limit", "7", "--json").jsonl()
+    assert rep["written"] == 7 and len(memory_ids(store)) == 7
+    (rep,) = memp(*DISTILL, "--json").jsonl()
+    assert (rep["written"], rep["skipped"]) == (33, 7)
+
+
+def test_distill_empty_store(store: Path) -> None:
+    (rep,) = memp(*DISTILL, "--json").jsonl()
+    assert rep["written"] == 0
+    assert not (store / "index" / "state.json").exists()
+
+
+def test_unknown_policy(store: Path) -> None:
+    _ingest(FILES["native"])
+    r = memp("distill", "--policy", "bogus", expect=ExitCode.BAD_INPUT)
+    assert "unknown policy 'bogus'" in r.stderr
+    assert memory_ids(store) == []
+
+
+def test_distill_journal(store: Path) -> None:
+    _ingest(FILES["openai"])
+    memp(*DISTILL)
+    events = [json.loads(line) for line in (store / "journal.jsonl").read_text().splitlines()]
+    (ev,) = [e for e in events if e["event"] == "distill"]
+    assert ev["count"] == 5 and sorted(ev["ids"]) == memory_ids(store)
+    assert any(e["event"] == "index.sync" for e in events)
