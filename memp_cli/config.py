@@ -43,7 +43,7 @@ class RetrievalConfig:
     k: int = 3
     min_score: float = 0.0
     key: str = "query"
-    lexical_weight: float = 0.5
+    lexical_weight: float = 1.0
 
 
 @dataclass
@@ -55,7 +55,7 @@ class LLMConfig:
 
 @dataclass
 class DistillConfig:
-    policy: str = "trajectory"
+    policy: str = "proceduralization"
     max_steps: int = 40
     max_observation_chars: int = 300
 
@@ -129,17 +129,20 @@ k = {r.k}
 min_score = {r.min_score}
 # query (the task text), avefact (task keywords) or random (baseline).
 key = {q(r.key)}
-# Weight of the lexical (BM25) score in the fused score; 0 = embeddings only.
+# Weight of the lexical (BM25) score in the fused score: 0 = embeddings only,
+# 1 = BM25 only (embeddings still pick candidates and break ties). 1.0 measured best on
+# ALFWorld (benchmarks/eval_retrieval.py); lower it for paraphrased, free-form tasks.
 lexical_weight = {r.lexical_weight}
 
 [llm]
-# Any litellm model string (openai/gpt-4o-mini, anthropic/..., ollama/...), or builtin.
+# Any litellm model string (openai/gpt-4o-mini, anthropic/..., ollama/...), or builtin
+# (a rule-based distiller: no network, no key). Keys come from the environment only.
 model = {q(llm.model)}
 api_base = {q(llm.api_base)}
 timeout = {llm.timeout}
 
 [distill]
-# trajectory, script or proceduralization.
+# trajectory (the run's steps), script (an abstract procedure) or proceduralization (both).
 policy = {q(d.policy)}
 max_steps = {d.max_steps}
 max_observation_chars = {d.max_observation_chars}
@@ -148,7 +151,7 @@ max_observation_chars = {d.max_observation_chars}
 
 def _check(section: str, key: str, value: Any, default: Any, text: str, path: Path) -> Any:
     def fail(msg: str) -> ConfigError:
-        line = line_of_key(text, key)
+        line = line_of_key(text, key, section)
         where = f"{path}:{line}: " if line else f"{path}: "
         return ConfigError(where + f"[{section}] {key} {msg}", hint=f"fix it by hand in {path}")
 
@@ -210,7 +213,7 @@ def load_config(path: Path) -> Config:
         section = getattr(cfg, key)
         for k, v in value.items():
             if not hasattr(section, k):
-                line = line_of_key(text, k)
+                line = line_of_key(text, k, key)
                 known = ", ".join(section.__dataclass_fields__)
                 raise ConfigError(
                     f"{path}:{line or '?'}: unknown setting [{key}] {k}", hint=f"known: {known}"

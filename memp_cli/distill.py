@@ -4,40 +4,129 @@ Policies:
 
 - ``trajectory``: the memory keeps the task and the concrete steps (trimmed
   to ``[distill] max_steps``, long observations cut). No LLM.
+- ``script``: a model turns the run into an abstract procedure (numbered general
+  steps with the specifics lifted into ``{variables}``, preconditions, pitfalls,
+  keywords): :mod:`memp_cli.scripts` holds the schema and the prompt.
+- ``proceduralization`` (the default): one memory holding both the script and the
+  trimmed concrete steps.
 
-A memory's id derives from the policy and the trajectory id, so distilling
-again skips what is done and a killed run resumes where it stopped.
+The model is any litellm model string, or ``builtin``: :func:`scripts.builtin_script`,
+a deterministic rule-based distiller (no network, no key), labelled as such in every
+memory it writes.
+
+A memory's id derives from the policy and the trajectory id, so distilling again
+skips what is done and a killed run resumes where it stopped. A memory built with
+another model or prompt version is rebuilt as a new ``version`` of the same memory
+(its ``stats`` kept), except that the builtin distiller never replaces what an LLM built.
+
+Locking: the store's writer lock is never held during LLM calls. A run (1) lists
+the pending trajectories under the lock, (2) makes the calls without it, in a
+thread pool, and (3) takes the lock briefly for each batch of finished results,
+re-checking that nobody wrote them meanwhile. A second ``memp distill`` on the same
+store waits for the first (or, with ``--no-wait``, exits with code 6) on a lock of
+its own, ``cache/distill.lock``, so two distills never pay for the same call.
+A kill -9 loses at most the calls in flight; the finished ones are in the
+response cache (``cache/llm``), so a rerun costs no tokens for them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import queue
+import re
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .memory import Memory, Provenance
+from .errors import InputError, LLMError, MemoryFileError, MempError
+from .fsutil import StoreLock
+from .memory import Memory, Provenance, load_memory_file
 from .store import Store
 from .trajectories import Trajectory
 
-POLICIES = ("trajectory",)
+POLICIES = ("trajectory", "script", "proceduralization")
 KIND_OF_POLICY = {"trajectory": "trajectory", "script": "script", "proceduralization": "procedure"}
-BATCH = 500
+BUILTIN_MODEL = "builtin"
+# Bump when builtin_script changes what it writes: stores then rebuild its memories.
+BUILTIN_VERSION = "builtin-v1"
+BUILTIN_GENERATOR = "builtin (rule-based, not an LLM)"
+BATCH = 500  # memories written under one lock acquisition, at most
+FLUSH_SECONDS = 1.0  # local policies: write at least this often
+GATHER_SECONDS = 0.05  # LLM results: wait this long for more before writing a batch
+MAX_CONCURRENCY = 256
+MAX_TOKENS = 1500  # the script reply; ~40 steps of JSON fit
+PROMPT_MAX_STEPS = 60  # steps of the trajectory shown to the model (head and tail)
+# Consecutive failed calls (transport errors after retries, no reply at all) that stop a run:
+# the provider looks down, and every remaining trajectory would wait out its retries.
+UNREACHABLE_AFTER = 8
+
+ProgressFn = Callable[[int, int], None]
+FailureFn = Callable[["Failure"], None]
+
+
+@dataclass
+class Failure:
+    trajectory: str
+    memory: str
+    reason: str
 
 
 @dataclass
 class DistillReport:
+    """What a run did; ``to_dict`` is the JSON summary and the journal record."""
+
     policy: str
-    read: int = 0
+    model: str = ""
+    prompt_version: str = ""
+    dry_run: bool = False
+    total: int = 0  # trajectories in the store
+    read: int = 0  # trajectories to build in this run
     written: int = 0
-    skipped: int = 0
-    filtered: int = 0
+    versioned: int = 0  # of ``written``: new versions of memories built with another model/prompt
+    skipped: int = 0  # already built with the same policy, model and prompt version
+    filtered: int = 0  # left out by --only-success
     failed: int = 0
+    pending: int = 0  # still to build after this run (failed, --limit, stopped early)
+    calls: int = 0  # requests sent to the model (repairs included)
+    cached_calls: int = 0  # replies served from the response cache
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None  # None while no call had a price litellm knows
+    estimated_tokens: int = 0  # --dry-run: prompt tokens the run would send
+    seconds: float = 0.0
+    stopped: str | None = None  # why the run stopped early, if it did
     ids: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    planned: list[dict[str, Any]] = field(default_factory=list)  # --dry-run rows
+    warnings: list[str] = field(default_factory=list)
+    error: MempError | None = None  # the settings error that stopped the run
+    lock_seconds: float = 0.0  # time spent holding the store lock to write (benchmarks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "ids"}
+        skip = {"ids", "failures", "planned", "warnings", "error", "lock_seconds"}
+        d = {k: v for k, v in vars(self).items() if k not in skip}
+        d["seconds"] = round(self.seconds, 3)
+        if self.cost_usd is not None:
+            d["cost_usd"] = round(self.cost_usd, 6)
+        return d
+
+
+@dataclass
+class _Job:
+    t: Trajectory
+    mid: str
+    version: int  # 1, or the existing version + 1 (re-checked when written)
+
+
+class _Cancelled:
+    """A job the pool skipped because the run was stopping."""
+
+
+# --------------------------------------------------------------------------- memories
 
 
 def memory_id(policy: str, trajectory_id: str) -> str:
@@ -45,7 +134,7 @@ def memory_id(policy: str, trajectory_id: str) -> str:
 
 
 def trim_steps(t: Trajectory, max_steps: int, max_obs_chars: int) -> list[dict[str, str]]:
-    """The concrete steps kept in a memory: long runs keep head and tail."""
+    """The concrete steps kept in a ``trajectory`` memory: long runs keep head and tail."""
 
     def cut(s: str) -> str:
         s = s.strip()
@@ -66,12 +155,15 @@ def trim_steps(t: Trajectory, max_steps: int, max_obs_chars: int) -> list[dict[s
 
 
 def trajectory_memory(t: Trajectory, store: Store) -> Memory:
+    from .scripts import extract_keywords
+
     cfg = store.config.distill
     return Memory(
         id=memory_id("trajectory", t.id),
         kind="trajectory",
         task=t.task,
         keys=[t.task],
+        keywords=extract_keywords(t.task),
         task_type=t.task_type or "",
         success=t.success,
         steps=trim_steps(t, cfg.max_steps, cfg.max_observation_chars),
@@ -79,8 +171,511 @@ def trajectory_memory(t: Trajectory, store: Store) -> Memory:
     )
 
 
-def pending(store: Store, policy: str, *, only_success: bool = False) -> Iterator[tuple[str, Trajectory]]:
-    """Every stored trajectory with its status for ``policy``: todo, done or filtered."""
+def script_memory(
+    t: Trajectory, script: Any, store: Store, *, policy: str, model: str, prompt_version: str
+) -> Memory:
+    """A ``script`` or ``procedure`` memory from a :class:`scripts.Script`."""
+    from .scripts import trim_steps as procedure_steps
+
+    cfg = store.config.distill
+    body = script.to_dict()
+    body["generator"] = BUILTIN_GENERATOR if model == BUILTIN_MODEL else f"{model} (LLM)"
+    kind = KIND_OF_POLICY[policy]
+    return Memory(
+        id=memory_id(policy, t.id),
+        kind=kind,
+        task=t.task,
+        keys=[t.task],
+        keywords=list(script.keywords),
+        task_type=t.task_type or "",
+        success=t.success,
+        script=body,
+        steps=procedure_steps(t, cfg.max_steps, cfg.max_observation_chars) if kind == "procedure" else [],
+        provenance=Provenance(trajectories=[t.id], policy=policy, model=model, prompt_version=prompt_version),
+    )
+
+
+_PROV_SECTION = re.compile(r"^\[provenance\][ \t]*\r?\n(.*?)(?=^\s*\[|\Z)", re.MULTILINE | re.DOTALL)
+
+
+def built_with(path: Path) -> tuple[str, str]:
+    """(model, prompt_version) recorded in a memory file. Raises MemoryFileError if broken.
+
+    Reads only the ``[provenance]`` table when it can (fast for big stores); falls back
+    to a full validated parse.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        m = _PROV_SECTION.search(text)
+        if m:
+            prov = tomllib.loads(m.group(1))
+            model, version = prov.get("model", ""), prov.get("prompt_version", "")
+            if isinstance(model, str) and isinstance(version, str):
+                return model, version
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass
+    mem = load_memory_file(path)
+    return mem.provenance.model, mem.provenance.prompt_version
+
+
+def is_current(built: tuple[str, str], model: str, prompt_version: str) -> bool:
+    """Whether a memory built with ``built`` = (model, prompt version) needs no rebuilding.
+
+    The same model and prompt version: current. The builtin distiller never replaces what an
+    LLM built (a cron ``memp distill`` with the default model must not downgrade memories
+    built with ``--model``); any other change of model or prompt version rebuilds.
+    """
+    if built == (model, prompt_version):
+        return True
+    return model == BUILTIN_MODEL and built[0] not in ("", BUILTIN_MODEL)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def resolve_policy(store: Store, policy: str | None) -> str:
+    pol = policy or store.config.distill.policy
+    if pol not in POLICIES:
+        raise InputError(f"unknown policy {pol!r}", hint=f"choose one of {', '.join(POLICIES)}")
+    return pol
+
+
+def distill(
+    store: Store,
+    policy: str | None = "trajectory",
+    *,
+    model: str | None = None,
+    api_base: str | None = None,
+    timeout: float | None = None,
+    concurrency: int = 4,
+    only_success: bool = False,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    on_failure: FailureFn | None = None,
+    mock_response: str | None = None,
+    max_retries: int = 4,
+) -> DistillReport:
+    """Write a memory for each trajectory that has none for ``policy`` (and model, prompt) yet.
+
+    ``policy=None`` uses the store's ``[distill] policy``; ``model=None`` its ``[llm] model``.
+
+    ``progress(done, total)`` and ``on_failure(failure)`` are called from this thread.
+    An LLM failure for one trajectory is counted and the run continues; a settings
+    problem (no key, unknown model) stops it: ``report.error`` holds that error.
+    ``mock_response`` is handed to litellm (tests: no network).
+    """
+    t0 = time.perf_counter()
+    pol = resolve_policy(store, policy)
+    if concurrency < 1 or concurrency > MAX_CONCURRENCY:
+        raise InputError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
+    if limit is not None and limit < 0:
+        raise InputError(f"--limit must be 0 or more, got {limit}")
+    cfg = store.config
+    use_model = "" if pol == "trajectory" else (model or cfg.llm.model or BUILTIN_MODEL).strip()
+    prompt = None
+    if use_model and use_model != BUILTIN_MODEL:
+        from .scripts import load_prompt
+
+        prompt = load_prompt("script", store.prompts_dir)
+    prompt_version = prompt.version if prompt else (BUILTIN_VERSION if use_model else "")
+    report = DistillReport(policy=pol, model=use_model, prompt_version=prompt_version, dry_run=dry_run)
+
+    run_lock: StoreLock | None = None
+    if not dry_run:
+        store.cache_dir.mkdir(parents=True, exist_ok=True)
+        run_lock = StoreLock(store.cache_dir / "distill.lock", wait=store.lock.wait)
+        run_lock.acquire()  # another distill on this store: wait, or LockedError (exit 6)
+    try:
+        if dry_run:
+            jobs = _plan(store, pol, use_model, prompt_version, only_success, limit, report)
+        else:
+            with store.lock:  # --no-wait applies here
+                jobs = _plan(store, pol, use_model, prompt_version, only_success, limit, report)
+        if dry_run:
+            _dry_run(store, jobs, pol, use_model, prompt, api_base, timeout, mock_response, report)
+        elif jobs:
+            writer = _Writer(store, pol, use_model, prompt_version, report, progress, len(jobs))
+            if progress:
+                progress(0, len(jobs))
+            if prompt is None:
+                _run_local(store, jobs, pol, use_model, prompt_version, writer)
+            else:
+                settings = _settings(store, use_model, api_base, timeout, max_retries)
+                _run_llm(store, jobs, pol, prompt, settings, concurrency, mock_response, writer, on_failure)
+        report.pending += report.failed
+        report.seconds = time.perf_counter() - t0
+        if not dry_run and report.read:
+            store.journal("distill", **report.to_dict(), count=report.written, ids=report.ids)
+    finally:
+        if run_lock is not None:
+            run_lock.release()
+    return report
+
+
+def _settings(store: Store, model: str, api_base: str | None, timeout: float | None, max_retries: int) -> Any:
+    from .llm import LLMSettings
+
+    return LLMSettings(
+        model=model,
+        api_base=api_base or store.config.llm.api_base or None,
+        timeout=timeout if timeout is not None else store.config.llm.timeout,
+        max_retries=max_retries,
+        max_tokens=MAX_TOKENS,
+    )
+
+
+def _plan(
+    store: Store,
+    policy: str,
+    model: str,
+    prompt_version: str,
+    only_success: bool,
+    limit: int | None,
+    report: DistillReport,
+) -> list[_Job]:
+    """Sort every stored trajectory into skipped, filtered or a job (under the lock)."""
+    existing = set(store.memory_ids())
+    jobs: list[_Job] = []
+    for t in store.iter_trajectories():
+        report.total += 1
+        mid = memory_id(policy, t.id)
+        version = 1
+        if mid in existing:
+            if policy == "trajectory":
+                report.skipped += 1
+                continue
+            path = store.memory_path(mid)
+            try:
+                if is_current(built_with(path), model, prompt_version):
+                    report.skipped += 1
+                    continue
+                version = load_memory_file(path).version + 1
+            except MemoryFileError as e:
+                report.skipped += 1
+                report.warnings.append(f"{str(e).splitlines()[0]} (left as it is; `memp doctor` explains)")
+                continue
+        if only_success and t.success is not True:
+            report.filtered += 1
+            continue
+        if limit is not None and len(jobs) >= limit:
+            report.pending += 1
+            continue
+        jobs.append(_Job(t, mid, version))
+    report.read = len(jobs)
+    return jobs
+
+
+def _dry_run(
+    store: Store,
+    jobs: list[_Job],
+    policy: str,
+    model: str,
+    prompt: Any,
+    api_base: str | None,
+    timeout: float | None,
+    mock_response: str | None,
+    report: DistillReport,
+) -> None:
+    """What would be sent: one row per job, with the prompt's size in tokens."""
+    from .llm import ResponseCache
+
+    settings = _settings(store, model, api_base, timeout, 0)
+    cache = ResponseCache(store.cache_dir / "llm")
+    for job in jobs:
+        row: dict[str, Any] = {
+            "trajectory": job.t.id,
+            "id": job.mid,
+            "would_write": True,
+            "version": job.version,
+            "policy": policy,
+            "model": model or None,
+            "prompt_version": report.prompt_version or None,
+            "estimated_tokens": 0,
+        }
+        if prompt is not None:
+            from .llm import count_tokens, json_cache_key
+            from .scripts import script_messages
+
+            messages = script_messages(
+                job.t,
+                prompt,
+                max_steps=PROMPT_MAX_STEPS,
+                max_obs_chars=store.config.distill.max_observation_chars,
+            )
+            key = json_cache_key(messages, settings, json_mode=True, mock_response=mock_response)
+            cached = cache.get(key) is not None
+            row["estimated_tokens"] = count_tokens(messages, model)
+            row["cached"] = cached
+            if not cached:
+                report.estimated_tokens += row["estimated_tokens"]
+        report.planned.append(row)
+
+
+class _Writer:
+    """Writes finished memories in batches, each under a brief hold of the store lock."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: str,
+        model: str,
+        prompt_version: str,
+        report: DistillReport,
+        progress: ProgressFn | None,
+        total: int,
+    ) -> None:
+        self.store, self.policy, self.model, self.prompt_version = store, policy, model, prompt_version
+        self.report, self.progress, self.total = report, progress, total
+        self.done = 0
+
+    def tick(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def write(self, batch: list[Memory]) -> None:
+        if not batch:
+            return
+        store, report = self.store, self.report
+        lock = store.lock
+        wait = lock.wait
+        lock.wait = True  # results already paid for: wait out a brief writer, never drop them
+        try:
+            with lock:
+                t0 = time.perf_counter()
+                out: list[Memory] = []
+                for mem in batch:
+                    path = store.memory_path(mem.id)
+                    if path.exists():  # written meanwhile, or an older version
+                        try:
+                            current = self.policy == "trajectory" or is_current(
+                                built_with(path), self.model, self.prompt_version
+                            )
+                            if current:
+                                report.skipped += 1
+                                continue
+                            old = load_memory_file(path)
+                        except MemoryFileError as e:
+                            report.skipped += 1
+                            report.warnings.append(f"{str(e).splitlines()[0]} (left as it is)")
+                            continue
+                        mem.version = old.version + 1
+                        mem.stats = old.stats
+                        mem.provenance.created = old.provenance.created
+                        report.versioned += 1
+                    out.append(mem)
+                fields: dict[str, Any] = {"policy": self.policy}
+                if self.model:
+                    fields.update(model=self.model, prompt_version=self.prompt_version)
+                store.save_memories(out, event="distill.write", **fields)
+                report.lock_seconds += time.perf_counter() - t0
+        finally:
+            lock.wait = wait
+        report.written += len(out)
+        report.ids.extend(m.id for m in out)
+        self.tick(len(batch))
+
+
+def _run_local(
+    store: Store, jobs: list[_Job], policy: str, model: str, prompt_version: str, writer: _Writer
+) -> None:
+    """No network: the trajectory policy, or the builtin distiller. One thread, batched writes."""
+    batch: list[Memory] = []
+    last = time.monotonic()
+    for job in jobs:
+        if policy == "trajectory":
+            mem = trajectory_memory(job.t, store)
+        else:
+            from .scripts import builtin_script
+
+            mem = script_memory(
+                job.t,
+                builtin_script(job.t),
+                store,
+                policy=policy,
+                model=model,
+                prompt_version=prompt_version,
+            )
+        batch.append(mem)
+        if len(batch) >= BATCH or time.monotonic() - last >= FLUSH_SECONDS:
+            writer.write(batch)
+            batch = []
+            last = time.monotonic()
+    writer.write(batch)
+
+
+def _run_llm(
+    store: Store,
+    jobs: list[_Job],
+    policy: str,
+    prompt: Any,
+    settings: Any,
+    concurrency: int,
+    mock_response: str | None,
+    writer: _Writer,
+    on_failure: FailureFn | None,
+) -> None:
+    """LLM calls in ``concurrency`` threads (no lock held); results written as they arrive."""
+    from . import llm
+    from .scripts import script_from_reply, script_messages
+
+    report = writer.report
+    cache = llm.ResponseCache(store.cache_dir / "llm")
+    max_obs = store.config.distill.max_observation_chars
+    results: queue.Queue[tuple[_Job, Any, BaseException | type[_Cancelled] | None]] = queue.Queue()
+    stop = threading.Event()
+
+    def work(job: _Job) -> None:
+        if stop.is_set():
+            results.put((job, None, _Cancelled))
+            return
+        try:
+            messages = script_messages(job.t, prompt, max_steps=PROMPT_MAX_STEPS, max_obs_chars=max_obs)
+            value = llm.complete_json(
+                messages,
+                settings,
+                validate=script_from_reply,
+                cache=cache,
+                mock_response=mock_response,
+                json_mode=True,
+            )
+            results.put((job, value, None))
+        except BaseException as e:  # handed to the main thread, which counts and reports it
+            if _stops_the_run(e):
+                stop.set()  # at once: the other workers start no new call
+            results.put((job, None, e))
+
+    todo: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+    for job in jobs:
+        todo.put(job)
+
+    def worker() -> None:
+        while True:
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            work(job)
+
+    # Daemon threads, not a ThreadPoolExecutor (whose threads are joined at exit): on Ctrl-C
+    # the process ends at once instead of waiting out the calls in flight (they are lost, as
+    # with kill -9; the finished ones are already in the cache).
+    for i in range(min(concurrency, len(jobs))):
+        threading.Thread(target=worker, name=f"memp-distill-{i}", daemon=True).start()
+    consecutive = 0
+    try:
+        received = 0
+        while received < len(jobs):
+            items = [results.get()]
+            deadline = time.monotonic() + GATHER_SECONDS
+            while len(items) < BATCH and received + len(items) < len(jobs):
+                remaining = deadline - time.monotonic()
+                try:
+                    items.append(results.get(timeout=remaining) if remaining > 0 else results.get_nowait())
+                except queue.Empty:
+                    break
+            received += len(items)
+            batch: list[Memory] = []
+            not_written = 0
+            for job, value, err in items:
+                if err is _Cancelled:
+                    report.pending += 1
+                    not_written += 1
+                    continue
+                if isinstance(err, BaseException):
+                    not_written += 1
+                    consecutive = _failed(job, err, report, stop, consecutive, on_failure)
+                    continue
+                consecutive = 0
+                script, usage = value
+                _add_usage(report, usage)
+                batch.append(
+                    script_memory(
+                        job.t,
+                        script,
+                        store,
+                        policy=policy,
+                        model=settings.model,
+                        prompt_version=prompt.version,
+                    )
+                )
+            writer.write(batch)
+            if not_written:
+                writer.tick(not_written)
+    except BaseException:
+        stop.set()
+        raise
+
+
+def _stops_the_run(err: BaseException) -> bool:
+    """A settings problem (no key, unknown model, bad config): every other call would fail too."""
+    from .llm import LLMConfigError
+
+    if isinstance(err, LLMConfigError):
+        return err.is_settings_problem
+    return isinstance(err, MempError) and not isinstance(err, LLMError)
+
+
+def _failed(
+    job: _Job,
+    err: BaseException,
+    report: DistillReport,
+    stop: threading.Event,
+    consecutive: int,
+    on_failure: FailureFn | None,
+) -> int:
+    """Count one failed trajectory; stop the run on a settings problem or a dead provider.
+
+    Returns the new count of consecutive failed calls (a bad reply is an answer: it resets it).
+    """
+    from .llm import LLMReplyError
+
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        raise err
+    if isinstance(err, MempError) and _stops_the_run(err):
+        report.pending += 1  # reported once, as the run's error; the trajectory stays pending
+        if report.error is None:
+            report.error = err
+            report.stopped = err.message
+        stop.set()
+        return consecutive
+    if isinstance(err, LLMReplyError):
+        _add_usage(report, err.usage)
+        reason = f"the reply was not the JSON asked for, even after a repair attempt: {err.reason}"
+        consecutive = 0
+    elif isinstance(err, MempError):
+        reason = err.message
+        consecutive += 1
+    else:
+        reason = f"unexpected {type(err).__name__}: {err}"
+        consecutive += 1
+    report.failed += 1
+    failure = Failure(job.t.id, job.mid, reason)
+    report.failures.append(failure)
+    if on_failure:
+        on_failure(failure)
+    if report.error is None and consecutive >= UNREACHABLE_AFTER:
+        report.stopped = f"{consecutive} calls in a row failed: the model looks unreachable"
+        report.error = LLMError(
+            f"stopped after {consecutive} failed calls in a row; the last: {reason}",
+            hint="check --model, --api-base and the provider's status; run `memp distill` again to resume",
+        )
+        stop.set()
+    return consecutive
+
+
+def _add_usage(report: DistillReport, usage: Any) -> None:
+    report.calls += usage.calls
+    report.cached_calls += usage.cached_calls
+    report.tokens_in += usage.tokens_in
+    report.tokens_out += usage.tokens_out
+    if usage.cost_usd is not None and usage.calls:
+        report.cost_usd = (report.cost_usd or 0.0) + usage.cost_usd
+
+
+def pending(store: Store, policy: str, *, only_success: bool = False) -> Iterable[tuple[str, Trajectory]]:
+    """Every stored trajectory with its status for ``policy``: todo, done or filtered (ids only)."""
     existing = set(store.memory_ids())
     for t in store.iter_trajectories():
         if memory_id(policy, t.id) in existing:
@@ -89,47 +684,3 @@ def pending(store: Store, policy: str, *, only_success: bool = False) -> Iterato
             yield "filtered", t
         else:
             yield "todo", t
-
-
-def distill(
-    store: Store,
-    policy: str = "trajectory",
-    *,
-    only_success: bool = False,
-    limit: int | None = None,
-    dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> DistillReport:
-    """Write a memory for each trajectory that has none for ``policy`` yet."""
-    if policy not in POLICIES:
-        raise InputError(f"unknown policy {policy!r}", hint=f"choose one of {', '.join(POLICIES)}")
-    report = DistillReport(policy=policy)
-    with store.lock:
-        batch: list[Memory] = []
-
-        def flush() -> None:
-            if batch:
-                store.save_memories(batch, event="distill", policy=policy)
-                report.written += len(batch)
-                batch.clear()
-                if progress:
-                    progress(report.written)
-
-        for status, t in pending(store, policy, only_success=only_success):
-            if status == "done":
-                report.skipped += 1
-                continue
-            if status == "filtered":
-                report.filtered += 1
-                continue
-            if limit is not None and report.read >= limit:
-                continue
-            report.read += 1
-            mem = trajectory_memory(t, store)
-            report.ids.append(mem.id)
-            if not dry_run:
-                batch.append(mem)
-                if len(batch) >= BATCH:
-                    flush()
-        flush()
-    return report

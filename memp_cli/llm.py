@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 __all__ = [
     "Completion",
+    "LLMConfigError",
     "LLMReplyError",
     "LLMSettings",
     "ResponseCache",
@@ -56,6 +57,7 @@ __all__ = [
     "count_tokens",
     "embed",
     "extract_json",
+    "json_cache_key",
 ]
 
 # Backoff policy. ``BACKOFF_SCALE`` multiplies every wait (tests set it near 0).
@@ -175,6 +177,26 @@ class LLMReplyError(LLMError):
         self.reason = reason
         self.raw = raw
         self.usage = usage or Usage()  # what the failed attempts cost
+
+
+class LLMConfigError(LLMError):
+    """The provider refused the request for a reason a retry will not fix.
+
+    ``kind`` says which: ``auth`` (missing or bad key), ``not_found`` (unknown model or
+    endpoint), ``provider`` (no litellm provider prefix), ``context`` (the prompt is too long
+    for this model: a property of one request), ``bad_request`` or ``other``. The first three
+    are settings problems: a batch should stop at the first one instead of repeating it.
+    """
+
+    SETTINGS_KINDS = frozenset({"auth", "not_found", "provider"})
+
+    def __init__(self, message: str, *, kind: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
+
+    @property
+    def is_settings_problem(self) -> bool:
+        return self.kind in self.SETTINGS_KINDS
 
 
 # --------------------------------------------------------------------------- secrets
@@ -424,18 +446,23 @@ def _config_error(
 ) -> MempError:
     where = f" at {api_base}" if api_base else ""
     msg = f"{what} to model {model!r}{where} failed: {_short(err)}"
+    detail = kind
     if kind == "auth":
         hint = f"set {_key_names(model)} (or check it is valid) and check --model and --api-base"
     elif kind == "not_found":
         hint = "check --model (litellm's provider/model form, e.g. openai/gpt-4o-mini) and --api-base"
     elif "LLM Provider NOT provided" in str(err) or "Unknown provider" in str(err):
+        detail = "provider"
         hint = (
             "--model needs litellm's provider prefix, e.g. openai/gpt-4o-mini or anthropic/claude-3-5-haiku"
         )
     elif "context" in str(err).lower() and "window" in str(err).lower():
+        detail = "context"
         hint = "the prompt is longer than the model's context window: use a model with a larger one"
     else:
         hint = "check --model and --api-base; the provider rejected the request"
+    if cls is LLMError:
+        return LLMConfigError(msg, kind=detail, hint=hint)
     return cls(msg, hint=hint)
 
 
@@ -712,6 +739,18 @@ def complete_json(
         )
         cache.put(key, second.text, usage, model=settings.model)
     return value, total
+
+
+def json_cache_key(
+    messages: list[dict[str, str]],
+    settings: LLMSettings,
+    *,
+    json_mode: bool = False,
+    mock_response: str | None = None,
+) -> str:
+    """The :class:`ResponseCache` key :func:`complete_json` uses for this request."""
+    response_format = _json_response_format(settings.model) if json_mode else None
+    return ResponseCache.key(messages, settings, response_format=response_format, mock_response=mock_response)
 
 
 def _json_response_format(model: str) -> dict[str, Any] | None:

@@ -244,9 +244,9 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     }
     extra = {k: v for k, v in data.items() if k not in known}
     return Memory(
-        id=mid,
-        kind=kind,
-        task=task,
+        id=str(mid),
+        kind=str(kind),
+        task=str(task),
         keys=keys,
         keywords=keywords,
         task_type=task_type,

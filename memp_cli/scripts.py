@@ -72,7 +72,8 @@ class Script:
         missing = [k for k in SCRIPT_KEYS if k not in d]
         if missing:
             raise ValueError(f"script is missing {', '.join(repr(k) for k in missing)}")
-        unknown = sorted(str(k) for k in d if k not in SCRIPT_KEYS)
+        # "generator" is provenance memp adds to a memory's [script] (who wrote it).
+        unknown = sorted(str(k) for k in d if k not in SCRIPT_KEYS and k != "generator")
         if unknown:
             raise ValueError(f"script has unknown key(s) {', '.join(repr(k) for k in unknown)}")
         title = d["title"]

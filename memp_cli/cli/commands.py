@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 import typer
 
 from .. import index as index_mod
 from ..config import Config
-from ..distill import POLICIES, distill
+from ..distill import (
+    BUILTIN_MODEL,
+    MAX_CONCURRENCY,
+    POLICIES,
+    DistillReport,
+    Failure,
+    distill,
+    resolve_policy,
+)
 from ..errors import ExitCode, InputError, MemoryFileError, NotFoundError
-from ..memory import memory_from_toml
+from ..memory import Memory, memory_from_toml
 from ..store import Store, store_embedder
 from ..trajectories import FORMATS, read_jsonl
 from . import G, app, open_store, output, store_path
@@ -140,38 +149,166 @@ def ingest(
 @app.command(name="distill")
 def distill_cmd(
     policy: Annotated[
-        str | None, typer.Option(help=f"Build policy: {', '.join(POLICIES)} (default: the store's).")
+        str | None,
+        typer.Option(help=f"Build policy: {', '.join(POLICIES)} (default: the store's, proceduralization)."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MEMP_MODEL",
+            help="A litellm model string (openai/gpt-4o-mini, anthropic/..., ollama/llama3.1), "
+            "or builtin (rule-based, offline). Default: the store's, in memp.toml.",
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None,
+        typer.Option(envvar="MEMP_API_BASE", help="Endpoint for local or proxied models (Ollama, vLLM)."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar="MEMP_LLM_TIMEOUT", min=0.1, help="Seconds per LLM request before it is retried."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            envvar="MEMP_CONCURRENCY", min=1, max=MAX_CONCURRENCY, help="LLM requests in flight at once."
+        ),
+    ] = 4,
     only_success: Annotated[
         bool, typer.Option("--only-success", help="Build from successful runs only (validation).")
     ] = False,
-    limit: Annotated[int | None, typer.Option(help="At most this many new memories.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many new memories.")] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be built; write nothing.")
+        bool,
+        typer.Option("--dry-run", help="Show what would be sent to the model and its size; write nothing."),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build memories from ingested trajectories that have none yet.
 
-    Example: memp distill --policy trajectory --only-success
+    Policies: trajectory keeps the concrete steps; script asks the model for an abstract
+    procedure (steps with {variables}, preconditions, pitfalls); proceduralization keeps both.
+    Idempotent: a trajectory already built with the same policy, model and prompt version is
+    skipped; a new model or prompt version rebuilds it as a new version of the same memory.
+    A failed trajectory is reported and stays pending (exit code 8); a rerun resumes, and
+    replies already received come from the cache (no tokens). API keys come from the
+    environment only (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...).
+
+    Example: memp distill --model openai/gpt-4o-mini --only-success --concurrency 8
     """
     store = open_store("distill")
-    pol = policy or store.config.distill.policy
-    report = distill(store, pol, only_success=only_success, limit=limit, dry_run=dry_run)
-    verb = "would write" if dry_run else "wrote"
-    output.info(
-        f"distill ({pol}): {report.read} trajectories to build, {verb} {report.written if not dry_run else report.read} "
-        f"memories, {report.skipped} already built, {report.filtered} filtered (not successful)"
-    )
+    pol = resolve_policy(store, policy)
+    if pol == "trajectory" and (model or api_base):
+        output.warn("--model and --api-base do not apply to the trajectory policy (no LLM); ignored")
+
+    def on_failure(f: Failure) -> None:
+        output.warn(f"trajectory {f.trajectory} failed, left pending: {f.reason}")
+
+    with _progress_bar(enabled=env.stderr_isatty and not env.quiet and not dry_run) as progress:
+        report = distill(
+            store,
+            pol,
+            model=model,
+            api_base=api_base,
+            timeout=timeout,
+            concurrency=concurrency,
+            only_success=only_success,
+            limit=limit,
+            dry_run=dry_run,
+            progress=progress,
+            on_failure=on_failure,
+        )
+    for w in report.warnings:
+        output.warn(w)
+    for line in _distill_summary(report):
+        output.info(line)
     if json_out:
         if dry_run:
-            output.emit_json_lines({"id": mid, "would_write": True} for mid in report.ids)
-        output.emit_json_lines([report.to_dict()])
+            output.emit_json_lines(report.planned)
+        row = report.to_dict()
+        row["failures"] = [vars(f) for f in report.failures]
+        output.emit_json_lines([row])
     if report.written:
         sync_index(store)
+    if report.error is not None:
+        raise report.error
+    if report.failed:
+        n = report.failed
+        output.error(
+            f"{n} trajector{'ies' if n != 1 else 'y'} failed and stay{'s' if n == 1 else ''} pending; "
+            "run `memp distill` again to retry them"
+        )
+        raise typer.Exit(int(ExitCode.LLM))
 
 
-def _memories_for_list(store: Store, kind: str | None) -> Iterator[object]:
+@contextlib.contextmanager
+def _progress_bar(*, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr, created when the run knows its size."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("memp: distill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=output.stderr_console(),
+        transient=True,
+    )
+    task: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            bar.start()
+            task.append(bar.add_task("distill", total=total))
+        bar.update(task[0], completed=done)
+
+    try:
+        yield update
+    finally:
+        if task:
+            bar.stop()
+
+
+def _distill_summary(r: DistillReport) -> list[str]:
+    what = r.policy + (f", model {r.model}" if r.model else "")
+    if r.model == BUILTIN_MODEL:
+        what += " (rule-based, not an LLM)"
+    if r.dry_run:
+        made = f"would write {r.read} memories"
+    else:
+        made = f"wrote {r.written} memories" + (f" ({r.versioned} as new versions)" if r.versioned else "")
+    lines = [
+        f"distill ({what}): {r.read} trajectories to build, {made}, {r.skipped} already built, "
+        f"{r.filtered} filtered (not successful), {r.failed} failed"
+        + (f", {r.pending} still pending" if r.pending else "")
+    ]
+    if r.dry_run:
+        if r.model and r.model != BUILTIN_MODEL:
+            cached = sum(1 for row in r.planned if row.get("cached"))
+            lines.append(
+                f"dry run: about {r.estimated_tokens:,} prompt tokens to send"
+                + (f" ({cached} replies already cached)" if cached else "")
+                + "; nothing written"
+            )
+        else:
+            lines.append("dry run: no LLM calls; nothing written")
+    elif r.model and r.model != BUILTIN_MODEL and r.read:
+        cost = f"${r.cost_usd:.4f}" if r.cost_usd is not None else "unknown (litellm has no price for it)"
+        lines.append(
+            f"tokens {r.tokens_in:,} in / {r.tokens_out:,} out in {r.calls} calls"
+            f" ({r.cached_calls} from the cache), cost {cost}, {r.seconds:.1f} s"
+        )
+    elif r.read:
+        lines.append(f"done in {r.seconds:.1f} s")
+    return lines
+
+
+def _memories_for_list(store: Store, kind: str | None) -> Iterator[Memory | MemoryFileError]:
     for m in store.iter_memories():
         if isinstance(m, MemoryFileError) or kind is None or m.kind == kind:
             yield m
@@ -185,7 +322,7 @@ def list_cmd(
 ) -> None:
     """List memories (a table on a terminal, JSON lines otherwise or with --json)."""
     store = open_store("list")
-    rows = []
+    rows: list[Memory] = []
     broken = 0
     for m in _memories_for_list(store, kind):
         if isinstance(m, MemoryFileError):
@@ -207,7 +344,7 @@ def list_cmd(
                 "version": m.version,
                 "updated": m.provenance.updated,
             }
-            for m in rows  # type: ignore[attr-defined]
+            for m in rows
         )
     else:
         ok = {True: "yes", False: "no", None: "?"}
@@ -216,7 +353,7 @@ def list_cmd(
             (
                 [m.id, m.kind, ok[m.success], m.task, str(m.stats.retrieved), m.provenance.updated]
                 for m in rows
-            ),  # type: ignore[attr-defined]
+            ),
         )
     if broken:
         output.error(f"{broken} memory file{'s' if broken != 1 else ''} could not be read; run `memp doctor`")
@@ -251,8 +388,14 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
     """
     store = open_store("edit")
     path = store.memory_path(memory_id)
-    original = store.load_memory(memory_id)  # also validates the current file
+    if not path.exists():
+        raise NotFoundError(f"no memory {memory_id!r} in {store.root}", hint="see `memp list`")
     before = path.read_bytes()
+    try:
+        old_version: int | None = store.load_memory(memory_id).version
+    except MemoryFileError as e:  # a broken file is exactly what one may want to edit
+        output.warn(f"{str(e).splitlines()[0]}; fix it in the editor")
+        old_version = None
     with tempfile.TemporaryDirectory(prefix="memp-edit-") as tmp:
         draft = Path(tmp) / path.name
         draft.write_bytes(before)
@@ -266,7 +409,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                 return
             try:
                 mem = memory_from_toml(text, path)
-                if mem.id != original.id:
+                if mem.id != memory_id:
                     raise InputError("the id cannot be changed by editing", path=str(path))
                 break
             except InputError as e:
@@ -283,7 +426,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                     path=str(path),
                     hint=f"your version is saved in {keep}",
                 )
-            mem.version = original.version + 1
+            mem.version = (old_version if old_version is not None else mem.version) + 1
             store.save_memory(mem, event="memory.edit")
     output.info(f"saved {memory_id} (version {mem.version})")
     sync_index(store)

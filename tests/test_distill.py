@@ -1,0 +1,523 @@
+"""memp distill with the script and proceduralization policies: builtin, litellm's mock, real HTTP.
+
+The HTTP tests run the real CLI against ``llm_server.py`` on 127.0.0.1 (``--model
+openai/test-model --api-base <server>``); nothing touches the network. The trajectories are
+the ALFWorld and WebShop slices in tests/data/distill_*.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DATA, memory_ids, memp, subprocess_env
+from llm_server import LLMServer, serve
+
+from memp_cli import llm
+from memp_cli.distill import BUILTIN_GENERATOR, distill, memory_id
+from memp_cli.errors import ExitCode
+from memp_cli.fsutil import StoreLock
+from memp_cli.scripts import extract_keywords
+from memp_cli.store import Store
+from memp_cli.trajectories import parse_record
+
+KEY = "sk-test-0123456789abcdef"
+MODEL = "openai/test-model"
+ALF = DATA / "distill_alfworld.jsonl"  # 18 runs, 10 successful
+WEB = DATA / "distill_webshop.jsonl"  # 4 runs, 1 successful
+_LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def _records(*files: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+
+
+RECORDS = _records(ALF, WEB)
+TRAJ = [parse_record(r) for r in RECORDS]
+BY_TASK = {t.task: t for t in TRAJ}
+
+
+def task_of(body: dict[str, Any]) -> str:
+    user = body["messages"][-1]["content"] if body["messages"][-1]["role"] == "user" else ""
+    for m in body["messages"]:
+        if m["role"] == "user" and "Task: " in m["content"]:
+            user = m["content"]
+            break
+    return user.split("Task: ", 1)[1].split("\n", 1)[0]
+
+
+def script_reply(body: dict[str, Any]) -> str:
+    """A valid script for the task in the request (numbered steps, as models often write)."""
+    task = task_of(body)
+    return json.dumps(
+        {
+            "title": f"general: {task}",
+            "steps": ["1. find the {object}", "2. finish: " + task],
+            "variables": {"object": task.split()[-1].strip(".")},
+            "preconditions": ["the {object} exists"],
+            "pitfalls": ["do not loop"],
+            "keywords": ["alpha " + task.split()[0], "beta"],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LLMServer]:
+    with serve(default=script_reply) as s:
+        yield s
+
+
+@pytest.fixture
+def srv(server: LLMServer) -> Iterator[LLMServer]:
+    server.clear()
+    server.delay = 0.0
+    yield server
+    server.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    for var in ("MEMP_MODEL", "MEMP_API_BASE", "MEMP_CONCURRENCY", "MEMP_LLM_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and address[0] not in _LOCAL:
+            raise AssertionError(f"test tried to reach the network: {address!r}")
+        real_connect(sock, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in _LOCAL and host is not None:
+            raise AssertionError(f"test tried to resolve {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _ingest(*files: Path) -> None:
+    memp("ingest", *files)
+
+
+def _llm(srv: LLMServer, *args: Any, expect: int | None = 0) -> Any:
+    return memp("distill", "--model", MODEL, "--api-base", srv.url, *args, expect=expect)
+
+
+def _load(store: Path, mid: str) -> dict[str, Any]:
+    return tomllib.loads((store / "memories" / f"{mid}.toml").read_text())
+
+
+def _summary(run: Any) -> dict[str, Any]:
+    return run.jsonl()[-1]
+
+
+def _events(store: Path, name: str) -> list[dict[str, Any]]:
+    lines = (store / "journal.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == name]
+
+
+def _snapshot(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- builtin (the default)
+
+
+def test_builtin_proceduralization_is_the_default(store: Path) -> None:
+    _ingest(ALF, WEB)
+    r = memp("distill", "--json")
+    rep = _summary(r)
+    assert (rep["policy"], rep["model"], rep["prompt_version"]) == (
+        "proceduralization",
+        "builtin",
+        "builtin-v1",
+    )
+    assert (rep["read"], rep["written"], rep["failed"], rep["calls"]) == (22, 22, 0, 0)
+    assert "rule-based, not an LLM" in r.stderr
+    assert len(memory_ids(store)) == 22
+    for t in TRAJ:
+        data = _load(store, memory_id("proceduralization", t.id))
+        assert data["kind"] == "procedure" and data["version"] == 1
+        assert data["keys"] == [t.task]
+        assert data["provenance"]["model"] == "builtin"
+        assert data["provenance"]["policy"] == "proceduralization"
+        assert data["provenance"]["trajectories"] == [t.id]
+        assert data["script"]["generator"] == BUILTIN_GENERATOR
+        assert data["script"]["title"] and data["script"]["steps"]
+        assert data["keywords"] == data["script"]["keywords"] == extract_keywords(t.task)
+        assert data["steps"][0]["action"] == t.steps[0].action
+    (ev,) = _events(store, "distill")
+    assert ev["written"] == 22 and ev["model"] == "builtin" and ev["count"] == 22
+    # Idempotent: nothing to do the second time.
+    rep = _summary(memp("distill", "--json"))
+    assert (rep["read"], rep["written"], rep["skipped"]) == (0, 0, 22)
+
+
+def test_builtin_script_policy_and_trajectory_keywords(store: Path) -> None:
+    _ingest(WEB)
+    memp("distill", "--policy", "script", "--model", "builtin")
+    memp("distill", "--policy", "trajectory")
+    for t in TRAJ[-4:]:
+        script = _load(store, memory_id("script", t.id))
+        assert script["kind"] == "script" and "steps" not in script
+        assert script["provenance"]["model"] == "builtin"
+        traj = _load(store, memory_id("trajectory", t.id))
+        assert traj["keywords"] == extract_keywords(t.task)
+        assert traj["provenance"]["model"] == ""
+
+
+def test_store_config_picks_policy_and_model(store: Path, srv: LLMServer) -> None:
+    cfg = store / "memp.toml"
+    text = cfg.read_text()
+    text = text.replace('policy = "proceduralization"', 'policy = "script"')
+    text = text.replace('model = "builtin"\napi_base = ""', f'model = "{MODEL}"\napi_base = "{srv.url}"')
+    cfg.write_text(text)
+    _ingest(WEB)
+    rep = _summary(memp("distill", "--json"))
+    assert (rep["policy"], rep["model"], rep["written"]) == ("script", MODEL, 4)
+    assert len(srv.requests) == 4
+
+
+def test_llm_rebuilds_builtin_memories_but_not_the_reverse(store: Path, srv: LLMServer) -> None:
+    _ingest(WEB)
+    memp("distill")
+    mid = memory_id("proceduralization", TRAJ[-1].id)
+    assert _load(store, mid)["provenance"]["model"] == "builtin"
+    rep = _summary(_llm(srv, "--json"))
+    assert (rep["written"], rep["versioned"]) == (4, 4)
+    data = _load(store, mid)
+    assert (data["version"], data["provenance"]["model"]) == (2, MODEL)
+    rep = _summary(memp("distill", "--json"))  # the default model again: keeps the LLM's memories
+    assert (rep["read"], rep["skipped"]) == (0, 4)
+    assert _load(store, mid)["provenance"]["model"] == MODEL
+
+
+def test_progress_bar_on_a_terminal(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from memp_cli.cli import output
+
+    _ingest(ALF, WEB)
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "stderr_console", lambda: Console(file=buf, force_terminal=True, width=100))
+    monkeypatch.setattr(type(output.env), "stderr_isatty", property(lambda self: True))
+    memp("distill")
+    assert "memp: distill" in buf.getvalue() and "22/22" in buf.getvalue()
+    buf.truncate(0)
+    memp("-q", "distill", "--policy", "script")  # --quiet: no bar
+    assert buf.getvalue() == ""
+
+
+# --------------------------------------------------------------------------- litellm's own mock
+
+
+def _store(path: Path) -> Store:
+    memp("--store", path, "init", "--embedder", "hash")
+    memp("--store", path, "ingest", WEB)
+    return Store.open(path)
+
+
+def test_mock_response_script_and_cost(tmp_path: Path) -> None:
+    s = _store(tmp_path / "s")
+    reply = script_reply({"messages": [{"role": "user", "content": "Task: buy a lamp\n"}]})
+    rep = distill(s, "proceduralization", model="openai/gpt-4o-mini", mock_response=reply)
+    assert (rep.read, rep.written, rep.failed, rep.calls) == (4, 4, 0, 4)
+    assert rep.tokens_in > 0 and rep.tokens_out > 0
+    assert rep.cost_usd is not None and rep.cost_usd > 0  # litellm knows gpt-4o-mini's price
+    for m in s.iter_memories():
+        assert not isinstance(m, Exception)
+        assert m.kind == "procedure" and m.steps
+        assert m.script["steps"] == ["find the {object}", "finish: buy a lamp"]
+        assert m.script["generator"] == "openai/gpt-4o-mini (LLM)"
+        assert m.keywords == ["alpha buy", "beta"]
+        assert m.provenance.prompt_version == "script-v1"
+    # The same requests again: all served by the response cache, nothing new to write.
+    for mid in s.memory_ids():
+        s.memory_path(mid).unlink()
+    rep = distill(s, "proceduralization", model="openai/gpt-4o-mini", mock_response=reply)
+    assert (rep.written, rep.calls, rep.cached_calls, rep.tokens_in) == (4, 0, 4, 0)
+
+
+def test_mock_response_that_is_not_json_fails_every_trajectory(tmp_path: Path) -> None:
+    s = _store(tmp_path / "s")
+    failures: list[Any] = []
+    rep = distill(
+        s, "script", model="openai/gpt-4o-mini", mock_response="Sure! Here it is.", on_failure=failures.append
+    )
+    assert (rep.written, rep.failed, rep.pending, rep.calls) == (0, 4, 4, 8)  # one repair attempt each
+    assert s.memory_ids() == []
+    assert len(failures) == 4 and "no JSON object" in failures[0].reason
+    assert rep.error is None  # a bad reply is per trajectory: the run went on
+    assert not list((s.cache_dir / "llm").rglob("*.json"))  # invalid replies are never cached
+
+
+# --------------------------------------------------------------------------- real HTTP
+
+
+def test_script_policy_over_http(store: Path, srv: LLMServer) -> None:
+    _ingest(ALF, WEB)
+    r = _llm(srv, "--policy", "script", "--json")
+    rep = _summary(r)
+    assert (rep["read"], rep["written"], rep["failed"], rep["calls"]) == (22, 22, 0, 22)
+    assert rep["tokens_in"] > 0 and rep["tokens_out"] > 0 and rep["cost_usd"] is None
+    assert "tokens" in r.stderr and "cost unknown" in r.stderr
+    assert len(srv.requests) == 22
+    assert sorted(task_of(b) for b in srv.requests) == sorted(t.task for t in TRAJ)
+    assert srv.headers[0]["authorization"] == f"Bearer {KEY}"
+    for t in TRAJ:
+        data = _load(store, memory_id("script", t.id))
+        assert data["kind"] == "script" and data["keys"] == [t.task]
+        assert data["script"]["title"] == f"general: {t.task}"
+        assert data["script"]["steps"][0] == "find the {object}"  # numbering stripped
+        assert data["keywords"] == ["alpha " + t.task.split()[0].lower(), "beta"]
+        assert data["provenance"]["model"] == MODEL
+        assert data["provenance"]["prompt_version"] == "script-v1"
+    (ev,) = _events(store, "distill")
+    assert ev["tokens_in"] == rep["tokens_in"] and ev["written"] == 22 and ev["model"] == MODEL
+    # The key is never written anywhere in the store.
+    for p in store.rglob("*"):
+        if p.is_file():
+            assert KEY.encode() not in p.read_bytes(), p
+    # Same policy, model and prompt version: skipped, no request.
+    srv.clear()
+    rep = _summary(_llm(srv, "--policy", "script", "--json"))
+    assert (rep["written"], rep["skipped"]) == (0, 22) and srv.requests == []
+    # Proceduralization asks the same prompt: every reply comes from the cache.
+    rep = _summary(_llm(srv, "--policy", "proceduralization", "--json"))
+    assert (rep["written"], rep["cached_calls"], rep["calls"]) == (22, 22, 0) and srv.requests == []
+    data = _load(store, memory_id("proceduralization", TRAJ[0].id))
+    assert data["kind"] == "procedure" and data["script"]["title"] and data["steps"]
+
+
+def test_rate_limit_and_server_errors_are_retried(store: Path, srv: LLMServer) -> None:
+    _ingest(WEB)
+    srv.script([("status", 429), ("status", 500), ("status", 503)])
+    rep = _summary(_llm(srv, "--policy", "script", "--json"))
+    assert (rep["written"], rep["failed"]) == (4, 0)
+    assert len(srv.requests) == 7
+
+
+def test_slow_reply_past_timeout_is_retried(
+    store: Path, srv: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ingest(WEB)
+    t = TRAJ[-1]
+    slow = script_reply({"messages": [{"role": "user", "content": f"Task: {t.task}\n"}]})
+    srv.script([("sleep", 2.0, slow)])
+    monkeypatch.setenv("MEMP_LLM_TIMEOUT", "0.4")  # the env var; --timeout is the same option
+    rep = _summary(_llm(srv, "--policy", "script", "--concurrency", "1", "--json"))
+    assert (rep["written"], rep["failed"]) == (4, 0)
+    assert len(srv.requests) == 5  # the slow one was asked again
+    # --timeout overrides: every attempt times out -> failed, pending, exit 8.
+    shutil.rmtree(store / "cache" / "llm")
+    srv.clear()
+    srv.script([("sleep", 1.0, slow)] * 5)
+    r = _llm(
+        srv,
+        "--policy",
+        "proceduralization",
+        "--limit",
+        "1",
+        "--timeout",
+        "0.2",
+        "--concurrency",
+        "1",
+        expect=ExitCode.LLM,
+    )
+    assert "failed after 5 attempts" in r.stderr and "Timeout" in r.stderr
+
+
+def test_malformed_json_twice_fails_that_trajectory_only(store: Path, srv: LLMServer) -> None:
+    _ingest(WEB)
+    srv.script(["here you go: {not json", '```json\n{"title": "x"}\n```'])  # the reply, then the repair
+    r = _llm(srv, "--policy", "script", "--concurrency", "1", "--json", expect=ExitCode.LLM)
+    rep = _summary(r)
+    assert (rep["read"], rep["written"], rep["failed"], rep["pending"]) == (4, 3, 1, 1)
+    (failure,) = rep["failures"]
+    bad = BY_TASK[task_of(srv.requests[0])]
+    assert failure["trajectory"] == bad.id and failure["memory"] == memory_id("script", bad.id)
+    assert f"trajectory {bad.id} failed, left pending" in r.stderr
+    assert '"steps" is missing' in failure["reason"]
+    assert "1 trajectory failed and stays pending" in r.stderr
+    assert not (store / "memories" / f"{failure['memory']}.toml").exists()
+    assert len(memory_ids(store)) == 3
+    repair = srv.requests[1]["messages"]
+    assert repair[-2]["role"] == "assistant" and "not valid" in repair[-1]["content"]
+    # A rerun against a good server finishes the job with one request.
+    srv.clear()
+    rep = _summary(_llm(srv, "--policy", "script", "--json"))
+    assert (rep["read"], rep["written"], rep["skipped"]) == (1, 1, 3)
+    assert [task_of(b) for b in srv.requests] == [bad.task]
+
+
+def test_prompt_override_with_a_new_version_redistills(store: Path, srv: LLMServer) -> None:
+    _ingest(WEB)
+    _llm(srv, "--policy", "proceduralization")
+    mid = memory_id("proceduralization", TRAJ[-1].id)
+    path = store / "memories" / f"{mid}.toml"
+    path.write_text(path.read_text().replace("retrieved = 0", "retrieved = 7"))
+    created = _load(store, mid)["provenance"]["created"]
+    # Same content, same version: nothing happens.
+    prompts = store / "prompts"
+    prompts.mkdir()
+    builtin = (Path(llm.__file__).parent / "prompts" / "script.md").read_text()
+    srv.clear()
+    rep = _summary(_llm(srv, "--json"))
+    assert (rep["written"], rep["skipped"]) == (0, 4)
+    (prompts / "script.md").write_text(
+        builtin.replace("version: script-v1", "version: script-v2").replace(
+            "Reply with the JSON script only.", "JSON only, please."
+        )
+    )
+    r = _llm(srv, "--dry-run", "--json")
+    rows = r.jsonl()[:-1]
+    assert {row["version"] for row in rows} == {2} and {row["prompt_version"] for row in rows} == {
+        "script-v2"
+    }
+    rep = _summary(_llm(srv, "--json"))
+    assert (rep["read"], rep["written"], rep["versioned"], rep["prompt_version"]) == (4, 4, 4, "script-v2")
+    assert len(srv.requests) == 4 and "JSON only, please." in srv.requests[0]["messages"][-1]["content"]
+    data = _load(store, mid)
+    assert data["version"] == 2 and data["provenance"]["prompt_version"] == "script-v2"
+    assert data["stats"]["retrieved"] == 7 and data["provenance"]["created"] == created
+    # A broken override stops the run before any call (exit 5, the file named).
+    (prompts / "script.md").write_text("no header\n")
+    r = _llm(srv, "--json", expect=ExitCode.STORE)
+    assert "broken prompt override" in r.stderr and "script.md" in r.stderr
+
+
+def test_dry_run_sends_nothing_and_writes_nothing(store: Path, srv: LLMServer) -> None:
+    _ingest(ALF, WEB)
+    before = _snapshot(store)
+    r = _llm(srv, "--policy", "script", "--dry-run", "--json")
+    rows = r.jsonl()
+    plan, rep = rows[:-1], rows[-1]
+    assert srv.requests == [] and _snapshot(store) == before
+    assert len(plan) == 22 and rep["read"] == 22 and rep["written"] == 0
+    assert {(p["trajectory"], p["id"]) for p in plan} == {(t.id, memory_id("script", t.id)) for t in TRAJ}
+    assert all(p["model"] == MODEL and p["prompt_version"] == "script-v1" for p in plan)
+    assert all(p["estimated_tokens"] > 100 and p["cached"] is False for p in plan)
+    assert rep["estimated_tokens"] == sum(p["estimated_tokens"] for p in plan)
+    assert "would write 22 memories" in r.stderr and "prompt tokens to send" in r.stderr
+    # After a run, the cache is visible to a dry run of another policy with the same prompt.
+    _llm(srv, "--policy", "script", "--limit", "5")
+    plan = _llm(srv, "--policy", "proceduralization", "--dry-run", "--json").jsonl()[:-1]
+    assert sum(p["cached"] for p in plan) == 5
+
+
+def test_only_success(store: Path, srv: LLMServer) -> None:
+    _ingest(ALF, WEB)
+    rep = _summary(_llm(srv, "--policy", "script", "--only-success", "--json"))
+    assert (rep["written"], rep["filtered"]) == (11, 11)
+    assert len(srv.requests) == 11
+    assert all("Outcome: success" in b["messages"][-1]["content"] for b in srv.requests)
+
+
+def test_no_wait_while_locked_exits_6(store: Path, srv: LLMServer) -> None:
+    _ingest(WEB)
+    with StoreLock(store / ".lock"):
+        r = memp("--no-wait", "distill", "--model", MODEL, "--api-base", srv.url, expect=ExitCode.LOCKED)
+    assert "locked" in r.stderr
+    (store / "cache").mkdir(exist_ok=True)
+    with StoreLock(store / "cache" / "distill.lock"):  # another distill is running
+        memp("--no-wait", "distill", expect=ExitCode.LOCKED)
+    assert srv.requests == [] and memory_ids(store) == []
+    memp("--no-wait", "distill")
+    assert len(memory_ids(store)) == 4
+
+
+def test_missing_key_stops_the_run_at_once(
+    store: Path, srv: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ingest(ALF, WEB)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    r = _llm(srv, "--policy", "script", "--concurrency", "2", "--json", expect=ExitCode.LLM)
+    rep = _summary(r)
+    assert (rep["written"], rep["failed"], rep["pending"]) == (0, 0, 22) and rep["stopped"]
+    assert r.stderr.count("OPENAI_API_KEY") == 2  # the error once, with its hint
+    assert "hint: set OPENAI_API_KEY" in r.stderr and srv.requests == []
+
+
+def test_unknown_provider_and_unreachable_server(store: Path, srv: LLMServer) -> None:
+    _ingest(ALF, WEB)
+    r = memp("distill", "--model", "no-such-provider-model-xyz", "--json", expect=ExitCode.LLM)
+    rep = _summary(r)
+    assert (rep["failed"], rep["pending"]) == (0, 22) and "provider prefix" in r.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = memp(
+        "distill",
+        "--model",
+        MODEL,
+        "--api-base",
+        f"http://127.0.0.1:{port}/v1",
+        "--concurrency",
+        "1",
+        "--json",
+        expect=ExitCode.LLM,
+    )
+    rep = _summary(r)
+    assert 0 < rep["failed"] < 22 and rep["pending"] == 22 and "unreachable" in rep["stopped"]
+
+
+def test_bad_options(store: Path) -> None:
+    memp("distill", "--concurrency", "0", expect=ExitCode.USAGE)
+    memp("distill", "--policy", "nope", expect=ExitCode.BAD_INPUT)
+
+
+# --------------------------------------------------------------------------- kill -9 and resume
+
+
+def test_killed_run_resumes_without_repeating_finished_calls(store: Path, srv: LLMServer) -> None:
+    _ingest(ALF, WEB)
+    srv.delay = 0.25
+    env = subprocess_env()
+    env.update(OPENAI_API_KEY=KEY, MEMP_STORE=str(store))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memp_cli", "distill", "--policy", "script", "--model", MODEL,
+         "--api-base", srv.url, "--concurrency", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while len(memory_ids(store)) < 6 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the distill wrote nothing in time"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    first = len(srv.requests)
+    done = memory_ids(store)
+    assert 6 <= len(done) < 22
+    for mid in done:  # every file there is whole
+        assert _load(store, mid)["kind"] == "script"
+    srv.delay = 0.0
+    first_tasks = [task_of(b) for b in srv.requests]
+    srv.clear()
+    rep = _summary(_llm(srv, "--policy", "script", "--json"))
+    assert rep["written"] == 22 - len(done) and rep["skipped"] == len(done)
+    assert len(memory_ids(store)) == 22
+    second_tasks = [task_of(b) for b in srv.requests]
+    # Only the calls in flight at the kill (at most --concurrency) are asked again.
+    assert len(set(first_tasks) & set(second_tasks)) <= 2
+    assert first + len(second_tasks) <= 22 + 2
