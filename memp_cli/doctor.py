@@ -131,7 +131,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
         elif not index_mod.is_fresh(store, state):
             problem = "the index is older than some memory files"
         else:
-            idx = index_mod.load(store)
+            idx = index_mod.load(store, keywords=True)  # keyword files too, when there are
             if idx is not None and idx.hnsw is not None and idx.hnsw.get_current_count() < len(idx):
                 problem = "the vector index holds fewer vectors than the state lists"
     except MempError as e:

@@ -8,10 +8,20 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   a reader never pairs a new graph with old labels.
 - ``hnsw-<gen>.bin``: the hnswlib graph (cosine space).
 - ``lexical*``: the BM25 index over the same texts (:mod:`memp_cli.lexical`).
+- ``keywords-<gen>.json`` and ``keywords-<gen>.bin``: the AveFact keys. Every distinct
+  keyword string of the store is embedded once and kept in a second hnswlib graph (label =
+  position in the JSON's ``words``); the JSON maps each memory (in ``state.ids`` order, CSR
+  ``offsets``/``labels``) to its keyword labels. A memory's keywords are its ``keywords``
+  field, or :func:`memp_cli.scripts.extract_keywords` of its task when that is empty.
+  Words no memory uses any more are marked deleted but keep their label, so a keyword that
+  comes back is not embedded again; ``memp index rebuild`` starts afresh. Only ``--key
+  avefact`` (and a sync that changes something) reads these files.
 
 :func:`sync` brings the index up to date with the memory files: new files
 are embedded, changed ones (by mtime/size, then key hash) re-embedded,
-deleted ones removed, broken ones reported and left out.
+deleted ones removed, broken ones reported and left out. A memory's keywords
+are re-read whenever its file changes; only keyword strings new to the store
+are embedded.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ if TYPE_CHECKING:
 
 STATE_NAME = "state.json"
 INDEX_VERSION = 1
+# Format of the keyword files; a state with another kw_version (0: none yet, an
+# index from before AveFact) gets its keyword files built at the next sync.
+KW_VERSION = 1
 # Below this many memories every command stats every file to notice hand
 # edits; above it, `query` checks the memories directory's mtime only (editors
 # save by rename, which changes it) and write commands do the full scan.
@@ -60,6 +73,11 @@ class State:
     mtimes: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    # Memory files that failed to load at the last sync: id -> [mtime_ns, size]. A
+    # broken file fixed in place (same directory mtime) is noticed by its new stat.
+    broken: dict[str, list[int]] = field(default_factory=dict)
+    # KW_VERSION of keywords-<generation>.* (0: there are none).
+    kw_version: int = 0
 
     def to_json(self) -> bytes:
         d = {"index_version": INDEX_VERSION, **vars(self)}
@@ -85,6 +103,7 @@ class SyncReport:
     updated: int = 0
     removed: int = 0
     embedded: int = 0
+    keywords_embedded: int = 0
     broken: list[MemoryFileError] = field(default_factory=list)
     rebuilt: bool = False
 
@@ -99,22 +118,133 @@ def _hnswlib() -> Any:
     return hnswlib
 
 
+def memory_keywords(mem: Memory) -> list[str]:
+    """The keywords AveFact indexes for ``mem``: its ``keywords`` (whitespace collapsed,
+    duplicates and blanks dropped), or the built-in extractor's keywords of its task when
+    it has none."""
+    out: list[str] = []
+    for k in mem.keywords:
+        k = " ".join(k.split())
+        if k and k not in out:
+            out.append(k)
+    if out:
+        return out
+    from .scripts import extract_keywords
+
+    return extract_keywords(mem.task)
+
+
+class KeywordIndex:
+    """The keyword side of an index (AveFact), read from ``keywords-<gen>.*``.
+
+    ``words[label]`` is a keyword string; ``labels[offsets[p]:offsets[p+1]]`` are the keyword
+    labels of the memory at state position ``p``. A label no memory uses is deleted in ``hnsw``.
+    """
+
+    def __init__(
+        self, words: list[str], offsets: np.ndarray, labels: np.ndarray, hnsw: hnswlib.Index | None
+    ) -> None:
+        self.words = words
+        self.offsets = offsets
+        self.labels = labels
+        self.hnsw = hnsw
+        self._live: np.ndarray | None = None
+        self._inverse: tuple[np.ndarray, np.ndarray] | None = None
+        self._matrix: np.ndarray | None = None
+        self._row: np.ndarray | None = None
+
+    def row(self, pos: int) -> np.ndarray:
+        """Keyword labels of the memory at state position ``pos``."""
+        return self.labels[self.offsets[pos] : self.offsets[pos + 1]]
+
+    def live(self) -> np.ndarray:
+        """The labels some memory uses (sorted)."""
+        import numpy as np
+
+        if self._live is None:
+            self._live = np.unique(self.labels)
+        return self._live
+
+    def memories_of(self, labels: np.ndarray) -> np.ndarray:
+        """Distinct state positions of the memories having any of ``labels`` (sorted)."""
+        import numpy as np
+
+        if self._inverse is None:
+            n = len(self.offsets) - 1
+            owners = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
+            order = np.argsort(self.labels, kind="stable")
+            starts = np.searchsorted(self.labels[order], np.arange(len(self.words) + 1))
+            self._inverse = (owners[order], starts)
+        owners_sorted, starts = self._inverse
+        labels = np.asarray(labels, dtype=np.int64)
+        if not len(labels):
+            return np.zeros(0, dtype=np.int64)
+        parts = [owners_sorted[starts[lab] : starts[lab + 1]] for lab in labels.tolist()]
+        return np.unique(np.concatenate(parts))
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors of every live keyword, label -> row in them or -1); loaded once."""
+        import numpy as np
+
+        if self._matrix is None or self._row is None:
+            live = self.live()
+            row = np.full(len(self.words), -1, dtype=np.int64)
+            row[live] = np.arange(len(live))
+            if self.hnsw is None or not len(live):
+                dim = self.hnsw.dim if self.hnsw is not None else 1
+                self._matrix = np.zeros((0, dim), dtype=np.float32)
+            else:
+                self._matrix = np.asarray(self.hnsw.get_items(live.tolist()), dtype=np.float32)
+            self._row = row
+        return self._matrix, self._row
+
+    def vectors(self, labels: np.ndarray) -> np.ndarray:
+        """Unit vectors of ``labels`` (live keywords), one row each."""
+        import numpy as np
+
+        if self._matrix is not None and self._row is not None:
+            return self._matrix[self._row[labels]]
+        assert self.hnsw is not None
+        return np.asarray(self.hnsw.get_items(np.asarray(labels).tolist()), dtype=np.float32)
+
+
 class Index:
     """A loaded index (read side). Create with :func:`load` or :func:`sync`."""
 
     def __init__(
-        self, store: Store, state: State, hnsw: hnswlib.Index | None, lexical: LexicalIndex | None
+        self,
+        store: Store,
+        state: State,
+        hnsw: hnswlib.Index | None,
+        lexical: LexicalIndex | None,
+        keywords: KeywordIndex | None = None,
     ) -> None:
         self.store = store
         self.state = state
         self.hnsw = hnsw
         self.lexical = lexical
+        self._keywords = keywords
         self._by_label: dict[int, int] | None = None
+
+    @property
+    def has_keywords(self) -> bool:
+        """Whether keyword files exist for this index (an older index has none until a sync)."""
+        return self.state.kw_version == KW_VERSION
+
+    def keyword_index(self) -> KeywordIndex:
+        """The keyword side, read from disk on first use (only ``--key avefact`` needs it)."""
+        if self._keywords is None:
+            self._keywords = _load_keywords(self.store, self.state)
+        return self._keywords
 
     def __len__(self) -> int:
         return len(self.state.ids)
 
     def position_of_label(self, label: int) -> int:
+        labels = self.state.labels
+        # After a rebuild labels are 0..n-1 in state order: no map to build (10 ms at 100k).
+        if 0 <= label < len(labels) and labels[label] == label:
+            return label
         if self._by_label is None:
             self._by_label = {lab: i for i, lab in enumerate(self.state.labels)}
         return self._by_label[label]
@@ -168,32 +298,96 @@ def _load_hnsw(store: Store, state: State) -> hnswlib.Index | None:
     return idx
 
 
-def _load_lexical(store: Store) -> LexicalIndex | None:
+def _kw_paths(store: Store, generation: int) -> tuple[Path, Path]:
+    return store.index_dir / f"keywords-{generation}.json", store.index_dir / f"keywords-{generation}.bin"
+
+
+def _load_keywords(store: Store, state: State) -> KeywordIndex:
+    import numpy as np
+
+    jpath, bpath = _kw_paths(store, state.generation)
+    hint = "the index is derived data: run `memp index rebuild`"
+    if state.kw_version != KW_VERSION:
+        raise StoreError(
+            f"{store.index_dir}: the index has no keyword data yet", hint="run `memp index sync`"
+        )
+    try:
+        d = orjson.loads(jpath.read_bytes())
+        words = d["words"]
+        offsets = np.asarray(d["offsets"], dtype=np.int64)
+        labels = np.asarray(d["labels"], dtype=np.int64)
+        ok = (
+            d.get("version") == KW_VERSION
+            and isinstance(words, list)
+            and len(offsets) == len(state.ids) + 1
+            and int(offsets[-1]) == len(labels)
+            and (not len(labels) or int(labels.max()) < len(words))
+        )
+    except FileNotFoundError:
+        raise StoreError(f"{jpath}: missing", hint=hint) from None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"{jpath}: damaged keyword index ({e})", hint=hint) from None
+    if not ok:
+        raise StoreError(f"{jpath}: the keyword index does not match the state", hint=hint)
+    hnsw = None
+    if words:
+        hnsw = _hnswlib().Index(space="cosine", dim=state.dim)
+        try:
+            hnsw.load_index(str(bpath), max_elements=len(words))
+        except RuntimeError as e:
+            raise StoreError(f"{bpath}: cannot load the keyword index ({e})", hint=hint) from None
+        hnsw.set_ef(store.config.index.ef_search)
+    return KeywordIndex(words, offsets, labels, hnsw)
+
+
+def _load_lexical(store: Store, state: State) -> LexicalIndex | None:
+    """The BM25 index; rebuilt in memory (not written: readers never write) when
+    its files are missing, damaged or from an older memp."""
     from .lexical import LexicalIndex
 
+    if not state.ids:
+        return None
     try:
         return LexicalIndex.load(store.index_dir)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, ValueError):
+        return LexicalIndex.build(list(zip(state.labels, state.texts, strict=True)))
 
 
-def check_embedder(store: Store, state: State, embedder_name: str) -> None:
+def lexical_is_current(store: Store) -> bool:
+    from .lexical import is_current
+
+    return is_current(store.index_dir)
+
+
+def check_embedder(store: Store, state: State, embedder_name: str, dim: int | None = None) -> None:
     if state.embedder != embedder_name:
         raise ModelError(
             f"the index of {store.root} was built with embedder {state.embedder!r}, not {embedder_name!r}",
             hint=f"set [embedder] name = {embedder_name!r} in memp.toml and run `memp index rebuild`, "
             f"or query with --embedder {state.embedder}",
         )
+    if dim is not None and state.dim != dim:
+        raise ModelError(
+            f"the index of {store.root} has dimension {state.dim}, the embedder gives {dim}",
+            hint="run `memp index rebuild` (or restore [embedder] dim in memp.toml)",
+        )
 
 
-def load(store: Store) -> Index | None:
-    """Load the index as it is on disk (no sync). None when there is none."""
-    for _ in range(3):  # a concurrent writer may replace files between reads
-        state = read_state(store)
+def load(store: Store, *, keywords: bool = False, state: State | None = None) -> Index | None:
+    """Load the index as it is on disk (no sync). None when there is none.
+
+    ``keywords``: also read the keyword files (when the index has them).
+    ``state``: a state the caller has just read (saves reading state.json again:
+    ~50 ms at 100k memories); it is re-read if the files it names have changed.
+    """
+    for attempt in range(3):  # a concurrent writer may replace files between reads
+        if attempt or state is None:
+            state = read_state(store)
         if state is None:
             return None
         try:
-            return Index(store, state, _load_hnsw(store, state), _load_lexical(store) if state.ids else None)
+            kw = _load_keywords(store, state) if keywords and state.kw_version == KW_VERSION else None
+            return Index(store, state, _load_hnsw(store, state), _load_lexical(store, state), kw)
         except StoreError:
             newer = read_state(store)
             if newer is None or newer.generation == state.generation:
@@ -229,9 +423,14 @@ def is_fresh(store: Store, state: State | None) -> bool:
     if len(state.ids) > FULL_SCAN_LIMIT:
         return True
     # Files added, removed or saved by rename change the directory's mtime;
-    # in-place writes are caught here. Broken files are not in the state: they
-    # were reported by the sync that saw them and are unchanged since.
+    # in-place writes are caught here. Broken files are not in the index: they
+    # were reported by the sync that saw them and, if their stat is the same,
+    # are unchanged since.
     files = _scan(store)
+    if len(files) != len(state.ids) + len(state.broken):
+        return False
+    if any(files.get(mid) != tuple(st) for mid, st in state.broken.items()):
+        return False
     return all(
         files.get(mid) == (m, s) for mid, m, s in zip(state.ids, state.mtimes, state.sizes, strict=True)
     )
@@ -274,6 +473,7 @@ def sync(
         hnsw = None
         if old is not None:
             state.generation, state.next_label = old.generation, old.next_label
+            state.kw_version = old.kw_version
             try:
                 hnsw = _load_hnsw(store, old)
             except StoreError:
@@ -285,6 +485,8 @@ def sync(
             prev = {mid: i for i, mid in enumerate(old.ids)}
         to_embed: list[tuple[int, Memory]] = []  # (position in new state, memory)
         removed_labels: list[int] = []
+        # per new state position: the keywords of a (re)loaded memory, or its old position
+        kw_src: list[list[str] | int] = []
         for mid in sorted(files):
             mtime, size = files[mid]
             i = prev.get(mid)
@@ -296,11 +498,13 @@ def sync(
                 state.mtimes.append(mtime)
                 state.sizes.append(size)
                 state.texts.append(old.texts[i])
+                kw_src.append(i)
                 continue
             try:
                 mem = load_memory_file(store.memories_dir / f"{mid}.toml")
             except MemoryFileError as e:
                 report.broken.append(e)
+                state.broken[mid] = [mtime, size]
                 if i is not None and old is not None:
                     removed_labels.append(old.labels[i])
                 continue
@@ -324,16 +528,21 @@ def sync(
             state.mtimes.append(mtime)
             state.sizes.append(size)
             state.texts.append(_lexical_text(mem))
+            kw_src.append(memory_keywords(mem))
         if old is not None:
             gone = set(old.ids) - set(files)
             removed_labels.extend(old.labels[prev[mid]] for mid in gone)
             report.removed = len(gone)
         state.dir_mtime_ns = dir_mtime
-        changed = report.changed or bool(removed_labels) or old is None or report.rebuilt
+        kw_missing = old is None or old.kw_version != KW_VERSION
+        changed = report.changed or bool(removed_labels) or kw_missing or report.rebuilt
         if not changed and old is not None:
-            if old.dir_mtime_ns != dir_mtime:
+            if old.dir_mtime_ns != dir_mtime or old.broken != state.broken:
                 atomic_write(state_path(store), state.to_json())
-            lex = _load_lexical(store) if state.ids else None
+            if state.ids and not lexical_is_current(store):
+                lex = _write_lexical(store, state)  # from an older memp, or damaged
+            else:
+                lex = _load_lexical(store, state)
             return Index(store, state, hnsw, lex), report
 
         cfg = store.config.index
@@ -366,7 +575,8 @@ def sync(
             for lab in removed_labels:
                 with contextlib.suppress(RuntimeError):
                     hnsw.mark_deleted(lab)
-        _write(store, state, hnsw, old)
+        kw = _sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
+        _write(store, state, hnsw, old, kw)
         lex = _write_lexical(store, state)
         store.journal(
             "index.sync",
@@ -379,27 +589,119 @@ def sync(
         hnsw_out = hnsw if state.ids else None
         if hnsw_out is not None:
             hnsw_out.set_ef(cfg.ef_search)
-        return Index(store, state, hnsw_out, lex), report
+        if kw.hnsw is not None:
+            kw.hnsw.set_ef(cfg.ef_search)
+        return Index(store, state, hnsw_out, lex, kw), report
 
 
 def _lexical_text(mem: Memory) -> str:
     return mem.key_text() + ("\n" + " ".join(mem.keywords) if mem.keywords else "")
 
 
-def _write(store: Store, state: State, hnsw: hnswlib.Index | None, old: State | None) -> None:
+def _sync_keywords(
+    store: Store,
+    embedder: Embedder,
+    state: State,
+    old: State | None,
+    kw_src: list[list[str] | int],
+    kw_missing: bool,
+    report: SyncReport,
+) -> KeywordIndex:
+    """The keyword side for the new state: old labels kept, new words embedded once."""
+    import numpy as np
+
+    old_kw: KeywordIndex | None = None
+    if old is not None and not kw_missing:
+        try:
+            old_kw = _load_keywords(store, old)
+        except StoreError:
+            old_kw = None  # damaged or missing: rebuilt below from the memory files
+    words: list[str] = list(old_kw.words) if old_kw is not None else []
+    hk = old_kw.hnsw if old_kw is not None else None
+    old_live = set(old_kw.live().tolist()) if old_kw is not None else set()
+    n_old_words = len(words)
+    label_of = {w: lab for lab, w in enumerate(words)}
+    offsets = [0]
+    flat: list[int] = []
+    for pos, src in enumerate(kw_src):
+        if isinstance(src, int):
+            if old_kw is not None:
+                flat.extend(old_kw.row(src).tolist())
+                offsets.append(len(flat))
+                continue
+            try:  # no usable old keyword data: read the (unchanged) file again
+                src = memory_keywords(load_memory_file(store.memories_dir / f"{state.ids[pos]}.toml"))
+            except MemoryFileError:
+                src = []
+        for w in src:
+            lab = label_of.get(w)
+            if lab is None:
+                lab = label_of[w] = len(words)
+                words.append(w)
+            flat.append(lab)
+        offsets.append(len(flat))
+    new_words = words[n_old_words:]
+    if new_words:
+        if hk is None:
+            hk = _hnswlib().Index(space="cosine", dim=embedder.dim)
+            hk.init_index(
+                max_elements=max(1024, len(words)),
+                M=store.config.index.M,
+                ef_construction=store.config.index.ef_construction,
+                allow_replace_deleted=False,
+            )
+        if len(words) > hk.get_max_elements():
+            hk.resize_index(max(len(words), int(hk.get_max_elements() * 1.5)))
+        for start in range(0, len(new_words), EMBED_BATCH):
+            batch = new_words[start : start + EMBED_BATCH]
+            labs = np.arange(n_old_words + start, n_old_words + start + len(batch), dtype=np.int64)
+            hk.add_items(embedder.embed(batch), labs, num_threads=1, replace_deleted=False)
+        report.keywords_embedded = len(new_words)
+    live = set(flat)
+    if hk is not None:
+        for lab in old_live - live:
+            with contextlib.suppress(RuntimeError):
+                hk.mark_deleted(lab)
+        for lab in live - old_live:
+            if lab < n_old_words:  # a word no memory used any more, back again
+                with contextlib.suppress(RuntimeError):
+                    hk.unmark_deleted(lab)
+    return KeywordIndex(words, np.asarray(offsets, dtype=np.int64), np.asarray(flat, dtype=np.int64), hk)
+
+
+def _save_hnsw(store: Store, hnsw: hnswlib.Index, name: str) -> None:
+    final = store.index_dir / name
+    tmp = store.index_dir / f"{TMP_PREFIX}{name}"
+    hnsw.save_index(str(tmp))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def _write(
+    store: Store, state: State, hnsw: hnswlib.Index | None, old: State | None, kw: KeywordIndex
+) -> None:
     state.generation += 1
     if hnsw is not None and state.ids:
-        final = _hnsw_path(store, state.generation)
-        tmp = store.index_dir / f"{TMP_PREFIX}hnsw-{state.generation}.bin"
-        hnsw.save_index(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        _save_hnsw(store, hnsw, _hnsw_path(store, state.generation).name)
+    jpath, bpath = _kw_paths(store, state.generation)
+    if kw.hnsw is not None and kw.words:
+        _save_hnsw(store, kw.hnsw, bpath.name)
+    kw_json = {
+        "version": KW_VERSION,
+        "words": kw.words,
+        "offsets": kw.offsets.tolist(),
+        "labels": kw.labels.tolist(),
+    }
+    atomic_write(jpath, orjson.dumps(kw_json))
+    state.kw_version = KW_VERSION
     atomic_write(state_path(store), state.to_json())
-    for p in store.index_dir.glob("hnsw-*.bin"):
-        if p.name != f"hnsw-{state.generation}.bin":
-            with contextlib.suppress(OSError):
-                p.unlink()
+    keep = {f"hnsw-{state.generation}.bin", jpath.name, bpath.name}
+    for pattern in ("hnsw-*.bin", "keywords-*.json", "keywords-*.bin"):
+        for p in store.index_dir.glob(pattern):
+            if p.name not in keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 def _write_lexical(store: Store, state: State) -> LexicalIndex | None:

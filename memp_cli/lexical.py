@@ -4,19 +4,45 @@ The index is derived data: the store rebuilds it from every memory's text keys
 (task text plus keywords) whenever memories change, and each ``memp query``
 process loads it from ``<store>/index/``.
 
+Terms. A text's terms are its words (:func:`tokenize`: lowercase ``[a-z0-9]+``,
+stopwords dropped, plural ``s`` stripped) plus, by default, its word bigrams:
+each pair of consecutive words of that stopword-free sequence within one line,
+so ``"put a clean mug in coffeemachine"`` has the bigrams ``"put clean"``,
+``"clean mug"`` and ``"mug coffeemachine"`` (see :func:`terms`). Bigrams match
+word order and phrasing ("put two", "clean mug" versus "mug ... clean"), which
+bare words cannot. A document's length counts its words and bigrams.
+
+Scores are BM25 summed over the query's terms, a term repeated in the query
+counting once per occurrence, with the non-negative idf raised to a power::
+
+    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)) ** idf_power
+
+``idf_power = 1`` is textbook BM25. The default, 0.5, dampens it: for
+procedures, the words every task shares (the verbs, "two", "clean") say what
+to do and the rare ones (object and place names) say what to do it to, and
+full idf lets the rare ones dominate (benchmarks/README.md, eval_retrieval.py).
+:meth:`LexicalIndex.max_score` uses the same conventions, which keeps
+``score / max_score`` within ``[0, 1]``.
+
 Layout on disk (all in one directory):
 
-- ``lexical.json``: the manifest: format version, vocabulary (term -> term id),
-  document count, average document length, BM25 parameters and the names of
-  the array files below. It is written last, so a reader that has read a
-  manifest always finds the arrays it names.
+- ``lexical.json``: the manifest: format version, document count, average
+  document length, the scoring parameters (``k1``, ``b``, ``idf_power``,
+  ``bigrams``), the term hash scheme and the names of the array files below.
+  It is written last, so a reader that has read a manifest always finds the
+  arrays it names.
 - ``lexical-<generation>.<name>.npy``: the arrays, postings in CSR form by term:
 
-  - ``indptr`` (int64, ``len(vocab) + 1``): term ``t``'s postings are
+  - ``terms`` (uint64, ascending, one per term): the term's 64-bit hash (the
+    vocabulary; see :func:`term_hashes`). Hashes instead of strings keep the
+    manifest small and the load time flat however many distinct bigrams the
+    store has; two terms whose hashes collide (odds about ``V**2 / 2**64``)
+    would share postings;
+  - ``indptr`` (int64, ``len(terms) + 1``): term ``t``'s postings are
     ``indptr[t]:indptr[t + 1]``;
   - ``doc_idx`` (int32): positions into ``labels``, ascending within a term;
   - ``tf`` (float32): term frequency in that document;
-  - ``doclen`` (float32, one per document): number of tokens after stopwords;
+  - ``doclen`` (float32, one per document): number of terms (words and bigrams);
   - ``labels`` (int64, one per document, ascending): the caller's labels (the
     same labels as the vector index).
 
@@ -24,17 +50,17 @@ Every save writes a new generation of arrays and then replaces the manifest,
 so an old manifest keeps pointing at old, complete arrays until it is
 replaced; older generations are removed afterwards. Arrays are loaded with
 ``mmap_mode="r"``: opening costs the same whatever the index size and a query
-only pages in the postings of its own terms.
-
-Scores use the non-negative BM25 idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``
-and sum over query tokens, so a term repeated in the query counts once per
-occurrence; :meth:`LexicalIndex.max_score` uses the same convention, which
-keeps ``score / max_score`` within ``[0, 1]``.
+only pages in the postings of its own terms. An index written by another
+format version (such as version 1, which kept the vocabulary in the manifest
+and had no bigrams) fails to load with ValueError; it is derived data, so the
+store rebuilds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import math
 import os
 import re
@@ -46,7 +72,7 @@ import numpy as np
 
 from .fsutil import atomic_output, atomic_write
 
-try:  # orjson parses the vocabulary several times faster than json
+try:  # orjson is a dependency; json is the fallback
     import orjson
 
     def _loads(data: bytes) -> Any:
@@ -55,7 +81,7 @@ try:  # orjson parses the vocabulary several times faster than json
     def _dumps(obj: Any) -> bytes:
         return orjson.dumps(obj)
 
-except ImportError:  # pragma: no cover - orjson is a dependency, json is the fallback
+except ImportError:  # pragma: no cover
     import json
 
     def _loads(data: bytes) -> Any:
@@ -67,9 +93,12 @@ except ImportError:  # pragma: no cover - orjson is a dependency, json is the fa
 
 MANIFEST = "lexical.json"
 FORMAT = "memp-lexical"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: How term hashes are computed (checked on load): see :func:`term_hashes`.
+TERM_HASH = "blake2b63+splitmix64"
 _ARRAY_PREFIX = "lexical-"
 _ARRAYS: dict[str, np.dtype[Any]] = {
+    "terms": np.dtype(np.uint64),
     "indptr": np.dtype(np.int64),
     "doc_idx": np.dtype(np.int32),
     "tf": np.dtype(np.float32),
@@ -77,7 +106,15 @@ _ARRAYS: dict[str, np.dtype[Any]] = {
     "labels": np.dtype(np.int64),
 }
 
+#: Default scoring parameters (also the defaults of :meth:`LexicalIndex.build`).
+K1 = 1.2
+B = 0.75
+IDF_POWER = 0.5
+BIGRAMS = True
+
 _WORD = re.compile(r"[a-z0-9]+")
+_WORD_OR_NEWLINE = re.compile(r"[a-z0-9]+|\n")
+_BREAK = -2  # term id of a line break while building (a stopword is -1)
 
 #: Function words that carry nothing about a task. Task verbs and nouns
 #: ("put", "two", "under", "not") are deliberately kept.
@@ -116,30 +153,109 @@ def tokenize(text: str) -> list[str]:
     return out
 
 
+def terms(text: str, *, bigrams: bool = True) -> list[str]:
+    """Every index term of ``text``: :func:`tokenize`'s words, then the bigrams (``"a b"``).
+
+    Bigrams join consecutive words of the stopword-free sequence and never span
+    a line break: ``"put two mugs in the cabinet\\nmug"`` ->
+    ``["put", "two", "mug", "cabinet", "mug", "put two", "two mug", "mug cabinet"]``.
+    """
+    words: list[str] = []
+    grams: list[str] = []
+    for line in text.lower().split("\n"):
+        toks = tokenize(line)
+        words.extend(toks)
+        if bigrams:
+            grams.extend(f"{a} {b}" for a, b in itertools.pairwise(toks))
+    return words + grams
+
+
+# ------------------------------------------------------------------ term hashes
+
+_MASK = (1 << 64) - 1
+_TOP = 1 << 63
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+
+def _word_hash(term: str) -> int:
+    """63-bit hash of a word term (top bit clear)."""
+    return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little") & (_TOP - 1)
+
+
+def _pair_hash(ha: int, hb: int) -> int:
+    """Hash of the bigram of two word hashes (top bit set): splitmix64 of ``ha * golden + hb``."""
+    x = (ha * _GOLDEN + hb) & _MASK
+    x ^= x >> 30
+    x = (x * _M1) & _MASK
+    x ^= x >> 27
+    x = (x * _M2) & _MASK
+    x ^= x >> 31
+    return x | _TOP
+
+
+def _pair_hash_np(ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
+    """:func:`_pair_hash` on uint64 arrays (numpy integer arithmetic wraps modulo 2**64)."""
+    x = ha * np.uint64(_GOLDEN) + hb
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(_M1)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(_M2)
+    x ^= x >> np.uint64(31)
+    x |= np.uint64(_TOP)
+    return x
+
+
+def term_hashes(text: str, *, bigrams: bool = True) -> list[int]:
+    """The hashes of :func:`terms` of ``text``, in the same order.
+
+    A word's hash is the first 8 bytes of its blake2b digest (little-endian)
+    with the top bit cleared; a bigram's is a splitmix64 mix of its two word
+    hashes with the top bit set, so words and bigrams never collide.
+    """
+    words: list[int] = []
+    grams: list[int] = []
+    for line in text.lower().split("\n"):
+        hs = [_word_hash(t) for t in tokenize(line)]
+        words.extend(hs)
+        if bigrams:
+            grams.extend(_pair_hash(a, b) for a, b in itertools.pairwise(hs))
+    return words + grams
+
+
 def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
 
 
-class LexicalIndex:
-    """BM25 over ``(label, text)`` documents; see the module docstring for the layout."""
+def _bm25_idf(n: int, df: int) -> float:
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
-    k1: float = 1.2
-    b: float = 0.75
+
+class LexicalIndex:
+    """BM25 over ``(label, text)`` documents; see the module docstring for terms and layout."""
+
+    k1: float = K1
+    b: float = B
+    idf_power: float = IDF_POWER
+    bigrams: bool = BIGRAMS
 
     def __init__(
         self,
         *,
-        vocab: dict[str, int],
+        terms: np.ndarray,
         indptr: np.ndarray,
         doc_idx: np.ndarray,
         tf: np.ndarray,
         doclen: np.ndarray,
         labels: np.ndarray,
         avgdl: float,
-        k1: float = 1.2,
-        b: float = 0.75,
+        k1: float = K1,
+        b: float = B,
+        idf_power: float = IDF_POWER,
+        bigrams: bool = BIGRAMS,
     ) -> None:
-        self._vocab = vocab
+        self._terms = terms
         self._indptr = indptr
         self._doc_idx = doc_idx
         self._tf = tf
@@ -148,16 +264,29 @@ class LexicalIndex:
         self.avgdl = float(avgdl)
         self.k1 = float(k1)
         self.b = float(b)
+        self.idf_power = float(idf_power)
+        self.bigrams = bool(bigrams)
 
     # ------------------------------------------------------------------ build
 
     @classmethod
-    def build(cls, docs: Iterable[tuple[int, str]], *, k1: float = 1.2, b: float = 0.75) -> LexicalIndex:
+    def build(
+        cls,
+        docs: Iterable[tuple[int, str]],
+        *,
+        k1: float = K1,
+        b: float = B,
+        idf_power: float = IDF_POWER,
+        bigrams: bool = BIGRAMS,
+    ) -> LexicalIndex:
         """Index ``(label, text)`` pairs (any sequence or iterable).
 
         Labels must be distinct non-negative ints (ValueError otherwise); documents
         are stored by ascending label, so the result does not depend on input order.
+        ``k1``, ``b`` and ``idf_power`` must be >= 0 and ``b`` <= 1.
         """
+        if not (k1 >= 0 and 0 <= b <= 1 and idf_power >= 0):
+            raise ValueError(f"bad BM25 parameters k1={k1!r} b={b!r} idf_power={idf_power!r}")
         pairs = list(docs)
         n = len(pairs)
         raw_labels = np.fromiter((int(p[0]) for p in pairs), dtype=np.int64, count=n)
@@ -169,45 +298,65 @@ class LexicalIndex:
             dup = int(labels[1:][labels[1:] == labels[:-1]][0])
             raise ValueError(f"duplicate label {dup} in lexical index documents")
 
-        # Tokenize every distinct word once: word -> term id, or -1 for a stopword.
-        vocab: dict[str, int] = {}
-        word_ids: dict[str, int] = {}
-        get = word_ids.get
-        findall = _WORD.findall
+        # Map every distinct token once: word -> word id, -1 for a stopword, _BREAK for "\n".
+        words: list[str] = []  # word id -> term
+        word_of: dict[str, int] = {}  # term -> word id
+        token_ids: dict[str, int] = {"\n": _BREAK}
+        get = token_ids.get
+        findall = _WORD_OR_NEWLINE.findall
         flat: list[int] = []
         counts: list[int] = []
         for src in order.tolist():
-            words = findall(pairs[src][1].lower())
-            ids = list(map(get, words))
+            toks = findall(pairs[src][1].lower())
+            ids = list(map(get, toks))
             if None in ids:
-                for j, w in enumerate(words):
+                for j, w in enumerate(toks):
                     if ids[j] is None:
-                        tid = word_ids.get(w)
+                        tid = token_ids.get(w)
                         if tid is None:
                             term = _normalize(w)
-                            tid = -1 if term is None else vocab.setdefault(term, len(vocab))
-                            word_ids[w] = tid
+                            if term is None:
+                                tid = -1
+                            else:
+                                tid = word_of.get(term)
+                                if tid is None:
+                                    tid = word_of[term] = len(words)
+                                    words.append(term)
+                            token_ids[w] = tid
                         ids[j] = tid
             flat.extend(cast("list[int]", ids))  # every None was filled in above
             counts.append(len(ids))
 
-        term_of = np.array(flat, dtype=np.int64)
-        doc_of = np.repeat(np.arange(n, dtype=np.int64), np.array(counts, dtype=np.int64))
-        keep = term_of >= 0
-        term_of = term_of[keep]
-        doc_of = doc_of[keep]
+        seq = np.array(flat, dtype=np.int64)
+        seq_doc = np.repeat(np.arange(n, dtype=np.int64), np.array(counts, dtype=np.int64))
+        keep = seq != -1  # stopwords out: bigrams join the words around them
+        seq, seq_doc = seq[keep], seq_doc[keep]
+        is_word = seq >= 0
+        word_hash = np.fromiter((_word_hash(t) for t in words), dtype=np.uint64, count=len(words))
+        occ_hash = [word_hash[seq[is_word]]]
+        occ_doc = [seq_doc[is_word]]
+        if bigrams and seq.shape[0] > 1:
+            a, c = seq[:-1], seq[1:]
+            ok = (a >= 0) & (c >= 0) & (seq_doc[:-1] == seq_doc[1:])
+            occ_hash.append(_pair_hash_np(word_hash[a[ok]], word_hash[c[ok]]))
+            occ_doc.append(seq_doc[:-1][ok])
+        all_hash = np.concatenate(occ_hash)
+        doc_of = np.concatenate(occ_doc)
+        term_hash, term_of = np.unique(all_hash, return_inverse=True)
+        term_of = term_of.astype(np.int64).ravel()
         doclen = np.bincount(doc_of, minlength=n).astype(np.float32)
-        v = len(vocab)
+        v = term_hash.shape[0]
 
         # One posting per distinct (term, doc) pair, sorted by term then doc.
-        keys, tf = np.unique(term_of * max(n, 1) + doc_of, return_counts=True)
-        post_term = keys // max(n, 1)
-        doc_idx = (keys - post_term * max(n, 1)).astype(np.int32)
+        width = max(n, 1)
+        keys, tf = np.unique(term_of * width + doc_of, return_counts=True)
+        post_term = keys // width
+        doc_idx = (keys - post_term * width).astype(np.int32)
         indptr = np.zeros(v + 1, dtype=np.int64)
         np.cumsum(np.bincount(post_term, minlength=v), out=indptr[1:])
         avgdl = float(doclen.sum(dtype=np.float64) / n) if n else 0.0
         return cls(
-            vocab=vocab,
+            terms=term_hash.astype(np.uint64, copy=False),
             indptr=indptr,
             doc_idx=doc_idx,
             tf=tf.astype(np.float32),
@@ -216,6 +365,8 @@ class LexicalIndex:
             avgdl=avgdl,
             k1=k1,
             b=b,
+            idf_power=idf_power,
+            bigrams=bigrams,
         )
 
     # ------------------------------------------------------------ save / load
@@ -227,6 +378,7 @@ class LexicalIndex:
         generation = _read_generation(directory) + 1
         tag = f"{generation:08d}-{os.urandom(4).hex()}"
         arrays = {
+            "terms": self._terms,
             "indptr": self._indptr,
             "doc_idx": self._doc_idx,
             "tf": self._tf,
@@ -244,13 +396,15 @@ class LexicalIndex:
             "version": FORMAT_VERSION,
             "generation": generation,
             "n_docs": len(self),
-            "n_terms": len(self._vocab),
+            "n_terms": self.vocab_size,
             "n_postings": int(self._doc_idx.shape[0]),
             "avgdl": self.avgdl,
             "k1": self.k1,
             "b": self.b,
+            "idf_power": self.idf_power,
+            "bigrams": self.bigrams,
+            "term_hash": TERM_HASH,
             "arrays": files,
-            "vocab": self._vocab,
         }
         atomic_write(directory / MANIFEST, _dumps(manifest))
         current = set(files.values())
@@ -264,7 +418,8 @@ class LexicalIndex:
         """Load the index saved in ``directory``.
 
         Raises FileNotFoundError when there is no index there, ValueError when
-        the manifest or an array is malformed or inconsistent.
+        the manifest or an array is malformed or inconsistent, or was written
+        by another format version (an older memp): both mean "rebuild it".
         """
         path = Path(directory) / MANIFEST
         previous: bytes | None = None
@@ -292,17 +447,21 @@ class LexicalIndex:
             raise ValueError(f"{where}: not a memp lexical index manifest")
         if m.get("version") != FORMAT_VERSION:
             raise ValueError(f"{where}: unsupported lexical index version {m.get('version')!r}")
+        if m.get("term_hash") != TERM_HASH:
+            raise ValueError(f"{where}: unknown term hash {m.get('term_hash')!r}")
         try:
-            vocab = m["vocab"]
             files = m["arrays"]
             n_docs = int(m["n_docs"])
+            n_terms = int(m["n_terms"])
             avgdl = float(m["avgdl"])
             k1 = float(m["k1"])
             b = float(m["b"])
+            idf_power = float(m["idf_power"])
+            bigrams = m["bigrams"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: missing or bad field ({e})") from None
-        if not isinstance(vocab, dict) or not isinstance(files, dict):
-            raise ValueError(f"{where}: bad vocab or arrays field")  # noqa: TRY004 (bad file, not bad call)
+        if not isinstance(files, dict) or not isinstance(bigrams, bool):
+            raise ValueError(f"{where}: bad arrays or bigrams field")
         arrays: dict[str, np.ndarray] = {}
         for name, dtype in _ARRAYS.items():
             fname = files.get(name)
@@ -320,7 +479,8 @@ class LexicalIndex:
         indptr = arrays["indptr"]
         n_post = arrays["doc_idx"].shape[0]
         if (
-            indptr.shape[0] != len(vocab) + 1
+            arrays["terms"].shape[0] != n_terms
+            or indptr.shape[0] != n_terms + 1
             or int(indptr[0]) != 0
             or int(indptr[-1]) != n_post
             or arrays["tf"].shape[0] != n_post
@@ -328,7 +488,7 @@ class LexicalIndex:
             or arrays["labels"].shape[0] != n_docs
         ):
             raise ValueError(f"{where}: arrays do not match the manifest (sizes differ)")
-        return cls(vocab=vocab, avgdl=avgdl, k1=k1, b=b, **arrays)
+        return cls(avgdl=avgdl, k1=k1, b=b, idf_power=idf_power, bigrams=bigrams, **arrays)
 
     # ---------------------------------------------------------------- scoring
 
@@ -342,22 +502,26 @@ class LexicalIndex:
 
     @property
     def vocab_size(self) -> int:
-        return len(self._vocab)
+        """Number of distinct terms (words and bigrams)."""
+        return int(self._terms.shape[0])
 
     def _query_terms(self, query: str) -> dict[int, int]:
-        """Term id -> number of occurrences in the query, for terms in the vocabulary."""
-        out: dict[int, int] = {}
-        vocab = self._vocab
-        for term in tokenize(query):
-            tid = vocab.get(term)
-            if tid is not None:
-                out[tid] = out.get(tid, 0) + 1
-        return out
+        """Term id -> number of occurrences in the query, for terms in the index."""
+        counts: dict[int, int] = {}
+        for h in term_hashes(query, bigrams=self.bigrams):
+            counts[h] = counts.get(h, 0) + 1
+        if not counts or self.vocab_size == 0:
+            return {}
+        want = np.fromiter(counts, dtype=np.uint64, count=len(counts))
+        at = np.searchsorted(self._terms, want)
+        at_clipped = np.minimum(at, self.vocab_size - 1)
+        found = self._terms[at_clipped] == want
+        qtf = list(counts.values())
+        return {int(at[i]): qtf[i] for i in np.flatnonzero(found).tolist()}
 
     def _idf(self, tid: int) -> float:
-        df = int(self._indptr[tid + 1] - self._indptr[tid])
-        n = len(self)
-        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
+        return idf if self.idf_power == 1.0 else idf**self.idf_power
 
     def scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, bm25)`` for every document sharing a term with ``query``, by label asc."""
@@ -426,9 +590,9 @@ class LexicalIndex:
         return labels[order], sc[order]
 
     def max_score(self, query: str) -> float:
-        """Upper bound of :meth:`scores` for ``query``: sum of ``idf * (k1 + 1)`` per query token.
+        """Upper bound of :meth:`scores` for ``query``: sum of ``idf * (k1 + 1)`` per query term.
 
-        Tokens are counted per occurrence, as in :meth:`scores`; tokens not in
+        Terms (words and bigrams) are counted per occurrence, as in :meth:`scores`; terms not in
         the vocabulary add nothing (0.0 when none is known). The bound is rounded
         up to the next float32, so ``scores / max_score <= 1`` holds exactly.
         """
@@ -439,6 +603,25 @@ class LexicalIndex:
         if float(up) < bound:
             up = np.nextafter(up, np.float32(np.inf))
         return float(up)
+
+
+def is_current(directory: Path) -> bool:
+    """Whether ``directory`` holds a lexical index manifest this memp reads (format and version).
+
+    Cheap (reads the small manifest only): lets a caller rebuild an index left by an older memp
+    before :meth:`LexicalIndex.load` raises ValueError on it. False when there is none.
+    """
+    try:
+        with open(Path(directory) / MANIFEST, "rb") as f:
+            m = _loads(f.read())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(m, dict)
+        and m.get("format") == FORMAT
+        and m.get("version") == FORMAT_VERSION
+        and m.get("term_hash") == TERM_HASH
+    )
 
 
 def _read_generation(directory: Path) -> int:
@@ -534,9 +717,8 @@ def _bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None: 
                 fn(q)
                 ts.append(time.perf_counter() - t0)
             ts_ms = np.array(ts) * 1000
-            print(
-                f"{name}: median {np.median(ts_ms):.2f} ms, p95 {np.percentile(ts_ms, 95):.2f} ms, max {ts_ms.max():.2f} ms"
-            )
+            p95 = np.percentile(ts_ms, 95)
+            print(f"{name}: median {np.median(ts_ms):.2f} ms, p95 {p95:.2f} ms, max {ts_ms.max():.2f} ms")
         many = np.array([lab for lab, _ in docs[:: max(1, n_docs // 1000)]], dtype=np.int64)
         ts = []
         for q in queries:

@@ -3,19 +3,25 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from memp_cli import lexical
-from memp_cli.lexical import MANIFEST, LexicalIndex, tokenize
+from memp_cli.lexical import MANIFEST, LexicalIndex, term_hashes, terms, tokenize
 
 LN16 = math.log(1.6)  # idf of a term in 2 of 3 documents: ln(1 + (3 - 2 + 0.5) / (2 + 0.5))
 
 
+def _plain(docs: list[tuple[int, str]], **kw: float) -> LexicalIndex:
+    """Textbook BM25 over words: no bigrams, full idf (the hand-computed values below)."""
+    return LexicalIndex.build(docs, bigrams=False, idf_power=1.0, **kw)
+
+
 def _tiny() -> LexicalIndex:
     # Document lengths 2, 3, 1: avgdl = 2.
-    return LexicalIndex.build([(10, "red mug"), (20, "mug mug cup"), (30, "cup")])
+    return _plain([(10, "red mug"), (20, "mug mug cup"), (30, "cup")])
 
 
 def _docs() -> list[tuple[int, str]]:
@@ -50,6 +56,87 @@ def _docs() -> list[tuple[int, str]]:
 )
 def test_tokenize(text: str, expected: list[str]) -> None:
     assert tokenize(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "put a clean mug in coffeemachine.",
+            ["put", "clean", "mug", "coffeemachine", "put clean", "clean mug", "mug coffeemachine"],
+        ),
+        (
+            "find two mugs and put them in cabinet",
+            ["find", "two", "mug", "put", "cabinet", "find two", "two mug", "mug put", "put cabinet"],
+        ),
+        ("put two\nmugs", ["put", "two", "mug", "put two"]),  # no bigram across a line break
+        ("mug", ["mug"]),
+        ("the a of", []),
+    ],
+)
+def test_terms_with_bigrams(text: str, expected: list[str]) -> None:
+    assert terms(text) == expected
+    assert terms(text, bigrams=False) == tokenize(text)
+
+
+def test_term_hashes_match_terms() -> None:
+    text = "Put two mugs in the cabinet\nheat an egg and put it in the microwave"
+    hashes = term_hashes(text)
+    names = terms(text)
+    assert len(hashes) == len(names)
+    top = 1 << 63
+    for name, h in zip(names, hashes, strict=True):
+        assert 0 <= h < 1 << 64
+        assert bool(h & top) == (" " in name)  # words and bigrams live in disjoint halves
+    # Same term, same hash; different order, different bigram.
+    assert term_hashes("mug heat")[0] == term_hashes("mug")[0]
+    assert term_hashes("heat mug")[-1] != term_hashes("mug heat")[-1]
+    assert term_hashes(text, bigrams=False) == hashes[: len(tokenize(text))]
+
+
+def test_pair_hash_numpy_matches_python() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 1 << 63, size=200, dtype=np.uint64)
+    b = rng.integers(0, 1 << 63, size=200, dtype=np.uint64)
+    got = lexical._pair_hash_np(a, b)
+    assert got.dtype == np.uint64
+    assert got.tolist() == [lexical._pair_hash(int(x), int(y)) for x, y in zip(a, b, strict=True)]
+
+
+def test_bigrams_reward_word_order_and_stay_within_lines() -> None:
+    docs = [(1, "heat mug"), (2, "mug heat"), (3, "heat\nmug")]
+    plain = LexicalIndex.build(docs, bigrams=False)
+    _, flat = plain.scores("heat a mug")
+    assert flat[0] == flat[1] == flat[2]  # bag of words: order does not matter
+    ix = LexicalIndex.build(docs)
+    assert ix.vocab_size == 4  # heat, mug, "heat mug", "mug heat"; none for doc 3
+    labels, scores = ix.top("heat a mug", 3)
+    # Doc 1 matches the bigram. Doc 2 has it the wrong way round; doc 3 has none but is shorter.
+    assert labels.tolist() == [1, 3, 2]
+    assert scores[0] > scores[1] > scores[2]
+
+
+def test_idf_power_dampens_rare_terms() -> None:
+    docs = [(i, "put mug" if i else "put soapbar") for i in range(20)]
+    full = LexicalIndex.build(docs, bigrams=False, idf_power=1.0)
+    half = LexicalIndex.build(docs, bigrams=False, idf_power=0.5)
+    none = LexicalIndex.build(docs, bigrams=False, idf_power=0.0)
+    idf_put = math.log(1 + 0.5 / 20.5)
+    idf_soap = math.log(1 + 19.5 / 1.5)
+    for ix, p in ((full, 1.0), (half, 0.5), (none, 0.0)):
+        lab, sc = ix.scores("soapbar")
+        assert lab.tolist() == [0]
+        np.testing.assert_allclose(sc, [idf_soap**p], rtol=1e-6)  # tf 1 in an average-length doc
+        assert ix.max_score("put soapbar") == pytest.approx((idf_put**p + idf_soap**p) * 2.2, rel=1e-6)
+    # The rare word's share of a perfect match shrinks as the power goes down.
+    shares = [ix.scores("soapbar")[1][0] / ix.max_score("put soapbar") for ix in (full, half, none)]
+    assert shares[0] > shares[1] > shares[2] == pytest.approx(0.5 / 2.2, rel=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{"k1": -1.0}, {"b": 1.5}, {"b": -0.1}, {"idf_power": -0.5}])
+def test_build_rejects_bad_parameters(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="bad BM25 parameters"):
+        LexicalIndex.build(_docs(), **kw)
 
 
 # ------------------------------------------------------------------ BM25 values
@@ -104,8 +191,8 @@ def test_normalised_scores_within_unit_interval() -> None:
     words = ["mug", "cup", "egg", "apple", "fridge", "cabinet", "put", "heat", "clean", "two"]
     docs = [(i, " ".join(rng.choice(words, size=int(rng.integers(1, 30))))) for i in range(300)]
     docs.append((1000, "mug " * 500))  # a huge term frequency approaches the bound
-    for k1, b in ((1.2, 0.75), (0.0, 0.75), (2.0, 1.0), (1.2, 0.0)):
-        ix = LexicalIndex.build(docs, k1=k1, b=b)
+    for k1, b, idf_power in ((1.2, 0.75, 1.0), (0.0, 0.75, 0.5), (2.0, 1.0, 0.5), (1.2, 0.0, 0.0)):
+        ix = LexicalIndex.build(docs, k1=k1, b=b, idf_power=idf_power)
         for query in ("mug", "mug mug cup", "put two egg in fridge", "heat clean apple cabinet two"):
             _, scores = ix.scores(query)
             norm = scores / np.float32(ix.max_score(query))
@@ -163,17 +250,22 @@ def test_top_matches_full_sort_on_random_data() -> None:
 
 
 def _naive_bm25(
-    docs: list[tuple[int, str]], query: str, k1: float = 1.2, b: float = 0.75
+    docs: list[tuple[int, str]],
+    query: str,
+    k1: float = 1.2,
+    b: float = 0.75,
+    idf_power: float = 1.0,
+    bigrams: bool = False,
 ) -> dict[int, float]:
-    toks = {lab: tokenize(text) for lab, text in docs}
+    toks = {lab: terms(text, bigrams=bigrams) for lab, text in docs}
     n = len(docs)
     avgdl = sum(len(t) for t in toks.values()) / n
     out: dict[int, float] = {}
-    for term in tokenize(query):
+    for term in terms(query, bigrams=bigrams):
         df = sum(term in t for t in toks.values())
         if not df:
             continue
-        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5)) ** idf_power
         for lab, t in toks.items():
             tf = t.count(term)
             if tf:
@@ -185,12 +277,13 @@ def _naive_bm25(
 def test_matches_naive_bm25_on_dense_and_sparse_paths() -> None:
     # Few postings take the np.unique path, many take the dense bincount path.
     docs = [(i, f"put mug rare{i % 50} rare{i % 7}" if i % 2 else f"rare{i % 50}") for i in range(2000)]
-    ix = LexicalIndex.build(docs)
-    for query in ("put mug", "rare1 rare2", "put rare3", "rare3 rare3 mug", "mug"):
-        expected = _naive_bm25(docs, query)
-        labels, scores = ix.scores(query)
-        assert labels.tolist() == sorted(expected)
-        np.testing.assert_allclose(scores, [expected[lab] for lab in sorted(expected)], rtol=1e-6)
+    for bigrams, idf_power in ((False, 1.0), (True, 0.5), (True, 1.0), (False, 0.0)):
+        ix = LexicalIndex.build(docs, bigrams=bigrams, idf_power=idf_power)
+        for query in ("put mug", "rare1 rare2", "put rare3", "rare3 rare3 mug", "mug", "mug put"):
+            expected = _naive_bm25(docs, query, idf_power=idf_power, bigrams=bigrams)
+            labels, scores = ix.scores(query)
+            assert labels.tolist() == sorted(expected)
+            np.testing.assert_allclose(scores, [expected[lab] for lab in sorted(expected)], rtol=1e-6)
 
 
 def test_score_labels() -> None:
@@ -253,19 +346,24 @@ def _assert_same(a: LexicalIndex, b: LexicalIndex, queries: list[str]) -> None:
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    ix = LexicalIndex.build(_docs(), k1=1.5, b=0.6)
+    ix = LexicalIndex.build(_docs(), k1=1.5, b=0.6, idf_power=0.75)
     ix.save(tmp_path / "index")
     loaded = LexicalIndex.load(tmp_path / "index")
-    assert (loaded.k1, loaded.b, loaded.avgdl) == (1.5, 0.6, ix.avgdl)
+    assert (loaded.k1, loaded.b, loaded.idf_power, loaded.bigrams) == (1.5, 0.6, 0.75, True)
+    assert (loaded.avgdl, loaded.vocab_size) == (ix.avgdl, ix.vocab_size)
     _assert_same(ix, loaded, ["put mug in fridge", "heat egg", "zebra", "examine book desklamp two"])
     np.testing.assert_array_equal(loaded.top("put mug", 3)[0], ix.top("put mug", 3)[0])
     names = sorted(os.listdir(tmp_path / "index"))
     assert MANIFEST in names
-    assert len(names) == 6  # manifest + 5 arrays
+    assert len(names) == 7  # manifest + 6 arrays
     assert not any(n.endswith(".pkl") or n.startswith(".tmp-") for n in names)
 
 
 def test_load_missing_raises_file_not_found(tmp_path: Path) -> None:
+    assert not lexical.is_current(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    assert not lexical.is_current(tmp_path)
+    (tmp_path / MANIFEST).unlink()
     with pytest.raises(FileNotFoundError):
         LexicalIndex.load(tmp_path)
     with pytest.raises(FileNotFoundError):
@@ -279,6 +377,27 @@ def test_load_rejects_corrupt_manifest(tmp_path: Path) -> None:
         LexicalIndex.load(tmp_path)
     (tmp_path / MANIFEST).write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match="not a memp lexical"):
+        LexicalIndex.load(tmp_path)
+
+
+def test_load_rejects_other_format_versions(tmp_path: Path) -> None:
+    """An index from an older memp (version 1: vocabulary in the manifest, no bigrams) is rebuilt."""
+    LexicalIndex.build(_docs()).save(tmp_path)
+    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
+    assert lexical.is_current(tmp_path)
+    for version in (1, 3, None):
+        (tmp_path / MANIFEST).write_bytes(lexical._dumps({**manifest, "version": version}))
+        with pytest.raises(ValueError, match="unsupported lexical index version"):
+            LexicalIndex.load(tmp_path)
+        assert not lexical.is_current(tmp_path)
+    (tmp_path / MANIFEST).write_bytes(lexical._dumps({**manifest, "term_hash": "md5"}))
+    with pytest.raises(ValueError, match="unknown term hash"):
+        LexicalIndex.load(tmp_path)
+    (tmp_path / MANIFEST).write_bytes(lexical._dumps({**manifest, "bigrams": "yes"}))
+    with pytest.raises(ValueError, match="bigrams"):
+        LexicalIndex.load(tmp_path)
+    (tmp_path / MANIFEST).write_bytes(lexical._dumps({k: v for k, v in manifest.items() if k != "idf_power"}))
+    with pytest.raises(ValueError, match="missing or bad field"):
         LexicalIndex.load(tmp_path)
 
 
@@ -363,4 +482,11 @@ def test_arrays_are_plain_npy_without_pickle(tmp_path: Path) -> None:
         arr = np.load(tmp_path / fname, allow_pickle=False)
         assert arr.dtype == lexical._ARRAYS[name]
     assert manifest["n_docs"] == len(_docs())
-    assert set(manifest["vocab"]) >= {"put", "mug", "coffeemachine", "fridge"}
+    assert "vocab" not in manifest  # the vocabulary is the sorted hash array
+    vocab = np.load(tmp_path / manifest["arrays"]["terms"])
+    assert (vocab[1:] > vocab[:-1]).all()
+    want = np.array(
+        term_hashes("put mug coffeemachine fridge", bigrams=False) + term_hashes("put clean"), np.uint64
+    )
+    assert np.isin(want, vocab).all()
+    assert manifest["n_terms"] == vocab.shape[0] == LexicalIndex.build(_docs()).vocab_size

@@ -10,9 +10,10 @@ import orjson
 import typer
 
 from .. import index as index_mod
+from ..embedders import Embedder
 from ..errors import InputError
 from ..render import render_prompt
-from ..retrieve import KEYS, Hit, Retriever
+from ..retrieve import KEYS, Hit, KeywordExtractor, Retriever, builtin_keywords, llm_keywords
 from ..store import Store, store_embedder
 from . import G, app, open_store, output
 from .commands import open_input, sync_index
@@ -37,6 +38,7 @@ def read_queries(path: str) -> Iterator[tuple[str, Any]]:
                     line=lineno,
                     hint='each line must be a JSON string or an object like {"task": "..."}',
                 ) from None
+            text: Any
             if isinstance(obj, str):
                 text, qid = obj, None
             elif isinstance(obj, dict):
@@ -56,14 +58,23 @@ def read_queries(path: str) -> Iterator[tuple[str, Any]]:
             stream.close()
 
 
-def load_index(store: Store, embedder_name: str) -> index_mod.Index | None:
-    """Load the index, syncing first when memory files changed since it was built."""
+def load_index(store: Store, embedder: Embedder, *, keywords: bool = False) -> index_mod.Index | None:
+    """Load the index, syncing first when memory files changed since it was built.
+
+    ``keywords``: the keyword side too (``--key avefact``); an index from before it is synced.
+    """
     state = index_mod.read_state(store)
     if state is not None:
-        index_mod.check_embedder(store, state, embedder_name)
-    if not index_mod.is_fresh(store, state):
+        index_mod.check_embedder(store, state, embedder.name)
+        # The name first: reading .dim may cost a probe call (litellm without a known dim).
+        index_mod.check_embedder(store, state, embedder.name, embedder.dim)
+    if (
+        not index_mod.is_fresh(store, state)
+        or (keywords and state is not None and state.kw_version != index_mod.KW_VERSION)
+        or (state is not None and state.ids and not index_mod.lexical_is_current(store))
+    ):
         return sync_index(store)
-    return index_mod.load(store)
+    return index_mod.load(store, keywords=keywords, state=state)
 
 
 @app.command()
@@ -90,12 +101,26 @@ def query(
     json_out: Annotated[bool, typer.Option("--json", "--nl", help="Same as --format json.")] = False,
     max_tokens: Annotated[int, typer.Option(help="With --format prompt: the token budget.", min=50)] = 1500,
     seed: Annotated[int | None, typer.Option(help="Random seed for --key random.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With --key avefact: the LLM (a litellm model string) that extracts the query's "
+            "keywords (default: builtin, no model).",
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="With --model: the API base URL (e.g. a local server).")
+    ] = None,
 ) -> None:
     """Find the memories most relevant to a task.
 
     With TEXT: one result per line (--json), a table, or a prompt block. With -: JSON lines of
     queries in (a string, or {"task": ..., "id": ...}), one line out per query:
     {"query", "id", "results": [...]}.
+
+    --key avefact scores a memory by its keywords: the mean, over the query's keywords, of the
+    cosine of the closest memory keyword; JSON hits then carry query_keywords and
+    matched_keywords.
 
     Example: memp query "heat some egg and put it in garbagecan." --format prompt
     """
@@ -105,8 +130,24 @@ def query(
         raise InputError(f"unknown --format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
     store = open_store("query")
     rc = store.config.retrieval
+    key = key or rc.key
+    if key not in KEYS:
+        raise InputError(f"unknown key {key!r}", hint=f"choose one of {', '.join(KEYS)}")
+    if (model or api_base) and key != "avefact":
+        output.warn("--model and --api-base only apply to --key avefact; ignored")
+    extractor: KeywordExtractor = builtin_keywords
+    if key == "avefact" and model and model != "builtin":
+        from ..llm import LLMSettings
+
+        llm_cfg = store.config.llm
+        base = api_base or (llm_cfg.api_base if model == llm_cfg.model else "") or None
+        extractor = llm_keywords(
+            LLMSettings(model=model, api_base=base, timeout=llm_cfg.timeout, max_tokens=256),
+            cache_dir=store.cache_dir / "llm",
+            prompts_dir=store.prompts_dir,
+        )
     embedder = store_embedder(store, G.embedder)
-    idx = load_index(store, embedder.name)
+    idx = load_index(store, embedder, keywords=key == "avefact")
     if idx is None:
         output.warn(f"the store {store.root} has no memories yet: run `memp ingest` and `memp distill`")
         return
@@ -115,22 +156,30 @@ def query(
         embedder=embedder,
         k=k or rc.k,
         min_score=rc.min_score if min_score is None else min_score,
-        key=key or rc.key,
+        key=key,
         kind=kind,
         lexical_weight=rc.lexical_weight if lexical_weight is None else lexical_weight,
         seed=seed,
+        keyword_extractor=extractor,
     )
     if text == "-":
         batch = list(read_queries("-"))
         results = retriever.search([q for q, _ in batch]) if batch else []
-        for (q, qid), hits in zip(batch, results, strict=True):
+        for i, ((q, qid), hits) in enumerate(zip(batch, results, strict=True)):
             if fmt == "prompt":
                 sys.stdout.write(render_prompt(hits, max_tokens=max_tokens) + "\n")
             else:
-                output.emit_json_lines([{"query": q, "id": qid, "results": [h.to_dict() for h in hits]}])
+                line: dict[str, Any] = {"query": q, "id": qid}
+                if key == "avefact":
+                    line["query_keywords"] = retriever.query_keywords[i]
+                line["results"] = [h.to_dict() for h in hits]
+                output.emit_json_lines([line])
     else:
         hits = retriever.search([text])[0]
-        _render(hits, fmt, max_tokens, text)
+        title = text
+        if key == "avefact" and retriever.query_keywords:
+            title += f" (keywords: {', '.join(retriever.query_keywords[0]) or 'none'})"
+        _render(hits, fmt, max_tokens, title)
     for w in retriever.warnings:
         output.warn(w.split("\n")[0])
 
