@@ -11,7 +11,7 @@ import typer
 
 from .. import index as index_mod
 from ..embedders import Embedder
-from ..errors import InputError
+from ..errors import InputError, StoreError
 from ..render import render_prompt
 from ..retrieve import KEYS, Hit, KeywordExtractor, Retriever, builtin_keywords, llm_keywords
 from ..store import Store, store_embedder
@@ -62,7 +62,19 @@ def load_index(store: Store, embedder: Embedder, *, keywords: bool = False) -> i
     """Load the index, syncing first when memory files changed since it was built.
 
     ``keywords``: the keyword side too (``--key avefact``); an index from before it is synced.
+    Damaged index files are derived data: they are reported and rebuilt from ``memories/``.
     """
+    try:
+        return _load_index(store, embedder, keywords=keywords)
+    except StoreError as e:
+        output.warn(f"{str(e).splitlines()[0]}; rebuilding the index from {store.memories_dir}")
+        with store.lock:
+            index_mod.clear(store)
+            idx, _ = index_mod.sync(store, embedder, rebuild=True)
+        return idx
+
+
+def _load_index(store: Store, embedder: Embedder, *, keywords: bool) -> index_mod.Index | None:
     state = index_mod.read_state(store)
     if state is not None:
         index_mod.check_embedder(store, state, embedder.name)
