@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -239,3 +240,28 @@ def first_id(run: Run) -> str:
 
 def as_args(seq: Sequence[Any]) -> list[str]:
     return [str(a) for a in seq]
+
+
+_LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never touch the network: any in-process connection or DNS lookup to a
+    host other than loopback fails the test. (The one download memp makes, the
+    MiniLM wheel, runs in a pip subprocess, once per machine.)"""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and address[0] not in _LOCAL:
+            raise AssertionError(f"test tried to reach the network: {address!r}")
+        real_connect(sock, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in _LOCAL and host is not None:
+            raise AssertionError(f"test tried to resolve {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)

