@@ -35,7 +35,7 @@ class EmbedderConfig:
 class IndexConfig:
     M: int = 16
     ef_construction: int = 200
-    ef_search: int = 96
+    ef_search: int = 128
 
 
 @dataclass

@@ -52,11 +52,14 @@ class MempGroup(TyperGroup):
 
 app = typer.Typer(
     cls=MempGroup,
+    # Plain click help: typer's rich renderer costs ~100 ms of imports on every --help.
+    rich_markup_mode=None,
     name="memp",
     help=(
         "Procedural memory for LLM agents: turn agent trajectories into memories, "
         "retrieve the right one for a new task.\n\n"
-        "Example:  memp init && memp ingest runs.jsonl && memp distill && memp query 'put a clean mug in the microwave'"
+        "\b\nExample:\n  memp init && memp ingest runs.jsonl && memp distill\n"
+        "  memp query 'put a clean mug in the microwave'"
     ),
     no_args_is_help=True,
     add_completion=True,

@@ -14,9 +14,13 @@ from ..store import store_embedder
 from . import G, app, open_store, output
 from .output import env
 
-index_app = typer.Typer(help="The derived vector and lexical index.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="The derived vector and lexical index.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(index_app, name="index")
-model_app = typer.Typer(help="The local embedding model (all-MiniLM-L6-v2).", no_args_is_help=True)
+model_app = typer.Typer(
+    help="The local embedding model (all-MiniLM-L6-v2).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(model_app, name="model")
 
 

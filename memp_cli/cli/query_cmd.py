@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -56,6 +57,17 @@ def read_queries(path: str) -> Iterator[tuple[str, Any]]:
     finally:
         if stream is not env.stdin:
             stream.close()
+
+
+def _one_blas_thread() -> None:
+    """Run OpenBLAS single-threaded in this process, unless the user chose otherwise.
+
+    Only effective before numpy is imported (the embedders import it lazily, after this). A query
+    embeds one short text: a second BLAS thread saves ~1 ms on an idle machine, but when the other
+    core is busy minilm's first embed took 50-340 ms instead of ~10 ms (benchmarks/bench_query.py).
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def load_index(store: Store, embedder: Embedder, *, keywords: bool = False) -> index_mod.Index | None:
@@ -140,6 +152,7 @@ def query(
         fmt = "json" if (json_out or not env.stdout_isatty) else "table"
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    _one_blas_thread()
     store = open_store("query")
     rc = store.config.retrieval
     key = key or rc.key
