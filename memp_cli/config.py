@@ -51,6 +51,7 @@ class LLMConfig:
     model: str = "builtin"
     api_base: str = ""
     timeout: float = 60.0
+    max_tokens: int = 1500
 
 
 @dataclass
@@ -87,6 +88,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("retrieval", "min_score"): (-1.0, 1.0),
     ("retrieval", "lexical_weight"): (0.0, 1.0),
     ("llm", "timeout"): (0.1, 3600),
+    ("llm", "max_tokens"): (16, 1_000_000),
     ("distill", "max_steps"): (1, 10000),
     ("distill", "max_observation_chars"): (0, 1_000_000),
 }
@@ -140,6 +142,8 @@ lexical_weight = {r.lexical_weight}
 model = {q(llm.model)}
 api_base = {q(llm.api_base)}
 timeout = {llm.timeout}
+# The longest reply asked for (a script of ~40 steps fits in 1500).
+max_tokens = {llm.max_tokens}
 
 [distill]
 # trajectory (the run's steps), script (an abstract procedure) or proceduralization (both).

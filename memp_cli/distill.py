@@ -58,7 +58,6 @@ BATCH = 500  # memories written under one lock acquisition, at most
 FLUSH_SECONDS = 1.0  # local policies: write at least this often
 GATHER_SECONDS = 0.05  # LLM results: wait this long for more before writing a batch
 MAX_CONCURRENCY = 256
-MAX_TOKENS = 1500  # the script reply; ~40 steps of JSON fit
 PROMPT_MAX_STEPS = 60  # steps of the trajectory shown to the model (head and tail)
 # Consecutive failed calls (transport errors after retries, no reply at all) that stop a run:
 # the provider looks down, and every remaining trajectory would wait out its retries.
@@ -321,7 +320,7 @@ def _settings(store: Store, model: str, api_base: str | None, timeout: float | N
         api_base=api_base or store.config.llm.api_base or None,
         timeout=timeout if timeout is not None else store.config.llm.timeout,
         max_retries=max_retries,
-        max_tokens=MAX_TOKENS,
+        max_tokens=store.config.llm.max_tokens,
     )
 
 

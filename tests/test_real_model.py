@@ -25,7 +25,7 @@ Measured on a 2-core machine (temperature 0, one thread):
 
 Either outcome is accepted (exit 0 or 8): what must hold is that every memory written is a
 valid procedure and every failure is reported, names its trajectory and leaves nothing
-behind. ``distill.MAX_TOKENS`` is lowered to 512 here (replies that succeed take under 400
+behind. ``[llm] max_tokens`` is lowered to 512 in the test store (replies that succeed take under 400
 tokens) so a looping reply costs seconds, not a minute; llama.cpp's server-side
 ``n_predict`` does not cap a request's ``max_tokens`` in this build.
 """
@@ -42,7 +42,6 @@ import pytest
 from conftest import DATA, memory_ids, memp
 from real_model import MODEL_ALIAS, RealModelServer, RealModelServerError, find_gguf, missing
 
-from memp_cli import distill as distill_module
 from memp_cli.distill import memory_id
 from memp_cli.errors import ExitCode
 from memp_cli.trajectories import parse_record
@@ -94,7 +93,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealModelServer
 @pytest.fixture
 def real_llm(server: RealModelServer, store: Path, monkeypatch: pytest.MonkeyPatch) -> RealModelServer:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
-    monkeypatch.setattr(distill_module, "MAX_TOKENS", MAX_TOKENS)
+    cfg = store / "memp.toml"
+    text = cfg.read_text(encoding="utf-8")
+    assert "max_tokens = 1500" in text
+    cfg.write_text(text.replace("max_tokens = 1500", f"max_tokens = {MAX_TOKENS}"), encoding="utf-8")
     return server
 
 
