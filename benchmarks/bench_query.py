@@ -78,8 +78,10 @@ def stages_child(store_path: str, query: str) -> None:
     index_mod.read_state = W("read state.json", index_mod.read_state)
     index_mod.is_fresh = W("is_fresh check", index_mod.is_fresh)
     index_mod._load_hnsw = W("load hnsw graph (+ import hnswlib)", index_mod._load_hnsw)
+    if hasattr(index_mod, "_load_vectors"):  # memp with the vectors file (index format 2)
+        index_mod._load_vectors = W("map vectors file", index_mod._load_vectors)
     index_mod._load_lexical = W("load lexical BM25 (+ import)", index_mod._load_lexical)
-    retrieve.Retriever.scored = W("search (knn + BM25 fusion)", retrieve.Retriever.scored)
+    retrieve.Retriever.scored = W("search (exact or knn + BM25 fusion)", retrieve.Retriever.scored)
     retrieve.load_memory_file = W("read the k result files", retrieve.load_memory_file)
     output.emit_json_lines = W("JSON output", output.emit_json_lines)
 
@@ -220,7 +222,9 @@ def _store_sizes(path: Path, n: int, info: dict[str, Any]) -> dict[str, Any]:
         index_mb=C.mb(idx),
         index_bytes_per_memory=round(idx / n, 1),
         hnsw_bytes=sum(v for k, v in files.items() if k.startswith("hnsw-")),
+        vectors_bytes=sum(v for k, v in files.items() if k.startswith("vectors-")),
         state_json_bytes=files.get("state.json", 0),
+        files_json_bytes=sum(v for k, v in files.items() if k.startswith("files-")),
         lexical_bytes=sum(v for k, v in files.items() if k.startswith("lexical")),
         keyword_index_bytes=sum(v for k, v in files.items() if k.startswith("keywords")),
         memories_mb=C.mb(mem),
@@ -256,9 +260,7 @@ def build_minilm_store(n: int, distinct: int, force: bool, hash_store: Path) -> 
             file=sys.stderr,
         )
         t0 = time.perf_counter()
-        with store.lock:
-            index_mod.clear(store)
-            idx, _rep = index_mod.sync(store, emb, rebuild=True)
+        idx, _rep = index_mod.sync(store, emb, rebuild=True)
         assert len(idx) == n, (len(idx), n)
         info = {
             **_load_build(path),
@@ -345,11 +347,8 @@ print((time.perf_counter() - t) * 1000)
 
 
 def whatif_exact(store: Path, reps: int) -> dict[str, Any]:
-    """Fresh processes: load the hnsw graph + knn, against exact search over an mmap'd float32 .npy
-    of the same vectors (what a single-query CLI process could do instead of loading the graph)."""
-    import hnswlib
-    import numpy as np
-
+    """Fresh processes: load the hnsw graph + knn, against exact search over the store's mmap'd
+    float32 vectors file (what a single-query `memp query` does since index format 2)."""
     from memp_cli import index as index_mod
     from memp_cli.store import Store
 
@@ -357,12 +356,7 @@ def whatif_exact(store: Path, reps: int) -> dict[str, Any]:
     state = index_mod.read_state(st)
     assert state is not None
     graph = index_mod._hnsw_path(st, state.generation)
-    vec = C.WORK / f"{store.name}-vectors-{state.generation}.npy"
-    if not vec.exists():
-        idx = hnswlib.Index(space="cosine", dim=state.dim)
-        idx.load_index(str(graph))
-        np.save(vec, np.asarray(idx.get_items(state.labels), dtype=np.float32))
-        del idx
+    vec = index_mod._vectors_path(st, state.generation)
     variants = {
         "python + numpy + hnswlib: load graph + knn(k=50)": (
             [sys.executable, "-c", _WHATIF_HNSW, str(graph), str(state.dim)],
@@ -546,7 +540,8 @@ def ann_sweep(n: int, distinct: int, noise: float | None, force: bool, n_queries
 
 
 def inprocess_retriever(store: Path, queries: list[str], reps: int) -> dict[str, Any]:
-    """Full ``Retriever`` (embed + knn + BM25 fusion, no file reads) on a loaded store, per query."""
+    """Full ``Retriever`` (embed + knn + BM25 fusion, no file reads) on a loaded store, per query;
+    and the same with exact search over the mapped vectors file (what one-shot `memp query` does)."""
     from memp_cli import index as index_mod
     from memp_cli.retrieve import Retriever
     from memp_cli.store import Store, store_embedder
@@ -554,17 +549,22 @@ def inprocess_retriever(store: Path, queries: list[str], reps: int) -> dict[str,
     st = Store.open(store)
     emb = store_embedder(st)
     idx = index_mod.load(st)
-    assert idx is not None
+    assert idx is not None and idx.hnsw is not None
     rc = st.config.retrieval
-    r = Retriever(index=idx, embedder=emb, k=rc.k, lexical_weight=rc.lexical_weight)
+    r = Retriever(index=idx, embedder=emb, k=rc.k, lexical_weight=rc.lexical_weight, exact=False)
+    rx = Retriever(index=idx, embedder=emb, k=rc.k, lexical_weight=rc.lexical_weight, exact=True)
     qv = emb.embed(queries)
     r.scored(queries[:3])
-    total, knn, embed = [], [], []
+    rx.scored(queries[:3])
+    total, exact, knn, embed = [], [], [], []
     for _ in range(reps):
         for i, qt in enumerate(queries):
             t0 = time.perf_counter()
             r.scored([qt])
             total.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            rx.scored([qt])
+            exact.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             emb.embed([qt])
             embed.append(time.perf_counter() - t0)
@@ -574,6 +574,7 @@ def inprocess_retriever(store: Path, queries: list[str], reps: int) -> dict[str,
     return {
         "ef_search": st.config.index.ef_search,
         "scored_total_ms": C.summary(total),
+        "scored_exact_total_ms": C.summary(exact),
         "embed_ms": C.summary(embed),
         "knn_k50_ms": C.summary(knn),
         "fusion_and_rest_p50_ms": round(
@@ -795,7 +796,8 @@ def main() -> int:
         for name, s in stores.items():
             print(
                 f"  {name:6s}: index {s['index_mb']} MB on disk = {s['index_bytes_per_memory']:.0f} B/memory "
-                f"(hnsw {C.mb(s['hnsw_bytes'])} MB, state.json {C.mb(s['state_json_bytes'])} MB, "
+                f"(hnsw {C.mb(s['hnsw_bytes'])} MB, vectors {C.mb(s.get('vectors_bytes', 0))} MB, "
+                f"state.json {C.mb(s['state_json_bytes'])} MB, files.json {C.mb(s.get('files_json_bytes', 0))} MB, "
                 f"lexical {C.mb(s['lexical_bytes'])} MB, keywords {C.mb(s['keyword_index_bytes'])} MB); memory files {s['memories_mb']} MB; "
                 f"build: write {s.get('write_s', '-')} s, index {s.get('rebuild_s', '-')} s"
                 + (" (cached)" if s.get("cached") else "")
@@ -873,7 +875,8 @@ def main() -> int:
             inproc[name] = ip
             print(
                 f"  {name:6s}: total p50 {ip['scored_total_ms']['median']:.2f} ms = embed {ip['embed_ms']['median']:.2f} "
-                f"+ knn(k=50, ef={ip['ef_search']}) {ip['knn_k50_ms']['median']:.3f} + fusion/rest {ip['fusion_and_rest_p50_ms']:.2f}"
+                f"+ knn(k=50, ef={ip['ef_search']}) {ip['knn_k50_ms']['median']:.3f} + fusion/rest {ip['fusion_and_rest_p50_ms']:.2f}; "
+                f"with exact search instead of knn: p50 {ip['scored_exact_total_ms']['median']:.2f} ms"
             )
         res["inproc"] = inproc
 

@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                     "k1": lex_default.k1,
                     "b": lex_default.b,
                 }
-                docs = list(zip(idx.state.labels, idx.state.texts, strict=True))
+                docs = list(zip(idx.state.labels, idx.file_table().texts, strict=True))
                 lexicals = {"default": lex_default}
                 if variant == "all":
                     lexicals.update(
@@ -1009,7 +1009,7 @@ def lexical_ablation(
     The reference implementation (:func:`ref_bm25`) is first checked against LexicalIndex on every
     variant LexicalIndex builds.
     """
-    docs = list(idx.state.texts)
+    docs = list(idx.file_table().texts)
     d = lexicals["default"]
     for name, lex in lexicals.items():
         for set_name in ("valid", "test"):

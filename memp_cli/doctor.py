@@ -118,6 +118,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
 
     # Index.
     problem = None
+    level = "error"
     try:
         state = index_mod.read_state(store)
         if state is None:
@@ -128,23 +129,46 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
                 f"the index was built with embedder {state.embedder!r} but memp.toml says "
                 f"{store.config.embedder.name!r}"
             )
-        elif not index_mod.is_fresh(store, state):
-            problem = "the index is older than some memory files"
         else:
-            idx = index_mod.load(store, keywords=True)  # keyword files too, when there are
-            if idx is not None and idx.hnsw is not None and idx.hnsw.get_current_count() < len(idx):
-                problem = "the vector index holds fewer vectors than the state lists"
+            index_mod.check_files(store, state)  # files-<gen>.json, vectors-<gen>.npy
+            if not index_mod.is_fresh(store, state):
+                problem = "the index is older than some memory files"
+                level = "warning"  # the next command that reads it syncs it
+            else:
+                idx = index_mod.load(store, keywords=True)  # keyword files too, when there are
+                problem = _vector_problem(idx) if idx is not None else None
     except MempError as e:
         problem = str(e).split("\n")[0]
     if problem:
         f = Finding(
-            "error" if "older" not in problem else "warning",
+            level,
             problem,
             "run `memp index rebuild` (or `memp doctor --fix`); the index is derived data",
         )
         if fix and embedder is not None:
-            index_mod.clear(store)
             index_mod.sync(store, embedder, rebuild=True)
             f.fixed = True
         add(f)
     return findings
+
+
+def _vector_problem(idx: index_mod.Index) -> str | None:
+    """The graph and the vectors file hold the same vectors (a sample of them is compared)."""
+    import numpy as np
+
+    hnsw = idx.hnsw
+    if hnsw is None:
+        return None
+    if hnsw.get_current_count() < len(idx):
+        return "the vector index holds fewer vectors than the state lists"
+    labels = idx.state.labels
+    sample = sorted({labels[i] for i in np.linspace(0, len(labels) - 1, min(len(labels), 64)).astype(int)})
+    try:
+        in_graph = np.asarray(hnsw.get_items(sample), dtype=np.float32)
+    except RuntimeError as e:
+        return f"the vector index lacks memories the state lists ({e})"
+    in_file = idx.vector_matrix()[sample]
+    if not np.allclose(in_graph, in_file, atol=1e-5):
+        path = idx.store.index_dir / f"vectors-{idx.state.generation}.npy"
+        return f"{path}: the vectors file does not match the vector index"
+    return None

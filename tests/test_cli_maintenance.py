@@ -24,6 +24,7 @@ from conftest import (
 
 from memp_cli.errors import ExitCode
 from memp_cli.fsutil import StoreLock
+from memp_cli.retrieve import EXACT_MAX_QUERIES
 
 HEAT = next(r["task"] for r in read_records(FILES["native"]) if r["task_type"] == "heat")
 
@@ -87,6 +88,16 @@ def test_doctor_fix_rebuilds_a_damaged_index(built: Path, damage: str) -> None:
     assert "memp index rebuild" in f["fix"]
     if damage != "delete-index":
         # The index is derived data: a query names the damaged file and rebuilds it.
+        if damage == "truncate-hnsw":
+            # One query searches the vectors file exactly and never reads the graph; a batch
+            # large enough to use the graph does.
+            assert memp("query", HEAT, "-k", 1).jsonl()[0]["task"] == HEAT
+            batch = "\n".join(json.dumps(HEAT) for _ in range(EXACT_MAX_QUERIES))
+            q = memp("query", "-", "-k", 1, input=batch)
+            assert expect_in in q.stderr and "rebuilding the index" in q.stderr
+            assert q.jsonl()[0]["results"][0]["task"] == HEAT
+            assert memp("doctor").stdout == ""
+            return
         q = memp("query", HEAT, "-k", 1)
         assert expect_in in q.stderr and "rebuilding the index" in q.stderr
         assert q.jsonl()[0]["task"] == HEAT

@@ -60,6 +60,8 @@ def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
                 sys.stderr.write("\n")
 
     idx, report = index_mod.sync(store, emb, progress=progress)
+    if report.rebuild_reason:
+        output.warn(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
     for e in report.broken:
         output.warn(str(e).split("\n")[0] + " (left out of the index)")
     if report.embedded:

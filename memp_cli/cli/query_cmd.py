@@ -14,7 +14,15 @@ from .. import index as index_mod
 from ..embedders import Embedder
 from ..errors import InputError, StoreError
 from ..render import render_prompt
-from ..retrieve import KEYS, Hit, KeywordExtractor, Retriever, builtin_keywords, llm_keywords
+from ..retrieve import (
+    EXACT_MAX_QUERIES,
+    KEYS,
+    Hit,
+    KeywordExtractor,
+    Retriever,
+    builtin_keywords,
+    llm_keywords,
+)
 from ..store import Store, store_embedder
 from . import G, app, open_store, output
 from .commands import open_input, sync_index
@@ -70,23 +78,27 @@ def _one_blas_thread() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def load_index(store: Store, embedder: Embedder, *, keywords: bool = False) -> index_mod.Index | None:
+def load_index(
+    store: Store, embedder: Embedder, *, keywords: bool = False, exact: bool = False
+) -> index_mod.Index | None:
     """Load the index, syncing first when memory files changed since it was built.
 
     ``keywords``: the keyword side too (``--key avefact``); an index from before it is synced.
-    Damaged index files are derived data: they are reported and rebuilt from ``memories/``.
+    ``exact``: map the vectors file instead of loading the hnsw graph (a few queries).
+    Damaged index files, or an index from an older memp, are derived data: they are reported
+    and rebuilt from ``memories/``. An index from a newer memp is an error (upgrade memp).
     """
     try:
-        return _load_index(store, embedder, keywords=keywords)
+        return _load_index(store, embedder, keywords=keywords, exact=exact)
+    except index_mod.IndexVersionError:
+        raise
     except StoreError as e:
         output.warn(f"{str(e).splitlines()[0]}; rebuilding the index from {store.memories_dir}")
-        with store.lock:
-            index_mod.clear(store)
-            idx, _ = index_mod.sync(store, embedder, rebuild=True)
+        idx, _ = index_mod.sync(store, embedder, rebuild=True)
         return idx
 
 
-def _load_index(store: Store, embedder: Embedder, *, keywords: bool) -> index_mod.Index | None:
+def _load_index(store: Store, embedder: Embedder, *, keywords: bool, exact: bool) -> index_mod.Index | None:
     state = index_mod.read_state(store)
     if state is not None:
         index_mod.check_embedder(store, state, embedder.name)
@@ -98,7 +110,7 @@ def _load_index(store: Store, embedder: Embedder, *, keywords: bool) -> index_mo
         or (state is not None and state.ids and not index_mod.lexical_is_current(store))
     ):
         return sync_index(store)
-    return index_mod.load(store, keywords=keywords, state=state)
+    return index_mod.load(store, keywords=keywords, state=state, exact=exact)
 
 
 @app.command()
@@ -172,7 +184,10 @@ def query(
             prompts_dir=store.prompts_dir,
         )
     embedder = store_embedder(store, G.embedder)
-    idx = load_index(store, embedder, keywords=key == "avefact")
+    # All queries first: a few are searched exactly over the mapped vectors, more through the
+    # hnsw graph (see retrieve.EXACT_MAX_QUERIES).
+    batch = list(read_queries("-")) if text == "-" else [(text, None)]
+    idx = load_index(store, embedder, keywords=key == "avefact", exact=len(batch) < EXACT_MAX_QUERIES)
     if idx is None:
         output.warn(f"the store {store.root} has no memories yet: run `memp ingest` and `memp distill`")
         return
@@ -188,7 +203,6 @@ def query(
         keyword_extractor=extractor,
     )
     if text == "-":
-        batch = list(read_queries("-"))
         results = retriever.search([q for q, _ in batch]) if batch else []
         for i, ((q, qid), hits) in enumerate(zip(batch, results, strict=True)):
             if fmt == "prompt":

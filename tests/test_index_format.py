@@ -1,0 +1,388 @@
+"""The index files: slim state.json + files-<gen>.json, the vectors file and exact search over it,
+generations, and indexes from older or newer memp versions."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from conftest import FILES, memory_ids, memp, read_records
+
+from memp_cli import index as index_mod
+from memp_cli.embedders.hashing import HashEmbedder
+from memp_cli.errors import ExitCode, StoreError
+from memp_cli.memory import Memory, load_memory_file
+from memp_cli.retrieve import EXACT_MAX_QUERIES, Retriever
+from memp_cli.store import Store
+
+HEAT = next(r["task"] for r in read_records(FILES["native"]) if r["task_type"] == "heat")
+VALID = list(
+    dict.fromkeys(r["task"] for r in read_records(Path(FILES["native"]).parent / "alfworld_valid_seen.jsonl"))
+)
+# more real tasks than EXACT_MAX_QUERIES: valid first, then train
+QUERIES = list(dict.fromkeys([*VALID, *(r["task"] for r in read_records(FILES["native"]))]))
+EMB = HashEmbedder(256)
+KINDS = ("trajectory", "script", "procedure")
+
+
+def _memories(n: int, seed: int = 0, start: int = 0) -> list[Memory]:
+    rng = random.Random(seed)
+    verbs = ["put", "heat", "cool", "clean", "find", "examine", "slice", "take"]
+    objs = ["egg", "mug", "apple", "knife", "plate", "book", "lamp", "pan", "cup", "bowl", "vase"]
+    recs = ["fridge", "sinkbasin", "microwave", "cabinet", "drawer", "countertop", "shelf", "desk"]
+    out = []
+    for i in range(start, start + n):
+        task = f"{rng.choice(verbs)} some {rng.choice(objs)} and put it in {rng.choice(recs)} {i}."
+        out.append(
+            Memory(
+                id=f"m{i:04d}",
+                kind=KINDS[i % 3],
+                task=task,
+                steps=[{"action": "look", "observation": "nothing"}],
+                script={"title": task, "steps": ["look"]} if i % 3 else {},
+            )
+        )
+    return out
+
+
+def _store(store: Path, n: int = 300) -> Store:
+    st = Store.open(store)
+    st.save_memories(_memories(n), event="test")
+    index_mod.sync(st, EMB)
+    return st
+
+
+def _brute_force(st: Store, query: str, kind: str | None = None) -> list[tuple[str, float]]:
+    """(id, cosine) of every memory (of ``kind``), best first, ties by id."""
+    mems = [load_memory_file(p) for p in sorted(st.memories_dir.glob("*.toml"))]
+    mems = [m for m in mems if kind is None or m.kind == kind]
+    q = EMB.embed([query])[0]
+    sims = EMB.embed([m.key_text() for m in mems]) @ q
+    return sorted(((m.id, float(s)) for m, s in zip(mems, sims, strict=True)), key=lambda r: (-r[1], r[0]))
+
+
+def _index_files(st: Store) -> list[str]:
+    return sorted(p.name for p in st.index_dir.iterdir() if not p.name.startswith("lexical"))
+
+
+def _hits(r: Retriever, query: str) -> list[tuple[str, float]]:
+    return [(h.memory.id, h.score) for h in r.search([query])[0]]
+
+
+def _same_ranking(a: list[tuple[str, float]], b: list[tuple[str, float]], tol: float = 1e-5) -> None:
+    """Same scores, and the same memories except among equal scores (their order, and which of
+    them the cut at k keeps, depends on float rounding: the hash embedder makes many ties)."""
+    assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=tol)
+    if not a:
+        return
+    cut = a[-1][1] + tol
+    groups_a: dict[float, set[str]] = {}
+    groups_b: dict[float, set[str]] = {}
+    for ranking, groups in ((a, groups_a), (b, groups_b)):
+        for m, s in ranking:
+            if s > cut:
+                groups.setdefault(round(s / tol), set()).add(m)
+    assert {m for g in groups_a.values() for m in g} == {m for g in groups_b.values() for m in g}
+
+
+# --------------------------------------------------------------------------- exact search
+
+
+@pytest.mark.parametrize("kind", [None, "script"])
+def test_exact_search_equals_brute_force(store: Path, kind: str | None) -> None:
+    st = _store(store)
+    idx = index_mod.load(st, exact=True)
+    assert idx is not None and idx.vectors_mapped
+    r = Retriever(idx, EMB, k=20, min_score=-1.0, lexical_weight=0.0, kind=kind)
+    for query in [HEAT, *VALID[:10]]:
+        truth = _brute_force(st, query, kind)
+        hits = _hits(r, query)
+        _same_ranking(hits, truth[:20])
+        # the candidates are the exact top max(10 k, 50) by cosine
+        (rows,) = r.scored([query])
+        n_cand = min(len(truth), 200)
+        assert sorted(cos for _, _, cos, _ in rows) == pytest.approx(
+            sorted(s for _, s in truth[:n_cand]), abs=1e-5
+        )
+    assert not idx.hnsw_loaded  # the exact path never reads the graph
+
+
+def test_hnsw_and_exact_paths_agree(store: Path) -> None:
+    st = _store(store, 400)
+    by_graph = index_mod.load(st)
+    by_file = index_mod.load(st, exact=True)
+    assert by_graph is not None and by_file is not None
+    for kind in (None, "procedure"):
+        g = Retriever(by_graph, EMB, k=5, kind=kind, lexical_weight=0.3, exact=False)
+        f = Retriever(by_file, EMB, k=5, kind=kind, lexical_weight=0.3)
+        for query in [HEAT, *VALID[:20]]:
+            _same_ranking(_hits(g, query), _hits(f, query))
+    assert not by_file.hnsw_loaded
+    # a large batch on an index loaded for exact search loads the graph (lazily) instead
+    queries = QUERIES[:EXACT_MAX_QUERIES]
+    batch = Retriever(by_file, EMB, k=5).search(queries)
+    assert by_file.hnsw_loaded
+    for q, hits in zip(queries, batch, strict=True):
+        assert [(h.memory.id, h.score) for h in hits] == _hits(Retriever(by_graph, EMB, k=5), q)
+
+
+def test_cli_single_query_and_batch_agree(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`memp query TEXT` (exact, never reads the graph) and a batch (the graph) answer alike."""
+    queries = QUERIES[:EXACT_MAX_QUERIES]
+    assert len(queries) == EXACT_MAX_QUERIES  # a batch that loads the graph
+    batch = memp("query", "-", "-k", 3, input="\n".join(json.dumps(q) for q in queries)).jsonl()
+
+    def no_graph(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("a single query loaded the hnsw graph")
+
+    monkeypatch.setattr(index_mod, "_load_hnsw", no_graph)
+    for q, line in zip(queries, batch, strict=True):
+        single = memp("query", q, "-k", 3).jsonl()
+        _same_ranking(
+            [(h["id"], h["score"]) for h in single], [(h["id"], h["score"]) for h in line["results"]]
+        )
+    small = memp("query", "-", "-k", 3, input="\n".join(json.dumps(q) for q in queries[:3])).jsonl()
+    assert [line["results"] for line in small] == [line["results"] for line in batch[:3]]
+
+
+def test_deleted_memories_never_come_back(store: Path) -> None:
+    st = _store(store, 200)
+    n = 200
+    for k in range(3):
+        # delete the best matches of a query, add a few new memories (new labels, more rows)
+        idx = index_mod.load(st, exact=True)
+        assert idx is not None
+        top = [m for m, _ in _brute_force(st, HEAT)[:15]]
+        for mid in top:
+            (st.memories_dir / f"{mid}.toml").unlink()
+        st.save_memories(_memories(5, seed=k + 1, start=1000 + 10 * k), event="test")
+        _, rep = index_mod.sync(st, EMB)
+        n += 5 - 15
+        assert (rep.removed, rep.added) == (15, 5)
+        idx = index_mod.load(st, exact=True)
+        assert idx is not None and len(idx) == n
+        assert idx.vector_matrix().shape[0] == idx.state.next_label > len(idx)
+        r = Retriever(idx, EMB, k=n, min_score=-1.0, lexical_weight=0.0)
+        got = [m for m, _ in _hits(r, HEAT)]
+        assert sorted(got) == memory_ids(store) and not set(top) & set(got)
+        _same_ranking(_hits(Retriever(idx, EMB, k=5, lexical_weight=0.0), HEAT), _brute_force(st, HEAT)[:5])
+        # rows of labels no memory has are zeros
+        dead = np.setdiff1d(np.arange(idx.state.next_label), idx.label_array())
+        assert len(dead) == 15 * (k + 1) and not idx.vector_matrix()[dead].any()
+
+
+# --------------------------------------------------------------------------- the files
+
+
+def test_files_are_written_with_one_generation(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+    real_write, real_npy, real_hnsw = index_mod.atomic_write, index_mod._save_npy, index_mod._save_hnsw
+
+    def atomic_write(path: Path, data: Any, **kw: Any) -> None:
+        written.append(path.name)
+        real_write(path, data, **kw)
+
+    def save_npy(path: Path, arr: Any) -> None:
+        written.append(path.name)
+        real_npy(path, arr)
+
+    def save_hnsw(st: Store, hnsw: Any, name: str) -> None:
+        written.append(name)
+        real_hnsw(st, hnsw, name)
+
+    monkeypatch.setattr(index_mod, "atomic_write", atomic_write)
+    monkeypatch.setattr(index_mod, "_save_npy", save_npy)
+    monkeypatch.setattr(index_mod, "_save_hnsw", save_hnsw)
+    st = _store(store, 50)
+    for step in range(3):
+        written.clear()
+        if step:
+            (st.memories_dir / f"m{step:04d}.toml").unlink()
+            st.save_memories(_memories(2, seed=step, start=100 * step), event="test")
+            index_mod.sync(st, EMB)
+        else:
+            index_mod.sync(st, EMB, rebuild=True)
+        state = index_mod.read_state(st)
+        assert state is not None
+        g = state.generation
+        assert g == step + 2
+        expected = [
+            f"hnsw-{g}.bin",
+            f"vectors-{g}.npy",
+            f"keywords-{g}.bin",
+            f"keywords-{g}.json",
+            f"files-{g}.json",
+            "state.json",
+        ]
+        assert written == expected  # state.json last: it names the generation of the others
+        assert _index_files(st) == sorted(expected)
+        raw = orjson.loads((st.index_dir / "state.json").read_bytes())
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 2
+        assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
+        idx = index_mod.load(st)
+        assert idx is not None and idx.hnsw is not None
+        table = idx.file_table()
+        assert table.texts == [load_memory_file(st.memories_dir / f"{m}.toml").key_text() for m in state.ids]
+        vec = idx.vector_matrix()
+        assert vec.shape == (state.next_label, 256) and vec.dtype == np.float32
+        assert np.allclose(vec[state.labels], idx.hnsw.get_items(state.labels), atol=1e-6)
+
+
+def test_nothing_changed_writes_nothing(store: Path) -> None:
+    st = _store(store, 30)
+    before = {p.name: p.stat().st_mtime_ns for p in st.index_dir.iterdir()}
+    _, rep = index_mod.sync(st, EMB)
+    assert not rep.changed and not rep.rebuilt
+    assert {p.name: p.stat().st_mtime_ns for p in st.index_dir.iterdir()} == before
+
+
+def test_sync_restores_a_missing_vectors_file_from_the_graph(store: Path) -> None:
+    st = _store(store, 60)
+    state = index_mod.read_state(st)
+    assert state is not None
+    old = np.load(st.index_dir / f"vectors-{state.generation}.npy")
+    (st.index_dir / f"vectors-{state.generation}.npy").unlink()
+    with pytest.raises(StoreError, match=f"vectors-{state.generation}.npy: missing"):
+        index_mod.load(st, exact=True)
+    idx, rep = index_mod.sync(st, EMB)
+    assert rep.embedded == 0 and not rep.rebuilt  # nothing embedded again
+    assert np.allclose(idx.vector_matrix(), old, atol=1e-6)
+    again = index_mod.load(st, exact=True)
+    assert again is not None and again.state.generation == state.generation + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate-vectors", "delete-vectors", "garbage-files", "delete-files"])
+def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> None:
+    st = Store.open(built)
+    state = index_mod.read_state(st)
+    assert state is not None
+    vec = built / "index" / f"vectors-{state.generation}.npy"
+    files = built / "index" / f"files-{state.generation}.json"
+    if damage == "truncate-vectors":
+        vec.write_bytes(vec.read_bytes()[:1000])
+        expect = f"{vec}: damaged vectors file"
+    elif damage == "delete-vectors":
+        vec.unlink()
+        expect = f"{vec}: missing"
+    elif damage == "garbage-files":
+        files.write_bytes(b'{"index_version": 2, "generation"')
+        expect = f"{files}: damaged index file table"
+    else:
+        files.unlink()
+        expect = f"{files}: missing"
+    r = memp("doctor", expect=ExitCode.STORE)
+    (f,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert f["level"] == "error" and f["what"].startswith(expect) and "memp index rebuild" in f["fix"]
+    q = memp("query", HEAT, "-k", 1)
+    assert q.jsonl()[0]["task"] == HEAT
+    if "vectors" in damage:  # the query reads it: rebuilt on the spot
+        assert expect in q.stderr and "rebuilding the index" in q.stderr
+    else:  # a small store's freshness check reads it: the sync rebuilds it
+        assert expect in q.stderr and "rebuilt the index" in q.stderr
+    assert memp("doctor").stdout == ""
+    new = index_mod.read_state(st)
+    assert new is not None and new.generation > state.generation
+    assert _index_files(st) == sorted(
+        [f"{p}-{new.generation}.{e}" for p, e in (("hnsw", "bin"), ("vectors", "npy"), ("files", "json"))]
+        + [f"keywords-{new.generation}.bin", f"keywords-{new.generation}.json", "state.json"]
+    )
+
+
+def test_doctor_fix_regenerates_the_vectors_file(built: Path) -> None:
+    st = Store.open(built)
+    state = index_mod.read_state(st)
+    assert state is not None
+    vec = built / "index" / f"vectors-{state.generation}.npy"
+    arr = np.load(vec)
+    arr[state.labels[3]] = 0.0  # a mismatch between the file and the graph
+    np.save(vec, arr)
+    r = memp("doctor", expect=ExitCode.STORE)
+    assert "does not match the vector index" in r.stdout
+    r = memp("doctor", "--fix")
+    assert all(json.loads(line)["fixed"] for line in r.stdout.splitlines())
+    assert memp("doctor").stdout == ""
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _old_format(built: Path) -> bytes:
+    """state.json as INDEX_VERSION 1 wrote it: every column in one file, no files/vectors."""
+    st = Store.open(built)
+    idx = index_mod.load(st)
+    assert idx is not None
+    table = idx.file_table()
+    d = {"index_version": 1, **vars(idx.state), **vars(table)}
+    for p in built.joinpath("index").glob("vectors-*.npy"):
+        p.unlink()
+    for p in built.joinpath("index").glob("files-*.json"):
+        p.unlink()
+    raw = orjson.dumps(d)
+    (built / "index" / "state.json").write_bytes(raw)
+    return raw
+
+
+def test_index_from_an_older_memp_is_rebuilt_by_query(built: Path) -> None:
+    _old_format(built)
+    r = memp("doctor", expect=ExitCode.STORE)
+    assert "older format (1, now 2)" in r.stdout
+    q = memp("query", HEAT, "-k", 1)
+    assert "older format" in q.stderr and "rebuilding the index" in q.stderr
+    assert q.jsonl()[0]["task"] == HEAT
+    state = index_mod.read_state(Store.open(built))
+    assert state is not None and len(state.ids) == 40
+    assert memp("doctor").stdout == ""
+
+
+def test_index_from_an_older_memp_is_rebuilt_by_sync(built: Path) -> None:
+    _old_format(built)
+    r = memp("index", "sync")
+    assert "older format" in r.stderr and "rebuilt the index" in r.stderr
+    assert memp("doctor").stdout == ""
+    assert memp("query", HEAT, "-k", 1).jsonl()[0]["task"] == HEAT
+
+
+def test_index_from_a_newer_memp_is_left_alone(built: Path) -> None:
+    sp = built / "index" / "state.json"
+    d = orjson.loads(sp.read_bytes())
+    d["index_version"] = index_mod.INDEX_VERSION + 1
+    sp.write_bytes(orjson.dumps(d))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (built / "index").iterdir())
+    for args in (("query", HEAT), ("index", "sync")):
+        r = memp(*args, expect=ExitCode.STORE)
+        assert "written by a newer memp" in r.stderr and "upgrade memp" in r.stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (built / "index").iterdir()) == before
+    memp("index", "rebuild")  # the way out other than upgrading
+    assert memp("query", HEAT, "-k", 1).jsonl()[0]["task"] == HEAT
+
+
+@pytest.mark.parametrize("labels", ["rebuilt", "fragmented", "empty"])
+def test_state_json_roundtrip(tmp_path: Path, labels: str) -> None:
+    n = {"rebuilt": 1000, "fragmented": 1000, "empty": 0}[labels]
+    lab = list(range(n))
+    if labels == "fragmented":
+        random.Random(1).shuffle(lab)
+    state = index_mod.State(
+        embedder="hash",
+        dim=256,
+        generation=7,
+        next_label=n + 5,
+        dir_mtime_ns=123,
+        ids=[f"m{i:05d}" for i in range(n)],
+        labels=lab,
+        kinds=[KINDS[(i * 7) % 3] for i in range(n)],
+        broken={"mbad": [1, 2]},
+        kw_version=1,
+    )
+    raw = state.to_json()
+    d = orjson.loads(raw)
+    assert ("label_runs" in d) == (labels != "fragmented") and "kinds" not in d
+    assert index_mod.State.from_json(raw, tmp_path / "state.json") == state
+    d.pop("kind_codes")
+    with pytest.raises(StoreError, match="damaged index state"):
+        index_mod.State.from_json(orjson.dumps(d), tmp_path / "state.json")
