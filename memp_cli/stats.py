@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import index as index_mod
-from .errors import MemoryFileError
+from .errors import MemoryFileError, StoreError
 from .store import Store
 
 
@@ -36,7 +36,13 @@ def store_stats(store: Store) -> dict[str, Any]:
             broken += 1
         else:
             kinds[m.kind] += 1
-    state = index_mod.read_state(store)
+    index_problem = None
+    try:
+        state = index_mod.read_state(store)
+        fresh = index_mod.is_fresh(store, state)
+    except StoreError as e:  # stats describes the store; a damaged or old index is one fact among others
+        state, fresh = None, False
+        index_problem = str(e).splitlines()[0]
     return {
         "store": str(store.root),
         "trajectories": n_traj,
@@ -47,7 +53,8 @@ def store_stats(store: Store) -> dict[str, Any]:
         "embedder": store.config.embedder.name,
         "index": {
             "indexed": len(state.ids) if state else 0,
-            "fresh": index_mod.is_fresh(store, state),
+            "fresh": fresh,
+            "problem": index_problem,
             "embedder": state.embedder if state else None,
             "dim": state.dim if state else None,
         },

@@ -214,9 +214,17 @@ def test_stats_json(cli, built: Path) -> None:
     assert st["memories"] == 40 and st["kinds"] == {"trajectory": 40}
     assert st["broken_memory_files"] == 0
     assert st["embedder"] == "hash"
-    assert st["index"] == {"indexed": 40, "fresh": True, "embedder": "hash", "dim": 256}
+    assert st["index"] == {"indexed": 40, "fresh": True, "problem": None, "embedder": "hash", "dim": 256}
     assert st["segments"] == 1
     assert all(v > 0 for v in st["bytes"].values())
+
+
+def test_stats_reports_a_damaged_index_instead_of_failing(built: Path) -> None:
+    state = built / "index" / "state.json"
+    state.write_bytes(state.read_bytes()[:40])
+    (st,) = memp("stats", "--json").jsonl()
+    assert st["memories"] == 40
+    assert st["index"]["fresh"] is False and "damaged index state" in st["index"]["problem"]
 
 
 def test_stats_empty_store(store: Path) -> None:
