@@ -203,14 +203,10 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 
 def dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
+    """Bytes under ``path``: memp's own measure (the one ``memp stats`` reports)."""
+    from memp_cli.stats import disk_usage
+
+    return disk_usage(path)
 
 
 def mb(nbytes: float) -> float:

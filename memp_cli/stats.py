@@ -12,7 +12,7 @@ from .errors import MemoryFileError, StoreError
 from .store import Store
 
 
-def _du(path: Path) -> int:
+def disk_usage(path: Path) -> int:
     total = 0
     for dirpath, _, files in os.walk(path):
         for f in files:
@@ -59,9 +59,9 @@ def store_stats(store: Store) -> dict[str, Any]:
             "dim": state.dim if state else None,
         },
         "bytes": {
-            "memories": _du(store.memories_dir),
-            "trajectories": _du(store.trajectories_dir),
-            "index": _du(store.index_dir),
+            "memories": disk_usage(store.memories_dir),
+            "trajectories": disk_usage(store.trajectories_dir),
+            "index": disk_usage(store.index_dir),
         },
         "segments": len(store.segments()),
     }
