@@ -37,7 +37,7 @@ import re
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -671,15 +671,3 @@ def _add_usage(report: DistillReport, usage: Any) -> None:
     report.tokens_out += usage.tokens_out
     if usage.cost_usd is not None and usage.calls:
         report.cost_usd = (report.cost_usd or 0.0) + usage.cost_usd
-
-
-def pending(store: Store, policy: str, *, only_success: bool = False) -> Iterable[tuple[str, Trajectory]]:
-    """Every stored trajectory with its status for ``policy``: todo, done or filtered (ids only)."""
-    existing = set(store.memory_ids())
-    for t in store.iter_trajectories():
-        if memory_id(policy, t.id) in existing:
-            yield "done", t
-        elif only_success and t.success is not True:
-            yield "filtered", t
-        else:
-            yield "todo", t

@@ -11,6 +11,7 @@ import orjson
 from . import index as index_mod
 from .errors import MemoryFileError, MempError
 from .fsutil import TMP_PREFIX
+from .memory import valid_id
 from .store import Store
 
 
@@ -63,7 +64,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
                     "move it elsewhere",
                 )
             )
-        elif not index_mod.valid_id_name(p.stem):
+        elif not valid_id(p.stem):
             add(
                 Finding(
                     "error",

@@ -47,7 +47,7 @@ import orjson
 from .embedders import Embedder
 from .errors import MemoryFileError, ModelError, StoreError
 from .fsutil import TMP_PREFIX, atomic_output, atomic_write
-from .memory import Memory, load_memory_file, valid_id
+from .memory import Memory, load_memory_file
 
 if TYPE_CHECKING:
     import hnswlib
@@ -386,10 +386,6 @@ class Index:
         if self._vectors is not None or self._hnsw is None:
             return np.asarray(self.vector_matrix()[np.asarray(labels, dtype=np.int64)], dtype=np.float32)
         return np.asarray(self._hnsw.get_items(labels), dtype=np.float32)
-
-
-def valid_id_name(name: str) -> bool:
-    return valid_id(name)
 
 
 def state_path(store: Store) -> Path:
@@ -924,12 +920,8 @@ def _sync_keywords(
 
 
 def _save_hnsw(store: Store, hnsw: hnswlib.Index, name: str) -> None:
-    final = store.index_dir / name
-    tmp = store.index_dir / f"{TMP_PREFIX}{name}"
-    hnsw.save_index(str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with atomic_output(store.index_dir / name) as tmp:
+        hnsw.save_index(str(tmp))
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

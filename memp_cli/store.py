@@ -235,28 +235,30 @@ class Store:
 
     def save_memory(self, memory: Memory, *, event: str = "memory.write", **fields: Any) -> None:
         """Write one memory file atomically and journal it. Caller holds the lock."""
-        if not valid_id(memory.id):
-            raise StoreError(f"refusing to write memory with invalid id {memory.id!r}")
-        memory.provenance.updated = now_iso()
-        if not memory.provenance.created:
-            memory.provenance.created = memory.provenance.updated
+        _stamp([memory])
         atomic_write(self.memory_path(memory.id), memory.to_toml())
         self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
 
     def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
-        """Write many memory files; one journal line names them all."""
+        """Write many memory files (one sync for all); one journal line names them all."""
+        _stamp(memories)
         for m in memories:
-            if not valid_id(m.id):
-                raise StoreError(f"refusing to write memory with invalid id {m.id!r}")
-        stamp = now_iso()
-        for m in memories:
-            m.provenance.updated = stamp
-            if not m.provenance.created:
-                m.provenance.created = stamp
             atomic_write(self.memory_path(m.id), m.to_toml(), durable=False)
         if memories:
             os.sync()
             self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
+
+
+def _stamp(memories: list[Memory]) -> None:
+    """Check the ids (before anything is written) and set created/updated."""
+    for m in memories:
+        if not valid_id(m.id):
+            raise StoreError(f"refusing to write memory with invalid id {m.id!r}")
+    stamp = now_iso()
+    for m in memories:
+        m.provenance.updated = stamp
+        if not m.provenance.created:
+            m.provenance.created = stamp
 
 
 class _NothingToWrite(Exception):
