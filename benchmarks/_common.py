@@ -204,7 +204,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 def dir_size(path: Path) -> int:
     """Bytes under ``path``: memp's own measure (the one ``memp stats`` reports)."""
-    from memp_cli.stats import disk_usage
+    from memp_cli.store.stats import disk_usage
 
     return disk_usage(path)
 
@@ -343,9 +343,9 @@ class AlfworldSynth:
         return plain + extra[: n - len(plain)]
 
     def trajectory_for(self, task: str, rng: random.Random, episode: int) -> Any:
-        """A :class:`memp_cli.trajectories.Trajectory` for ``task``: the steps of a real run of the
+        """A :class:`memp_cli.model.trajectory.Trajectory` for ``task``: the steps of a real run of the
         same template with the object/receptacle names swapped; ``episode`` makes it distinct."""
-        from memp_cli.trajectories import Step, Trajectory
+        from memp_cli.model.trajectory import Step, Trajectory
 
         parsed = self._templatize(re.sub(r" \d+\.$", ".", task))
         if parsed is None or parsed[0] not in self.templates:
@@ -383,7 +383,7 @@ def minilm_ready(timeout: float = 0.0) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            from memp_cli.embedders import get_embedder
+            from memp_cli.backends.embedders import get_embedder
 
             get_embedder("minilm").embed(["x"])
             return True
@@ -398,7 +398,7 @@ def embed_cached(texts: Sequence[str], name: str = "minilm", *, batch: int = 256
     """Embeddings of ``texts`` with memp's embedder ``name``, cached on disk by content."""
     import numpy as np
 
-    from memp_cli.embedders import get_embedder
+    from memp_cli.backends.embedders import get_embedder
 
     key = hashlib.sha256(("\n".join(texts) + f"|{name}").encode()).hexdigest()[:16]
     path = WORK / f"emb-{name}-{len(texts)}-{key}.npy"
@@ -460,7 +460,7 @@ def write_memories(
     store_dir: Path, tasks: Sequence[str], *, seed: int = 0, batch: int = 2000, log: bool = True
 ) -> float:
     """Write one trajectory memory per task into the store with memp's own code; seconds taken."""
-    from memp_cli.distill import trajectory_memory
+    from memp_cli.build.runner import trajectory_memory
     from memp_cli.store import Store
 
     store = Store.open(store_dir)

@@ -109,8 +109,8 @@ def _records(n: int) -> list[bytes]:
 def make_template(root: Path, n: int) -> Path:
     """A store with ``n`` trajectories ingested and nothing distilled."""
     from memp_cli.config import Config
+    from memp_cli.model.trajectory import read_jsonl
     from memp_cli.store import Store
-    from memp_cli.trajectories import read_jsonl
 
     cfg = Config()
     cfg.embedder.name, cfg.embedder.dim = "hash", 256
@@ -139,7 +139,7 @@ def open_store(path: Path) -> Any:
 
 
 def run_inprocess(path: Path, url: str, concurrency: int, policy: str = "script", model: str = MODEL) -> Any:
-    from memp_cli.distill import distill
+    from memp_cli.build.runner import distill
 
     store = open_store(path)
     t0 = time.perf_counter()
@@ -161,9 +161,9 @@ def run_cli(path: Path, url: str, concurrency: int) -> tuple[dict[str, Any], flo
 
 def baseline_calls(path: Path, url: str) -> float:
     """Seconds per request for a bare loop of llm.complete_json on the same prompts (no cache)."""
-    from memp_cli import llm
-    from memp_cli.distill import PROMPT_MAX_STEPS
-    from memp_cli.scripts import load_prompt, script_from_reply, script_messages
+    from memp_cli.backends import llm
+    from memp_cli.build.runner import PROMPT_MAX_STEPS
+    from memp_cli.build.scripts import load_prompt, script_from_reply, script_messages
 
     store = open_store(path)
     prompt = load_prompt("script")
@@ -178,9 +178,9 @@ def baseline_calls(path: Path, url: str) -> float:
 
 def local_steps(path: Path) -> dict[str, float]:
     """ms per trajectory of memp's pure-Python work around the call, measured alone."""
-    from memp_cli.distill import PROMPT_MAX_STEPS, script_memory
-    from memp_cli.llm import extract_json
-    from memp_cli.scripts import load_prompt, script_from_reply, script_messages
+    from memp_cli.backends.llm import extract_json
+    from memp_cli.build.runner import PROMPT_MAX_STEPS, script_memory
+    from memp_cli.build.scripts import load_prompt, script_from_reply, script_messages
 
     store = open_store(path)
     prompt = load_prompt("script")
@@ -217,7 +217,7 @@ def main() -> None:
         serve_main(args.delay)
         return
     os.environ["OPENAI_API_KEY"] = KEY
-    from memp_cli import llm
+    from memp_cli.backends import llm
 
     t0 = time.perf_counter()
     llm._litellm()
@@ -236,7 +236,7 @@ def main() -> None:
         server = ServerProcess(args.delay)
         try:
             warm = fresh(template, root, "warm")
-            from memp_cli.distill import distill
+            from memp_cli.build.runner import distill
 
             distill(open_store(warm), "script", model=MODEL, api_base=server.url, limit=args.concurrency,
                     concurrency=args.concurrency)  # fmt: skip

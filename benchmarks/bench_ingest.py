@@ -110,8 +110,8 @@ def main() -> int:
     res["cli_startup_s"] = round(startup, 3)
 
     # 2. the library path, in-process
+    from memp_cli.model.trajectory import Trajectory, parse_record, read_jsonl, trajectory_id
     from memp_cli.store import Store
-    from memp_cli.trajectories import Trajectory, parse_record, read_jsonl, trajectory_id
 
     lib_runs = []
     for _ in range(reps):

@@ -1,7 +1,7 @@
 """Throughput and per-call overhead of memp's LLM layer (litellm + retries + cache), offline.
 
 A local OpenAI-compatible server (tests/llm_server.py) answers every request after a fixed
-delay. N calls to :func:`memp_cli.llm.complete` go through a thread pool; the ideal rate is
+delay. N calls to :func:`memp_cli.backends.llm.complete` go through a thread pool; the ideal rate is
 workers / delay. A second run with no delay and one worker measures what memp + litellm +
 httpx cost per call on their own (the server's share is tiny).
 
@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from llm_server import serve  # noqa: E402
 
-from memp_cli import llm  # noqa: E402
+from memp_cli.backends import llm  # noqa: E402
 
 
 def _messages(i: int) -> list[dict[str, str]]:

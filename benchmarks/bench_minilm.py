@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memp_cli.embedders.minilm import MiniLMEmbedder
+from memp_cli.backends.embedders.minilm import MiniLMEmbedder
 
 _VERBS = ["put", "heat", "cool", "clean", "examine", "find", "look at", "place"]
 _OBJECTS = ["mug", "apple", "egg", "potato", "knife", "plate", "book", "alarmclock", "cd", "pencil"]

@@ -69,9 +69,9 @@ def stages_child(store_path: str, query: str) -> None:
 
     clock.add("import memp_cli.cli (typer, store, commands)", time.perf_counter() - c0)
     from memp_cli import index as index_mod
-    from memp_cli import retrieve
+    from memp_cli.backends.embedders import get_embedder as real_get_embedder
     from memp_cli.cli import output, query_cmd
-    from memp_cli.embedders import get_embedder as real_get_embedder
+    from memp_cli.retrieve import retriever as retrieve
 
     W = clock.wrap
     query_cmd.open_store = W("Store.open (memp.toml)", query_cmd.open_store)
@@ -92,7 +92,7 @@ def stages_child(store_path: str, query: str) -> None:
         emb.embed = W("embed query", emb.embed)
         return emb
 
-    import memp_cli.embedders as emb_mod
+    import memp_cli.backends.embedders as emb_mod
 
     emb_mod.get_embedder = W("embedder setup (+ import numpy, embedder module)", get_embedder)
     entered: list[float] = []
@@ -156,8 +156,8 @@ def real_queries() -> list[str]:
 def index_params(embedder: str) -> dict[str, Any]:
     """What the index files depend on: a change re-indexes a cached store (memory files are kept)."""
     from memp_cli import index as index_mod
-    from memp_cli import lexical
     from memp_cli.config import IndexConfig
+    from memp_cli.index import lexical
 
     cfg = IndexConfig()
     return {
@@ -235,7 +235,7 @@ def _store_sizes(path: Path, n: int, info: dict[str, Any]) -> dict[str, Any]:
 
 def build_minilm_store(n: int, distinct: int, force: bool, hash_store: Path) -> dict[str, Any]:
     from memp_cli import index as index_mod
-    from memp_cli.embedders import get_embedder
+    from memp_cli.backends.embedders import get_embedder
     from memp_cli.store import Store
 
     path = C.WORK / f"store-minilm-{n}-d{distinct}"
@@ -543,7 +543,7 @@ def inprocess_retriever(store: Path, queries: list[str], reps: int) -> dict[str,
     """Full ``Retriever`` (embed + knn + BM25 fusion, no file reads) on a loaded store, per query;
     and the same with exact search over the mapped vectors file (what one-shot `memp query` does)."""
     from memp_cli import index as index_mod
-    from memp_cli.retrieve import Retriever
+    from memp_cli.retrieve.retriever import Retriever
     from memp_cli.store import Store, store_embedder
 
     st = Store.open(store)

@@ -16,7 +16,7 @@ What it does (see benchmarks/README.md, "eval_keys.py"):
    ``alfworld_react_exemplars.jsonl`` that are not memory task texts ("test"; the
    ``alfworld_valid_seen_replay.jsonl`` tasks that are not memory tasks are reported too, as
    "valid"). Query keywords: the built-in extractor (no LLM).
-3. Keys, all through memp's own :class:`memp_cli.retrieve.Retriever` (``k=10``,
+3. Keys, all through memp's own :class:`memp_cli.retrieve.retriever.Retriever` (``k=10``,
    ``min_score=-1``): ``query`` with ``lexical_weight`` 0 (embeddings only) and memp's default
    (fused with BM25), ``avefact``, and ``random`` (mean over 10 seeds).
 4. Metrics, means over queries: task-type P@1, P@3, MRR@10, NDCG@10 (graded: 2 = same type and
@@ -51,10 +51,10 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from memp_cli import index as index_mod  # noqa: E402
+from memp_cli.build.scripts import extract_keywords  # noqa: E402
 from memp_cli.config import RetrievalConfig  # noqa: E402
-from memp_cli.memory import Memory  # noqa: E402
-from memp_cli.retrieve import Retriever  # noqa: E402
-from memp_cli.scripts import extract_keywords  # noqa: E402
+from memp_cli.model.memory import Memory  # noqa: E402
+from memp_cli.retrieve.retriever import Retriever  # noqa: E402
 from memp_cli.store import store_embedder  # noqa: E402
 
 K = er.K

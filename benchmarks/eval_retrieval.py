@@ -16,7 +16,7 @@ What it does (see benchmarks/README.md, "eval_retrieval.py", for the reasoning):
    are not memory task texts (the full 130 are reported as "valid_all"); test (never tuned on) = the
    distinct ALFWorld task texts of ``alfworld_agentinstruct_corpus.jsonl`` and
    ``alfworld_react_exemplars.jsonl`` that are not memory task texts.
-3. Rankings come from memp's own :class:`memp_cli.retrieve.Retriever` (``key=query``): one
+3. Rankings come from memp's own :class:`memp_cli.retrieve.retriever.Retriever` (``key=query``): one
    ``scored`` call per query set gives memp's candidates (hnsw top list plus BM25 top list) with
    their cosine and BM25; the fused ranking for every weight w in 0, 0.05, ..., 1 is recomputed from
    those with memp's formula ``(1-w)·cos + w·BM25/max_score`` and tie-break (checked equal to
@@ -68,11 +68,11 @@ import orjson  # noqa: E402
 
 from memp_cli import __version__ as memp_version  # noqa: E402
 from memp_cli import index as index_mod  # noqa: E402
-from memp_cli import lexical  # noqa: E402
 from memp_cli.config import RetrievalConfig  # noqa: E402
-from memp_cli.lexical import LexicalIndex, term_hashes  # noqa: E402
-from memp_cli.memory import Memory  # noqa: E402
-from memp_cli.retrieve import Retriever  # noqa: E402
+from memp_cli.index import lexical  # noqa: E402
+from memp_cli.index.lexical import LexicalIndex, term_hashes  # noqa: E402
+from memp_cli.model.memory import Memory  # noqa: E402
+from memp_cli.retrieve.retriever import Retriever  # noqa: E402
 from memp_cli.store import Store, store_embedder  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("MEMP_BENCH_DATA", "/work/shared/data"))
@@ -533,7 +533,7 @@ def travelplanner_check(data_dir: Path, embedders: list[str], weights: dict[str,
     path = data_dir / TRAVELPLANNER_FILE
     if not path.exists():
         return {"skipped": f"{path} not found"}
-    from memp_cli.embedders import get_embedder
+    from memp_cli.backends.embedders import get_embedder
 
     records = read_jsonl(path)
     texts = list(dict.fromkeys(r["task"] for r in records))

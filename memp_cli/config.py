@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputError
-from .tomlutil import line_of_key, parse_toml
+from memp_cli.errors import ConfigError, InputError
+from memp_cli.model.tomlutil import line_of_key, parse_toml
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "memp.toml"

@@ -17,12 +17,13 @@ from conftest import memory_ids, memp
 from llm_server import LLMServer, serve
 
 from memp_cli import index as index_mod
-from memp_cli import llm, retrieve
-from memp_cli.embedders.hashing import HashEmbedder
+from memp_cli.backends import llm
+from memp_cli.backends.embedders.hashing import HashEmbedder
+from memp_cli.build.scripts import extract_keywords
 from memp_cli.errors import ExitCode
-from memp_cli.memory import Memory, load_memory_file
-from memp_cli.retrieve import Retriever
-from memp_cli.scripts import extract_keywords
+from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.retrieve import retriever as retrieve
+from memp_cli.retrieve.retriever import Retriever
 from memp_cli.store import Store
 
 HEAT = "heat some egg and put it in garbagecan."

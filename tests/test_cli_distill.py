@@ -8,9 +8,9 @@ from pathlib import Path
 
 from conftest import FILES, memory_ids, memp, read_records
 
-from memp_cli.distill import memory_id
+from memp_cli.build.runner import memory_id
 from memp_cli.errors import ExitCode
-from memp_cli.trajectories import parse_record
+from memp_cli.model.trajectory import parse_record
 
 DISTILL = ("distill", "--policy", "trajectory")
 

@@ -23,8 +23,8 @@ from conftest import (
 )
 
 from memp_cli.errors import ExitCode
-from memp_cli.fsutil import StoreLock
-from memp_cli.retrieve import EXACT_MAX_QUERIES
+from memp_cli.retrieve.retriever import EXACT_MAX_QUERIES
+from memp_cli.store.fsutil import StoreLock
 
 HEAT = next(r["task"] for r in read_records(FILES["native"]) if r["task_type"] == "heat")
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA, FILES, memory_ids, memp, read_records
 
 from memp_cli.errors import ExitCode
-from memp_cli.render import PROMPT_HEADER, estimate_tokens
+from memp_cli.retrieve.render import PROMPT_HEADER, estimate_tokens
 
 RECORDS = read_records(FILES["native"])
 HEAT = next(r["task"] for r in RECORDS if r["task_type"] == "heat")

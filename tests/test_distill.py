@@ -24,13 +24,13 @@ import pytest
 from conftest import DATA, memory_ids, memp, subprocess_env
 from llm_server import LLMServer, serve
 
-from memp_cli import llm
-from memp_cli.distill import BUILTIN_GENERATOR, distill, memory_id
+from memp_cli.backends import llm
+from memp_cli.build.runner import BUILTIN_GENERATOR, distill, memory_id
+from memp_cli.build.scripts import extract_keywords
 from memp_cli.errors import ExitCode
-from memp_cli.fsutil import StoreLock
-from memp_cli.scripts import extract_keywords
+from memp_cli.model.trajectory import parse_record
 from memp_cli.store import Store
-from memp_cli.trajectories import parse_record
+from memp_cli.store.fsutil import StoreLock
 
 KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/test-model"
@@ -360,7 +360,7 @@ def test_prompt_override_with_a_new_version_redistills(store: Path, srv: LLMServ
     # Same content, same version: nothing happens.
     prompts = store / "prompts"
     prompts.mkdir()
-    builtin = (Path(llm.__file__).parent / "prompts" / "script.md").read_text()
+    builtin = (Path(llm.__file__).parents[1] / "build" / "prompts" / "script.md").read_text()
     srv.clear()
     rep = _summary(_llm(srv, "--json"))
     assert (rep["written"], rep["skipped"]) == (0, 4)

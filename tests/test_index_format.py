@@ -14,10 +14,10 @@ import pytest
 from conftest import FILES, memory_ids, memp, read_records
 
 from memp_cli import index as index_mod
-from memp_cli.embedders.hashing import HashEmbedder
+from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode, StoreError
-from memp_cli.memory import Memory, load_memory_file
-from memp_cli.retrieve import EXACT_MAX_QUERIES, Retriever
+from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.retrieve.retriever import EXACT_MAX_QUERIES, Retriever
 from memp_cli.store import Store
 
 HEAT = next(r["task"] for r in read_records(FILES["native"]) if r["task_type"] == "heat")

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memp_cli import lexical
-from memp_cli.lexical import MANIFEST, LexicalIndex, term_hashes, terms, tokenize
+from memp_cli.index import lexical
+from memp_cli.index.lexical import MANIFEST, LexicalIndex, term_hashes, terms, tokenize
 
 LN16 = math.log(1.6)  # idf of a term in 2 of 3 documents: ln(1 + (3 - 2 + 0.5) / (2 + 0.5))
 

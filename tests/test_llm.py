@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from llm_server import LLMServer, serve
 
-from memp_cli import llm
+from memp_cli.backends import llm
 from memp_cli.errors import LLMError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +68,8 @@ def test_import_is_lazy_offline_and_ignores_dotenv(tmp_path: Path) -> None:
             raise OSError("network disabled in this test")
         socket.socket.connect = deny
         socket.getaddrinfo = deny
-        import memp_cli.llm as llm
-        assert "litellm" not in sys.modules, "import memp_cli.llm imported litellm"
+        import memp_cli.backends.llm as llm
+        assert "litellm" not in sys.modules, "import memp_cli.backends.llm imported litellm"
         ll = llm._litellm()
         assert ll.suppress_debug_info is True
         out = llm.complete([{"role": "user", "content": "hi"}], llm.LLMSettings("openai/gpt-4o-mini"),
@@ -392,7 +392,7 @@ def test_embed_retries_and_auth(srv: LLMServer) -> None:
 
 
 def test_litellm_embedder(srv: LLMServer) -> None:
-    from memp_cli.embedders import Embedder, get_embedder
+    from memp_cli.backends.embedders import Embedder, get_embedder
 
     emb = get_embedder("litellm/openai/test-embed", api_base=srv.url)
     assert emb.name == "litellm/openai/test-embed"

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memp_cli import modelfetch
-from memp_cli.embedders import Embedder, get_embedder
-from memp_cli.embedders.minilm import MiniLMEmbedder, gelu
+from memp_cli.backends.embedders import Embedder, get_embedder, modelfetch
+from memp_cli.backends.embedders.minilm import MiniLMEmbedder, gelu
 from memp_cli.errors import ModelError
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"

@@ -12,8 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from memp_cli.errors import ConfigError
-from memp_cli.scripts import (
+from memp_cli.build.scripts import (
     SCRIPT_JSON_SCHEMA,
     SCRIPT_KEYS,
     Prompt,
@@ -27,7 +26,8 @@ from memp_cli.scripts import (
     script_messages,
     trim_steps,
 )
-from memp_cli.trajectories import Step, Trajectory, parse_record
+from memp_cli.errors import ConfigError
+from memp_cli.model.trajectory import Step, Trajectory, parse_record
 
 DATA = Path(__file__).parent / "data"
 ENTITY_NUMBER = re.compile(r"\b[a-z]+ \d+\b")  # "mug 1", "countertop 2"

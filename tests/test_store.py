@@ -9,14 +9,14 @@ import pytest
 from conftest import FILES, read_lines
 
 from memp_cli import index as index_mod
+from memp_cli.backends.embedders import get_embedder
+from memp_cli.build.runner import distill
 from memp_cli.config import Config
-from memp_cli.distill import distill
-from memp_cli.embedders import get_embedder
 from memp_cli.errors import InputError, LockedError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.fsutil import StoreLock, atomic_write
-from memp_cli.memory import Memory, load_memory_file, memory_from_toml
+from memp_cli.model.memory import Memory, load_memory_file, memory_from_toml
+from memp_cli.model.trajectory import read_jsonl
 from memp_cli.store import Store
-from memp_cli.trajectories import read_jsonl
+from memp_cli.store.fsutil import StoreLock, atomic_write
 
 
 def _hash_store(root: Path) -> Store:

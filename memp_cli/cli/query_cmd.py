@@ -10,11 +10,14 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from .. import index as index_mod
-from ..embedders import Embedder
-from ..errors import InputError, StoreError
-from ..render import render_prompt
-from ..retrieve import (
+from memp_cli import index as index_mod
+from memp_cli.backends.embedders import Embedder
+from memp_cli.cli import G, app, open_store, output
+from memp_cli.cli.commands import open_input, sync_index
+from memp_cli.cli.output import env
+from memp_cli.errors import InputError, StoreError
+from memp_cli.retrieve.render import render_prompt
+from memp_cli.retrieve.retriever import (
     EXACT_MAX_QUERIES,
     KEYS,
     Hit,
@@ -23,10 +26,7 @@ from ..retrieve import (
     builtin_keywords,
     llm_keywords,
 )
-from ..store import Store, store_embedder
-from . import G, app, open_store, output
-from .commands import open_input, sync_index
-from .output import env
+from memp_cli.store import Store, store_embedder
 
 FORMATS = ("table", "json", "prompt")
 
@@ -174,7 +174,7 @@ def query(
         output.warn("--model and --api-base only apply to --key avefact; ignored")
     extractor: KeywordExtractor = builtin_keywords
     if key == "avefact" and model and model != "builtin":
-        from ..llm import LLMSettings
+        from memp_cli.backends.llm import LLMSettings
 
         llm_cfg = store.config.llm
         base = api_base or (llm_cfg.api_base if model == llm_cfg.model else "") or None

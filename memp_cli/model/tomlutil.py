@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from memp_cli.errors import InputError
 
 _AT_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 

@@ -16,7 +16,7 @@ The ``random`` key is the paper's baseline: k memories drawn at random.
 
 The ``avefact`` key (the paper's AveFact) matches keywords instead of the whole
 task. The query's keywords Q come from an extractor (the built-in
-:func:`memp_cli.scripts.extract_keywords`, or an LLM with ``memp query --model``);
+:func:`memp_cli.build.scripts.extract_keywords`, or an LLM with ``memp query --model``);
 a memory's keywords M are its ``keywords`` field (filled at distill time, editable),
 or the built-in extractor's keywords of its task when that field is empty. Every
 keyword is embedded on its own and::
@@ -43,15 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .embedders import Embedder
-from .errors import InputError, MemoryFileError
-from .index import Index, KeywordIndex, unit_rows
-from .memory import Memory, load_memory_file
+from memp_cli.backends.embedders import Embedder
+from memp_cli.errors import InputError, MemoryFileError
+from memp_cli.index import Index, KeywordIndex, unit_rows
+from memp_cli.model.memory import Memory, load_memory_file
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .llm import LLMSettings
+    from memp_cli.backends.llm import LLMSettings
 
 KEYS = ("query", "avefact", "random")
 # Keyword vocabularies up to this size are searched exactly (one matrix product);
@@ -71,7 +71,7 @@ KeywordExtractor = Callable[[Sequence[str]], list[list[str]]]
 
 def builtin_keywords(tasks: Sequence[str]) -> list[list[str]]:
     """Query keywords by the built-in extractor (no model)."""
-    from .scripts import extract_keywords
+    from memp_cli.build.scripts import extract_keywords
 
     return [extract_keywords(t) for t in tasks]
 
@@ -85,8 +85,8 @@ def llm_keywords(settings: LLMSettings, *, cache_dir: Path, prompts_dir: Path | 
     def run(tasks: Sequence[str]) -> list[list[str]]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from . import llm
-        from .scripts import keyword_messages, keywords_from_reply, load_prompt
+        from memp_cli.backends import llm
+        from memp_cli.build.scripts import keyword_messages, keywords_from_reply, load_prompt
 
         prompt = load_prompt("keywords", prompts_dir)
         cache = llm.ResponseCache(cache_dir)

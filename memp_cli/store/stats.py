@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import index as index_mod
-from .errors import MemoryFileError, StoreError
-from .store import Store
+from memp_cli import index as index_mod
+from memp_cli.errors import MemoryFileError, StoreError
+from memp_cli.store import Store
 
 
 def disk_usage(path: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .retrieve import Hit
+from memp_cli.retrieve.retriever import Hit
 
 PROMPT_HEADER = (
     "Procedural memory: how similar tasks were done before. Adapt the procedure to the "

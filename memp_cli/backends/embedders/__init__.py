@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..errors import ModelError
+from memp_cli.errors import ModelError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,15 +43,15 @@ def get_embedder(
     points ``minilm`` at a local sentence-transformers folder.
     """
     if name == "hash":
-        from .hashing import HashEmbedder
+        from memp_cli.backends.embedders.hashing import HashEmbedder
 
         return HashEmbedder(dim or 256)
     if name == "minilm":
-        from .minilm import MiniLMEmbedder
+        from memp_cli.backends.embedders.minilm import MiniLMEmbedder
 
         return MiniLMEmbedder(model_path)
     if name.startswith("litellm/"):
-        from .remote import LiteLLMEmbedder
+        from memp_cli.backends.embedders.remote import LiteLLMEmbedder
 
         return LiteLLMEmbedder(name.removeprefix("litellm/"), dim=dim, api_base=api_base)
     raise ModelError(

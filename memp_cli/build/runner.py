@@ -6,7 +6,7 @@ Policies:
   to ``[distill] max_steps``, long observations cut). No LLM.
 - ``script``: a model turns the run into an abstract procedure (numbered general
   steps with the specifics lifted into ``{variables}``, preconditions, pitfalls,
-  keywords): :mod:`memp_cli.scripts` holds the schema and the prompt.
+  keywords): :mod:`memp_cli.build.scripts` holds the schema and the prompt.
 - ``proceduralization`` (the default): one memory holding both the script and the
   trimmed concrete steps.
 
@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, LLMError, MemoryFileError, MempError
-from .fsutil import StoreLock
-from .memory import Memory, Provenance, load_memory_file
-from .store import Store
-from .trajectories import Trajectory
+from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
+from memp_cli.store.fsutil import StoreLock
+from memp_cli.model.memory import Memory, Provenance, load_memory_file
+from memp_cli.store import Store
+from memp_cli.model.trajectory import Trajectory
 
 POLICIES = ("trajectory", "script", "proceduralization")
 KIND_OF_POLICY = {"trajectory": "trajectory", "script": "script", "proceduralization": "procedure"}
@@ -154,7 +154,7 @@ def trim_steps(t: Trajectory, max_steps: int, max_obs_chars: int) -> list[dict[s
 
 
 def trajectory_memory(t: Trajectory, store: Store) -> Memory:
-    from .scripts import extract_keywords
+    from memp_cli.build.scripts import extract_keywords
 
     cfg = store.config.distill
     return Memory(
@@ -174,7 +174,7 @@ def script_memory(
     t: Trajectory, script: Any, store: Store, *, policy: str, model: str, prompt_version: str
 ) -> Memory:
     """A ``script`` or ``procedure`` memory from a :class:`scripts.Script`."""
-    from .scripts import trim_steps as procedure_steps
+    from memp_cli.build.scripts import trim_steps as procedure_steps
 
     cfg = store.config.distill
     body = script.to_dict()
@@ -274,7 +274,7 @@ def distill(
     use_model = "" if pol == "trajectory" else (model or cfg.llm.model or BUILTIN_MODEL).strip()
     prompt = None
     if use_model and use_model != BUILTIN_MODEL:
-        from .scripts import load_prompt
+        from memp_cli.build.scripts import load_prompt
 
         prompt = load_prompt("script", store.prompts_dir)
     prompt_version = prompt.version if prompt else (BUILTIN_VERSION if use_model else "")
@@ -313,7 +313,7 @@ def distill(
 
 
 def _settings(store: Store, model: str, api_base: str | None, timeout: float | None, max_retries: int) -> Any:
-    from .llm import LLMSettings
+    from memp_cli.backends.llm import LLMSettings
 
     return LLMSettings(
         model=model,
@@ -377,7 +377,7 @@ def _dry_run(
     report: DistillReport,
 ) -> None:
     """What would be sent: one row per job, with the prompt's size in tokens."""
-    from .llm import ResponseCache
+    from memp_cli.backends.llm import ResponseCache
 
     settings = _settings(store, model, api_base, timeout, 0)
     cache = ResponseCache(store.cache_dir / "llm")
@@ -393,8 +393,8 @@ def _dry_run(
             "estimated_tokens": 0,
         }
         if prompt is not None:
-            from .llm import count_tokens, json_cache_key
-            from .scripts import script_messages
+            from memp_cli.backends.llm import count_tokens, json_cache_key
+            from memp_cli.build.scripts import script_messages
 
             messages = script_messages(
                 job.t,
@@ -486,7 +486,7 @@ def _run_local(
         if policy == "trajectory":
             mem = trajectory_memory(job.t, store)
         else:
-            from .scripts import builtin_script
+            from memp_cli.build.scripts import builtin_script
 
             mem = script_memory(
                 job.t,
@@ -516,8 +516,8 @@ def _run_llm(
     on_failure: FailureFn | None,
 ) -> None:
     """LLM calls in ``concurrency`` threads (no lock held); results written as they arrive."""
-    from . import llm
-    from .scripts import script_from_reply, script_messages
+    from memp_cli.backends import llm
+    from memp_cli.build.scripts import script_from_reply, script_messages
 
     report = writer.report
     cache = llm.ResponseCache(store.cache_dir / "llm")
@@ -609,7 +609,7 @@ def _run_llm(
 
 def _stops_the_run(err: BaseException) -> bool:
     """A settings problem (no key, unknown model, bad config): every other call would fail too."""
-    from .llm import LLMConfigError
+    from memp_cli.backends.llm import LLMConfigError
 
     if isinstance(err, LLMConfigError):
         return err.is_settings_problem
@@ -628,7 +628,7 @@ def _failed(
 
     Returns the new count of consecutive failed calls (a bad reply is an answer: it resets it).
     """
-    from .llm import LLMReplyError
+    from memp_cli.backends.llm import LLMReplyError
 
     if isinstance(err, (KeyboardInterrupt, SystemExit)):
         raise err

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from memp_cli.errors import ModelError
 
 _PROBE = "dimension probe"
 
@@ -50,7 +50,7 @@ class LiteLLMEmbedder:
         self._dim = int(value)
 
     def _call(self, texts: Sequence[str]) -> np.ndarray:
-        from .. import llm
+        from memp_cli.backends import llm
 
         return llm.embed(
             texts,

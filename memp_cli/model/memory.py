@@ -18,8 +18,8 @@ from typing import Any
 
 import tomli_w
 
-from .errors import MemoryFileError
-from .tomlutil import line_of_key, parse_toml
+from memp_cli.errors import MemoryFileError
+from memp_cli.model.tomlutil import line_of_key, parse_toml
 
 SCHEMA_VERSION = 1
 KINDS = ("trajectory", "script", "procedure")

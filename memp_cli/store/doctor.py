@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from . import index as index_mod
-from .errors import MemoryFileError, MempError
-from .fsutil import TMP_PREFIX
-from .memory import valid_id
-from .store import Store
+from memp_cli import index as index_mod
+from memp_cli.errors import MemoryFileError, MempError
+from memp_cli.model.memory import valid_id
+from memp_cli.store import Store
+from memp_cli.store.fsutil import TMP_PREFIX
 
 
 @dataclass

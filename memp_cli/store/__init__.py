@@ -26,11 +26,11 @@ from typing import Any
 
 import orjson
 
-from .config import CONFIG_NAME, Config, load_config, render_config
-from .errors import InputError, MemoryFileError, NotFoundError, StoreError
-from .fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
-from .memory import Memory, load_memory_file, now_iso, valid_id
-from .trajectories import ReadResult, Trajectory
+from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
+from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
+from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id
+from memp_cli.model.trajectory import ReadResult, Trajectory
+from memp_cli.store.fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
 
 DEFAULT_STORE = ".memp"
 _SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
@@ -271,7 +271,7 @@ def resolve_store_path(store: str | os.PathLike[str] | None) -> Path:
 
 def store_embedder(store: Store, name: str | None = None) -> Any:
     """The embedder the store is configured with (or ``name``, checked later against the index)."""
-    from .embedders import get_embedder
+    from memp_cli.backends.embedders import get_embedder
 
     cfg = store.config.embedder
     chosen = name or cfg.name

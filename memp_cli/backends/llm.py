@@ -1,6 +1,6 @@
 """The LLM layer: chat completions, JSON replies, embeddings: the only module that imports litellm.
 
-litellm is imported lazily (:func:`_litellm`), so ``import memp_cli.llm`` stays cheap and
+litellm is imported lazily (:func:`_litellm`), so ``import memp_cli.backends.llm`` stays cheap and
 commands that never call a model never pay for it (the import takes seconds). Before the
 import two variables are set, both checked against litellm 1.110.2's source:
 
@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import LLMError, MempError, ModelError
+from memp_cli.errors import LLMError, MempError, ModelError
 
 T = TypeVar("T")
 

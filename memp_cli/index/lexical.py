@@ -70,7 +70,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .fsutil import atomic_output, atomic_write
+from memp_cli.store.fsutil import atomic_output, atomic_write
 
 try:  # orjson is a dependency; json is the fallback
     import orjson
@@ -731,7 +731,7 @@ def _bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None: 
         code = (
             "import time, numpy\n"
             "t0 = time.perf_counter()\n"
-            "from memp_cli.lexical import LexicalIndex\n"
+            "from memp_cli.index.lexical import LexicalIndex\n"
             "t1 = time.perf_counter()\n"
             f"ix = LexicalIndex.load({str(d)!r})\n"
             "t2 = time.perf_counter()\n"
@@ -748,7 +748,7 @@ def _bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None: 
             rows.append([float(x) for x in res.stdout.split()])
         imp, ld, q = np.median(np.array(rows), axis=0)
         print(
-            f"fresh process (after numpy import): import memp_cli.lexical {imp:.2f} ms, "
+            f"fresh process (after numpy import): import memp_cli.index.lexical {imp:.2f} ms, "
             f"load {ld:.2f} ms, first top(10) {q:.2f} ms, load+query {ld + q:.2f} ms"
         )
 

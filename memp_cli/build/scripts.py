@@ -12,7 +12,7 @@ This module holds
   key: a floor that abstracts entities into variables, collapses fruitless
   navigation, keeps the action skeleton and turns failures into pitfalls;
 - :func:`extract_keywords`, the built-in keyword extractor;
-- the prompts shipped in ``memp_cli/prompts/`` (:func:`load_prompt`,
+- the prompts shipped in ``memp_cli/build/prompts/`` (:func:`load_prompt`,
   :func:`script_messages`, :func:`keyword_messages`) and :func:`trim_steps`,
   the concrete steps kept in a proceduralization memory.
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError
-from .trajectories import Trajectory
+from memp_cli.errors import ConfigError
+from memp_cli.model.trajectory import Trajectory
 
 MAX_SCRIPT_STEPS = 40
 MAX_TEXT_CHARS = 2000
@@ -1232,7 +1232,7 @@ def load_prompt(name: str, override_dir: Path | None = None) -> Prompt:
                     f"{path}: broken prompt override: {e}",
                     hint="fix the file, or delete it to use the built-in prompt",
                 ) from e
-    resource = importlib.resources.files("memp_cli.prompts").joinpath(f"{name}.md")
+    resource = importlib.resources.files("memp_cli.build.prompts").joinpath(f"{name}.md")
     text = resource.read_text(encoding="utf-8")
     try:
         return parse_prompt(name, text, "builtin")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import LockedError
+from memp_cli.errors import LockedError
 
 TMP_PREFIX = ".tmp-"
 

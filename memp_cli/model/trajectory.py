@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InputError
+from memp_cli.errors import InputError
 
 FORMATS = ("auto", "native", "openai", "memp", "conversations")
 
