@@ -62,6 +62,18 @@ class DistillConfig:
 
 
 @dataclass
+class PruneConfig:
+    """``memp prune`` rules (see memp_cli/update/prune.py); 0 turns a rule off."""
+
+    min_uses: int = 3
+    min_success_rate: float = 0.5
+    confidence: float = 0.8
+    duplicate_similarity: float = 0.95
+    stale_days: int = 0
+    max_memories: int = 0
+
+
+@dataclass
 class Config:
     schema_version: int = SCHEMA_VERSION
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -69,6 +81,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -77,6 +90,7 @@ _SECTIONS: dict[str, type] = {
     "retrieval": RetrievalConfig,
     "llm": LLMConfig,
     "distill": DistillConfig,
+    "prune": PruneConfig,
 }
 
 _RANGES: dict[tuple[str, str], tuple[float, float]] = {
@@ -91,6 +105,12 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("llm", "max_tokens"): (16, 1_000_000),
     ("distill", "max_steps"): (1, 10000),
     ("distill", "max_observation_chars"): (0, 1_000_000),
+    ("prune", "min_uses"): (0, 1_000_000),
+    ("prune", "min_success_rate"): (0.0, 1.0),
+    ("prune", "confidence"): (0.5, 0.999),
+    ("prune", "duplicate_similarity"): (0.0, 1.0),
+    ("prune", "stale_days"): (0, 100_000),
+    ("prune", "max_memories"): (0, 1_000_000_000),
 }
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -101,7 +121,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 def render_config(cfg: Config) -> str:
     """The commented ``memp.toml`` written by ``memp init``."""
-    e, i, r, llm, d = cfg.embedder, cfg.index, cfg.retrieval, cfg.llm, cfg.distill
+    e, i, r, llm, d, p = cfg.embedder, cfg.index, cfg.retrieval, cfg.llm, cfg.distill, cfg.prune
 
     def q(s: str) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -150,6 +170,19 @@ max_tokens = {llm.max_tokens}
 policy = {q(d.policy)}
 max_steps = {d.max_steps}
 max_observation_chars = {d.max_observation_chars}
+
+[prune]
+# `memp prune` (the trash keeps what it removes; `memp restore ID`). 0 turns a rule off.
+# failing: used at least min_uses times and even the upper confidence bound of its success
+# rate is below min_success_rate (0 successes of 3 goes; 1 of 3 stays).
+min_uses = {p.min_uses}
+min_success_rate = {p.min_success_rate}
+confidence = {p.confidence}
+# duplicate: same kind, key vectors at least this alike; the best-rated one is kept.
+duplicate_similarity = {p.duplicate_similarity}
+# stale: not used for this many days. capacity: at most this many memories.
+stale_days = {p.stale_days}
+max_memories = {p.max_memories}
 """
 
 

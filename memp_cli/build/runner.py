@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
-from memp_cli.store.fsutil import StoreLock
 from memp_cli.model.memory import Memory, Provenance, load_memory_file
-from memp_cli.store import Store
 from memp_cli.model.trajectory import Trajectory
+from memp_cli.store import Store
+from memp_cli.store.fsutil import StoreLock
 
 POLICIES = ("trajectory", "script", "proceduralization")
 KIND_OF_POLICY = {"trajectory": "trajectory", "script": "script", "proceduralization": "procedure"}
@@ -88,6 +88,7 @@ class DistillReport:
     versioned: int = 0  # of ``written``: new versions of memories built with another model/prompt
     skipped: int = 0  # already built with the same policy, model and prompt version
     filtered: int = 0  # left out by --only-success
+    forgotten: int = 0  # in the trash (forgotten, pruned, deleted by hand): never rebuilt
     failed: int = 0
     pending: int = 0  # still to build after this run (failed, --limit, stopped early)
     calls: int = 0  # requests sent to the model (repairs included)
@@ -334,12 +335,27 @@ def _plan(
     report: DistillReport,
 ) -> list[_Job]:
     """Sort every stored trajectory into skipped, filtered or a job (under the lock)."""
+    from memp_cli.update import trash
+    from memp_cli.update.history import History
+
     existing = set(store.memory_ids())
+    # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
+    # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
+    gone = trash.trashed_ids(store)
+    hand_deleted = trash.notice_hand_deletes(store, History(store).ids() - existing - gone)
+    for mid in hand_deleted:
+        report.warnings.append(
+            f"{mid} was deleted by hand: moved to the trash, not rebuilt (`memp restore {mid}`)"
+        )
+    gone.update(hand_deleted)
     jobs: list[_Job] = []
     for t in store.iter_trajectories():
         report.total += 1
         mid = memory_id(policy, t.id)
         version = 1
+        if mid in gone:
+            report.forgotten += 1
+            continue
         if mid in existing:
             if policy == "trajectory":
                 report.skipped += 1

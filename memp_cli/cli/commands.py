@@ -137,6 +137,12 @@ def ingest(
                 break
             output.warn(f"skipped {e}".split("\n")[0])
         bad_total += report.bad
+        for mid in report.unknown_memories:
+            output.warn(f"{name}: memories_used names {mid!r}, which is not in {store.root}: not counted")
+        if report.outcomes:
+            output.info(
+                f"{name}: {report.outcomes} memory outcome{'s' if report.outcomes != 1 else ''} counted"
+            )
         output.info(
             f"{name}: {report.read} trajectories read, {report.added} added, "
             f"{report.duplicates} already stored, {report.bad} bad line{'s' if report.bad != 1 else ''}"
@@ -288,6 +294,7 @@ def _distill_summary(r: DistillReport) -> list[str]:
         f"distill ({what}): {r.read} trajectories to build, {made}, {r.skipped} already built, "
         f"{r.filtered} filtered (not successful), {r.failed} failed"
         + (f", {r.pending} still pending" if r.pending else "")
+        + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
     ]
     if r.dry_run:
         if r.model and r.model != BUILTIN_MODEL:
@@ -334,6 +341,9 @@ def list_cmd(
         if limit is not None and len(rows) >= limit:
             break
         rows.append(m)
+    from memp_cli.update.outcomes import add_usage
+
+    add_usage(store, rows)
     if json_out or not env.stdout_isatty:
         output.emit_json_lines(
             {
@@ -368,8 +378,11 @@ def show(
     json_out: JsonOpt = False,
 ) -> None:
     """Print one memory: its TOML file, or JSON with --json."""
+    from memp_cli.update.outcomes import add_usage
+
     store = open_store("show")
     mem = store.load_memory(memory_id)
+    add_usage(store, [mem])
     if json_out:
         output.emit_json(mem.to_dict())
     else:

@@ -44,6 +44,9 @@ class IngestReport:
     bad: int = 0
     errors: list[InputError] = field(default_factory=list)
     segment: str | None = None
+    # Outcomes of memories named in "memories_used": newly counted, and ids the store lacks.
+    outcomes: int = 0
+    unknown_memories: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,8 @@ class IngestReport:
             "duplicates": self.duplicates,
             "bad": self.bad,
             "segment": self.segment,
+            "outcomes": self.outcomes,
+            "unknown_memories": self.unknown_memories,
         }
 
 
@@ -66,6 +71,9 @@ class Store:
         self.prompts_dir = root / "prompts"
         self.journal_path = root / "journal.jsonl"
         self.config_path = root / CONFIG_NAME
+        self.outcomes_path = root / "outcomes.jsonl"
+        self.history_dir = root / "history"
+        self.trash_dir = root / "trash"
         self.lock = StoreLock(root / ".lock", wait=wait)
         self.command = "memp"
 
@@ -169,7 +177,10 @@ class Store:
         input is done: a killed ingest stores nothing, a finished one all.
         With ``strict`` the first bad line aborts and nothing is stored.
         """
+        from memp_cli.update.outcomes import Outcome, outcome_of, record
+
         report = IngestReport()
+        used: list[Outcome] = []
         with self.lock:
             seen = self.trajectory_ids()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -187,6 +198,10 @@ class Store:
                         assert r.trajectory is not None
                         report.read += 1
                         t = r.trajectory
+                        used.extend(
+                            Outcome(mid, outcome_of(t.success), t.id, source="ingest")
+                            for mid in t.memories_used
+                        )
                         if t.id in seen:
                             report.duplicates += 1
                             continue
@@ -196,11 +211,17 @@ class Store:
                     if report.added == 0:
                         raise _NothingToWrite
             except _NothingToWrite:
-                return report
-            report.segment = name
-            self.journal(
-                "ingest", segment=name, added=report.added, duplicates=report.duplicates, bad=report.bad
-            )
+                pass
+            else:
+                report.segment = name
+                self.journal(
+                    "ingest", segment=name, added=report.added, duplicates=report.duplicates, bad=report.bad
+                )
+            # After the segment: a kill in between leaves outcomes uncounted, and ingesting the
+            # same input again counts them (a counted (memory, run) pair is never counted twice).
+            if used:
+                counted = record(self, used)
+                report.outcomes, report.unknown_memories = counted.recorded, counted.unknown_ids
         return report
 
     # --------------------------------------------------------------- memories
@@ -233,19 +254,42 @@ class Store:
             except MemoryFileError as e:
                 yield e
 
-    def save_memory(self, memory: Memory, *, event: str = "memory.write", **fields: Any) -> None:
-        """Write one memory file atomically and journal it. Caller holds the lock."""
-        _stamp([memory])
-        atomic_write(self.memory_path(memory.id), memory.to_toml())
-        self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
+    def save_memory(
+        self, memory: Memory, *, event: str = "memory.write", why: str = "", **fields: Any
+    ) -> None:
+        """Write one memory file atomically as a new version, and journal it. Caller holds the lock.
+        A hand edit made since the last version is kept in the history first."""
+        from memp_cli.update.history import History
 
-    def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
-        """Write many memory files (one sync for all); one journal line names them all."""
+        _stamp([memory])
+        ver = History(self).write(
+            memory.id, memory.to_toml().encode("utf-8"), by=f"memp {self.command}", why=why
+        )
+        self.journal(
+            event,
+            ids=[memory.id],
+            kind=memory.kind,
+            version=memory.version,
+            history=ver.v if ver else None,
+            **fields,
+        )
+
+    def save_memories(self, memories: list[Memory], *, event: str, why: str = "", **fields: Any) -> None:
+        """Write many memory files (one sync for all), each a new version; one journal line
+        names them all. Hand edits made since the last versions are kept in the history first."""
+        from memp_cli.update.history import History
+
         _stamp(memories)
+        history = History(self)
+        written: list[tuple[str, bytes]] = []
         for m in memories:
-            atomic_write(self.memory_path(m.id), m.to_toml(), durable=False)
+            history.notice(m.id)
+            data = m.to_toml().encode("utf-8")
+            atomic_write(self.memory_path(m.id), data, durable=False)
+            written.append((m.id, data))
         if memories:
             os.sync()
+            history.record_written(written, by=f"memp {self.command}", why=why)
             self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
 
 
