@@ -231,10 +231,11 @@ def test_mock_response_script_and_cost(tmp_path: Path) -> None:
         assert m.script["generator"] == "openai/gpt-4o-mini (LLM)"
         assert m.keywords == ["alpha buy", "beta"]
         assert m.provenance.prompt_version == "script-v1"
-    # The same requests again: all served by the response cache, nothing new to write.
-    for mid in s.memory_ids():
-        s.memory_path(mid).unlink()
-    rep = distill(s, "proceduralization", model="openai/gpt-4o-mini", mock_response=reply)
+    # The same requests from another store with this cache: all served by the cache. (Deleting
+    # the memory files would not do: a memory deleted by hand is a tombstone, never rebuilt.)
+    s2 = _store(tmp_path / "s2")
+    shutil.copytree(s.cache_dir, s2.cache_dir)
+    rep = distill(s2, "proceduralization", model="openai/gpt-4o-mini", mock_response=reply)
     assert (rep.written, rep.calls, rep.cached_calls, rep.tokens_in) == (4, 0, 4, 0)
 
 
