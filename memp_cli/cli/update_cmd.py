@@ -267,3 +267,64 @@ def prune(
     output.info(f"prune: {verb} {len(decisions)} memories to the trash ({counts})")
     if decisions and not dry_run:
         sync_index(store)
+
+
+@app.command()
+def reflect(
+    trajectory_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[TID]...", help="Only these failed runs (default: every failure not reflected on)."
+        ),
+    ] = None,
+    memory: Annotated[str | None, typer.Option("--memory", "-m", help="Only this memory.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print each change as a diff; write nothing.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Correct memories from the failed runs that used them (the paper's adjustment).
+
+    A failed run whose "memories_used" (or `memp feedback --failure -t RUN`) names a memory is
+    compared with a successful run of a similar task; what went wrong becomes pitfalls and
+    steps the success took are added. The memory gets a new version (`memp history ID`).
+
+    Example: memp reflect --dry-run
+    """
+    import dataclasses
+    import difflib
+
+    from memp_cli.update.reflect import pending
+    from memp_cli.update.reflect import reflect as run_reflect
+
+    store = open_store("reflect")
+    if memory is not None:
+        store.memory_path(memory)
+    todo = pending(store, trajectories=set(trajectory_ids) if trajectory_ids else None, memory=memory)
+    report = run_reflect(store, todo, dry_run=dry_run)
+    for why in report.skipped:
+        output.warn(why)
+    if json_out or (not env.stdout_isatty and not dry_run):
+        output.emit_json_lines(r.to_dict() for r in report.reflections)
+    elif dry_run:
+        for r in report.reflections:
+            if not r.changed:
+                continue
+            mem = store.load_memory(r.memory_id)
+            new = dataclasses.replace(mem, script=r.after, version=mem.version + 1)
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    mem.to_toml().splitlines(keepends=True),
+                    new.to_toml().splitlines(keepends=True),
+                    fromfile=f"{r.memory_id} (now)",
+                    tofile=f"{r.memory_id} (after reflecting on {r.trajectory_id})",
+                )
+            )
+    verb = "would change" if dry_run else "changed"
+    changed = sum(1 for r in report.reflections if r.changed)
+    output.info(
+        f"reflect: {len(todo)} failed uses to reflect on, {verb} {changed} memor{'ies' if changed != 1 else 'y'}, "
+        f"{report.unchanged} with nothing to learn, {len(report.skipped)} skipped"
+    )
+    if report.written:
+        sync_index(store)

@@ -255,16 +255,24 @@ class Store:
                 yield e
 
     def save_memory(
-        self, memory: Memory, *, event: str = "memory.write", why: str = "", **fields: Any
+        self,
+        memory: Memory,
+        *,
+        event: str = "memory.write",
+        why: str = "",
+        trajectory: str | None = None,
+        **fields: Any,
     ) -> None:
         """Write one memory file atomically as a new version, and journal it. Caller holds the lock.
-        A hand edit made since the last version is kept in the history first."""
+        A hand edit made since the last version is kept in the history first. ``trajectory``:
+        the run this change learned from (reflect)."""
         from memp_cli.update.history import History
 
         _stamp([memory])
-        ver = History(self).write(
-            memory.id, memory.to_toml().encode("utf-8"), by=f"memp {self.command}", why=why
-        )
+        data = memory.to_toml().encode("utf-8")
+        ver = History(self).write(memory.id, data, by=f"memp {self.command}", why=why, trajectory=trajectory)
+        if trajectory is not None:
+            fields["trajectory"] = trajectory
         self.journal(
             event,
             ids=[memory.id],

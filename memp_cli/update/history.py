@@ -54,13 +54,14 @@ class Version:
     why: str
     sha256: str | None  # None: the memory was deleted (forgotten, pruned, or by hand)
     size: int = 0
+    trajectory: str | None = None  # the run a reflection learned from
 
     @property
     def deleted(self) -> bool:
         return self.sha256 is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "v": self.v,
             "time": self.time,
             "by": self.by,
@@ -68,6 +69,9 @@ class Version:
             "sha256": self.sha256,
             "size": self.size,
         }
+        if self.trajectory is not None:
+            d["trajectory"] = self.trajectory
+        return d
 
 
 class History:
@@ -84,15 +88,40 @@ class History:
     def _object(self, digest: str) -> Path:
         return self.root / "objects" / digest[:2] / digest
 
-    def versions(self, memory_id: str) -> list[Version]:
+    def _lines(self, memory_id: str) -> list[dict[str, Any]]:
         try:
             raw = self._log(memory_id).read_bytes()
         except FileNotFoundError:
             return []
-        out: list[Version] = []
+        out: list[dict[str, Any]] = []
         for line in raw.splitlines():
             try:
                 d = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line from a killed writer
+            if isinstance(d, dict):
+                out.append(d)
+        return out
+
+    def reflected(self, memory_id: str) -> set[str]:
+        """The failed runs a reflection on this memory has handled (changed it or not)."""
+        return {
+            str(d["trajectory"])
+            for d in self._lines(memory_id)
+            if d.get("trajectory") and (d.get("note") == "reflected" or "v" in d)
+        }
+
+    def mark_reflected(self, memory_id: str, trajectory_id: str) -> None:
+        """Note that a reflection on ``trajectory_id`` found nothing to change."""
+        note = {"note": "reflected", "trajectory": trajectory_id, "time": now_iso()}
+        appendlog.append(self._log(memory_id), orjson.dumps(note) + b"\n")
+
+    def versions(self, memory_id: str) -> list[Version]:
+        out: list[Version] = []
+        for d in self._lines(memory_id):
+            if "v" not in d:
+                continue  # a note
+            try:
                 out.append(
                     Version(
                         int(d["v"]),
@@ -101,10 +130,11 @@ class History:
                         str(d.get("why", "")),
                         d["sha256"],
                         int(d.get("size", 0)),
+                        d.get("trajectory"),
                     )
                 )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a torn last line from a killed writer
+            except (KeyError, TypeError, ValueError):
+                continue  # a line edited into nonsense
         return out
 
     def ids(self) -> set[str]:
@@ -143,10 +173,12 @@ class History:
     def _append(self, memory_id: str, version: Version) -> None:
         appendlog.append(self._log(memory_id), orjson.dumps(version.to_dict()) + b"\n")
 
-    def _next(self, memory_id: str, by: str, why: str, digest: str | None, size: int) -> Version:
+    def _next(
+        self, memory_id: str, by: str, why: str, digest: str | None, size: int, trajectory: str | None = None
+    ) -> Version:
         versions = self.versions(memory_id)
         n = versions[-1].v + 1 if versions else 1
-        return Version(n, now_iso(), by, why, digest, size)
+        return Version(n, now_iso(), by, why, digest, size, trajectory)
 
     def notice(self, memory_id: str) -> Version | None:
         """Record the file's current content if it is not the last version (a hand edit, or
@@ -172,7 +204,14 @@ class History:
         return ver
 
     def write(
-        self, memory_id: str, data: bytes, *, by: str, why: str = "", durable: bool = True
+        self,
+        memory_id: str,
+        data: bytes,
+        *,
+        by: str,
+        why: str = "",
+        durable: bool = True,
+        trajectory: str | None = None,
     ) -> Version | None:
         """Replace the memory file with ``data`` as a new version (a hand edit made since the
         last version is recorded first). Returns the version, or None when ``data`` is what the
@@ -185,7 +224,7 @@ class History:
             return None
         self._put_object(data)
         atomic_write(path, data, durable=durable)
-        ver = self._next(memory_id, by, why, digest, len(data))
+        ver = self._next(memory_id, by, why, digest, len(data), trajectory)
         self._append(memory_id, ver)
         return ver
 

@@ -1,0 +1,250 @@
+"""Reflect (Mem^p's adjustment): a memory that led to a failure is corrected from it.
+
+For each failed run that used a memory, the reflector sees the memory's current script, the
+failed run and, when the store has one, a successful run of a similar task. It says what went
+wrong and returns a revised script; the memory gets a new version (the old one stays in its
+history) and the index re-embeds it if its keys changed.
+
+The built-in reflector (``--model builtin``, offline, deterministic):
+
+- what went wrong: the built-in distiller's reading of the failed run (where it went astray,
+  loops, actions that did nothing) becomes new pitfalls of the memory;
+- what was missing: the abstract steps the successful run took that neither the failed run nor
+  the memory has are added to the memory's steps, after the step they follow in the success.
+
+A reflection never deletes a memory, touches only the memory the failure names, and changes
+nothing when it has nothing to add.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memp_cli.model.memory import Memory
+from memp_cli.model.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from memp_cli.store import Store
+
+MAX_PITFALLS = 12
+MAX_ADDED_STEPS = 5
+_WORD = re.compile(r"[a-z]+")
+_VAR = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
+@dataclass
+class Reflection:
+    memory_id: str
+    trajectory_id: str
+    diagnosis: str
+    before: dict[str, Any]  # the memory's script before
+    after: dict[str, Any]  # and after
+    success_id: str | None = None  # the successful run compared with, if any
+    added_pitfalls: list[str] = field(default_factory=list)
+    added_steps: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "memory": self.memory_id,
+            "trajectory": self.trajectory_id,
+            "diagnosis": self.diagnosis,
+            "success_example": self.success_id,
+            "changed": self.changed,
+            "added_pitfalls": self.added_pitfalls,
+            "added_steps": self.added_steps,
+        }
+
+
+def _norm(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def similar_success(
+    failed: Trajectory, successes: Iterable[Trajectory], prefer: set[str]
+) -> Trajectory | None:
+    """The successful run most like ``failed``: the same task type when both say, then the most
+    task words in common; a run in ``prefer`` (the memory's own sources) wins a tie."""
+    best: tuple[float, int, str] | None = None
+    pick: Trajectory | None = None
+    fw = _words(failed.task)
+    for s in successes:
+        if s.id == failed.id or s.success is not True:
+            continue
+        if failed.task_type and s.task_type and s.task_type != failed.task_type:
+            continue
+        sw = _words(s.task)
+        overlap = len(fw & sw) / max(1, len(fw | sw))
+        key = (overlap, int(s.id in prefer), s.id)
+        if best is None or key > best:
+            best, pick = key, s
+    return pick
+
+
+def builtin_reflection(memory: Memory, failed: Trajectory, success: Trajectory | None) -> Reflection:
+    """What the built-in reflector makes of one failure of ``memory`` (pure: writes nothing)."""
+    from memp_cli.build.scripts import builtin_script
+
+    before = dict(memory.script)
+    after: dict[str, Any] = {
+        k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+        for k, v in before.items()
+    }
+    f_script = builtin_script(failed)
+    pitfalls: list[str] = list(after.get("pitfalls", []))
+    known = {_norm(p) for p in pitfalls}
+    added_p: list[str] = []
+    for p in f_script.pitfalls:
+        if _norm(p) not in known and len(pitfalls) < MAX_PITFALLS:
+            pitfalls.append(p)
+            known.add(_norm(p))
+            added_p.append(p)
+    after["pitfalls"] = pitfalls
+
+    added_s: list[str] = []
+    if success is not None:
+        s_script = builtin_script(success)
+        steps: list[str] = list(after.get("steps", []))
+        have = {_norm(s) for s in steps} | {_norm(s) for s in f_script.steps}
+        variables: dict[str, str] = dict(after.get("variables", {}))
+        for i, step in enumerate(s_script.steps):
+            if _norm(step) in have or len(added_s) >= MAX_ADDED_STEPS:
+                continue
+            names = set(_VAR.findall(step))
+            if any(n not in variables and n not in s_script.variables for n in names):
+                continue
+            # after the last step of the success before it that the memory has
+            at = 0
+            for prev in reversed(s_script.steps[:i]):
+                pos = next((j for j, s in enumerate(steps) if _norm(s) == _norm(prev)), None)
+                if pos is not None:
+                    at = pos + 1
+                    break
+            steps.insert(at, step)
+            have.add(_norm(step))
+            added_s.append(step)
+            for n in names:
+                variables.setdefault(n, s_script.variables.get(n, ""))
+        after["steps"] = steps
+        if variables:
+            after["variables"] = variables
+    diagnosis = f_script.pitfalls[0] if f_script.pitfalls else "the run failed without a visible cause"
+    if added_s:
+        diagnosis += f"; the successful run {success.id if success else ''} also did: " + "; ".join(added_s)
+    return Reflection(
+        memory.id, failed.id, diagnosis, before, after, success.id if success else None, added_p, added_s
+    )
+
+
+@dataclass
+class Pending:
+    """A failed run and the memory it used, not reflected on yet."""
+
+    memory_id: str
+    trajectory_id: str
+
+
+def pending(
+    store: Store, *, trajectories: set[str] | None = None, memory: str | None = None
+) -> list[Pending]:
+    """(memory, failed run) pairs from the outcome ledger that no reflection has handled yet
+    (``trajectories``/``memory`` narrow it). A pair whose memory is gone (trash) is left out."""
+    from memp_cli.update.history import History
+    from memp_cli.update.outcomes import Ledger
+
+    existing = set(store.memory_ids())
+    history = History(store)
+    done: dict[str, set[str]] = {}
+    out: list[Pending] = []
+    for o in Ledger.of(store):
+        if o.outcome != "failure" or o.trajectory is None or o.memory not in existing:
+            continue
+        if trajectories is not None and o.trajectory not in trajectories:
+            continue
+        if memory is not None and o.memory != memory:
+            continue
+        if o.memory not in done:
+            done[o.memory] = history.reflected(o.memory)
+        if o.trajectory in done[o.memory]:
+            continue
+        done[o.memory].add(o.trajectory)
+        out.append(Pending(o.memory, o.trajectory))
+    return out
+
+
+@dataclass
+class ReflectReport:
+    reflections: list[Reflection] = field(default_factory=list)
+    written: int = 0
+    unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)  # why a pair was not reflected on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reflected": len(self.reflections),
+            "written": self.written,
+            "unchanged": self.unchanged,
+            "skipped": len(self.skipped),
+        }
+
+
+def _by_id(store: Store, ids: set[str]) -> Iterator[Trajectory]:
+    for t in store.iter_trajectories():
+        if t.id in ids:
+            yield t
+
+
+def reflect(store: Store, todo: list[Pending], *, dry_run: bool = False) -> ReflectReport:
+    """Reflect on each pending pair with the built-in reflector; write a new version of each
+    memory that changed (unless ``dry_run``). Holds the store lock while it writes."""
+    report = ReflectReport()
+    if not todo:
+        return report
+    runs: dict[str, Trajectory] = {}
+    successes: list[Trajectory] = []
+    wanted = {p.trajectory_id for p in todo}
+    for t in store.iter_trajectories():
+        if t.id in wanted:
+            runs[t.id] = t
+        if t.success is True:
+            successes.append(t)
+    with store.lock:
+        for p in todo:
+            failed = runs.get(p.trajectory_id)
+            if failed is None:
+                report.skipped.append(f"{p.memory_id}: run {p.trajectory_id} is not in the store (ingest it)")
+                continue
+            mem = store.load_memory(p.memory_id)
+            if not mem.script:
+                report.skipped.append(
+                    f"{p.memory_id}: a {mem.kind} memory has no script to revise "
+                    "(distill with --policy proceduralization)"
+                )
+                continue
+            success = similar_success(failed, successes, set(mem.provenance.trajectories))
+            r = builtin_reflection(mem, failed, success)
+            report.reflections.append(r)
+            if not r.changed:
+                report.unchanged += 1
+                if not dry_run:  # remember it was looked at, so it is not reflected on again
+                    from memp_cli.update.history import History
+
+                    History(store).mark_reflected(mem.id, failed.id)
+                continue
+            if dry_run:
+                continue
+            mem.script = r.after
+            mem.version += 1
+            store.save_memory(mem, event="reflect", why=r.diagnosis, trajectory=failed.id)
+            report.written += 1
+    return report
