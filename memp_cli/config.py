@@ -44,6 +44,7 @@ class RetrievalConfig:
     min_score: float = 0.0
     key: str = "query"
     lexical_weight: float = 1.0
+    utility_weight: float = 0.0
 
 
 @dataclass
@@ -101,6 +102,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("retrieval", "k"): (1, 1000),
     ("retrieval", "min_score"): (-1.0, 1.0),
     ("retrieval", "lexical_weight"): (0.0, 1.0),
+    ("retrieval", "utility_weight"): (0.0, 1.0),
     ("llm", "timeout"): (0.1, 3600),
     ("llm", "max_tokens"): (16, 1_000_000),
     ("distill", "max_steps"): (1, 10000),
@@ -155,6 +157,10 @@ key = {q(r.key)}
 # 1 = BM25 only (embeddings still pick candidates and break ties). 1.0 measured best on
 # ALFWorld (benchmarks/eval_retrieval.py); lower it for paraphrased, free-form tasks.
 lexical_weight = {r.lexical_weight}
+# Weight of the outcome term: + w * (success rate with a uniform prior - 0.5), so a memory
+# that keeps failing ranks below an equally similar one that keeps succeeding; unused
+# memories are not punished. 0 = off (`memp query --explain` shows every part of a score).
+utility_weight = {r.utility_weight}
 
 [llm]
 # Any litellm model string (openai/gpt-4o-mini, anthropic/..., ollama/...), or builtin

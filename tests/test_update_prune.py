@@ -23,9 +23,13 @@ def _set_prune(store: Path, **values: object) -> None:
     cfg.write_text(text)
 
 
+_RUNS = iter(range(1_000_000))
+
+
 def _feedback(mid: str, outcomes: str) -> None:
-    for n, c in enumerate(outcomes):
-        memp("feedback", mid, "--success" if c == "s" else "--failure", "-t", f"{mid}-{n}")
+    """One reported run per letter (s: success, f: failure), each with its own run id."""
+    for c in outcomes:
+        memp("feedback", mid, "--success" if c == "s" else "--failure", "-t", f"run-{next(_RUNS)}")
 
 
 def test_wilson_bound_spares_one_unlucky_run() -> None:
@@ -136,3 +140,32 @@ def test_prune_settings_are_validated(built: Path, value: int) -> None:
     _set_prune(built, min_success_rate=value)
     r = memp("prune", "--dry-run", expect=5)
     assert "min_success_rate" in r.stderr
+
+
+def test_utility_term_ranks_the_succeeding_twin_first(store: Path) -> None:
+    x, y = _same_task_twice(store)
+    task = read_records(FILES["native"])[0]["task"]
+    _feedback(x, "s")
+    _feedback(y, "fff")
+    plain = memp("query", task, "--json", "-k", "2", "--utility-weight", "0").jsonl()
+    assert plain[0]["score"] == plain[1]["score"]  # twins: only the outcome can tell them apart
+    ranked = memp("query", task, "--json", "-k", "2", "--utility-weight", "0.2").jsonl()
+    assert [h["id"] for h in ranked] == [x, y]
+    assert ranked[0]["score"] > ranked[1]["score"]
+    # the flip: y now succeeds more often (8 of 11: 0.69 with the prior, against 2/3 for x)
+    _feedback(y, "ssssssss")
+    ranked = memp("query", task, "--json", "-k", "2", "--utility-weight", "0.2").jsonl()
+    assert [h["id"] for h in ranked] == [y, x]
+
+
+def test_explain_shows_every_part(store: Path) -> None:
+    x, _ = _same_task_twice(store)
+    task = read_records(FILES["native"])[0]["task"]
+    _feedback(x, "sf")
+    hits = memp("query", task, "--json", "-k", "2", "--explain").jsonl()
+    ex = {h["id"]: h["explain"] for h in hits}[x]
+    assert set(ex) >= {"lexical", "cosine", "utility", "matched_terms", "uses", "successes", "failures"}
+    assert (ex["uses"], ex["successes"], ex["failures"], ex["utility"]) == (2, 1, 1, 0.5)
+    assert ex["matched_terms"] and all(t in task.lower() for t in ex["matched_terms"][0].split())
+    table = memp("query", task, "-k", "2", "--explain", "--format", "table")
+    assert "utility" in table.stdout and x in table.stdout
