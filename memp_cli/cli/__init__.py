@@ -128,7 +128,7 @@ def open_store(command: str) -> Store:
     return s
 
 
-from memp_cli.cli import commands, maintenance, query_cmd, update_cmd  # noqa: E402,F401  (register commands)
+from memp_cli.cli import commands, eval_cmd, maintenance, query_cmd, update_cmd  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:
