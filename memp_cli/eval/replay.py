@@ -215,17 +215,24 @@ def plot(results: Sequence[ReplayResult], path: Path) -> None:
             "--plot needs matplotlib", hint="pip install 'memp[plot]' (or pip install matplotlib)"
         ) from None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for res in results:
+    colour = {"vanilla": "tab:blue", "validation": "tab:green", "adjustment": "tab:red"}
+    for n, res in enumerate(results):
         s = res.settings
         name = s.update + (" + prune" if s.prune else "")
+        # lines that coincide would hide each other: dashes for prune, a small offset per line
+        style: dict[str, Any] = {
+            "color": colour.get(s.update, "tab:gray"),
+            "linestyle": "--" if s.prune else "-",
+            "marker": "s" if s.prune else "o",
+            "alpha": 0.85,
+            "label": name,
+        }
         xs = [r.seen for r in res.rows]
-        ax1.plot(xs, [r.memories for r in res.rows], marker="o", label=name)
+        ax1.plot(xs, [r.memories for r in res.rows], **style)
         rates = [(r.seen, r.heldout_hit_rate if r.heldout_queries else r.hit_rate) for r in res.rows]
+        jitter = 0.006 * (n - (len(results) - 1) / 2)
         ax2.plot(
-            [x for x, y in rates if y is not None],
-            [y for _, y in rates if y is not None],
-            marker="o",
-            label=name,
+            [x for x, y in rates if y is not None], [y + jitter for _, y in rates if y is not None], **style
         )
     ax1.set(title="memories in the store", xlabel="runs seen", ylabel="memories")
     held = any(r.heldout_queries for res in results for r in res.rows)
@@ -233,7 +240,7 @@ def plot(results: Sequence[ReplayResult], path: Path) -> None:
         title="held-out top-1 task-type hit rate" if held else "top-1 task-type hit rate (next batch)",
         xlabel="runs seen",
         ylabel="hit rate",
-        ylim=(0, 1.02),
+        ylim=(0, 1.05),
     )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
