@@ -328,3 +328,74 @@ def reflect(
     )
     if report.written:
         sync_index(store)
+
+
+@app.command()
+def cycle(
+    files: Annotated[
+        list[str] | None, typer.Argument(help="JSONL runs to ingest first; - reads standard input.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Distill with this model (default: the store's [llm] model).")
+    ] = None,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip the prune step.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """One learning cycle for cron: ingest -> distill -> reflect -> prune, with the store's settings.
+
+    Every step is idempotent, so a cycle that was killed is simply run again.
+
+    Example: MEMP_STORE=/data/memp memp cycle /logs/today.jsonl
+    """
+    from memp_cli.cli.commands import open_input
+    from memp_cli.model.trajectory import read_jsonl
+    from memp_cli.update.cycle import run_cycle
+
+    store = open_store("cycle")
+    streams = [open_input(p) for p in files or []]
+    try:
+        rep = run_cycle(
+            store,
+            (read_jsonl(s, name) for s, name in streams),
+            model=model,
+            prune=not no_prune,
+            on_step=lambda name: output.info(f"cycle: {name}..."),
+        )
+    finally:
+        for s, _ in streams:
+            if s is not env.stdin:
+                s.close()
+    d = rep.to_dict()
+    if json_out or not env.stdout_isatty:
+        output.emit_json_lines([d])
+    else:
+        i, ds, rf, pr = d["ingest"], d["distill"], d["reflect"] or {}, d["prune"]
+        output.table(
+            ["step", "result", "seconds"],
+            [
+                [
+                    "ingest",
+                    f"{i['added']} new runs, {i['duplicates']} already stored, {i['outcomes']} outcomes counted",
+                    f"{d['seconds'].get('ingest', 0):.1f}",
+                ],
+                [
+                    "distill",
+                    f"{ds['written']} memories written, {ds['failed']} failed, {ds['pending']} pending",
+                    f"{d['seconds'].get('distill', 0):.1f}",
+                ],
+                [
+                    "reflect",
+                    f"{rf.get('written', 0)} memories corrected from {rf.get('reflected', 0)} failures",
+                    f"{d['seconds'].get('reflect', 0):.1f}",
+                ],
+                [
+                    "prune",
+                    f"{pr['moved_to_trash']} moved to the trash",
+                    f"{d['seconds'].get('prune', 0):.1f}",
+                ],
+            ],
+            title=f"memp cycle: {store.root}",
+        )
+    for r in rep.ingested:
+        for e in r.errors[:20]:
+            output.warn(f"skipped {e}".split("\n")[0])

@@ -289,15 +289,12 @@ class Store:
 
         _stamp(memories)
         history = History(self)
-        written: list[tuple[str, bytes]] = []
         for m in memories:
-            history.notice(m.id)
-            data = m.to_toml().encode("utf-8")
-            atomic_write(self.memory_path(m.id), data, durable=False)
-            written.append((m.id, data))
+            history.write(
+                m.id, m.to_toml().encode("utf-8"), by=f"memp {self.command}", why=why, durable=False
+            )
         if memories:
             os.sync()
-            history.record_written(written, by=f"memp {self.command}", why=why)
             self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
 
 

@@ -20,10 +20,11 @@ either no new version (the file unchanged) or a file whose content the next look
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
-from collections.abc import Iterable
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ import orjson
 from memp_cli.errors import InputError, NotFoundError
 from memp_cli.model.memory import now_iso, valid_id
 from memp_cli.store import appendlog
-from memp_cli.store.fsutil import atomic_write
+from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from memp_cli.store import Store
@@ -223,20 +224,17 @@ class History:
         if versions and versions[-1].sha256 == digest and path.exists():
             return None
         self._put_object(data)
-        atomic_write(path, data, durable=durable)
+        replaced = swap_in(path, data, durable=durable)
+        if replaced is not None:
+            # A hand edit saved after the notice above, and replaced just now, is kept too.
+            now = self.versions(memory_id)
+            old_digest = sha256(replaced)
+            if not now or now[-1].sha256 != old_digest:
+                self._put_object(replaced)
+                self._append(memory_id, self._next(memory_id, HAND_EDIT, "", old_digest, len(replaced)))
         ver = self._next(memory_id, by, why, digest, len(data), trajectory)
         self._append(memory_id, ver)
         return ver
-
-    def record_written(self, items: Iterable[tuple[str, bytes]], *, by: str, why: str = "") -> None:
-        """Record files memp has just written (a batch, e.g. distill): one version each."""
-        for memory_id, data in items:
-            digest = sha256(data)
-            versions = self.versions(memory_id)
-            if versions and versions[-1].sha256 == digest:
-                continue
-            self._put_object(data)
-            self._append(memory_id, self._next(memory_id, by, why, digest, len(data)))
 
     def record_deleted(self, memory_id: str, *, by: str, why: str) -> Version:
         ver = self._next(memory_id, by, why, None, 0)
@@ -247,6 +245,62 @@ class History:
         """Make the content of version ``to`` current again, byte for byte (a new version)."""
         data = self.content(memory_id, to)
         return self.write(memory_id, data, by=by, why=f"revert to version {to}")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(path: Path, data: bytes, *, durable: bool = True) -> bytes | None:
+    """Put ``data`` at ``path`` atomically and return the exact bytes it replaced (None when
+    there was no file). With RENAME_EXCHANGE the replaced inode itself is read back, so a hand
+    edit saved a moment before (in place or by rename) is never lost unseen; elsewhere a hard
+    link to the old file is taken just before the rename."""
+    tmp = path.parent / f"{TMP_PREFIX}swap-{secrets.token_hex(6)}"
+    atomic_write(tmp, data, durable=durable)
+    try:
+        if path.exists() and _exchange(tmp, path):
+            old = tmp.read_bytes()
+            tmp.unlink()
+            if durable:
+                fsync_dir(path.parent)
+            return old
+        backup = path.parent / f"{TMP_PREFIX}old-{secrets.token_hex(6)}"
+        try:
+            os.link(path, backup)
+        except FileNotFoundError:
+            os.replace(tmp, path)
+            if durable:
+                fsync_dir(path.parent)
+            return None
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+        old = backup.read_bytes()
+        backup.unlink()
+        return old
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def resolve(history: History, memory_id: str, spec: str | None, default: int) -> int:
