@@ -93,7 +93,8 @@ def test_cycle_and_hand_edits_at_once(store: Path) -> None:
         time.sleep(0.002)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
-    assert json.loads(out)["reflect"]["written"] > 0  # the cycle did rewrite memories
+    summary = json.loads(out)
+    assert summary["reflect"]["written"] > 0, summary  # the cycle did rewrite memories
     s = Store.open(store)
     h = History(s)
     with s.lock:
@@ -107,4 +108,5 @@ def test_cycle_and_hand_edits_at_once(store: Path) -> None:
         current = where.read_bytes()
         if current != data and _sha(data) not in {v.sha256 for v in h.versions(mid)}:
             lost.append(mid)
-    assert n > len(targets) and not lost
+    assert n > len(targets), (n, summary)
+    assert not lost, {m: [v.by for v in h.versions(m)] for m in lost}

@@ -74,6 +74,7 @@ class Store:
         self.outcomes_path = root / "outcomes.jsonl"
         self.history_dir = root / "history"
         self.trash_dir = root / "trash"
+        self.reflections_path = root / "reflections.jsonl"
         self.lock = StoreLock(root / ".lock", wait=wait)
         self.command = "memp"
 

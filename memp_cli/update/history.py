@@ -104,19 +104,6 @@ class History:
                 out.append(d)
         return out
 
-    def reflected(self, memory_id: str) -> set[str]:
-        """The failed runs a reflection on this memory has handled (changed it or not)."""
-        return {
-            str(d["trajectory"])
-            for d in self._lines(memory_id)
-            if d.get("trajectory") and (d.get("note") == "reflected" or "v" in d)
-        }
-
-    def mark_reflected(self, memory_id: str, trajectory_id: str) -> None:
-        """Note that a reflection on ``trajectory_id`` found nothing to change."""
-        note = {"note": "reflected", "trajectory": trajectory_id, "time": now_iso()}
-        appendlog.append(self._log(memory_id), orjson.dumps(note) + b"\n")
-
     def versions(self, memory_id: str) -> list[Version]:
         out: list[Version] = []
         for d in self._lines(memory_id):

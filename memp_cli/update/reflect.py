@@ -23,8 +23,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from memp_cli.model.memory import Memory
+import orjson
+
+from memp_cli.errors import MemoryFileError
+from memp_cli.model.memory import Memory, now_iso
 from memp_cli.model.trajectory import Trajectory
+from memp_cli.store import appendlog
 
 if TYPE_CHECKING:
     from memp_cli.store import Store
@@ -148,37 +152,122 @@ def builtin_reflection(memory: Memory, failed: Trajectory, success: Trajectory |
 
 @dataclass
 class Pending:
-    """A failed run and the memory it used, not reflected on yet."""
+    """A failed run and the memory to correct from it, not reflected on yet."""
 
     memory_id: str
     trajectory_id: str
+    why: str = "used"  # "used": the run used the memory; "nearest": its closest procedure
+
+
+class Reflections:
+    """``<store>/reflections.jsonl``: every (memory, failed run) pair a reflection handled,
+    whether it changed the memory or found nothing to add, so no pair is handled twice."""
+
+    def __init__(self, store: Store) -> None:
+        self.path = store.reflections_path
+
+    def handled(self) -> set[tuple[str, str]]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return set()
+        out: set[tuple[str, str]] = set()
+        for line in raw.splitlines():
+            try:
+                d = orjson.loads(line)
+                out.add((str(d["memory"]), str(d["trajectory"])))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line from a killed writer
+        return out
+
+    def add(self, memory_id: str, trajectory_id: str, *, changed: bool, why: str) -> None:
+        rec = {
+            "time": now_iso(),
+            "memory": memory_id,
+            "trajectory": trajectory_id,
+            "changed": changed,
+            "why": why,
+        }
+        appendlog.append(self.path, orjson.dumps(rec) + b"\n")
 
 
 def pending(
-    store: Store, *, trajectories: set[str] | None = None, memory: str | None = None
+    store: Store,
+    *,
+    trajectories: set[str] | None = None,
+    memory: str | None = None,
+    unattributed: bool = False,
 ) -> list[Pending]:
-    """(memory, failed run) pairs from the outcome ledger that no reflection has handled yet
-    (``trajectories``/``memory`` narrow it). A pair whose memory is gone (trash) is left out."""
-    from memp_cli.update.history import History
+    """What to reflect on: (memory, failed run) pairs from the outcome ledger that no reflection
+    has handled (``trajectories``/``memory`` narrow it; a memory in the trash is left out). With
+    ``unattributed``, also each stored failed run that named no memory, paired with the nearest
+    successful procedure of its task family (the paper's adjustment keeps failures as lessons)."""
     from memp_cli.update.outcomes import Ledger
 
     existing = set(store.memory_ids())
-    history = History(store)
-    done: dict[str, set[str]] = {}
+    handled = Reflections(store).handled()
     out: list[Pending] = []
+    attributed: set[str] = set()
     for o in Ledger.of(store):
-        if o.outcome != "failure" or o.trajectory is None or o.memory not in existing:
+        if o.outcome != "failure" or o.trajectory is None:
+            continue
+        attributed.add(o.trajectory)
+        if o.memory not in existing or (o.memory, o.trajectory) in handled:
             continue
         if trajectories is not None and o.trajectory not in trajectories:
             continue
         if memory is not None and o.memory != memory:
             continue
-        if o.memory not in done:
-            done[o.memory] = history.reflected(o.memory)
-        if o.trajectory in done[o.memory]:
-            continue
-        done[o.memory].add(o.trajectory)
+        handled.add((o.memory, o.trajectory))
         out.append(Pending(o.memory, o.trajectory))
+    if unattributed:
+        done_runs = {t for _, t in handled}
+        runs = [
+            t
+            for t in store.iter_trajectories()
+            if t.success is False
+            and not t.memories_used
+            and t.id not in attributed
+            and t.id not in done_runs
+            and (trajectories is None or t.id in trajectories)
+        ]
+        for t, mid in zip(runs, nearest_procedures(store, runs), strict=True):
+            if mid is not None and (memory is None or mid == memory):
+                out.append(Pending(mid, t.id, why="nearest"))
+    return out
+
+
+def nearest_procedures(store: Store, runs: list[Trajectory]) -> list[str | None]:
+    """For each run, the best-matching memory that has a script, came from a successful run
+    other than this one and (when both say) has its task type; None when there is none."""
+    from memp_cli.index import sync
+    from memp_cli.model.memory import load_memory_file
+    from memp_cli.retrieve.retriever import Retriever
+    from memp_cli.store import store_embedder
+
+    if not runs or not store.memory_ids():
+        return [None for _ in runs]
+    emb = store_embedder(store)
+    idx, _ = sync(store, emb)
+    retriever = Retriever(idx, emb, k=10, lexical_weight=store.config.retrieval.lexical_weight)
+    out: list[str | None] = []
+    for t, rows in zip(runs, retriever.scored([t.task for t in runs]), strict=True):
+        pick = None
+        for pos, score, _cos, _lex in rows[:10]:
+            if score <= 0:
+                break
+            mid = idx.state.ids[pos]
+            try:
+                m = load_memory_file(store.memories_dir / f"{mid}.toml")
+            except MemoryFileError:
+                continue
+            if not m.script or m.success is False or t.id in m.provenance.trajectories:
+                continue
+            if t.task_type and m.task_type and t.task_type != m.task_type:
+                continue
+            pick = mid
+            break
+        out.append(pick)
     return out
 
 
@@ -237,14 +326,13 @@ def reflect(store: Store, todo: list[Pending], *, dry_run: bool = False) -> Refl
             if not r.changed:
                 report.unchanged += 1
                 if not dry_run:  # remember it was looked at, so it is not reflected on again
-                    from memp_cli.update.history import History
-
-                    History(store).mark_reflected(mem.id, failed.id)
+                    Reflections(store).add(mem.id, failed.id, changed=False, why=p.why)
                 continue
             if dry_run:
                 continue
             mem.script = r.after
             mem.version += 1
             store.save_memory(mem, event="reflect", why=r.diagnosis, trajectory=failed.id)
+            Reflections(store).add(mem.id, failed.id, changed=True, why=p.why)
             report.written += 1
     return report
