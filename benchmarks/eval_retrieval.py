@@ -19,8 +19,8 @@ What it does (see benchmarks/README.md, "eval_retrieval.py", for the reasoning):
 3. Rankings come from memp's own :class:`memp_cli.retrieve.retriever.Retriever` (``key=query``): one
    ``scored`` call per query set gives memp's candidates (hnsw top list plus BM25 top list) with
    their cosine and BM25; the fused ranking for every weight w in 0, 0.05, ..., 1 is recomputed from
-   those with memp's formula ``(1-w)·cos + w·BM25/max_score`` and tie-break (checked equal to
-   ``Retriever.scored`` at w = 0, 0.5, 0.9, 1). Two other fusions are prototyped on the same
+   those with memp's formula ``(1-w)·cos + w·BM25/max_score`` and tie-break (cosine, then memory
+   id; checked equal to ``Retriever.scored`` at w = 0, 0.5, 0.9, 1). Two other fusions are prototyped on the same
    candidates: BM25 normalised by the query's self-score, and reciprocal-rank fusion.
 4. Lexical variants: the store's own index (LexicalIndex defaults), memp 0.1.0's (words only, full
    idf), and bigrams with idf power 1 or 0, swapped into the same index. BM25 alone is also scored
@@ -30,7 +30,7 @@ What it does (see benchmarks/README.md, "eval_retrieval.py", for the reasoning):
    NDCG@10 with graded relevance (2 = same type and same target object, 1 = same type,
    0 = other; gain 2^rel - 1, ideal ranking over the whole store), top1_failed (how often the
    first memory handed out is a failed run) and top1_failed_tied (... while a successful memory
-   had exactly the same score: a tie that the ranking broke by memory id). The ``random`` key
+   had exactly the same score: a tie the ranking broke by cosine or memory id). The ``random`` key
    (mean over 10 seeds) is the floor.
 6. Per embedder and fusion, the weight maximising valid NDCG@10 (ties: P@1, then the smaller
    weight); test figures at that weight, with paired bootstrap 95% intervals of the differences.
@@ -93,6 +93,8 @@ LEXICAL_VARIANTS: dict[str, dict[str, Any]] = {
     "bigrams_idf0": {"bigrams": True, "idf_power": 0.0},
 }
 K = 10
+#: The former default ``[retrieval] lexical_weight`` (now 1.0), still shown for comparison.
+FORMER_DEFAULT = 0.5
 RANDOM_SEEDS = range(10)
 BOOTSTRAP = 2000
 METRICS = ("p1", "p3", "mrr", "ndcg10", "top1_failed", "top1_failed_tied")
@@ -366,13 +368,14 @@ def fused_metrics(
     queries: list[dict[str, Any]],
     meta: dict[str, dict[str, Any]],
     ideal: dict[TaskLabel, float],
-    cos_ties: bool = False,
+    id_ties: bool = False,
 ) -> np.ndarray:
-    """Metrics of the fused rankings; ties by memory id (memp), or first by cosine if ``cos_ties``."""
+    """Metrics of the fused rankings; ties by cosine, then memory id (memp), or by id only if ``id_ties``
+    (memp before it broke ties by cosine)."""
     ranked = []
     for c in cands:
         s = fuse(c, fusion, w)
-        top = (np.lexsort((c.pos, -c.cos, -s)) if cos_ties else np.lexsort((c.pos, -s)))[:K]
+        top = (np.lexsort((c.pos, -s)) if id_ties else np.lexsort((c.pos, -c.cos, -s)))[:K]
         ranked.append(([ids[p] for p in c.pos[top].tolist()], s[top].tolist()))
     return rank_metrics(queries, ranked, meta, ideal)
 
@@ -385,7 +388,7 @@ def check_fuse(
         r = Retriever(index=idx, embedder=embedder, k=K, min_score=-1.0, key="query", lexical_weight=w)
         for c, rows in zip(cands, r.scored(texts), strict=True):
             s = fuse(c, "linear", w)
-            mine = c.pos[np.lexsort((c.pos, -s))[:K]].tolist()
+            mine = c.pos[np.lexsort((c.pos, -c.cos, -s))[:K]].tolist()
             theirs = [row[0] for row in rows[:K]]
             if mine != theirs:
                 raise SystemExit(f"fuse() and Retriever.scored disagree at w={w}: {mine} != {theirs}")
@@ -699,12 +702,12 @@ def main(argv: list[str] | None = None) -> int:
                                 grid[f"{w:.2f}"] = summary(rows)
                             by_f[fusion] = grid
                         if lex_name == "default" and variant == "all" and set_name in tuned_sets:
-                            # memp at w=1 with exact ties broken by cosine before id (a proposal)
-                            rows = fused_metrics(cands, "linear", 1.0, ids, qs, meta, ideal, cos_ties=True)
-                            per_query[(emb_name, variant, set_name, lex_name, "linear_cos_ties", "1.00")] = (
+                            # memp at w=1 with exact ties broken by memory id alone (memp before the cosine tie-break)
+                            rows = fused_metrics(cands, "linear", 1.0, ids, qs, meta, ideal, id_ties=True)
+                            per_query[(emb_name, variant, set_name, lex_name, "linear_id_ties", "1.00")] = (
                                 rows
                             )
-                            by_f["linear_cos_ties"] = {"1.00": summary(rows)}
+                            by_f["linear_id_ties"] = {"1.00": summary(rows)}
                         set_res["lexical"][lex_name] = by_f
                     rand = np.mean(
                         [
@@ -785,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     for emb in embedders:
         add(f"{emb} alone (w=0)", emb, 0.0)
     add("BM25 memp 0.1.0 (words, full idf; w=1)", first, 1.0, "v1")
-    add("BM25 default (w=1)", first, 1.0)
+    add(f"BM25 default (w=1; ties by {first} cosine)", first, 1.0)
     w_mix = {
         emb: {f: chosen[emb][f"default/{f}"]["best_valid_weight_strictly_between_0_and_1"] for f in FUSIONS}
         for emb in embedders
@@ -793,11 +796,15 @@ def main(argv: list[str] | None = None) -> int:
     for emb in embedders:
         if w_of[emb] not in (0.0, 1.0):
             add(f"{emb} + BM25, valid-tuned w", emb, w_of[emb])
-        add(f"BM25 default, ties by {emb} cosine (w=1)", emb, 1.0, "default", "linear_cos_ties")
+        if emb != first:
+            add(f"BM25 default (w=1; ties by {emb} cosine)", emb, 1.0)
+        add(f"BM25 default, ties by id only (w=1; {emb})", emb, 1.0, "default", "linear_id_ties")
         for fusion in FUSIONS:
             add(f"{emb} + BM25 {fusion}, best 0<w<1", emb, w_mix[emb][fusion], "default", fusion)
         if current_default not in (0.0, 1.0, w_of[emb], w_mix[emb]["linear"]):
             add(f"{emb} + BM25 at memp's current default", emb, current_default)
+        if FORMER_DEFAULT not in (current_default, w_of[emb], w_mix[emb]["linear"]):
+            add(f"{emb} + BM25 at the former default", emb, FORMER_DEFAULT)
 
     comparisons: dict[str, Any] = {
         "BM25 default minus BM25 memp 0.1.0": paired_bootstrap(
