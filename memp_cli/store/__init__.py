@@ -72,7 +72,6 @@ class Store:
         self.cache_dir = root / "cache"
         self.prompts_dir = root / "prompts"
         self.journal_path = root / "journal.jsonl"
-        self.config_path = root / CONFIG_NAME
         self.lock = StoreLock(root / ".lock", wait=wait)
         self.command = "memp"
 
