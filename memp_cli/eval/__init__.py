@@ -1,0 +1,1 @@
+"""Retrieval evaluation: ranking metrics (:mod:`.metrics`) and task labels (:mod:`.labels`)."""
