@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,7 +35,7 @@ def server() -> Iterator[LLMServer]:
 
 @pytest.fixture(autouse=True)
 def _fast_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 0.001)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
 
 
@@ -95,6 +96,14 @@ def test_import_is_lazy_offline_and_ignores_dotenv(tmp_path: Path) -> None:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"calls": [], "dotenv": None, "mode": "PRODUCTION", "cost_map": "True"}
     assert len(proc.stdout.strip().splitlines()) == 1  # litellm printed nothing to stdout
+
+
+def test_only_the_client_imports_litellm() -> None:
+    importing = re.compile(r"^\s*(?:import|from)\s+litellm\b", re.MULTILINE)
+    found = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "memp_cli").rglob("*.py") if importing.search(p.read_text())
+    )
+    assert found == ["memp_cli/backends/llm/client.py"]
 
 
 # --------------------------------------------------------------------------- mock_response
@@ -175,8 +184,8 @@ def test_count_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_redact() -> None:
-    assert KEY not in llm._redact(f"bad key {KEY} given")
-    assert "sk-***" in llm._redact("Incorrect API key provided: sk-proj-abcdefghijklmnop")
+    assert KEY not in llm.errors.redact(f"bad key {KEY} given")
+    assert "sk-***" in llm.errors.redact("Incorrect API key provided: sk-proj-abcdefghijklmnop")
 
 
 # --------------------------------------------------------------------------- HTTP via litellm
@@ -205,7 +214,7 @@ def test_transient_error_is_retried(srv: LLMServer, status: int) -> None:
 
 
 def test_retry_after_and_backoff(srv: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_SCALE", 1.0)
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 1.0)
     waits: list[float] = []
     srv.script([("status", 429, {"Retry-After": "3"}), ("status", 500), ("status", 500), "ok!"])
     out = llm.complete(MSGS, settings(srv, max_retries=4), sleep=waits.append)
@@ -370,7 +379,7 @@ def test_cached_reply_failing_validation_is_asked_again(srv: LLMServer, tmp_path
 
 
 def test_embed_through_server(srv: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "EMBED_BATCH", 2)
+    monkeypatch.setattr(llm.client, "EMBED_BATCH", 2)
     texts = ["alpha", "beta", "", "alpha", "gamma"]
     vecs = llm.embed(texts, "openai/test-embed", api_base=srv.url)
     assert vecs.shape == (5, srv.dim) and vecs.dtype == np.float32
