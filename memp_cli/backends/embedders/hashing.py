@@ -10,8 +10,12 @@ import hashlib
 import itertools
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from memp_cli.backends.embedders import EmbedderSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -47,3 +51,7 @@ class HashEmbedder:
             if norm > 0:
                 row /= norm
         return out
+
+
+def create(spec: EmbedderSpec) -> HashEmbedder:
+    return HashEmbedder(spec.dim or 256)
