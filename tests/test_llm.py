@@ -364,6 +364,21 @@ def test_corrupt_cache_file_is_a_miss(srv: LLMServer, tmp_path: Path) -> None:
     assert [p.name for p in cache.path(key).parent.iterdir()] == [f"{key}.json"]  # no temp files left
 
 
+def test_cache_put_is_the_stores_durable_atomic_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memp_cli.store import fsutil
+
+    synced: list[Path] = []
+    monkeypatch.setattr(fsutil, "fsync_dir", synced.append)
+    cache = llm.ResponseCache(tmp_path / "llm")
+    key = cache.key(MSGS, llm.LLMSettings("openai/gpt-4o-mini"))
+    cache.put(key, "reply", llm.Usage(tokens_in=3))
+    assert synced == [cache.path(key).parent]  # the rename itself is made durable
+    hit = cache.get(key)
+    assert hit is not None and hit[0] == "reply" and hit[1].tokens_in == 3
+
+
 def test_cached_reply_failing_validation_is_asked_again(srv: LLMServer, tmp_path: Path) -> None:
     cache = llm.ResponseCache(tmp_path)
     key = cache.key(MSGS, settings(srv))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -27,27 +25,10 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class ResponseCache:
     """Replies on disk, keyed by everything that determines them (``<dir>/<k[:2]>/<k>.json``).
 
-    Writes are atomic, so a crash never leaves a half file; an
+    Writes go through the store's one atomic writer, so a crash never leaves a half file; an
     unreadable file is a miss and is overwritten by the next put.
     """
 
@@ -99,6 +80,10 @@ class ResponseCache:
         return text, usage
 
     def put(self, key: str, text: str, usage: Usage, *, model: str | None = None) -> None:
+        # Imported here: memp_cli.store's package init loads the config and memory modules,
+        # which `import memp_cli.backends.llm` should not pay for.
+        from memp_cli.store.fsutil import atomic_write
+
         record = {
             "v": CACHE_VERSION,
             "model": model,
@@ -106,4 +91,4 @@ class ResponseCache:
             "usage": {k: v for k, v in asdict(usage).items() if k in ("tokens_in", "tokens_out", "cost_usd")},
             "created": time.time(),
         }
-        _atomic_write(self.path(key), _canonical(record))
+        atomic_write(self.path(key), _canonical(record))
