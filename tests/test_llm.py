@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import memp
 from llm_server import LLMServer, serve
 
 from memp_cli.backends import llm
-from memp_cli.errors import LLMError, ModelError
+from memp_cli.errors import ExitCode, LLMError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-0123456789abcdef"
@@ -432,3 +433,70 @@ def test_litellm_embedder(srv: LLMServer) -> None:
     assert fixed.dim == 32
     with pytest.raises(ModelError, match="expected 32"):
         fixed.embed(["a"])
+
+
+# --------------------------------------------------------------------------- exit codes through the CLI
+# The rule (memp_cli/errors.py): anything about the embedder exits 7 (MODEL), whether it is a
+# setting, a refusal, an unreachable API or a reply that is not vectors; the chat LLM exits 8.
+
+EMBEDDER = "litellm/openai/test-embed"
+
+
+@pytest.fixture
+def remote_store(srv: LLMServer, store_dir: Path) -> Path:
+    """A store embedding through the local server, holding one ingested trajectory."""
+    memp("init", "--embedder", EMBEDDER, "--dim", srv.dim)
+    config = store_dir / "memp.toml"
+    text = config.read_text()
+    assert text.count('api_base = ""') == 2  # [embedder] comes first, then [llm]
+    config.write_text(text.replace('api_base = ""', f'api_base = "{srv.url}"', 1))
+    first = (ROOT / "tests" / "data" / "distill_alfworld.jsonl").read_text().splitlines()[0]
+    memp("ingest", "-", input=first + "\n")
+    return store_dir
+
+
+BAD_REPLIES = {
+    "no vectors": {"object": "list", "data": [], "model": "test-embed"},
+    "strings": {"object": "list", "data": [{"index": 0, "embedding": ["a", "b"]}], "model": "test-embed"},
+}
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+def test_malformed_embedding_reply_exits_7(srv: LLMServer, remote_store: Path, reply: Any) -> None:
+    srv.script([("json", reply)])
+    run = memp("distill", expect=ExitCode.MODEL)
+    assert "memp: " in run.stderr and "test-embed" in run.stderr and "returned" in run.stderr
+    assert "memory.toml" not in run.stdout
+    # the memories were written; the next command embeds them once the endpoint answers
+    assert memp("query", "heat a mug", "--json").jsonl()
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        (("status", 401, {}, f"Incorrect API key provided: {KEY}"), "OPENAI_API_KEY"),
+        (("status", 404), "embedder name"),
+        (("status", 500), "unreachable"),
+    ],
+    ids=["auth", "unknown model", "unreachable"],
+)
+def test_embedding_provider_errors_exit_7(
+    srv: LLMServer, remote_store: Path, item: tuple[Any, ...], says: str
+) -> None:
+    srv.script([item] * 5)  # the default 4 retries + 1
+    run = memp("distill", expect=ExitCode.MODEL)
+    assert says in run.stderr and KEY not in run.stderr
+    assert "--model" not in run.stderr  # the embedder is not set by --model
+
+
+def test_embedding_settings_error_exits_7(store_dir: Path) -> None:
+    memp("init", "--embedder", "litellm/")  # init does not check the name yet (defect 4)
+    memp("ingest", "-", input=(ROOT / "tests" / "data" / "distill_alfworld.jsonl").read_text())
+    run = memp("distill", expect=ExitCode.MODEL)
+    assert "empty model name" in run.stderr
+
+
+def test_chat_llm_failure_still_exits_8(srv: LLMServer, remote_store: Path) -> None:
+    srv.script([("status", 401)] * 2)
+    run = memp("distill", "--model", "openai/test-model", "--api-base", srv.url, expect=ExitCode.LLM)
+    assert "--model" in run.stderr

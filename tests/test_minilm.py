@@ -196,12 +196,12 @@ def test_registry_unknown_name(name: str) -> None:
     assert "'minilm', 'hash' or 'litellm/<model>'" in (info.value.hint or "")
 
 
-def test_registry_bad_arguments_keep_their_errors() -> None:
+def test_registry_bad_arguments_are_model_errors() -> None:
     with pytest.raises(ModelError, match="empty model name"):
         get_embedder("litellm/")
     with pytest.raises(ModelError, match="invalid embedding dimension"):
         get_embedder("litellm/openai/x", dim=-1)
-    with pytest.raises(ValueError, match="at least 8"):
+    with pytest.raises(ModelError, match="at least 8"):
         get_embedder("hash", dim=4)
 
 

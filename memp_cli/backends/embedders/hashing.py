@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from memp_cli.errors import ModelError
+
 if TYPE_CHECKING:
     from memp_cli.backends.embedders import EmbedderSpec
 
@@ -28,7 +30,7 @@ def _bucket(token: str, dim: int) -> tuple[int, float]:
 class HashEmbedder:
     def __init__(self, dim: int = 256) -> None:
         if dim < 8:
-            raise ValueError("hash embedder dimension must be at least 8")
+            raise ModelError(f"invalid embedding dimension {dim} for hash: it must be at least 8")
         self.name = "hash"
         self.dim = dim
         self._cache: dict[str, tuple[int, float]] = {}

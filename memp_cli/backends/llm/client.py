@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -227,62 +228,80 @@ def _key_names(model: str) -> str:
     return _PROVIDER_KEYS.get(provider, f"{provider.upper()}_API_KEY")
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What kind of call failed: names the settings a hint points to, and the error raised."""
+
+    what: str
+    model_setting: str
+    base_setting: str
+    example: str
+    error: type[MempError]
+
+
+_CHAT = _Call("LLM call", "--model", "--api-base", "openai/gpt-4o-mini", LLMError)
+# Everything about a remote embedding model is the embedder's failure (exit 7), see memp_cli/errors.py.
+_EMBEDDING = _Call(
+    "embedding call",
+    "the embedder name",
+    "[embedder] api_base in memp.toml",
+    "litellm/openai/text-embedding-3-small",
+    ModelError,
+)
+
+
 def _config_error(
-    kind: str, err: BaseException, *, what: str, model: str, api_base: str | None, cls: type[MempError]
+    kind: str, err: BaseException, *, call: _Call, model: str, api_base: str | None
 ) -> MempError:
     where = f" at {api_base}" if api_base else ""
-    msg = f"{what} to model {model!r}{where} failed: {short(err)}"
+    msg = f"{call.what} to model {model!r}{where} failed: {short(err)}"
+    m, b = call.model_setting, call.base_setting
     detail = kind
     if kind == "auth":
-        hint = f"set {_key_names(model)} (or check it is valid) and check --model and --api-base"
+        hint = f"set {_key_names(model)} (or check it is valid) and check {m} and {b}"
     elif kind == "not_found":
-        hint = "check --model (litellm's provider/model form, e.g. openai/gpt-4o-mini) and --api-base"
+        hint = f"check {m} (litellm's provider/model form, e.g. {call.example}) and {b}"
     elif "LLM Provider NOT provided" in str(err) or "Unknown provider" in str(err):
         detail = "provider"
-        hint = (
-            "--model needs litellm's provider prefix, e.g. openai/gpt-4o-mini or anthropic/claude-3-5-haiku"
-        )
+        hint = f"{m} needs litellm's provider prefix, e.g. {call.example}"
     elif "context" in str(err).lower() and "window" in str(err).lower():
         detail = "context"
         hint = "the prompt is longer than the model's context window: use a model with a larger one"
     else:
-        hint = "check --model and --api-base; the provider rejected the request"
-    if cls is LLMError:
+        hint = f"check {m} and {b}; the provider rejected the request"
+    if call.error is LLMError:
         return LLMConfigError(msg, kind=detail, hint=hint)
-    return cls(msg, hint=hint)
+    return call.error(msg, hint=hint)
 
 
 def _with_retries(
-    call: Callable[[], T],
+    fn: Callable[[], T],
     *,
-    what: str,
+    call: _Call,
     model: str,
     api_base: str | None,
     max_retries: int,
     sleep: Callable[[float], None] | None,
-    config_error_cls: type[MempError] = LLMError,
 ) -> T:
-    """Run ``call`` with memp's retry policy; raise ``LLMError`` (or ``config_error_cls``)."""
+    """Run ``fn`` with memp's retry policy; failures raise ``call.error`` (LLMConfigError for chat)."""
     sleeper = sleep or time.sleep
     attempts = max(0, max_retries) + 1
     last: BaseException | None = None
     for attempt in range(attempts):
         try:
-            return call()
+            return fn()
         except MempError:
             raise
         except Exception as err:
             kind, retry_after = _classify(err)
             if kind != "retry":
-                raise _config_error(
-                    kind, err, what=what, model=model, api_base=api_base, cls=config_error_cls
-                ) from None
+                raise _config_error(kind, err, call=call, model=model, api_base=api_base) from None
             last = err
             if attempt + 1 < attempts:
                 wait = _backoff(attempt, retry_after)
                 _log.info(
                     "%s failed (%s); retry %d/%d in %.2fs",
-                    what,
+                    call.what,
                     short(err, 200),
                     attempt + 1,
                     attempts - 1,
@@ -292,10 +311,10 @@ def _with_retries(
                     sleeper(wait)
     assert last is not None
     where = f" at {api_base}" if api_base else ""
-    raise LLMError(
-        f"{what} to model {model!r}{where} failed after {attempts} attempt{'s' if attempts > 1 else ''}: "
-        f"{short(last)}",
-        hint="the provider is overloaded or unreachable: retry later, or check --api-base",
+    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    raise call.error(
+        f"{call.what} to model {model!r}{where} failed after {tries}: {short(last)}",
+        hint=f"the provider is overloaded or unreachable: retry later, or check {call.base_setting}",
     ) from None
 
 
@@ -370,7 +389,7 @@ def complete(
 
     resp = _with_retries(
         lambda: ll.completion(**kwargs),
-        what="LLM call",
+        call=_CHAT,
         model=settings.model,
         api_base=settings.api_base,
         max_retries=settings.max_retries,
@@ -411,7 +430,10 @@ def embed(
     max_retries: int = 4,
     sleep: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` through litellm: float32 rows, L2-normalised, in input order."""
+    """Embed ``texts`` through litellm: float32 rows, L2-normalised, in input order.
+
+    Every failure is the embedder's: :class:`ModelError` (exit 7), see memp_cli/errors.py.
+    """
     import numpy as np
 
     texts = list(texts)
@@ -426,12 +448,11 @@ def embed(
             kwargs["api_base"] = api_base
         resp = _with_retries(
             functools.partial(ll.embedding, **kwargs),
-            what="embedding call",
+            call=_EMBEDDING,
             model=model,
             api_base=api_base,
             max_retries=max_retries,
             sleep=sleep,
-            config_error_cls=ModelError,
         )
         rows.append(_embedding_matrix(resp, len(batch), model))
     dims = {r.shape[1] for r in rows}
@@ -457,15 +478,15 @@ def _embedding_matrix(resp: Any, n: int, model: str) -> np.ndarray:
             idx, vec = getattr(item, "index", None), getattr(item, "embedding", None)
         items.append((int(idx) if idx is not None else pos, vec))
     if len(items) != n:
-        raise LLMError(
+        raise ModelError(
             f"embedding model {model!r} returned {len(items)} vectors for {n} texts",
-            hint="check --api-base points to an embeddings endpoint",
+            hint=f"check {_EMBEDDING.base_setting} points to an embeddings endpoint",
         )
     items.sort(key=lambda it: it[0])
     try:
         return np.asarray([vec for _, vec in items], dtype=np.float32).reshape(n, -1)
     except (TypeError, ValueError) as err:
-        raise LLMError(
+        raise ModelError(
             f"embedding model {model!r} returned malformed vectors: {short(err)}",
             hint="the embedding endpoint must return float vectors (encoding_format=float)",
         ) from None
