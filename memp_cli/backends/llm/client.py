@@ -88,22 +88,16 @@ def _configure_litellm_logging() -> None:
     litellm's own handler writes records below WARNING to *stdout*, which would corrupt
     memp's machine-readable output, so it is replaced by a plain stderr handler.
     """
-    ll_logging: ModuleType | None
-    try:
-        from litellm import _logging as ll_logging
-    except ImportError:  # pragma: no cover - layout of a future litellm
-        ll_logging = None
-    theirs = getattr(ll_logging, "handler", None)
-    secret_filter = getattr(ll_logging, "_secret_filter", None)
+    from litellm import _logging as ll_logging
+
+    theirs = ll_logging.handler
     debug = bool(os.environ.get("MEMP_DEBUG"))
     ours = logging.StreamHandler()  # stderr
     ours.setFormatter(logging.Formatter("litellm %(levelname)s: %(message)s"))
-    if secret_filter is not None:
-        ours.addFilter(secret_filter)
+    ours.addFilter(ll_logging._secret_filter)
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         lg = logging.getLogger(name)
-        if theirs is not None:
-            lg.removeHandler(theirs)
+        lg.removeHandler(theirs)
         lg.addHandler(ours)
         lg.propagate = False
         lg.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
