@@ -99,6 +99,32 @@ def test_import_is_lazy_offline_and_ignores_dotenv(tmp_path: Path) -> None:
     assert len(proc.stdout.strip().splitlines()) == 1  # litellm printed nothing to stdout
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_litellm_logs_go_to_stderr_only_with_memp_debug(tmp_path: Path, debug: bool) -> None:
+    code = (
+        "from memp_cli.backends import llm\n"
+        "out = llm.complete([{'role': 'user', 'content': 'hi'}], llm.LLMSettings('openai/gpt-4o-mini'),"
+        " mock_response='mocked')\n"
+        "print(out.text)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LITELLM_", "MEMP_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    if debug:
+        env["MEMP_DEBUG"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "mocked\n"
+    if debug:
+        assert (
+            "litellm DEBUG: " in proc.stderr
+            and "litellm.completion(model='openai/gpt-4o-mini'" in proc.stderr
+        )
+    else:
+        assert proc.stderr == ""
+
+
 def test_only_the_client_imports_litellm() -> None:
     importing = re.compile(r"^\s*(?:import|from)\s+litellm\b", re.MULTILINE)
     found = sorted(
