@@ -66,7 +66,7 @@ def lookup(name: str) -> tuple[str, str]:
 
     Checks the name only: nothing is imported or built.
     """
-    if name in REGISTRY and not name.endswith("/"):
+    if name in REGISTRY:  # (a bare prefix, "litellm/", gives its backend an empty model name)
         return name, ""
     for key in REGISTRY:
         if key.endswith("/") and name.startswith(key):
