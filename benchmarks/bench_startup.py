@@ -1,6 +1,7 @@
 """Start-up cost: `memp --help` as a fresh process, against a bare interpreter.
 
-Target: `memp --help` under 150 ms on the 2-core machine (median of fresh runs). The script also
+Target: `memp --help` within 4x a bare `python -c pass`, both medians of fresh processes in the same
+run (a ratio, so a busy machine slows both alike). The script also
 times `--version` and a subcommand's help, the same with typer's plain (non-rich) help formatter
 (`TYPER_USE_RICH=0`, to show what rich help rendering costs), and reports the imports that dominate
 (`python -X importtime`), and a what-if: the same `--help` from a temporary copy of memp_cli whose
@@ -24,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
-TARGET_MS = 150.0
+TARGET_RATIO = 4.0  # `memp --help` over `python -c pass`
 
 
 def _plain_help_copy() -> Path | None:
@@ -80,7 +81,7 @@ def main() -> int:
     finally:
         if whatif is not None:
             C.reset_dir(whatif)
-    res: dict[str, Any] = {"target_ms": TARGET_MS, "reps": reps, "memp_argv": memp, "timings_ms": {}}
+    res: dict[str, Any] = {"target_ratio": TARGET_RATIO, "reps": reps, "memp_argv": memp, "timings_ms": {}}
     base = C.summary(times["python -c pass"])["median"]
     help_med = C.summary(times["memp --help"])["median"]
     print(
@@ -98,10 +99,11 @@ def main() -> int:
             f"x{s['ratio_to_baseline']:5.2f}  x{s['ratio_to_help']:4.2f}   {name}"
         )
     help_ms = res["timings_ms"]["memp --help"]["median"]
-    res["meets_target"] = help_ms < TARGET_MS
+    ratio = res["timings_ms"]["memp --help"]["ratio_to_baseline"]
+    res["meets_target"] = ratio <= TARGET_RATIO
     print(
-        f"\n`memp --help` median {help_ms:.0f} ms; target < {TARGET_MS:.0f} ms: "
-        f"{'MET' if res['meets_target'] else 'MISSED'}"
+        f"\n`memp --help` median {help_ms:.0f} ms, x{ratio:.2f} `python -c pass` ({base:.0f} ms); "
+        f"target <= x{TARGET_RATIO:.1f}: {'MET' if res['meets_target'] else 'MISSED'}"
     )
 
     it = C.importtime([*memp, "--help"], env=env, top=15)
