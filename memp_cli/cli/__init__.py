@@ -15,7 +15,6 @@ import errno
 import importlib
 import os
 import sys
-import traceback as tb
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -144,7 +143,9 @@ class MempGroup(TyperGroup):
             return super().invoke(ctx)
         except MempError as e:
             if env.traceback:
-                tb.print_exc()
+                import traceback
+
+                traceback.print_exc(file=env.stderr)
             output.error(str(e))
             raise typer.Exit(int(e.exit_code)) from None
         except KeyboardInterrupt:
@@ -272,7 +273,7 @@ def choice(values: Iterable[str]) -> Callable[[Any], str | None]:
 
 def version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"memp {__version__}")
+        output.write(f"memp {__version__}\n")
         raise typer.Exit()
 
 
