@@ -10,7 +10,10 @@ machine-load drift hits them alike.
 
 ::
 
-    python benchmarks/bench_startup.py [--quick] [--reps N]
+    python benchmarks/bench_startup.py [--quick] [--reps N] [--compare DIR]
+
+``--compare DIR`` also times ``memp --help`` and ``import memp_cli.cli`` from another checkout (a
+git worktree of an older commit, say), in the same round-robin: before and after in one run.
 
 Writes ``benchmarks/results/bench_startup.json``.
 """
@@ -18,7 +21,9 @@ Writes ``benchmarks/results/bench_startup.json``.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +51,30 @@ def _plain_help_copy() -> Path | None:
     return dest
 
 
+def _time_interleaved(
+    variants: dict[str, tuple[list[str], dict[str, str] | None]], n: int, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each variant, run round-robin (as ``C.time_interleaved``)."""
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(-warmup, n):
+        for name, (argv, env) in variants.items():
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            C.run(argv, env=env)
+            dt = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if i >= 0:
+                wall[name].append(dt)
+                cpu[name].append((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
+    return wall, cpu
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="5 runs per variant instead of 15")
     ap.add_argument("--reps", type=int, help="runs per variant")
+    ap.add_argument("--compare", type=Path, help="another checkout of memp to time alongside")
     a = ap.parse_args()
     reps = a.reps or (5 if a.quick else 15)
     py = sys.executable
@@ -67,6 +92,14 @@ def main() -> int:
         "memp --help (TYPER_USE_RICH=0)": ([*memp, "--help"], env_plain),
         "memp --help (PYTHONDONTWRITEBYTECODE=1)": ([*memp, "--help"], env_nobc),
     }
+    if a.compare is not None:
+        other = C.memp_env(PYTHONPATH=str(a.compare.resolve()))
+        C.run([*memp, "--help"], env=other)
+        variants[f"{a.compare.name}: memp --help"] = ([*memp, "--help"], other)
+        variants[f"{a.compare.name}: python -c 'import memp_cli.cli'"] = (
+            [py, "-c", "import memp_cli.cli"],
+            other,
+        )
     whatif = _plain_help_copy()
     if whatif is not None:
         variants["what-if: Typer(rich_markup_mode=None), memp --help"] = (
@@ -77,7 +110,7 @@ def main() -> int:
     if script:
         variants["console script: memp --help"] = ([script, "--help"], env)
     try:
-        times = C.time_interleaved(variants, reps)
+        times, cpu = _time_interleaved(variants, reps)
     finally:
         if whatif is not None:
             C.reset_dir(whatif)
@@ -98,6 +131,15 @@ def main() -> int:
             f"  {s['median']:7.1f} {s['p90']:7.1f} {s['min']:7.1f}   +{s['over_baseline_ms']:6.1f} "
             f"x{s['ratio_to_baseline']:5.2f}  x{s['ratio_to_help']:4.2f}   {name}"
         )
+    # CPU time (user + system) of each child: what a busy machine inflates least.
+    res["cpu_ms"] = {}
+    cpu_base = C.summary(cpu["python -c pass"])["median"]
+    print("\nCPU time (user + sys) of the same processes; median ms, ratio to `python -c pass`:")
+    for name, ts in cpu.items():
+        c = C.summary(ts)
+        c["ratio_to_baseline"] = round(c["median"] / cpu_base, 2)
+        res["cpu_ms"][name] = c
+        print(f"  {c['median']:7.1f}  x{c['ratio_to_baseline']:5.2f}   {name}")
     help_ms = res["timings_ms"]["memp --help"]["median"]
     ratio = res["timings_ms"]["memp --help"]["ratio_to_baseline"]
     res["meets_target"] = ratio <= TARGET_RATIO
