@@ -195,11 +195,10 @@ def os_error(e: OSError) -> MempError | None:
     if e.errno not in _OS_PROBLEMS:
         return None
     what, todo = _OS_PROBLEMS[e.errno]
-    path = Path(e.filename) if e.filename else None
-    root = store_path()
-    in_store = path is not None and (
-        path.absolute() == root.absolute() or root.absolute() in path.absolute().parents
-    )
+    name = e.filename
+    path = Path(os.fsdecode(name)) if isinstance(name, str | bytes | os.PathLike) and name else None
+    root = store_path().absolute()
+    in_store = path is not None and (path.absolute() == root or root in path.absolute().parents)
     where = f"{path}: " if path is not None else ""
     if e.errno in (errno.EACCES, errno.EPERM) and in_store:
         hint = (
