@@ -4,7 +4,7 @@ Fixtures are synthesised from the real ALFWorld records in ``shared/data`` (or
 ``MEMP_BENCH_DATA``): task texts come from the real task templates with the real
 object and receptacle vocabulary, steps from a real run of the same template with
 the names swapped. Big fixtures (stores, embeddings, hnsw graphs) are cached in
-``MEMP_BENCH_DIR`` (default ``/tmp/memp-bench``) and reused when their parameters
+``MEMP_BENCH_DIR`` (default ``memp-bench`` in the system's temporary directory) and reused when their parameters
 match, so a second run of a script only measures.
 """
 
@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,14 +39,14 @@ def _default_data() -> Path:
     env = os.environ.get("MEMP_BENCH_DATA")
     if env:
         return Path(env)
-    for cand in (REPO.parent / "shared" / "data", REPO / "shared" / "data", Path("/work/shared/data")):
+    for cand in (REPO.parent / "shared" / "data", REPO / "shared" / "data"):
         if cand.is_dir():
             return cand
     return REPO.parent / "shared" / "data"
 
 
 DATA = _default_data()
-WORK = Path(os.environ.get("MEMP_BENCH_DIR", "/tmp/memp-bench"))
+WORK = Path(os.environ.get("MEMP_BENCH_DIR") or Path(tempfile.gettempdir()) / "memp-bench")
 
 ALFWORLD_FILES = (
     "alfworld_train_replay.jsonl",
@@ -252,7 +253,7 @@ _GOTO = re.compile(r"^go to (\w+) \d+")
 
 
 def load_records(files: Sequence[str] = ALFWORLD_FILES) -> list[dict[str, Any]]:
-    recs = []
+    recs: list[dict[str, Any]] = []
     for name in files:
         path = DATA / name
         if not path.exists():

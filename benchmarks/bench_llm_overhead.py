@@ -66,7 +66,7 @@ def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
 
     t0 = time.perf_counter()
-    llm._litellm()
+    llm.client._litellm()
     print(f"litellm import + setup: {time.perf_counter() - t0:.2f} s (once per process)")
 
     with serve(delay=0.0) as server:

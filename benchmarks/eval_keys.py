@@ -4,7 +4,7 @@ Run (under a minute on one core; the minilm model is downloaded to ~/.cache/memp
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/eval_keys.py [--data-dir DIR] [--out FILE]
 
-``--data-dir`` defaults to ``MEMP_BENCH_DATA`` or /work/shared/data.
+``--data-dir`` defaults to ``MEMP_BENCH_DATA``, else ``shared/data`` beside the repository.
 
 What it does (see benchmarks/README.md, "eval_keys.py"):
 
@@ -24,8 +24,8 @@ What it does (see benchmarks/README.md, "eval_keys.py"):
    first two scores are equal, so the order between them is the memory-id tie-break).
    Paired bootstrap 95% intervals for avefact minus each query variant.
 
-The task-type rule, target-object rule, metrics and store building are
-``benchmarks/eval_retrieval.py``'s (imported, not copied). Prints a table and writes
+The task-type rule, target-object rule and metrics are memp's (``memp_cli.eval``), the store
+building and query sets ``benchmarks/eval_retrieval.py``'s (imported, not copied). Prints a table and writes
 ``benchmarks/results/eval_keys.json``.
 """
 
@@ -53,6 +53,7 @@ import orjson  # noqa: E402
 from memp_cli import index as index_mod  # noqa: E402
 from memp_cli.build.scripts import extract_keywords  # noqa: E402
 from memp_cli.config import RetrievalConfig  # noqa: E402
+from memp_cli.eval.labels import norm_task  # noqa: E402
 from memp_cli.model.memory import Memory  # noqa: E402
 from memp_cli.retrieve.retriever import Retriever  # noqa: E402
 from memp_cli.store import store_embedder  # noqa: E402
@@ -66,7 +67,7 @@ def evaluate(
     retriever: Retriever,
     queries: list[dict[str, Any]],
     meta: dict[str, dict[str, Any]],
-    ideal: dict[tuple[str, str | None], float],
+    ideal: dict[er.TaskLabel, float],
 ) -> tuple[np.ndarray, float]:
     """Per-query metric rows (queries x METRICS) and the seconds ``scored`` took.
 
@@ -98,7 +99,7 @@ def fmt_row(label: str, s: dict[str, float], ms: float | None = None) -> str:
 
 
 def load_queries(data_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    mem_tasks = {er.norm_task(r["task"]) for r in er.read_jsonl(data_dir / er.MEMORIES_FILE)}
+    mem_tasks = {norm_task(r["task"]) for r in er.read_jsonl(data_dir / er.MEMORIES_FILE)}
     test: dict[str, dict[str, Any]] = {}
     info: dict[str, Any] = {}
     for f in er.TEST_FILES:
@@ -144,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert isinstance(m, Memory), m
                 with_keywords += bool(m.keywords)
                 builtin_keywords += index_mod.memory_keywords(m) == extract_keywords(m.task)
-                meta[m.id] = {
-                    "type": m.task_type or er.task_type_of(m.task),
-                    "object": er.target_object(m.task),
-                    "success": m.success,
-                }
+                meta[m.id] = er.memory_meta(m)
             kwi = idx.keyword_index()
             store_info[emb_name] = {
                 "memories": len(meta),

@@ -4,7 +4,7 @@ Run (about a minute on one core; the minilm model is downloaded on first use)::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/eval_retrieval.py [--data-dir DIR] [--out FILE]
 
-``--data-dir`` defaults to ``MEMP_BENCH_DATA`` or /work/shared/data.
+``--data-dir`` defaults to ``MEMP_BENCH_DATA``, else ``shared/data`` beside the repository.
 
 What it does (see benchmarks/README.md, "eval_retrieval.py", for the reasoning):
 
@@ -19,8 +19,8 @@ What it does (see benchmarks/README.md, "eval_retrieval.py", for the reasoning):
 3. Rankings come from memp's own :class:`memp_cli.retrieve.retriever.Retriever` (``key=query``): one
    ``scored`` call per query set gives memp's candidates (hnsw top list plus BM25 top list) with
    their cosine and BM25; the fused ranking for every weight w in 0, 0.05, ..., 1 is recomputed from
-   those with memp's formula ``(1-w)·cos + w·BM25/max_score`` and tie-break (checked equal to
-   ``Retriever.scored`` at w = 0, 0.5, 0.9, 1). Two other fusions are prototyped on the same
+   those with memp's formula ``(1-w)·cos + w·BM25/max_score`` and tie-break (cosine, then memory
+   id; checked equal to ``Retriever.scored`` at w = 0, 0.5, 0.9, 1). Two other fusions are prototyped on the same
    candidates: BM25 normalised by the query's self-score, and reciprocal-rank fusion.
 4. Lexical variants: the store's own index (LexicalIndex defaults), memp 0.1.0's (words only, full
    idf), and bigrams with idf power 1 or 0, swapped into the same index. BM25 alone is also scored
@@ -30,7 +30,7 @@ What it does (see benchmarks/README.md, "eval_retrieval.py", for the reasoning):
    NDCG@10 with graded relevance (2 = same type and same target object, 1 = same type,
    0 = other; gain 2^rel - 1, ideal ranking over the whole store), top1_failed (how often the
    first memory handed out is a failed run) and top1_failed_tied (... while a successful memory
-   had exactly the same score: a tie that the ranking broke by memory id). The ``random`` key
+   had exactly the same score: a tie the ranking broke by cosine or memory id). The ``random`` key
    (mean over 10 seeds) is the floor.
 6. Per embedder and fusion, the weight maximising valid NDCG@10 (ties: P@1, then the smaller
    weight); test figures at that weight, with paired bootstrap 95% intervals of the differences.
@@ -62,20 +62,23 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
+from _common import DATA as DEFAULT_DATA  # noqa: E402
 
 from memp_cli import __version__ as memp_version  # noqa: E402
 from memp_cli import index as index_mod  # noqa: E402
 from memp_cli.config import RetrievalConfig  # noqa: E402
+from memp_cli.eval import metrics  # noqa: E402
+from memp_cli.eval.labels import TaskLabel, grade, norm_task, target_object, task_type_of  # noqa: E402
 from memp_cli.index import lexical  # noqa: E402
 from memp_cli.index.lexical import LexicalIndex, term_hashes  # noqa: E402
 from memp_cli.model.memory import Memory  # noqa: E402
 from memp_cli.retrieve.retriever import Retriever  # noqa: E402
 from memp_cli.store import Store, store_embedder  # noqa: E402
 
-DEFAULT_DATA = Path(os.environ.get("MEMP_BENCH_DATA", "/work/shared/data"))
 MEMORIES_FILE = "alfworld_train_replay.jsonl"
 TUNE_FILE = "alfworld_valid_seen_replay.jsonl"
 TRAVELPLANNER_FILE = "travelplanner_train27q.jsonl"
@@ -90,71 +93,28 @@ LEXICAL_VARIANTS: dict[str, dict[str, Any]] = {
     "bigrams_idf0": {"bigrams": True, "idf_power": 0.0},
 }
 K = 10
+#: The former default ``[retrieval] lexical_weight`` (now 1.0), still shown for comparison.
+FORMER_DEFAULT = 0.5
 RANDOM_SEEDS = range(10)
 BOOTSTRAP = 2000
 METRICS = ("p1", "p3", "mrr", "ndcg10", "top1_failed", "top1_failed_tied")
 
-_WORDS = re.compile(r"[a-z]+")
 _LEX_WORD = re.compile(r"[a-z0-9]+")
-
-
-# ----------------------------------------------------------------- task text rules
-def norm_task(text: str) -> str:
-    """The key used to dedupe and to decide whether a query is "new": lowercased,
-    whitespace collapsed, trailing period dropped."""
-    return " ".join(text.lower().split()).rstrip(".").strip()
-
-
-def task_type_of(text: str) -> str:
-    """ALFWorld task type from the task text (used where the data has no label).
-
-    First match wins: word "clean" -> clean; "heat" or "hot" -> heat; "cool" or "cold" -> cool;
-    "two" -> puttwo; "examine" or the phrase "look at" (the "... under/with the desklamp"
-    tasks) -> examine; anything else -> put.
-    """
-    low = text.lower()
-    words = set(_WORDS.findall(low))
-    if "clean" in words:
-        return "clean"
-    if words & {"heat", "hot"}:
-        return "heat"
-    if words & {"cool", "cold"}:
-        return "cool"
-    if "two" in words:
-        return "puttwo"
-    if "examine" in words or "look at" in low:
-        return "examine"
-    return "put"
-
-
-_OBJECT_PATTERNS = (
-    # put two X in Y / find two X and put them in Y
-    re.compile(r"^(?:put|find) two (\w+)"),
-    # put a/some [clean|hot|cool|cold] X in/on Y; clean/heat/cool/find some X and put it in Y
-    re.compile(r"^(?:clean|heat|cool|find|put) (?:a|an|some) (?:(?:clean|hot|cool|cold) )?(\w+)"),
-    # look at X under the desklamp / examine the X with the desklamp
-    re.compile(r"^(?:look at|examine) (?:(?:the|a|an|some) )?(\w+)"),
-)
-
-
-def target_object(text: str) -> str | None:
-    """The object the task is about ("mug" in "put a clean mug in coffeemachine."), or None.
-
-    The first word after the article / number / state adjective in the six ALFWorld templates;
-    a trailing plural "s" is not stripped (ALFWorld object names are singular).
-    """
-    low = " ".join(text.lower().split())
-    for pat in _OBJECT_PATTERNS:
-        m = pat.match(low)
-        if m:
-            return m.group(1)
-    return None
 
 
 # ----------------------------------------------------------------------- data
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, "rb") as f:
         return [orjson.loads(line) for line in f if line.strip()]
+
+
+def memory_meta(m: Memory) -> dict[str, Any]:
+    """What the metrics need of a memory: its task type (stored, else the rule), object, outcome."""
+    return {
+        "type": m.task_type or task_type_of(m.task),
+        "object": target_object(m.task),
+        "success": m.success,
+    }
 
 
 def distinct_tasks(records: list[dict[str, Any]], source: str) -> dict[str, dict[str, Any]]:
@@ -212,56 +172,45 @@ class CachedEmbedder:
 
 
 # ------------------------------------------------------------------- metrics
+def label_of(d: dict[str, Any]) -> TaskLabel:
+    """The label of a query or memory record (``type`` and target ``object``)."""
+    return TaskLabel(d["type"], d["object"])
+
+
 def query_metrics(
     q: dict[str, Any],
     ranked: list[str],
     scores: list[float],
     meta: dict[str, dict[str, Any]],
-    ideal: dict[tuple[str, str | None], float],
+    ideal: dict[TaskLabel, float],
 ) -> dict[str, float]:
-    def rel(mid: str) -> int:
-        m = meta[mid]
-        if m["type"] != q["type"]:
-            return 0
-        return 2 if (q["object"] is not None and m["object"] == q["object"]) else 1
-
+    """P@1, P@3, MRR, NDCG@10 (graded: :func:`memp_cli.eval.labels.grade`), fail@1 and tied."""
     top = ranked[:K]
-    same = [meta[mid]["type"] == q["type"] for mid in top]
-    first = next((i for i, s in enumerate(same) if s), None)
-    dcg = sum((2 ** rel(mid) - 1) / np.log2(i + 2) for i, mid in enumerate(top))
-    idcg = ideal[(q["type"], q["object"])]
+    ql = label_of(q)
+    s = metrics.score_ranking([grade(ql, label_of(meta[mid])) for mid in top], ideal[ql], k=K, precision_k=3)
     top1_failed = bool(top) and meta[top[0]]["success"] is False
     tied_success = top1_failed and any(
-        meta[mid]["success"] is True and abs(s - scores[0]) < 1e-9
-        for mid, s in zip(top[1:], scores[1:], strict=True)
+        meta[mid]["success"] is True and abs(sc - scores[0]) < 1e-9
+        for mid, sc in zip(top[1:], scores[1:], strict=True)
     )
     return {
-        "p1": float(bool(same) and same[0]),
-        "p3": sum(same[:3]) / 3,
-        "mrr": 0.0 if first is None else 1.0 / (first + 1),
-        "ndcg10": dcg / idcg if idcg > 0 else 0.0,
+        "p1": s.p1,
+        "p3": s.pk,
+        "mrr": s.mrr,
+        "ndcg10": s.ndcg,
         "top1_failed": float(top1_failed),
         "top1_failed_tied": float(tied_success),
     }
 
 
-def ideal_dcgs(
-    queries: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
-) -> dict[tuple[str, str | None], float]:
-    out: dict[tuple[str, str | None], float] = {}
+def ideal_dcgs(queries: list[dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[TaskLabel, float]:
+    """Ideal DCG@10 of each query label over the whole store (the NDCG denominators)."""
+    out: dict[TaskLabel, float] = {}
+    labels = [label_of(m) for m in meta.values()]
     for q in queries:
-        key = (q["type"], q["object"])
-        if key in out:
-            continue
-        rels = sorted(
-            (
-                (2 if (q["object"] is not None and m["object"] == q["object"]) else 1)
-                for m in meta.values()
-                if m["type"] == q["type"]
-            ),
-            reverse=True,
-        )[:K]
-        out[key] = sum((2**r - 1) / np.log2(i + 2) for i, r in enumerate(rels))
+        ql = label_of(q)
+        if ql not in out:
+            out[ql] = metrics.ideal_dcg((grade(ql, ml) for ml in labels), K)
     return out
 
 
@@ -269,7 +218,7 @@ def evaluate(
     retriever: Retriever,
     queries: list[dict[str, Any]],
     meta: dict[str, dict[str, Any]],
-    ideal: dict[tuple[str, str | None], float],
+    ideal: dict[TaskLabel, float],
 ) -> np.ndarray:
     """Per-query metric rows (len(queries) x len(METRICS)).
 
@@ -310,19 +259,12 @@ def summary(rows: np.ndarray) -> dict[str, float]:
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Mean difference a - b per metric with a 95% percentile interval over resampled queries."""
-    rng = np.random.default_rng(seed)
-    n = len(a)
-    idx = rng.integers(0, n, size=(BOOTSTRAP, n))
-    diff = a - b
-    out: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(("p1", "p3", "mrr", "ndcg10")):
-        boots = diff[idx, i].mean(axis=1)
-        lo, hi = np.percentile(boots, [2.5, 97.5])
-        out[name] = {
-            "diff": round(float(diff[:, i].mean()), 4),
-            "ci95": [round(float(lo), 4), round(float(hi), 4)],
-        }
-    return out
+    names = ("p1", "p3", "mrr", "ndcg10")
+    ivs = metrics.paired_bootstrap(a[:, : len(names)], b[:, : len(names)], resamples=BOOTSTRAP, seed=seed)
+    return {
+        name: {"diff": round(iv.mean, 4), "ci95": [round(iv.low, 4), round(iv.high, 4)]}
+        for name, iv in zip(names, ivs, strict=True)
+    }
 
 
 # -------------------------------------------------------- fusion on memp's candidates
@@ -408,7 +350,7 @@ def rank_metrics(
     queries: list[dict[str, Any]],
     ranked: list[tuple[list[str], list[float]]],
     meta: dict[str, dict[str, Any]],
-    ideal: dict[tuple[str, str | None], float],
+    ideal: dict[TaskLabel, float],
 ) -> np.ndarray:
     """Per-query metric rows (len(queries) x len(METRICS)) of ``(ids, scores)`` rankings (best first)."""
     rows = []
@@ -425,14 +367,15 @@ def fused_metrics(
     ids: list[str],
     queries: list[dict[str, Any]],
     meta: dict[str, dict[str, Any]],
-    ideal: dict[tuple[str, str | None], float],
-    cos_ties: bool = False,
+    ideal: dict[TaskLabel, float],
+    id_ties: bool = False,
 ) -> np.ndarray:
-    """Metrics of the fused rankings; ties by memory id (memp), or first by cosine if ``cos_ties``."""
+    """Metrics of the fused rankings; ties by cosine, then memory id (memp), or by id only if ``id_ties``
+    (memp before it broke ties by cosine)."""
     ranked = []
     for c in cands:
         s = fuse(c, fusion, w)
-        top = (np.lexsort((c.pos, -c.cos, -s)) if cos_ties else np.lexsort((c.pos, -s)))[:K]
+        top = (np.lexsort((c.pos, -s)) if id_ties else np.lexsort((c.pos, -c.cos, -s)))[:K]
         ranked.append(([ids[p] for p in c.pos[top].tolist()], s[top].tolist()))
     return rank_metrics(queries, ranked, meta, ideal)
 
@@ -445,7 +388,7 @@ def check_fuse(
         r = Retriever(index=idx, embedder=embedder, k=K, min_score=-1.0, key="query", lexical_weight=w)
         for c, rows in zip(cands, r.scored(texts), strict=True):
             s = fuse(c, "linear", w)
-            mine = c.pos[np.lexsort((c.pos, -s))[:K]].tolist()
+            mine = c.pos[np.lexsort((c.pos, -c.cos, -s))[:K]].tolist()
             theirs = [row[0] for row in rows[:K]]
             if mine != theirs:
                 raise SystemExit(f"fuse() and Retriever.scored disagree at w={w}: {mine} != {theirs}")
@@ -504,7 +447,7 @@ def dense_metrics(
     ids: list[str],
     queries: list[dict[str, Any]],
     meta: dict[str, dict[str, Any]],
-    ideal: dict[tuple[str, str | None], float],
+    ideal: dict[TaskLabel, float],
 ) -> np.ndarray:
     """Metrics of a full ranking by ``scores`` (queries x memories in state order), ties by id.
 
@@ -541,17 +484,17 @@ def travelplanner_check(data_dir: Path, embedders: list[str], weights: dict[str,
     n = len(texts)
     vecs = {e: get_embedder(e).embed(texts) for e in embedders}
 
-    def metrics(score_of: Any) -> dict[str, float]:
+    def measure(score_of: Any) -> dict[str, float]:
         p1, ndcg = [], []
         for i in range(n):
             others = [j for j in range(n) if j != i]
             sc = np.asarray(score_of(i, others), dtype=np.float32)
             order = np.lexsort((np.arange(len(others)), -sc))[:K]
-            rel = np.array([types[texts[others[j]]] == types[texts[i]] for j in order], dtype=np.float64)
-            n_rel = sum(types[texts[j]] == types[texts[i]] for j in others)
-            idcg = sum(1 / np.log2(r + 2) for r in range(min(n_rel, K)))
-            p1.append(rel[0])
-            ndcg.append(float((rel / np.log2(np.arange(2, len(rel) + 2))).sum() / idcg) if idcg else 0.0)
+            q = TaskLabel(types[texts[i]])
+            grades = [grade(q, TaskLabel(types[texts[others[j]]])) for j in order]
+            ideal = metrics.ideal_dcg((grade(q, TaskLabel(types[texts[j]])) for j in others), K)
+            p1.append(metrics.precision_at_k(grades, 1))
+            ndcg.append(metrics.ndcg(grades, ideal, K))
         return {"p1": round(float(np.mean(p1)), 4), "ndcg10": round(float(np.mean(ndcg)), 4)}
 
     def bm25(kw: dict[str, Any]) -> Any:
@@ -563,13 +506,13 @@ def travelplanner_check(data_dir: Path, embedders: list[str], weights: dict[str,
 
     out: dict[str, Any] = {"queries": n, "types": len(set(types.values()))}
     for e in embedders:
-        out[f"{e} alone"] = metrics(lambda i, o, e=e: vecs[e][o] @ vecs[e][i])
+        out[f"{e} alone"] = measure(lambda i, o, e=e: vecs[e][o] @ vecs[e][i])
     for name, kw in {"default": {}, **LEXICAL_VARIANTS}.items():
-        out[f"BM25 {name}"] = metrics(bm25(kw))
+        out[f"BM25 {name}"] = measure(bm25(kw))
     for e in embedders:
         for w in dict.fromkeys((weights[e], 0.5)):
             f = bm25({})
-            out[f"{e} + BM25 default, w={w:.2f}"] = metrics(
+            out[f"{e} + BM25 default, w={w:.2f}"] = measure(
                 lambda i, o, e=e, w=w, f=f: (1 - w) * (vecs[e][o] @ vecs[e][i]) + w * f(i, o)
             )
     return out
@@ -683,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     embedders = [e.strip() for e in args.embedders.split(",") if e.strip()]
 
+    if not (args.data_dir / MEMORIES_FILE).exists():
+        raise SystemExit(f"no {MEMORIES_FILE} in {args.data_dir}: pass --data-dir or set MEMP_BENCH_DATA")
     qd = load_queries(args.data_dir)
     sets: dict[str, list[dict[str, Any]]] = qd["sets"]
     if qd["no_object"]:
@@ -714,11 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta = {}
                 for m in store.iter_memories():
                     assert isinstance(m, Memory), m
-                    meta[m.id] = {
-                        "type": m.task_type or task_type_of(m.task),
-                        "object": target_object(m.task),
-                        "success": m.success,
-                    }
+                    meta[m.id] = memory_meta(m)
                 lex_default = idx.lexical
                 default_params = {
                     "bigrams": lex_default.bigrams,
@@ -761,12 +702,12 @@ def main(argv: list[str] | None = None) -> int:
                                 grid[f"{w:.2f}"] = summary(rows)
                             by_f[fusion] = grid
                         if lex_name == "default" and variant == "all" and set_name in tuned_sets:
-                            # memp at w=1 with exact ties broken by cosine before id (a proposal)
-                            rows = fused_metrics(cands, "linear", 1.0, ids, qs, meta, ideal, cos_ties=True)
-                            per_query[(emb_name, variant, set_name, lex_name, "linear_cos_ties", "1.00")] = (
+                            # memp at w=1 with exact ties broken by memory id alone (memp before the cosine tie-break)
+                            rows = fused_metrics(cands, "linear", 1.0, ids, qs, meta, ideal, id_ties=True)
+                            per_query[(emb_name, variant, set_name, lex_name, "linear_id_ties", "1.00")] = (
                                 rows
                             )
-                            by_f["linear_cos_ties"] = {"1.00": summary(rows)}
+                            by_f["linear_id_ties"] = {"1.00": summary(rows)}
                         set_res["lexical"][lex_name] = by_f
                     rand = np.mean(
                         [
@@ -847,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     for emb in embedders:
         add(f"{emb} alone (w=0)", emb, 0.0)
     add("BM25 memp 0.1.0 (words, full idf; w=1)", first, 1.0, "v1")
-    add("BM25 default (w=1)", first, 1.0)
+    add(f"BM25 default (w=1; ties by {first} cosine)", first, 1.0)
     w_mix = {
         emb: {f: chosen[emb][f"default/{f}"]["best_valid_weight_strictly_between_0_and_1"] for f in FUSIONS}
         for emb in embedders
@@ -855,11 +796,15 @@ def main(argv: list[str] | None = None) -> int:
     for emb in embedders:
         if w_of[emb] not in (0.0, 1.0):
             add(f"{emb} + BM25, valid-tuned w", emb, w_of[emb])
-        add(f"BM25 default, ties by {emb} cosine (w=1)", emb, 1.0, "default", "linear_cos_ties")
+        if emb != first:
+            add(f"BM25 default (w=1; ties by {emb} cosine)", emb, 1.0)
+        add(f"BM25 default, ties by id only (w=1; {emb})", emb, 1.0, "default", "linear_id_ties")
         for fusion in FUSIONS:
             add(f"{emb} + BM25 {fusion}, best 0<w<1", emb, w_mix[emb][fusion], "default", fusion)
         if current_default not in (0.0, 1.0, w_of[emb], w_mix[emb]["linear"]):
             add(f"{emb} + BM25 at memp's current default", emb, current_default)
+        if FORMER_DEFAULT not in (current_default, w_of[emb], w_mix[emb]["linear"]):
+            add(f"{emb} + BM25 at the former default", emb, FORMER_DEFAULT)
 
     comparisons: dict[str, Any] = {
         "BM25 default minus BM25 memp 0.1.0": paired_bootstrap(

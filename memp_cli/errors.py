@@ -2,6 +2,14 @@
 
 Every error carries a message written for a person: what failed, where
 (``path:line`` when a file is involved) and what to do next.
+
+The exit code names the part that failed, not the kind of failure. Anything about the
+embedder is :class:`ModelError` (exit 7): an unknown name or bad setting, a local model that
+cannot be loaded, vectors that do not match the index, and for a remote ``litellm/<model>``
+embedder a provider that refuses (no key, unknown model), cannot be reached after retries, or
+replies with something other than the vectors asked for. :class:`LLMError` (exit 8) is the chat
+model only (distill's ``--model``, ``query --key avefact``). So 7 means "fix the store's
+``[embedder]`` settings or its model", 8 means "fix ``--model`` / ``--api-base`` or retry".
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ class ExitCode(enum.IntEnum):
     NOT_FOUND = 4  # no such store, memory or trajectory
     STORE = 5  # the store is inconsistent or its config is broken
     LOCKED = 6  # another writer holds the store lock and --no-wait was given
-    MODEL = 7  # embedder/model unavailable or mismatched
-    LLM = 8  # an LLM call failed after retries
+    MODEL = 7  # the embedder failed: its settings, model, provider or reply (see above)
+    LLM = 8  # a chat LLM call failed (after retries, or for a settings reason)
     INTERRUPTED = 130
 
 
@@ -87,10 +95,12 @@ class LockedError(MempError):
 
 
 class ModelError(MempError):
-    """An embedding model is unavailable, or differs from the store's."""
+    """The embedder failed: its settings, its model, or (remote) its provider or reply."""
 
     exit_code = ExitCode.MODEL
 
 
 class LLMError(MempError):
+    """A chat LLM call failed (distill, --key avefact); never raised for embeddings."""
+
     exit_code = ExitCode.LLM

@@ -109,12 +109,8 @@ def memp(*args: Any, input: bytes | str | None = None, expect: int | None = 0) -
 
     argv = [str(a) for a in args]
     data = _as_bytes(input)
-    saved = env.stdin
-    env.stdin = io.BytesIO(data)  # the CLI reads `-` from env.stdin (bound at import)
-    try:
+    with env.swap(stdin=io.BytesIO(data)):  # the CLI reads `-` from env.stdin
         result = CliRunner().invoke(app, argv, input=data, catch_exceptions=False)
-    finally:
-        env.stdin = saved
     return _check(Run(argv, result.exit_code, result.stdout, result.stderr), expect)
 
 

@@ -8,7 +8,8 @@
 Each reply pops the next scripted item; when the queue is empty ``default(body)`` answers.
 Items: a ``str`` (200 with a chat.completion body and usage), ``("status", code)`` or
 ``("status", code, {header: value}, message)`` (an OpenAI-style error body; 429 carries
-``Retry-After: 0`` unless headers are given), ``("sleep", seconds, content)`` (a slow reply).
+``Retry-After: 0`` unless headers are given), ``("sleep", seconds, content)`` (a slow reply),
+``("json", body)`` (200 with exactly ``body``, e.g. a malformed reply).
 ``/v1/embeddings`` consumes the same queue: status and sleep items apply, a text item is
 ignored; vectors are a deterministic function of each text (``dim`` floats).
 
@@ -214,6 +215,9 @@ class LLMServer:
                         }
                     }
                     self._send(code, err, headers)
+                    return
+                if isinstance(item, tuple) and item and item[0] == "json":
+                    self._send(200, item[1])
                     return
                 if isinstance(item, tuple) and item and item[0] == "sleep":
                     time.sleep(float(item[1]))

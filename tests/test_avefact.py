@@ -237,7 +237,7 @@ def server() -> Iterator[LLMServer]:
 @pytest.fixture
 def srv(server: LLMServer, monkeypatch: pytest.MonkeyPatch) -> LLMServer:
     server.clear()
-    monkeypatch.setattr(llm, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 0.001)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     return server
 

@@ -73,8 +73,8 @@ def test_query_random_key_is_reproducible_with_a_seed(built: Path) -> None:
     c = _ids(memp("query", HEAT, "--key", "random", "--seed", "8", "-k", 4))
     assert a == b and len(a) == 4 and len(set(a)) == 4
     assert a != c
-    r = memp("query", HEAT, "--key", "avefact-bogus", expect=ExitCode.BAD_INPUT)
-    assert "unknown key" in r.stderr
+    r = memp("query", HEAT, "--key", "avefact-bogus", expect=ExitCode.USAGE)
+    assert "'avefact-bogus' is not one of query, avefact, random" in r.stderr
 
 
 @pytest.mark.parametrize("budget", [50, 120, 400, 1500, 6000])
@@ -106,9 +106,25 @@ def test_query_table(built: Path) -> None:
     assert "score" in r.stdout and "first steps" in r.stdout
 
 
-def test_query_unknown_format(built: Path) -> None:
-    r = memp("query", HEAT, "--format", "xml", expect=ExitCode.BAD_INPUT)
-    assert "unknown --format 'xml'" in r.stderr and r.stdout == ""
+def test_query_invalid_option_values_are_usage_errors(built: Path) -> None:
+    """An invalid option value is bad usage (exit 2), like an unknown option; 3 is bad input data."""
+    for args, says in (
+        (["--format", "xml"], "Invalid value for '--format': 'xml' is not one of table, json, prompt"),
+        (["--format", "yaml"], "'yaml' is not one of table, json, prompt"),
+        (["--key", "foo"], "Invalid value for '--key': 'foo' is not one of query, avefact, random"),
+        (["--kind", "scripts"], "'scripts' is not one of trajectory, script, procedure"),
+    ):
+        r = memp("query", HEAT, *args, expect=ExitCode.USAGE)
+        assert says in r.stderr and r.stdout == "", r
+
+
+@pytest.mark.parametrize("fmt", ["table", "prompt"])
+def test_query_json_conflicts_with_another_format(built: Path, fmt: str) -> None:
+    """`--json --format table` printed a table into a pipe; now it says the flags conflict."""
+    r = memp("query", HEAT, "--json", "--format", fmt, expect=ExitCode.USAGE)
+    assert f"--json and --format {fmt} conflict (--json means --format json)" in r.stderr
+    assert r.stdout == ""
+    assert memp("query", HEAT, "--json", "--format", "json", "-k", 1).jsonl()[0]["rank"] == 1
 
 
 def test_query_batch_from_stdin(cli, built: Path) -> None:

@@ -87,7 +87,7 @@ def srv(server: LLMServer) -> Iterator[LLMServer]:
 
 @pytest.fixture(autouse=True)
 def _fast_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 0.001)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     for var in ("MEMP_MODEL", "MEMP_API_BASE", "MEMP_CONCURRENCY", "MEMP_LLM_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
@@ -361,7 +361,7 @@ def test_prompt_override_with_a_new_version_redistills(store: Path, srv: LLMServ
     # Same content, same version: nothing happens.
     prompts = store / "prompts"
     prompts.mkdir()
-    builtin = (Path(llm.__file__).parents[1] / "build" / "prompts" / "script.md").read_text()
+    builtin = (Path(llm.__file__).parents[2] / "build" / "prompts" / "script.md").read_text()
     srv.clear()
     rep = _summary(_llm(srv, "--json"))
     assert (rep["written"], rep["skipped"]) == (0, 4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import memp
 from llm_server import LLMServer, serve
 
 from memp_cli.backends import llm
-from memp_cli.errors import LLMError, ModelError
+from memp_cli.errors import ExitCode, LLMError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-0123456789abcdef"
@@ -34,7 +36,7 @@ def server() -> Iterator[LLMServer]:
 
 @pytest.fixture(autouse=True)
 def _fast_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 0.001)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
 
 
@@ -95,6 +97,40 @@ def test_import_is_lazy_offline_and_ignores_dotenv(tmp_path: Path) -> None:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"calls": [], "dotenv": None, "mode": "PRODUCTION", "cost_map": "True"}
     assert len(proc.stdout.strip().splitlines()) == 1  # litellm printed nothing to stdout
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_litellm_logs_go_to_stderr_only_with_memp_debug(tmp_path: Path, debug: bool) -> None:
+    code = (
+        "from memp_cli.backends import llm\n"
+        "out = llm.complete([{'role': 'user', 'content': 'hi'}], llm.LLMSettings('openai/gpt-4o-mini'),"
+        " mock_response='mocked')\n"
+        "print(out.text)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LITELLM_", "MEMP_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    if debug:
+        env["MEMP_DEBUG"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "mocked\n"
+    if debug:
+        assert (
+            "litellm DEBUG: " in proc.stderr
+            and "litellm.completion(model='openai/gpt-4o-mini'" in proc.stderr
+        )
+    else:
+        assert proc.stderr == ""
+
+
+def test_only_the_client_imports_litellm() -> None:
+    importing = re.compile(r"^\s*(?:import|from)\s+litellm\b", re.MULTILINE)
+    found = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "memp_cli").rglob("*.py") if importing.search(p.read_text())
+    )
+    assert found == ["memp_cli/backends/llm/client.py"]
 
 
 # --------------------------------------------------------------------------- mock_response
@@ -175,8 +211,8 @@ def test_count_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_redact() -> None:
-    assert KEY not in llm._redact(f"bad key {KEY} given")
-    assert "sk-***" in llm._redact("Incorrect API key provided: sk-proj-abcdefghijklmnop")
+    assert KEY not in llm.errors.redact(f"bad key {KEY} given")
+    assert "sk-***" in llm.errors.redact("Incorrect API key provided: sk-proj-abcdefghijklmnop")
 
 
 # --------------------------------------------------------------------------- HTTP via litellm
@@ -205,7 +241,7 @@ def test_transient_error_is_retried(srv: LLMServer, status: int) -> None:
 
 
 def test_retry_after_and_backoff(srv: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_SCALE", 1.0)
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 1.0)
     waits: list[float] = []
     srv.script([("status", 429, {"Retry-After": "3"}), ("status", 500), ("status", 500), "ok!"])
     out = llm.complete(MSGS, settings(srv, max_retries=4), sleep=waits.append)
@@ -355,6 +391,21 @@ def test_corrupt_cache_file_is_a_miss(srv: LLMServer, tmp_path: Path) -> None:
     assert [p.name for p in cache.path(key).parent.iterdir()] == [f"{key}.json"]  # no temp files left
 
 
+def test_cache_put_is_the_stores_durable_atomic_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memp_cli.store import fsutil
+
+    synced: list[Path] = []
+    monkeypatch.setattr(fsutil, "fsync_dir", synced.append)
+    cache = llm.ResponseCache(tmp_path / "llm")
+    key = cache.key(MSGS, llm.LLMSettings("openai/gpt-4o-mini"))
+    cache.put(key, "reply", llm.Usage(tokens_in=3))
+    assert synced == [cache.path(key).parent]  # the rename itself is made durable
+    hit = cache.get(key)
+    assert hit is not None and hit[0] == "reply" and hit[1].tokens_in == 3
+
+
 def test_cached_reply_failing_validation_is_asked_again(srv: LLMServer, tmp_path: Path) -> None:
     cache = llm.ResponseCache(tmp_path)
     key = cache.key(MSGS, settings(srv))
@@ -370,7 +421,7 @@ def test_cached_reply_failing_validation_is_asked_again(srv: LLMServer, tmp_path
 
 
 def test_embed_through_server(srv: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "EMBED_BATCH", 2)
+    monkeypatch.setattr(llm.client, "EMBED_BATCH", 2)
     texts = ["alpha", "beta", "", "alpha", "gamma"]
     vecs = llm.embed(texts, "openai/test-embed", api_base=srv.url)
     assert vecs.shape == (5, srv.dim) and vecs.dtype == np.float32
@@ -408,3 +459,70 @@ def test_litellm_embedder(srv: LLMServer) -> None:
     assert fixed.dim == 32
     with pytest.raises(ModelError, match="expected 32"):
         fixed.embed(["a"])
+
+
+# --------------------------------------------------------------------------- exit codes through the CLI
+# The rule (memp_cli/errors.py): anything about the embedder exits 7 (MODEL), whether it is a
+# setting, a refusal, an unreachable API or a reply that is not vectors; the chat LLM exits 8.
+
+EMBEDDER = "litellm/openai/test-embed"
+
+
+@pytest.fixture
+def remote_store(srv: LLMServer, store_dir: Path) -> Path:
+    """A store embedding through the local server, holding one ingested trajectory."""
+    memp("init", "--embedder", EMBEDDER, "--dim", srv.dim)
+    config = store_dir / "memp.toml"
+    text = config.read_text()
+    assert text.count('api_base = ""') == 2  # [embedder] comes first, then [llm]
+    config.write_text(text.replace('api_base = ""', f'api_base = "{srv.url}"', 1))
+    first = (ROOT / "tests" / "data" / "distill_alfworld.jsonl").read_text().splitlines()[0]
+    memp("ingest", "-", input=first + "\n")
+    return store_dir
+
+
+BAD_REPLIES = {
+    "no vectors": {"object": "list", "data": [], "model": "test-embed"},
+    "strings": {"object": "list", "data": [{"index": 0, "embedding": ["a", "b"]}], "model": "test-embed"},
+}
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+def test_malformed_embedding_reply_exits_7(srv: LLMServer, remote_store: Path, reply: Any) -> None:
+    srv.script([("json", reply)])
+    run = memp("distill", expect=ExitCode.MODEL)
+    assert "memp: " in run.stderr and "test-embed" in run.stderr and "returned" in run.stderr
+    assert "memory.toml" not in run.stdout
+    # the memories were written; the next command embeds them once the endpoint answers
+    assert memp("query", "heat a mug", "--json").jsonl()
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        (("status", 401, {}, f"Incorrect API key provided: {KEY}"), "OPENAI_API_KEY"),
+        (("status", 404), "embedder name"),
+        (("status", 500), "unreachable"),
+    ],
+    ids=["auth", "unknown model", "unreachable"],
+)
+def test_embedding_provider_errors_exit_7(
+    srv: LLMServer, remote_store: Path, item: tuple[Any, ...], says: str
+) -> None:
+    srv.script([item] * 5)  # the default 4 retries + 1
+    run = memp("distill", expect=ExitCode.MODEL)
+    assert says in run.stderr and KEY not in run.stderr
+    assert "--model" not in run.stderr  # the embedder is not set by --model
+
+
+def test_embedding_settings_error_exits_7(store_dir: Path) -> None:
+    memp("init", "--embedder", "litellm/")  # init does not check the name yet (defect 4)
+    memp("ingest", "-", input=(ROOT / "tests" / "data" / "distill_alfworld.jsonl").read_text())
+    run = memp("distill", expect=ExitCode.MODEL)
+    assert "empty model name" in run.stderr
+
+
+def test_chat_llm_failure_still_exits_8(srv: LLMServer, remote_store: Path) -> None:
+    srv.script([("status", 401)] * 2)
+    run = memp("distill", "--model", "openai/test-model", "--api-base", srv.url, expect=ExitCode.LLM)
+    assert "--model" in run.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -166,6 +167,56 @@ def test_construction_is_cheap_and_lazy(tmp_path: Path) -> None:
 def test_get_embedder_minilm(tmp_path: Path) -> None:
     emb = get_embedder("minilm", model_path=tmp_path)
     assert isinstance(emb, MiniLMEmbedder) and emb.dim == 384
+
+
+# -- the embedder registry -----------------------------------------------------------------------
+
+
+def test_registry_builds_each_name_offline() -> None:
+    from memp_cli.backends.embedders.hashing import HashEmbedder
+    from memp_cli.backends.embedders.remote import LiteLLMEmbedder
+
+    assert (get_embedder("hash").name, get_embedder("hash").dim) == ("hash", 256)
+    assert get_embedder("hash", dim=64).dim == 64
+    assert isinstance(get_embedder("hash"), HashEmbedder)
+    remote = get_embedder("litellm/openai/text-embedding-3-small", dim=8, api_base="http://127.0.0.1:9")
+    assert isinstance(remote, LiteLLMEmbedder) and isinstance(remote, Embedder)
+    assert (remote.name, remote.model, remote.dim, remote.api_base) == (
+        "litellm/openai/text-embedding-3-small",
+        "openai/text-embedding-3-small",
+        8,
+        "http://127.0.0.1:9",
+    )
+
+
+@pytest.mark.parametrize("name", ["bogus", "litellm", "Hash", "minilm/x", "hash/"])
+def test_registry_unknown_name(name: str) -> None:
+    with pytest.raises(ModelError, match=f"unknown embedder {name!r}") as info:
+        get_embedder(name)
+    assert "'minilm', 'hash' or 'litellm/<model>'" in (info.value.hint or "")
+
+
+def test_registry_bad_arguments_are_model_errors() -> None:
+    with pytest.raises(ModelError, match="empty model name"):
+        get_embedder("litellm/")
+    with pytest.raises(ModelError, match="invalid embedding dimension"):
+        get_embedder("litellm/openai/x", dim=-1)
+    with pytest.raises(ModelError, match="at least 8"):
+        get_embedder("hash", dim=4)
+
+
+def test_registry_imports_a_backend_only_when_asked(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from memp_cli.backends.embedders import get_embedder\n"
+        "get_embedder('hash')\n"
+        "loaded = [m for m in sys.modules if m.startswith('memp_cli.backends')]\n"
+        "print(sorted(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == str(
+        ["memp_cli.backends", "memp_cli.backends.embedders", "memp_cli.backends.embedders.hashing"]
+    )
 
 
 def test_gelu_is_exact_erf_version() -> None:

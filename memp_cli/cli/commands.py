@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -24,29 +24,18 @@ from memp_cli.build.runner import (
     distill,
     resolve_policy,
 )
-from memp_cli.cli import G, app, open_store, output, store_path
-from memp_cli.cli.output import env
+from memp_cli.cli import G, app, choice, open_store, output, store_path
+from memp_cli.cli.output import env, open_input
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
-from memp_cli.model.memory import Memory, memory_from_toml
+from memp_cli.model.memory import KINDS, Memory, memory_from_toml
 from memp_cli.model.trajectory import FORMATS, read_jsonl
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
+TERMINAL_LIST_LIMIT = 50  # rows `memp list` prints in a table unless --limit says otherwise
 
 JsonOpt = Annotated[bool, typer.Option("--json", "--nl", help="Output JSON lines on stdout.")]
-
-
-def open_input(path: str) -> tuple[IO[bytes], str]:
-    """``-`` is stdin; anything else a file. Returns (stream, name for messages)."""
-    if path == "-":
-        return env.stdin, "<stdin>"
-    p = Path(path)
-    if not p.exists():
-        raise NotFoundError(f"{path}: no such file")
-    if p.is_dir():
-        raise InputError(f"{path}: is a directory", hint="give a JSONL file, or - for standard input")
-    return open(p, "rb"), path
 
 
 def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
@@ -88,7 +77,7 @@ def init(
 
     Example: memp init --embedder hash ./mem
     """
-    root = Path(directory) if directory else store_path()
+    root = Path(directory) if directory else store_path(discover=False)
     cfg = Config()
     name = embedder or G.embedder or cfg.embedder.name
     cfg.embedder.name = name
@@ -107,7 +96,10 @@ def init(
 @app.command()
 def ingest(
     files: Annotated[list[str], typer.Argument(help="JSONL trajectory files; - reads standard input.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"Record shape: {', '.join(FORMATS)}.")] = "auto",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help=f"Record shape: {', '.join(FORMATS)}.", callback=choice(FORMATS)),
+    ] = "auto",
     strict: Annotated[
         bool, typer.Option(help="Abort on the first bad line; nothing of that file is stored.")
     ] = False,
@@ -120,8 +112,6 @@ def ingest(
 
     Example: cat runs/*.jsonl | memp ingest -
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown --format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
     store = open_store("ingest")
     bad_total = 0
     for path in files:
@@ -325,26 +315,45 @@ def _memories_for_list(store: Store, kind: str | None) -> Iterator[Memory | Memo
 
 @app.command(name="list")
 def list_cmd(
-    kind: Annotated[str | None, typer.Option(help="Only this kind: trajectory, script, procedure.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most this many.")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="Only this kind: trajectory, script, procedure.", callback=choice(KINDS)),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=0,
+            help=f"At most this many; 0 for all (default: {TERMINAL_LIST_LIMIT} in a table on a "
+            "terminal, all in JSON lines).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List memories (a table on a terminal, JSON lines otherwise or with --json)."""
     store = open_store("list")
+    as_table = env.stdout_isatty and not json_out
+    cap = (TERMINAL_LIST_LIMIT if as_table else 0) if limit is None else limit
     rows: list[Memory] = []
-    broken = 0
+    broken = matching = 0
     for m in _memories_for_list(store, kind):
         if isinstance(m, MemoryFileError):
             output.warn(str(m).split("\n")[0])
             broken += 1
             continue
-        if limit is not None and len(rows) >= limit:
-            break
+        matching += 1
+        if cap and len(rows) >= cap:
+            if limit is not None:
+                break  # an explicit --limit: read no further
+            continue  # the terminal default: count the rest for the note below
         rows.append(m)
     from memp_cli.update.outcomes import add_usage
 
     add_usage(store, rows)
-    if json_out or not env.stdout_isatty:
+    if limit is None and len(rows) < matching:
+        output.info(f"showing {len(rows)} of {matching}; --limit 0 for all")
+    if not as_table:
         output.emit_json_lines(
             {
                 "id": m.id,
@@ -384,9 +393,9 @@ def show(
     mem = store.load_memory(memory_id)
     add_usage(store, [mem])
     if json_out:
-        output.emit_json(mem.to_dict())
+        output.emit_json_lines([mem.to_dict()])
     else:
-        sys.stdout.write(store.memory_path(memory_id).read_text(encoding="utf-8"))
+        output.write(store.memory_path(memory_id).read_text(encoding="utf-8"))
 
 
 def _editor() -> list[str]:
@@ -429,7 +438,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                 break
             except InputError as e:
                 output.error(str(e).replace(str(path), f"{path} (your edit)"))
-                if sys.stdin.isatty() and typer.confirm("Edit again?", default=True, err=True):
+                if env.stdin_isatty and typer.confirm("Edit again?", default=True, err=True):
                     continue
                 raise typer.Exit(int(ExitCode.BAD_INPUT)) from None
         with store.lock:

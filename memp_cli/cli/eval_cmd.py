@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from memp_cli.cli import app, output
-from memp_cli.cli.commands import JsonOpt, open_input
-from memp_cli.cli.output import env
+from memp_cli.cli.commands import JsonOpt
+from memp_cli.cli.output import env, open_input
 
 eval_app = typer.Typer(help="Measure memp on recorded runs.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")

@@ -9,13 +9,14 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from typer._click.exceptions import UsageError
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders import Embedder
-from memp_cli.cli import G, app, open_store, output
-from memp_cli.cli.commands import open_input, sync_index
-from memp_cli.cli.output import env
+from memp_cli.cli import G, app, choice, open_store, output
+from memp_cli.cli.output import env, open_input
 from memp_cli.errors import InputError, StoreError
+from memp_cli.model.memory import KINDS
 from memp_cli.retrieve.render import render_prompt
 from memp_cli.retrieve.retriever import (
     EXACT_MAX_QUERIES,
@@ -27,6 +28,15 @@ from memp_cli.retrieve.retriever import (
     llm_keywords,
 )
 from memp_cli.store import Store, store_embedder
+
+
+def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
+    """``commands.sync_index``, imported only when a query must sync: commands.py also holds
+    ``distill``, whose module imports the build side a query does not need."""
+    from memp_cli.cli.commands import sync_index as sync
+
+    return sync(store, what)
+
 
 FORMATS = ("table", "json", "prompt")
 
@@ -122,8 +132,13 @@ def query(
     min_score: Annotated[
         float | None, typer.Option(help="Leave out memories scoring below this (default: 0).")
     ] = None,
-    key: Annotated[str | None, typer.Option(help=f"Retrieval key: {', '.join(KEYS)}.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only this kind: trajectory, script, procedure.")] = None,
+    key: Annotated[
+        str | None, typer.Option(help=f"Retrieval key: {', '.join(KEYS)}.", callback=choice(KEYS))
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="Only this kind: trajectory, script, procedure.", callback=choice(KINDS)),
+    ] = None,
     lexical_weight: Annotated[
         float | None, typer.Option(help="Weight of BM25 in the fused score, 0..1.", min=0.0, max=1.0)
     ] = None,
@@ -132,6 +147,7 @@ def query(
         typer.Option(
             "--format",
             help="table, json (JSON lines) or prompt (default: table on a terminal, json otherwise).",
+            callback=choice(FORMATS),
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", "--nl", help="Same as --format json.")] = False,
@@ -175,16 +191,18 @@ def query(
 
     Example: memp query "heat some egg and put it in garbagecan." --format prompt
     """
+    if json_out and fmt not in (None, "json"):
+        raise UsageError(f"--json and --format {fmt} conflict (--json means --format json); give one of them")
     if fmt is None:
         fmt = "json" if (json_out or not env.stdout_isatty) else "table"
-    if fmt not in FORMATS:
-        raise InputError(f"unknown --format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
     _one_blas_thread()
     store = open_store("query")
     rc = store.config.retrieval
     key = key or rc.key
     if key not in KEYS:
-        raise InputError(f"unknown key {key!r}", hint=f"choose one of {', '.join(KEYS)}")
+        raise InputError(
+            f"unknown key {key!r} in {store.root}/memp.toml", hint=f"choose one of {', '.join(KEYS)}"
+        )
     if (model or api_base) and key != "avefact":
         output.warn("--model and --api-base only apply to --key avefact; ignored")
     extractor: KeywordExtractor = builtin_keywords
@@ -227,7 +245,7 @@ def query(
         results = retriever.search([q for q, _ in batch]) if batch else []
         for i, ((q, qid), hits) in enumerate(zip(batch, results, strict=True)):
             if fmt == "prompt":
-                sys.stdout.write(render_prompt(hits, max_tokens=max_tokens) + "\n")
+                output.write(render_prompt(hits, max_tokens=max_tokens) + "\n")
             else:
                 line: dict[str, Any] = {"query": q, "id": qid}
                 if key == "avefact":
@@ -248,7 +266,7 @@ def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: b
     if fmt == "json":
         output.emit_json_lines(h.to_dict() for h in hits)
     elif fmt == "prompt":
-        sys.stdout.write(render_prompt(hits, max_tokens=max_tokens))
+        output.write(render_prompt(hits, max_tokens=max_tokens))
     else:
         if not hits:
             output.info("no memory scored above --min-score")

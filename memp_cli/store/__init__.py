@@ -30,7 +30,14 @@ from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id
 from memp_cli.model.trajectory import ReadResult, Trajectory
-from memp_cli.store.fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
+from memp_cli.store.fsutil import (
+    FILE_MODE,
+    TMP_PREFIX,
+    StoreLock,
+    atomic_output,
+    atomic_write,
+    refused_as_store_error,
+)
 
 DEFAULT_STORE = ".memp"
 _SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
@@ -70,7 +77,6 @@ class Store:
         self.cache_dir = root / "cache"
         self.prompts_dir = root / "prompts"
         self.journal_path = root / "journal.jsonl"
-        self.config_path = root / CONFIG_NAME
         self.outcomes_path = root / "outcomes.jsonl"
         self.history_dir = root / "history"
         self.trash_dir = root / "trash"
@@ -89,9 +95,10 @@ class Store:
             )
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} exists and is not a directory")
-        root.mkdir(parents=True, exist_ok=True)
-        for sub in ("memories", "trajectories", "index"):
-            (root / sub).mkdir(exist_ok=True)
+        with refused_as_store_error():
+            root.mkdir(parents=True, exist_ok=True)
+            for sub in ("memories", "trajectories", "index"):
+                (root / sub).mkdir(exist_ok=True)
         atomic_write(root / ".gitignore", "index/\ncache/\n.lock\n")
         atomic_write(root / CONFIG_NAME, render_config(config))
         store = cls(root, config)
@@ -112,8 +119,9 @@ class Store:
             )
         config = load_config(root / CONFIG_NAME)
         store = cls(root, config, wait=wait)
-        for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
-            sub.mkdir(exist_ok=True)
+        with refused_as_store_error():
+            for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
+                sub.mkdir(exist_ok=True)
         return store
 
     # ---------------------------------------------------------------- journal
@@ -121,7 +129,8 @@ class Store:
         """Append one line to ``journal.jsonl`` (single write, O_APPEND)."""
         rec = {"time": now_iso(), "event": event, "command": self.command, "pid": os.getpid(), **fields}
         line = orjson.dumps(rec) + b"\n"
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with refused_as_store_error():
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             os.write(fd, line)
             os.fsync(fd)

@@ -5,6 +5,11 @@ temporary file in the same directory, are fsynced, and replace the target by
 ``os.replace``. A reader sees the old file or the new one, never half of one;
 a killed process leaves at most a stray ``.tmp-*`` file that ``memp doctor``
 removes.
+
+New files and directories get the usual modes less the process umask (0644 and 0755 under umask
+022, 0664 and 0775 under 002), as any program's files do, so a group can share a store. A write
+the file system refuses (no permission, read-only file system) raises :class:`StoreError` naming
+the file or directory, through :func:`refused_as_store_error`.
 """
 
 from __future__ import annotations
@@ -13,14 +18,69 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from memp_cli.errors import LockedError
+from memp_cli.errors import LockedError, StoreError
 
 TMP_PREFIX = ".tmp-"
+#: Mode requested for new files; the kernel takes the umask off (and applies a directory's
+#: default ACL), as for any program's files. tempfile.mkstemp would ask for 0o600.
+FILE_MODE = 0o666
+_REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def refused_write_error(path: Path, err: OSError) -> StoreError:
+    """The store error for a write the file system refused on ``path`` (a file or a directory)."""
+    why = "the file system is read-only" if err.errno == errno.EROFS else "permission denied"
+    return StoreError(
+        f"no write permission on {path} ({why})",
+        hint="ask its owner for write access (or to give your group write access), or only query this store",
+    )
+
+
+@contextlib.contextmanager
+def refused_as_store_error(where: Path | None = None) -> Iterator[None]:
+    """Turn a refused write (EACCES, EPERM, EROFS) inside the block into a :class:`StoreError`.
+
+    The error names ``where``, else the file the system refused if it exists, else the directory
+    that refused to hold a new file.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _REFUSED:
+            raise
+        if where is None:
+            where = Path(os.fsdecode(e.filename)) if e.filename is not None else Path(".")
+            if not where.exists():
+                where = where.parent
+        raise refused_write_error(where, e) from e
+
+
+def _make_dirs(directory: Path) -> None:
+    with refused_as_store_error():
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+def _new_temp(directory: Path) -> tuple[int, Path]:
+    """Create and open an unused ``.tmp-*`` file in ``directory`` (mode: FILE_MODE less the umask)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    with refused_as_store_error(directory):
+        for _ in range(100):
+            tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}"
+            try:
+                return os.open(tmp, flags, FILE_MODE), tmp
+            except FileExistsError:
+                continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(directory))
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    with refused_as_store_error(path.parent):
+        os.replace(tmp, path)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -40,15 +100,15 @@ def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None
     """Replace ``path`` with ``data`` atomically (temp file + fsync + rename)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    _make_dirs(path.parent)
+    fd, tmp = _new_temp(path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -60,15 +120,14 @@ def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temp path to write to; on success it replaces ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    _make_dirs(path.parent)
+    fd, tmp_path = _new_temp(path.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        _replace(tmp_path, path)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -95,7 +154,8 @@ class StoreLock:
         if self._depth:
             self._depth += 1
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with refused_as_store_error():
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:

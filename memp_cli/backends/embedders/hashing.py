@@ -10,8 +10,14 @@ import hashlib
 import itertools
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from memp_cli.errors import ModelError
+
+if TYPE_CHECKING:
+    from memp_cli.backends.embedders import EmbedderSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -24,7 +30,7 @@ def _bucket(token: str, dim: int) -> tuple[int, float]:
 class HashEmbedder:
     def __init__(self, dim: int = 256) -> None:
         if dim < 8:
-            raise ValueError("hash embedder dimension must be at least 8")
+            raise ModelError(f"invalid embedding dimension {dim} for hash: it must be at least 8")
         self.name = "hash"
         self.dim = dim
         self._cache: dict[str, tuple[int, float]] = {}
@@ -47,3 +53,7 @@ class HashEmbedder:
             if norm > 0:
                 row /= norm
         return out
+
+
+def create(spec: EmbedderSpec) -> HashEmbedder:
+    return HashEmbedder(spec.dim or 256)

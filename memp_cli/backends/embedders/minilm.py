@@ -27,6 +27,8 @@ from memp_cli.errors import ModelError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from memp_cli.backends.embedders import EmbedderSpec
+
 MAX_SEQ_LENGTH = 256
 BATCH_SIZE = 32
 DIM = 384
@@ -336,3 +338,7 @@ class MiniLMEmbedder:
                 mask[row, : lengths[i]] = enc.attention_mask
             out[idx] = _forward(model, ids, mask)
         return out
+
+
+def create(spec: EmbedderSpec) -> MiniLMEmbedder:
+    return MiniLMEmbedder(spec.model_path)

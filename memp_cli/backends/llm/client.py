@@ -1,7 +1,7 @@
-"""The LLM layer: chat completions, JSON replies, embeddings: the only module that imports litellm.
+"""The provider side: chat completions, embeddings, retries: the only module that imports litellm.
 
-litellm is imported lazily (:func:`_litellm`), so ``import memp_cli.backends.llm`` stays cheap and
-commands that never call a model never pay for it (the import takes seconds). Before the
+litellm is imported lazily (:func:`_litellm`), so ``import memp_cli.backends.llm`` stays cheap
+and commands that never call a model never pay for it (the import takes seconds). Before the
 import two variables are set, both checked against litellm 1.110.2's source:
 
 - ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (only if unset): ``get_model_cost_map`` tests
@@ -23,42 +23,27 @@ timeouts; configuration errors (auth, bad request, unknown model) fail at once w
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
+from memp_cli.backends.llm.cache import ResponseCache
+from memp_cli.backends.llm.errors import LLMConfigError, short
+from memp_cli.backends.llm.types import Completion, LLMSettings, Usage
 from memp_cli.errors import LLMError, MempError, ModelError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    import numpy as np
 
-__all__ = [
-    "Completion",
-    "LLMConfigError",
-    "LLMReplyError",
-    "LLMSettings",
-    "ResponseCache",
-    "Usage",
-    "complete",
-    "complete_json",
-    "count_tokens",
-    "embed",
-    "extract_json",
-    "json_cache_key",
-]
+T = TypeVar("T")
 
 # Backoff policy. ``BACKOFF_SCALE`` multiplies every wait (tests set it near 0).
 BACKOFF_BASE = 0.5
@@ -66,7 +51,6 @@ BACKOFF_CAP = 20.0
 RETRY_AFTER_CAP = 60.0
 BACKOFF_SCALE = 1.0
 EMBED_BATCH = 128
-CACHE_VERSION = 1
 
 _log = logging.getLogger("memp.llm")
 _LITELLM: ModuleType | None = None
@@ -104,222 +88,19 @@ def _configure_litellm_logging() -> None:
     litellm's own handler writes records below WARNING to *stdout*, which would corrupt
     memp's machine-readable output, so it is replaced by a plain stderr handler.
     """
-    ll_logging: ModuleType | None
-    try:
-        from litellm import _logging as ll_logging
-    except ImportError:  # pragma: no cover - layout of a future litellm
-        ll_logging = None
-    theirs = getattr(ll_logging, "handler", None)
-    secret_filter = getattr(ll_logging, "_secret_filter", None)
+    from litellm import _logging as ll_logging
+
+    theirs = ll_logging.handler
     debug = bool(os.environ.get("MEMP_DEBUG"))
     ours = logging.StreamHandler()  # stderr
     ours.setFormatter(logging.Formatter("litellm %(levelname)s: %(message)s"))
-    if secret_filter is not None:
-        ours.addFilter(secret_filter)
+    ours.addFilter(ll_logging._secret_filter)
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         lg = logging.getLogger(name)
-        if theirs is not None:
-            lg.removeHandler(theirs)
+        lg.removeHandler(theirs)
         lg.addHandler(ours)
         lg.propagate = False
         lg.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
-
-
-# --------------------------------------------------------------------------- data classes
-
-
-@dataclass
-class LLMSettings:
-    model: str
-    api_base: str | None = None
-    timeout: float = 60.0
-    max_retries: int = 4
-    temperature: float = 0.0
-    max_tokens: int | None = 1024
-
-
-@dataclass
-class Usage:
-    """Token and cost totals. ``cost_usd`` is None while no call had a known price."""
-
-    calls: int = 0
-    cached_calls: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float | None = None
-
-    def add(self, other: Usage) -> Usage:
-        self.calls += other.calls
-        self.cached_calls += other.cached_calls
-        self.tokens_in += other.tokens_in
-        self.tokens_out += other.tokens_out
-        if other.cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
-        return self
-
-
-@dataclass
-class Completion:
-    text: str
-    usage: Usage
-    cached: bool
-    finish_reason: str | None = None
-    cache_key: str | None = field(default=None, repr=False)
-
-
-class LLMReplyError(LLMError):
-    """The model's reply did not parse or validate, even after one repair attempt."""
-
-    def __init__(
-        self, message: str, *, reason: str, raw: str, usage: Usage | None = None, hint: str | None = None
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.reason = reason
-        self.raw = raw
-        self.usage = usage or Usage()  # what the failed attempts cost
-
-
-class LLMConfigError(LLMError):
-    """The provider refused the request for a reason a retry will not fix.
-
-    ``kind`` says which: ``auth`` (missing or bad key), ``not_found`` (unknown model or
-    endpoint), ``provider`` (no litellm provider prefix), ``context`` (the prompt is too long
-    for this model: a property of one request), ``bad_request`` or ``other``. The first three
-    are settings problems: a batch should stop at the first one instead of repeating it.
-    """
-
-    SETTINGS_KINDS = frozenset({"auth", "not_found", "provider"})
-
-    def __init__(self, message: str, *, kind: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.kind = kind
-
-    @property
-    def is_settings_problem(self) -> bool:
-        return self.kind in self.SETTINGS_KINDS
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-_KEY_PATTERN = re.compile(r"\b(sk|pk|rk|xai|gsk|key)[-_][A-Za-z0-9_\-]{8,}", re.IGNORECASE)
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
-
-
-def _redact(text: str) -> str:
-    """Remove API keys from ``text``: values of secret-looking env vars and sk-... tokens."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
-            text = text.replace(value, "***")
-    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
-
-
-_ERR_PREFIX = re.compile(r"^(?:litellm\.)?[A-Za-z]*(?:Error|Exception|Timeout):\s*")
-
-
-def _short(err: BaseException, limit: int = 400) -> str:
-    """``Type: message`` on one line, without litellm's repeated prefixes or any API key."""
-    text = " ".join(_redact(str(err)).split())
-    while (m := _ERR_PREFIX.match(text)) is not None and m.end() > 0:
-        text = text[m.end() :]
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def _norm_api_base(api_base: str | None) -> str | None:
-    if not api_base:
-        return None
-    return api_base.strip().rstrip("/").lower()
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-class ResponseCache:
-    """Replies on disk, keyed by everything that determines them (``<dir>/<k[:2]>/<k>.json``).
-
-    Writes are atomic, so a crash never leaves a half file; an unreadable file is a miss and
-    is overwritten by the next put. Re-running over the same inputs costs no tokens.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-
-    @staticmethod
-    def key(
-        messages: Sequence[dict[str, str]],
-        settings: LLMSettings,
-        *,
-        response_format: dict[str, Any] | None = None,
-        mock_response: str | None = None,
-    ) -> str:
-        payload: dict[str, Any] = {
-            "v": CACHE_VERSION,
-            "model": settings.model,
-            "api_base": _norm_api_base(settings.api_base),
-            "messages": list(messages),
-            "temperature": settings.temperature,
-            "max_tokens": settings.max_tokens,
-        }
-        if response_format is not None:
-            payload["response_format"] = response_format
-        if mock_response is not None:  # a dry run never serves a real run's cache, nor poisons it
-            payload["mock_response"] = mock_response
-        return hashlib.sha256(_canonical(payload)).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> tuple[str, Usage] | None:
-        """The cached text and the usage the original call had, or None (also when corrupt)."""
-        try:
-            data = json.loads(self.path(key).read_bytes())
-            text = data["text"]
-            u = data.get("usage") or {}
-            if not isinstance(text, str):
-                return None
-            cost = u.get("cost_usd")
-            usage = Usage(
-                calls=1,
-                tokens_in=int(u.get("tokens_in", 0)),
-                tokens_out=int(u.get("tokens_out", 0)),
-                cost_usd=float(cost) if cost is not None else None,
-            )
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            return None
-        return text, usage
-
-    def put(self, key: str, text: str, usage: Usage, *, model: str | None = None) -> None:
-        record = {
-            "v": CACHE_VERSION,
-            "model": model,
-            "text": text,
-            "usage": {k: v for k, v in asdict(usage).items() if k in ("tokens_in", "tokens_out", "cost_usd")},
-            "created": time.time(),
-        }
-        _atomic_write(self.path(key), _canonical(record))
 
 
 # --------------------------------------------------------------------------- retries
@@ -441,63 +222,81 @@ def _key_names(model: str) -> str:
     return _PROVIDER_KEYS.get(provider, f"{provider.upper()}_API_KEY")
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What kind of call failed: names the settings a hint points to, and the error raised."""
+
+    what: str
+    model_setting: str
+    base_setting: str
+    example: str
+    error: type[MempError]
+
+
+_CHAT = _Call("LLM call", "--model", "--api-base", "openai/gpt-4o-mini", LLMError)
+# Everything about a remote embedding model is the embedder's failure (exit 7), see memp_cli/errors.py.
+_EMBEDDING = _Call(
+    "embedding call",
+    "the embedder name",
+    "[embedder] api_base in memp.toml",
+    "litellm/openai/text-embedding-3-small",
+    ModelError,
+)
+
+
 def _config_error(
-    kind: str, err: BaseException, *, what: str, model: str, api_base: str | None, cls: type[MempError]
+    kind: str, err: BaseException, *, call: _Call, model: str, api_base: str | None
 ) -> MempError:
     where = f" at {api_base}" if api_base else ""
-    msg = f"{what} to model {model!r}{where} failed: {_short(err)}"
+    msg = f"{call.what} to model {model!r}{where} failed: {short(err)}"
+    m, b = call.model_setting, call.base_setting
     detail = kind
     if kind == "auth":
-        hint = f"set {_key_names(model)} (or check it is valid) and check --model and --api-base"
+        hint = f"set {_key_names(model)} (or check it is valid) and check {m} and {b}"
     elif kind == "not_found":
-        hint = "check --model (litellm's provider/model form, e.g. openai/gpt-4o-mini) and --api-base"
+        hint = f"check {m} (litellm's provider/model form, e.g. {call.example}) and {b}"
     elif "LLM Provider NOT provided" in str(err) or "Unknown provider" in str(err):
         detail = "provider"
-        hint = (
-            "--model needs litellm's provider prefix, e.g. openai/gpt-4o-mini or anthropic/claude-3-5-haiku"
-        )
+        hint = f"{m} needs litellm's provider prefix, e.g. {call.example}"
     elif "context" in str(err).lower() and "window" in str(err).lower():
         detail = "context"
         hint = "the prompt is longer than the model's context window: use a model with a larger one"
     else:
-        hint = "check --model and --api-base; the provider rejected the request"
-    if cls is LLMError:
+        hint = f"check {m} and {b}; the provider rejected the request"
+    if call.error is LLMError:
         return LLMConfigError(msg, kind=detail, hint=hint)
-    return cls(msg, hint=hint)
+    return call.error(msg, hint=hint)
 
 
 def _with_retries(
-    call: Callable[[], T],
+    fn: Callable[[], T],
     *,
-    what: str,
+    call: _Call,
     model: str,
     api_base: str | None,
     max_retries: int,
     sleep: Callable[[float], None] | None,
-    config_error_cls: type[MempError] = LLMError,
 ) -> T:
-    """Run ``call`` with memp's retry policy; raise ``LLMError`` (or ``config_error_cls``)."""
+    """Run ``fn`` with memp's retry policy; failures raise ``call.error`` (LLMConfigError for chat)."""
     sleeper = sleep or time.sleep
     attempts = max(0, max_retries) + 1
     last: BaseException | None = None
     for attempt in range(attempts):
         try:
-            return call()
+            return fn()
         except MempError:
             raise
         except Exception as err:
             kind, retry_after = _classify(err)
             if kind != "retry":
-                raise _config_error(
-                    kind, err, what=what, model=model, api_base=api_base, cls=config_error_cls
-                ) from None
+                raise _config_error(kind, err, call=call, model=model, api_base=api_base) from None
             last = err
             if attempt + 1 < attempts:
                 wait = _backoff(attempt, retry_after)
                 _log.info(
                     "%s failed (%s); retry %d/%d in %.2fs",
-                    what,
-                    _short(err, 200),
+                    call.what,
+                    short(err, 200),
                     attempt + 1,
                     attempts - 1,
                     wait,
@@ -506,10 +305,10 @@ def _with_retries(
                     sleeper(wait)
     assert last is not None
     where = f" at {api_base}" if api_base else ""
-    raise LLMError(
-        f"{what} to model {model!r}{where} failed after {attempts} attempt{'s' if attempts > 1 else ''}: "
-        f"{_short(last)}",
-        hint="the provider is overloaded or unreachable: retry later, or check --api-base",
+    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    raise call.error(
+        f"{call.what} to model {model!r}{where} failed after {tries}: {short(last)}",
+        hint=f"the provider is overloaded or unreachable: retry later, or check {call.base_setting}",
     ) from None
 
 
@@ -584,7 +383,7 @@ def complete(
 
     resp = _with_retries(
         lambda: ll.completion(**kwargs),
-        what="LLM call",
+        call=_CHAT,
         model=settings.model,
         api_base=settings.api_base,
         max_retries=settings.max_retries,
@@ -596,7 +395,7 @@ def complete(
         finish = getattr(choice, "finish_reason", None)
     except (AttributeError, IndexError, TypeError) as err:
         raise LLMError(
-            f"LLM call to model {settings.model!r} returned no message: {_short(err)}",
+            f"LLM call to model {settings.model!r} returned no message: {short(err)}",
             hint="check --model and --api-base point to a chat-completions endpoint",
         ) from None
     usage = _usage_of(resp)
@@ -605,155 +404,7 @@ def complete(
     return Completion(text=text, usage=usage, cached=False, finish_reason=finish, cache_key=key)
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
-
-
-def extract_json(text: str) -> Any:
-    """Parse the JSON object in a model reply (``` fences and chatter around it allowed).
-
-    Raises ValueError with a short reason.
-    """
-    body = _THINK.sub("", text).strip()
-    if not body:
-        raise ValueError("the reply was empty")
-    candidates = [body]
-    candidates += [m.group(1).strip() for m in _FENCE.finditer(body)]
-    start, end = body.find("{"), body.rfind("}")
-    if 0 <= start < end:
-        candidates.append(body[start : end + 1])
-    first_error: str | None = None
-    for cand in candidates:
-        try:
-            return json.loads(cand)
-        except ValueError as err:
-            if first_error is None or cand.startswith("{"):
-                first_error = str(err)
-    if start < 0 or end <= start:
-        raise ValueError("no JSON object ({...}) found in the reply")
-    raise ValueError(f"the JSON does not parse: {first_error}")
-
-
-def _check(text: str, validate: Callable[[Any], T], finish_reason: str | None, max_tokens: int | None) -> T:
-    try:
-        obj = extract_json(text)
-        if not isinstance(obj, dict):
-            raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
-        return validate(obj)
-    except (ValueError, TypeError) as err:
-        reason = str(err) or type(err).__name__
-        if finish_reason == "length":
-            reason += f" (the reply was cut off at max_tokens={max_tokens})"
-        raise ValueError(reason) from None
-
-
-def complete_json(
-    messages: list[dict[str, str]],
-    settings: LLMSettings,
-    *,
-    validate: Callable[[Any], T],
-    cache: ResponseCache | None = None,
-    mock_response: str | None = None,
-    json_mode: bool = False,
-    sleep: Callable[[float], None] | None = None,
-) -> tuple[T, Usage]:
-    """Ask for a JSON object, validate it, make one repair attempt, and cache only good replies.
-
-    ``validate(obj)`` returns the typed value or raises ValueError with a reason. With
-    ``json_mode`` the request carries ``response_format={"type": "json_object"}`` when litellm
-    says the model supports it.
-    """
-    response_format = _json_response_format(settings.model) if json_mode else None
-    total = Usage()
-    first = complete(
-        messages,
-        settings,
-        cache=cache,
-        mock_response=mock_response,
-        cache_put=False,
-        response_format=response_format,
-        sleep=sleep,
-    )
-    if first.cached:
-        try:
-            value = _check(first.text, validate, None, settings.max_tokens)
-            return value, total.add(first.usage)
-        except ValueError:  # an old or tampered entry: ask again, overwrite it
-            first = complete(
-                messages,
-                settings,
-                mock_response=mock_response,
-                response_format=response_format,
-                sleep=sleep,
-            )
-    total.add(first.usage)
-    key = first.cache_key or (
-        cache.key(messages, settings, response_format=response_format, mock_response=mock_response)
-        if cache is not None
-        else None
-    )
-    try:
-        value = _check(first.text, validate, first.finish_reason, settings.max_tokens)
-    except ValueError as err:
-        reason = str(err)
-    else:
-        if cache is not None and key is not None:
-            cache.put(key, first.text, first.usage, model=settings.model)
-        return value, total
-
-    repair = [
-        *messages,
-        {"role": "assistant", "content": first.text},
-        {
-            "role": "user",
-            "content": f"Your reply was not valid: {reason}. "
-            "Reply with only the JSON object, matching the schema.",
-        },
-    ]
-    second = complete(
-        repair,
-        settings,
-        mock_response=mock_response,
-        response_format=response_format,
-        sleep=sleep,
-    )
-    total.add(second.usage)
-    try:
-        value = _check(second.text, validate, second.finish_reason, settings.max_tokens)
-    except ValueError as err:
-        raw = second.text
-        shown = raw if len(raw) <= 500 else raw[:500] + "..."
-        raise LLMReplyError(
-            f"model {settings.model!r} did not return valid JSON after a repair attempt: {err}\n"
-            f"  reply: {shown}",
-            reason=str(err),
-            raw=raw,
-            usage=total,
-            hint="try a stronger --model or raise max_tokens; invalid replies are never cached",
-        ) from None
-    if cache is not None and key is not None:
-        usage = Usage(
-            tokens_in=first.usage.tokens_in + second.usage.tokens_in,
-            tokens_out=first.usage.tokens_out + second.usage.tokens_out,
-            cost_usd=total.cost_usd,
-        )
-        cache.put(key, second.text, usage, model=settings.model)
-    return value, total
-
-
-def json_cache_key(
-    messages: list[dict[str, str]],
-    settings: LLMSettings,
-    *,
-    json_mode: bool = False,
-    mock_response: str | None = None,
-) -> str:
-    """The :class:`ResponseCache` key :func:`complete_json` uses for this request."""
-    response_format = _json_response_format(settings.model) if json_mode else None
-    return ResponseCache.key(messages, settings, response_format=response_format, mock_response=mock_response)
-
-
-def _json_response_format(model: str) -> dict[str, Any] | None:
+def json_response_format(model: str) -> dict[str, Any] | None:
     try:
         params = _litellm().get_supported_openai_params(model=model) or []
     except Exception:
@@ -773,7 +424,12 @@ def embed(
     max_retries: int = 4,
     sleep: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` through litellm: float32 rows, L2-normalised, in input order."""
+    """Embed ``texts`` through litellm: float32 rows, L2-normalised, in input order.
+
+    Every failure is the embedder's: :class:`ModelError` (exit 7), see memp_cli/errors.py.
+    """
+    import numpy as np
+
     texts = list(texts)
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
@@ -786,12 +442,11 @@ def embed(
             kwargs["api_base"] = api_base
         resp = _with_retries(
             functools.partial(ll.embedding, **kwargs),
-            what="embedding call",
+            call=_EMBEDDING,
             model=model,
             api_base=api_base,
             max_retries=max_retries,
             sleep=sleep,
-            config_error_cls=ModelError,
         )
         rows.append(_embedding_matrix(resp, len(batch), model))
     dims = {r.shape[1] for r in rows}
@@ -804,6 +459,8 @@ def embed(
 
 
 def _embedding_matrix(resp: Any, n: int, model: str) -> np.ndarray:
+    import numpy as np
+
     data = getattr(resp, "data", None)
     if data is None and isinstance(resp, dict):
         data = resp.get("data")
@@ -815,16 +472,16 @@ def _embedding_matrix(resp: Any, n: int, model: str) -> np.ndarray:
             idx, vec = getattr(item, "index", None), getattr(item, "embedding", None)
         items.append((int(idx) if idx is not None else pos, vec))
     if len(items) != n:
-        raise LLMError(
+        raise ModelError(
             f"embedding model {model!r} returned {len(items)} vectors for {n} texts",
-            hint="check --api-base points to an embeddings endpoint",
+            hint=f"check {_EMBEDDING.base_setting} points to an embeddings endpoint",
         )
     items.sort(key=lambda it: it[0])
     try:
         return np.asarray([vec for _, vec in items], dtype=np.float32).reshape(n, -1)
     except (TypeError, ValueError) as err:
-        raise LLMError(
-            f"embedding model {model!r} returned malformed vectors: {_short(err)}",
+        raise ModelError(
+            f"embedding model {model!r} returned malformed vectors: {short(err)}",
             hint="the embedding endpoint must return float vectors (encoding_format=float)",
         ) from None
 

@@ -1,0 +1,162 @@
+"""JSON replies: find the object in a model's text, validate it, repair once, cache only good ones."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from memp_cli.backends.llm.cache import ResponseCache
+from memp_cli.backends.llm.client import complete, json_response_format
+from memp_cli.backends.llm.errors import LLMReplyError
+from memp_cli.backends.llm.types import LLMSettings, Usage
+
+T = TypeVar("T")
+
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> Any:
+    """Parse the JSON object in a model reply (``` fences and chatter around it allowed).
+
+    Raises ValueError with a short reason.
+    """
+    body = _THINK.sub("", text).strip()
+    if not body:
+        raise ValueError("the reply was empty")
+    candidates = [body]
+    candidates += [m.group(1).strip() for m in _FENCE.finditer(body)]
+    start, end = body.find("{"), body.rfind("}")
+    if 0 <= start < end:
+        candidates.append(body[start : end + 1])
+    first_error: str | None = None
+    for cand in candidates:
+        try:
+            return json.loads(cand)
+        except ValueError as err:
+            if first_error is None or cand.startswith("{"):
+                first_error = str(err)
+    if start < 0 or end <= start:
+        raise ValueError("no JSON object ({...}) found in the reply")
+    raise ValueError(f"the JSON does not parse: {first_error}")
+
+
+def _check(text: str, validate: Callable[[Any], T], finish_reason: str | None, max_tokens: int | None) -> T:
+    try:
+        obj = extract_json(text)
+        if not isinstance(obj, dict):
+            raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+        return validate(obj)
+    except (ValueError, TypeError) as err:
+        reason = str(err) or type(err).__name__
+        if finish_reason == "length":
+            reason += f" (the reply was cut off at max_tokens={max_tokens})"
+        raise ValueError(reason) from None
+
+
+def complete_json(
+    messages: list[dict[str, str]],
+    settings: LLMSettings,
+    *,
+    validate: Callable[[Any], T],
+    cache: ResponseCache | None = None,
+    mock_response: str | None = None,
+    json_mode: bool = False,
+    sleep: Callable[[float], None] | None = None,
+) -> tuple[T, Usage]:
+    """Ask for a JSON object, validate it, make one repair attempt, and cache only good replies.
+
+    ``validate(obj)`` returns the typed value or raises ValueError with a reason. With
+    ``json_mode`` the request carries ``response_format={"type": "json_object"}`` when litellm
+    says the model supports it.
+    """
+    response_format = json_response_format(settings.model) if json_mode else None
+    total = Usage()
+    first = complete(
+        messages,
+        settings,
+        cache=cache,
+        mock_response=mock_response,
+        cache_put=False,
+        response_format=response_format,
+        sleep=sleep,
+    )
+    if first.cached:
+        try:
+            value = _check(first.text, validate, None, settings.max_tokens)
+            return value, total.add(first.usage)
+        except ValueError:  # an old or tampered entry: ask again, overwrite it
+            first = complete(
+                messages,
+                settings,
+                mock_response=mock_response,
+                response_format=response_format,
+                sleep=sleep,
+            )
+    total.add(first.usage)
+    key = first.cache_key or (
+        cache.key(messages, settings, response_format=response_format, mock_response=mock_response)
+        if cache is not None
+        else None
+    )
+    try:
+        value = _check(first.text, validate, first.finish_reason, settings.max_tokens)
+    except ValueError as err:
+        reason = str(err)
+    else:
+        if cache is not None and key is not None:
+            cache.put(key, first.text, first.usage, model=settings.model)
+        return value, total
+
+    repair = [
+        *messages,
+        {"role": "assistant", "content": first.text},
+        {
+            "role": "user",
+            "content": f"Your reply was not valid: {reason}. "
+            "Reply with only the JSON object, matching the schema.",
+        },
+    ]
+    second = complete(
+        repair,
+        settings,
+        mock_response=mock_response,
+        response_format=response_format,
+        sleep=sleep,
+    )
+    total.add(second.usage)
+    try:
+        value = _check(second.text, validate, second.finish_reason, settings.max_tokens)
+    except ValueError as err:
+        raw = second.text
+        shown = raw if len(raw) <= 500 else raw[:500] + "..."
+        raise LLMReplyError(
+            f"model {settings.model!r} did not return valid JSON after a repair attempt: {err}\n"
+            f"  reply: {shown}",
+            reason=str(err),
+            raw=raw,
+            usage=total,
+            hint="try a stronger --model or raise max_tokens; invalid replies are never cached",
+        ) from None
+    if cache is not None and key is not None:
+        usage = Usage(
+            tokens_in=first.usage.tokens_in + second.usage.tokens_in,
+            tokens_out=first.usage.tokens_out + second.usage.tokens_out,
+            cost_usd=total.cost_usd,
+        )
+        cache.put(key, second.text, usage, model=settings.model)
+    return value, total
+
+
+def json_cache_key(
+    messages: list[dict[str, str]],
+    settings: LLMSettings,
+    *,
+    json_mode: bool = False,
+    mock_response: str | None = None,
+) -> str:
+    """The :class:`ResponseCache` key :func:`complete_json` uses for this request."""
+    response_format = json_response_format(settings.model) if json_mode else None
+    return ResponseCache.key(messages, settings, response_format=response_format, mock_response=mock_response)
