@@ -8,14 +8,8 @@ import orjson
 import pytest
 from conftest import FILES, read_lines, read_records
 
-from memp_cli.model.trajectory import (
-    RecordError,
-    Trajectory,
-    detect_format,
-    parse_record,
-    read_jsonl,
-    trajectory_id,
-)
+from memp_cli.ingest import detect_format, parse_record, read_jsonl
+from memp_cli.model.trajectory import RecordError, Trajectory, trajectory_id
 
 # ----------------------------------------------------------------- detection
 

@@ -28,8 +28,8 @@ from memp_cli.cli import G, app, open_store, output, store_path
 from memp_cli.cli.output import env
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
+from memp_cli.ingest import FORMATS, read_jsonl
 from memp_cli.model.memory import Memory, memory_from_toml
-from memp_cli.model.trajectory import FORMATS, read_jsonl
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20

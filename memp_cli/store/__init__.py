@@ -28,8 +28,9 @@ import orjson
 
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
+from memp_cli.ingest import ReadResult
 from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id
-from memp_cli.model.trajectory import ReadResult, Trajectory
+from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
 
 DEFAULT_STORE = ".memp"
