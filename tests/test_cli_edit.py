@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -236,3 +237,26 @@ def test_memory_file_with_mismatched_name(built: Path) -> None:
     r = memp("doctor", expect=ExitCode.STORE)
     what = [f["what"] for f in r.jsonl()]
     assert any("renamed.toml" in w and "they must agree" in w for w in what)
+
+
+def test_equal_size_edit_in_the_same_second_is_reembedded(built: Path) -> None:
+    """An edit that keeps the file's size ("heat" -> "cool") and nearly its mtime is still seen."""
+    old_key, new_key = (
+        "heat some apple and put it in garbagecan.",
+        "cool some apple and put it in garbagecan.",
+    )
+    (mid,) = [m for m in memory_ids(built) if f'"{old_key}"' in _path(built, m).read_text(encoding="utf-8")]
+    assert _top(new_key) != mid
+    path = _path(built, mid)
+    st = path.stat()
+    data = path.read_bytes()
+    keys_at = data.index(b"keys = [")
+    edited = data[:keys_at] + data[keys_at:].replace(old_key.encode(), new_key.encode(), 1)
+    assert len(edited) == len(data) and edited != data
+    with open(path, "r+b") as f:  # in place: the directory's mtime does not change
+        f.write(edited)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert path.stat().st_size == st.st_size
+    r = memp("query", new_key, "-k", 1)
+    assert r.jsonl()[0]["id"] == mid
+    assert "index: 1 embedded (hash)" in r.stderr
