@@ -429,7 +429,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                     hint=f"your version is saved in {keep}",
                 )
             mem.version = (old_version if old_version is not None else mem.version) + 1
-            store.save_memory(mem, event="memory.edit")
+            store.save_memory(mem, base=text, event="memory.edit")
     output.info(f"saved {memory_id} (version {mem.version})")
     sync_index(store)
 

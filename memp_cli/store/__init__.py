@@ -29,7 +29,7 @@ import orjson
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.ingest import ReadResult
-from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id
+from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id, write_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
 
@@ -234,17 +234,22 @@ class Store:
             except MemoryFileError as e:
                 yield e
 
-    def save_memory(self, memory: Memory, *, event: str = "memory.write", **fields: Any) -> None:
-        """Write one memory file atomically and journal it. Caller holds the lock."""
+    def save_memory(
+        self, memory: Memory, *, base: str | None = None, event: str = "memory.write", **fields: Any
+    ) -> None:
+        """Write one memory file atomically and journal it. Caller holds the lock.
+
+        ``base``: the text whose comments and layout to keep (default: the file's own).
+        """
         _stamp([memory])
-        atomic_write(self.memory_path(memory.id), memory.to_toml())
+        write_memory_file(self.memory_path(memory.id), memory, base=base)
         self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
 
     def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
         """Write many memory files (one sync for all); one journal line names them all."""
         _stamp(memories)
         for m in memories:
-            atomic_write(self.memory_path(m.id), m.to_toml(), durable=False)
+            write_memory_file(self.memory_path(m.id), m, durable=False)
         if memories:
             os.sync()
             self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
