@@ -92,15 +92,13 @@ def init(
     cfg = Config()
     name = embedder or G.embedder or cfg.embedder.name
     cfg.embedder.name = name
-    if name == "hash":
-        cfg.embedder.dim = dim or 256
-    elif name == "minilm":
-        cfg.embedder.dim = 384
-    elif dim:
+    if dim is not None:
         cfg.embedder.dim = dim
+    elif name == "hash":
+        cfg.embedder.dim = 256
     if model:
         cfg.llm.model = model
-    Store.init(root, cfg)
+    Store.init(root, cfg)  # validates the settings before it creates anything
     output.info(f"created store {root} (embedder {name})")
 
 

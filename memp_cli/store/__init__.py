@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
+from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.ingest import ReadResult
 from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id, write_memory_file
@@ -74,6 +74,7 @@ class Store:
     @classmethod
     def init(cls, root: Path, config: Config | None = None) -> Store:
         config = config or Config()
+        validate_config(config)  # what every later load would reject is refused now
         if (root / CONFIG_NAME).exists():
             raise StoreError(
                 f"{root / CONFIG_NAME} already exists: {root} is a memp store",
