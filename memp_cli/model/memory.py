@@ -96,8 +96,8 @@ class Memory:
         d["keys"] = list(self.keys)
         d["keywords"] = list(self.keywords)
         d.update(self.extra)
-        d["stats"] = {k: v for k, v in vars(self.stats).items()}
-        d["provenance"] = {k: v for k, v in vars(self.provenance).items()}
+        d["stats"] = dict(vars(self.stats))
+        d["provenance"] = dict(vars(self.provenance))
         if self.script:
             d["script"] = self.script
         if self.steps:
