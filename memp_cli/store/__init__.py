@@ -22,16 +22,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.ingest import ReadResult
 from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id, write_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
+
+if TYPE_CHECKING:  # the record parsers stay off the query path
+    from memp_cli.ingest import ReadResult
 
 DEFAULT_STORE = ".memp"
 _SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
