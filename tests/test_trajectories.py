@@ -220,6 +220,33 @@ def test_openai_tool_calls_and_content_parts() -> None:
     assert t.steps[1].thought == "pick the cheapest"
 
 
+def test_openai_text_wins_over_tool_calls_and_the_last_task_marker_wins() -> None:
+    t = parse_record(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "Example. Your task is to: heat an egg.\n> go to fridge 1\n"
+                    "Now yours.\nYour task is to: put a mug in desk.",
+                },
+                {
+                    "role": "assistant",
+                    "content": "search the shelf",
+                    "tool_calls": [{"function": {"name": "search", "arguments": "{}"}}],
+                },
+            ]
+        }
+    )
+    assert t.task == "put a mug in desk."
+    assert t.initial_observation == "Example. Your task is to: heat an egg.\n> go to fridge 1\nNow yours."
+    assert [s.action for s in t.steps] == ["search the shelf"]
+
+
+def test_memp_react_text_with_act_and_obs_lines() -> None:
+    t = parse_record({"query": "find a mug", "trajectory": "Act: go to desk 1\nObs: a mug\nAct: take mug 1"})
+    assert [(s.action, s.observation) for s in t.steps] == [("go to desk 1", "a mug"), ("take mug 1", "")]
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
