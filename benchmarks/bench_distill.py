@@ -109,7 +109,7 @@ def _records(n: int) -> list[bytes]:
 def make_template(root: Path, n: int) -> Path:
     """A store with ``n`` trajectories ingested and nothing distilled."""
     from memp_cli.config import Config
-    from memp_cli.model.trajectory import read_jsonl
+    from memp_cli.ingest import read_jsonl
     from memp_cli.store import Store
 
     cfg = Config()

@@ -10,7 +10,7 @@ from conftest import FILES, memory_ids, memp, read_records
 
 from memp_cli.build.runner import memory_id
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
+from memp_cli.ingest import parse_record
 
 DISTILL = ("distill", "--policy", "trajectory")
 

@@ -28,7 +28,7 @@ from memp_cli.backends import llm
 from memp_cli.build.runner import BUILTIN_GENERATOR, distill, memory_id
 from memp_cli.build.scripts import extract_keywords
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
+from memp_cli.ingest import parse_record
 from memp_cli.store import Store
 from memp_cli.store.fsutil import StoreLock
 

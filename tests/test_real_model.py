@@ -44,7 +44,7 @@ from real_model import MODEL_ALIAS, RealModelServer, RealModelServerError, find_
 
 from memp_cli.build.runner import memory_id
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
+from memp_cli.ingest import parse_record
 
 pytestmark = pytest.mark.slow
 

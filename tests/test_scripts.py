@@ -27,7 +27,8 @@ from memp_cli.build.scripts import (
     trim_steps,
 )
 from memp_cli.errors import ConfigError
-from memp_cli.model.trajectory import Step, Trajectory, parse_record
+from memp_cli.ingest import parse_record
+from memp_cli.model.trajectory import Step, Trajectory
 
 DATA = Path(__file__).parent / "data"
 ENTITY_NUMBER = re.compile(r"\b[a-z]+ \d+\b")  # "mug 1", "countertop 2"

@@ -28,8 +28,8 @@ from memp_cli.cli import G, app, choice, open_store, output, store_path
 from memp_cli.cli.output import env, open_input
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
+from memp_cli.ingest import FORMATS, read_jsonl
 from memp_cli.model.memory import KINDS, Memory, memory_from_toml
-from memp_cli.model.trajectory import FORMATS, read_jsonl
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
@@ -81,15 +81,13 @@ def init(
     cfg = Config()
     name = embedder or G.embedder or cfg.embedder.name
     cfg.embedder.name = name
-    if name == "hash":
-        cfg.embedder.dim = dim or 256
-    elif name == "minilm":
-        cfg.embedder.dim = 384
-    elif dim:
+    if dim is not None:
         cfg.embedder.dim = dim
+    elif name == "hash":
+        cfg.embedder.dim = 256
     if model:
         cfg.llm.model = model
-    Store.init(root, cfg)
+    Store.init(root, cfg)  # validates the settings before it creates anything
     output.info(f"created store {root} (embedder {name})")
 
 
@@ -438,7 +436,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                     hint=f"your version is saved in {keep}",
                 )
             mem.version = (old_version if old_version is not None else mem.version) + 1
-            store.save_memory(mem, event="memory.edit")
+            store.save_memory(mem, base=text, event="memory.edit")
     output.info(f"saved {memory_id} (version {mem.version})")
     sync_index(store)
 

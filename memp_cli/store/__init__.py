@@ -22,14 +22,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
+from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id
-from memp_cli.model.trajectory import ReadResult, Trajectory
+from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id, write_memory_file
+from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import (
     FILE_MODE,
     TMP_PREFIX,
@@ -38,6 +38,9 @@ from memp_cli.store.fsutil import (
     atomic_write,
     refused_as_store_error,
 )
+
+if TYPE_CHECKING:  # the record parsers stay off the query path
+    from memp_cli.ingest import ReadResult
 
 DEFAULT_STORE = ".memp"
 _SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
@@ -79,6 +82,7 @@ class Store:
     @classmethod
     def init(cls, root: Path, config: Config | None = None) -> Store:
         config = config or Config()
+        validate_config(config)  # what every later load would reject is refused now
         if (root / CONFIG_NAME).exists():
             raise StoreError(
                 f"{root / CONFIG_NAME} already exists: {root} is a memp store",
@@ -242,17 +246,22 @@ class Store:
             except MemoryFileError as e:
                 yield e
 
-    def save_memory(self, memory: Memory, *, event: str = "memory.write", **fields: Any) -> None:
-        """Write one memory file atomically and journal it. Caller holds the lock."""
+    def save_memory(
+        self, memory: Memory, *, base: str | None = None, event: str = "memory.write", **fields: Any
+    ) -> None:
+        """Write one memory file atomically and journal it. Caller holds the lock.
+
+        ``base``: the text whose comments and layout to keep (default: the file's own).
+        """
         _stamp([memory])
-        atomic_write(self.memory_path(memory.id), memory.to_toml())
+        write_memory_file(self.memory_path(memory.id), memory, base=base)
         self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
 
     def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
         """Write many memory files (one sync for all); one journal line names them all."""
         _stamp(memories)
         for m in memories:
-            atomic_write(self.memory_path(m.id), m.to_toml(), durable=False)
+            write_memory_file(self.memory_path(m.id), m, durable=False)
         if memories:
             os.sync()
             self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
