@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import FILES, memory_ids, memp, read_records
 
-from memp_cli.build.runner import memory_id
+from memp_cli.build.policies import memory_id
 from memp_cli.errors import ExitCode
 from memp_cli.model.trajectory import parse_record
 

@@ -25,8 +25,9 @@ from conftest import DATA, memory_ids, memp, subprocess_env
 from llm_server import LLMServer, serve
 
 from memp_cli.backends import llm
-from memp_cli.build.runner import BUILTIN_GENERATOR, distill, memory_id
-from memp_cli.build.scripts import extract_keywords
+from memp_cli.build.builtin.keywords import extract_keywords
+from memp_cli.build.policies import BUILTIN_GENERATOR, memory_id
+from memp_cli.build.runner import distill
 from memp_cli.errors import ExitCode
 from memp_cli.model.trajectory import parse_record
 from memp_cli.store import Store

@@ -12,21 +12,18 @@ from pathlib import Path
 import orjson
 import pytest
 
-from memp_cli.build.scripts import (
+from memp_cli.build.builtin.distiller import builtin_script
+from memp_cli.build.builtin.keywords import extract_keywords
+from memp_cli.build.prompting import Prompt, keyword_messages, load_prompt, script_messages
+from memp_cli.build.steps import trim_steps
+from memp_cli.errors import ConfigError
+from memp_cli.model.script import (
     SCRIPT_JSON_SCHEMA,
     SCRIPT_KEYS,
-    Prompt,
     Script,
-    builtin_script,
-    extract_keywords,
-    keyword_messages,
     keywords_from_reply,
-    load_prompt,
     script_from_reply,
-    script_messages,
-    trim_steps,
 )
-from memp_cli.errors import ConfigError
 from memp_cli.model.trajectory import Step, Trajectory, parse_record
 
 DATA = Path(__file__).parent / "data"

@@ -15,15 +15,8 @@ from typing import IO, Annotated, Any
 import typer
 
 from memp_cli import index as index_mod
-from memp_cli.build.runner import (
-    BUILTIN_MODEL,
-    MAX_CONCURRENCY,
-    POLICIES,
-    DistillReport,
-    Failure,
-    distill,
-    resolve_policy,
-)
+from memp_cli.build.policies import BUILTIN_MODEL, POLICIES, resolve_policy
+from memp_cli.build.runner import MAX_CONCURRENCY, DistillReport, Failure, distill
 from memp_cli.cli import G, app, open_store, output, store_path
 from memp_cli.cli.output import env
 from memp_cli.config import Config
