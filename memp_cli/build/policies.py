@@ -46,31 +46,18 @@ def memory_id(policy: str, trajectory_id: str) -> str:
     return "m" + hashlib.sha256(f"{policy}:{trajectory_id}".encode()).hexdigest()[:12]
 
 
-def trajectory_steps(t: Trajectory, max_steps: int, max_obs_chars: int) -> list[dict[str, str]]:
-    """The concrete steps kept in a ``trajectory`` memory: long runs keep head and tail."""
+def kept_steps(t: Trajectory, store: Store) -> list[dict[str, str]]:
+    """The concrete steps a memory keeps of ``t``, trimmed by the store's ``[distill]`` settings."""
+    from memp_cli.build.steps import trim_steps
 
-    def cut(s: str) -> str:
-        s = s.strip()
-        return s if len(s) <= max_obs_chars else s[: max(max_obs_chars - 1, 0)] + "…"
-
-    steps = [s.to_dict() for s in t.steps]
-    for s in steps:
-        s["observation"] = cut(s.get("observation", ""))
-        if "thought" in s:
-            s["thought"] = cut(s["thought"])
-    if len(steps) > max_steps:
-        head = max_steps // 2
-        tail = max_steps - head - 1
-        skipped = len(steps) - head - tail
-        marker = {"action": f"[... {skipped} steps omitted ...]", "observation": ""}
-        steps = steps[:head] + [marker] + (steps[-tail:] if tail else [])
-    return steps
+    cfg = store.config.distill
+    return trim_steps([s.to_dict() for s in t.steps], cfg.max_steps, cfg.max_observation_chars)
 
 
 def trajectory_memory(t: Trajectory, store: Store) -> Memory:
+    """A ``trajectory`` memory: the task and the steps of the run (no LLM)."""
     from memp_cli.build.builtin.keywords import extract_keywords
 
-    cfg = store.config.distill
     return Memory(
         id=memory_id("trajectory", t.id),
         kind="trajectory",
@@ -79,7 +66,7 @@ def trajectory_memory(t: Trajectory, store: Store) -> Memory:
         keywords=extract_keywords(t.task),
         task_type=t.task_type or "",
         success=t.success,
-        steps=trajectory_steps(t, cfg.max_steps, cfg.max_observation_chars),
+        steps=kept_steps(t, store),
         provenance=Provenance(trajectories=[t.id], policy="trajectory"),
     )
 
@@ -88,9 +75,6 @@ def script_memory(
     t: Trajectory, script: Script, store: Store, *, policy: str, model: str, prompt_version: str
 ) -> Memory:
     """A ``script`` or ``procedure`` memory from a :class:`Script`."""
-    from memp_cli.build.steps import trim_steps
-
-    cfg = store.config.distill
     body = script.to_dict()
     body["generator"] = BUILTIN_GENERATOR if model == BUILTIN_MODEL else f"{model} (LLM)"
     kind = KIND_OF_POLICY[policy]
@@ -103,7 +87,7 @@ def script_memory(
         task_type=t.task_type or "",
         success=t.success,
         script=body,
-        steps=trim_steps(t, cfg.max_steps, cfg.max_observation_chars) if kind == "procedure" else [],
+        steps=kept_steps(t, store) if kind == "procedure" else [],
         provenance=Provenance(trajectories=[t.id], policy=policy, model=model, prompt_version=prompt_version),
     )
 

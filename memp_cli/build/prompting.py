@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from memp_cli.build.steps import select_steps
+from memp_cli.build.steps import MIN_ACTION_CHARS, select_steps
 from memp_cli.build.text import cut, one_line
 from memp_cli.errors import ConfigError
 from memp_cli.model.script import SCRIPT_JSON_SCHEMA
@@ -161,7 +161,14 @@ def _outcome(t: Trajectory) -> str:
 
 
 def _render_trajectory(t: Trajectory, max_steps: int, max_obs_chars: int) -> str:
-    head, omitted, tail = select_steps(len(t.steps), max_steps)
+    """The run as the model reads it: numbered steps, the middle of a long run left out.
+
+    It keeps the steps a memory would (:func:`select_steps`); its own marker also
+    names the step numbers left out, for the model (changing it would change every
+    prompt, and so miss every reply in the response cache).
+    """
+    head, tail = select_steps(len(t.steps), max_steps)
+    omitted = len(t.steps) - len(head) - len(tail)
     lines: list[str] = []
 
     def block(i: int) -> None:
@@ -171,7 +178,7 @@ def _render_trajectory(t: Trajectory, max_steps: int, max_obs_chars: int) -> str
         if s.thought.strip():
             lines.append(prefix + "(thought: " + cut(one_line(s.thought), max_obs_chars) + ")")
             prefix = pad
-        lines.append(prefix + "> " + cut(one_line(s.action), max(max_obs_chars, 1000)))
+        lines.append(prefix + "> " + cut(one_line(s.action), max(max_obs_chars, MIN_ACTION_CHARS)))
         obs = cut(s.observation.strip(), max_obs_chars)
         obs_lines = [ln.strip() for ln in obs.splitlines() if ln.strip()] or ["(no observation)"]
         lines.extend(pad + ln for ln in obs_lines)
