@@ -152,6 +152,44 @@ def test_builtin_proceduralization_is_the_default(store: Path) -> None:
     assert (rep["read"], rep["written"], rep["skipped"]) == (0, 0, 22)
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads fsynced paths from /proc")
+def test_distill_fsyncs_what_it_writes_and_never_syncs_the_machine(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.sync() flushes every file system on the machine: distill fsyncs its own files."""
+    _ingest(ALF, WEB)
+
+    def no_sync() -> None:
+        raise AssertionError("os.sync() called: it flushes every file system on the machine")
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "sync", no_sync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    rep = _summary(memp("distill", "--json"))
+    assert rep["written"] == 22
+    mem_dir = str((store / "memories").resolve())
+    # each memory file before its rename (under its temporary name), then the directory
+    temps = [p for p in synced if os.path.dirname(p) == mem_dir and os.path.basename(p).startswith(".tmp-")]
+    assert len(temps) == 22
+    assert mem_dir in synced
+
+
+def test_distill_summary_comes_after_the_index_update(store: Path) -> None:
+    """The last line says the run is done only once the new memories are embedded too."""
+    _ingest(ALF, WEB)
+    lines = memp("distill").stderr.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("memp: index: 22 embedded"))
+    summary = next(i for i, line in enumerate(lines) if line.startswith("memp: distill (proceduralization"))
+    assert index < summary
+    assert lines[-1].startswith("memp: done in ")
+
+
 def test_builtin_script_policy_and_trajectory_keywords(store: Path) -> None:
     _ingest(WEB)
     memp("distill", "--policy", "script", "--model", "builtin")

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -193,6 +194,7 @@ def distill_cmd(
 
     Example: memp distill --model openai/gpt-4o-mini --only-success --concurrency 8
     """
+    t0 = time.perf_counter()
     store = open_store("distill")
     pol = resolve_policy(store, policy)
     if pol == "trajectory" and (model or api_base):
@@ -217,16 +219,18 @@ def distill_cmd(
         )
     for w in report.warnings:
         output.warn(w)
-    for line in _distill_summary(report):
-        output.info(line)
-    if json_out:
-        if dry_run:
-            output.emit_json_lines(report.planned)
-        row = report.to_dict()
-        row["failures"] = [vars(f) for f in report.failures]
-        output.emit_json_lines([row])
-    if report.written:
-        sync_index(store)
+    try:
+        if report.written:
+            sync_index(store)  # before the summary: its last line says the run is done
+    finally:
+        for line in _distill_summary(report, time.perf_counter() - t0):
+            output.info(line)
+        if json_out:
+            if dry_run:
+                output.emit_json_lines(report.planned)
+            row = report.to_dict()
+            row["failures"] = [vars(f) for f in report.failures]
+            output.emit_json_lines([row])
     if report.error is not None:
         raise report.error
     if report.failed:
@@ -269,7 +273,8 @@ def _progress_bar(*, enabled: bool) -> Iterator[Callable[[int, int], None] | Non
             bar.stop()
 
 
-def _distill_summary(r: DistillReport) -> list[str]:
+def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
+    """The run in a few lines; ``seconds``: the whole command, the index update included."""
     what = r.policy + (f", model {r.model}" if r.model else "")
     if r.model == BUILTIN_MODEL:
         what += " (rule-based, not an LLM)"
@@ -296,10 +301,10 @@ def _distill_summary(r: DistillReport) -> list[str]:
         cost = f"${r.cost_usd:.4f}" if r.cost_usd is not None else "unknown (litellm has no price for it)"
         lines.append(
             f"tokens {r.tokens_in:,} in / {r.tokens_out:,} out in {r.calls} calls"
-            f" ({r.cached_calls} from the cache), cost {cost}, {r.seconds:.1f} s"
+            f" ({r.cached_calls} from the cache), cost {cost}, done in {seconds:.1f} s"
         )
     elif r.read:
-        lines.append(f"done in {r.seconds:.1f} s")
+        lines.append(f"done in {seconds:.1f} s")
     return lines
 
 
