@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -305,3 +306,13 @@ def test_memory_files_with_either_old_marker_keep_loading(store: Path) -> None:
     memp("doctor")
     # reading them never rewrites them
     assert {mid: (store / "memories" / f"{mid}.toml").read_bytes() for mid in files} == before
+
+
+def test_a_rerun_indexes_memories_a_killed_distill_left_unindexed(store: Path) -> None:
+    _ingest(FILES["openai"])
+    memp(*DISTILL)
+    shutil.rmtree(store / "index")  # as a distill killed between its memory files and the index
+    assert memp("doctor", expect=None).code == ExitCode.STORE
+    r = memp(*DISTILL)
+    assert "index: 5 embedded" in r.stderr
+    memp("doctor")

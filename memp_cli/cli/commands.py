@@ -21,7 +21,7 @@ from memp_cli.build.runner import MAX_CONCURRENCY, DistillReport, Failure, disti
 from memp_cli.cli import G, app, open_store, output, store_path
 from memp_cli.cli.output import env
 from memp_cli.config import Config
-from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
+from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.model.memory import Memory, memory_from_toml
 from memp_cli.model.trajectory import FORMATS, read_jsonl
 from memp_cli.store import Store, store_embedder
@@ -220,8 +220,10 @@ def distill_cmd(
     for w in report.warnings:
         output.warn(w)
     try:
-        if report.written:
-            sync_index(store)  # before the summary: its last line says the run is done
+        # Before the summary: its last line says the run is done. Also when this run wrote
+        # nothing: a distill killed after its memory files left them unindexed.
+        if report.written or (not dry_run and not _index_is_fresh(store)):
+            sync_index(store)
     finally:
         for line in _distill_summary(report, time.perf_counter() - t0):
             output.info(line)
@@ -240,6 +242,13 @@ def distill_cmd(
             "run `memp distill` again to retry them"
         )
         raise typer.Exit(int(ExitCode.LLM))
+
+
+def _index_is_fresh(store: Store) -> bool:
+    try:
+        return index_mod.is_fresh(store, index_mod.read_state(store))
+    except StoreError:  # unreadable state: the sync rebuilds it, and says so
+        return False
 
 
 @contextlib.contextmanager
