@@ -136,7 +136,7 @@ def load_prompt(name: str, override_dir: Path | None = None) -> Prompt:
         raise ConfigError(f"built-in prompt {name}.md is broken: {e}") from e
 
 
-def render_prompt(template: str, values: dict[str, str]) -> str:
+def _fill(template: str, values: dict[str, str]) -> str:
     """Fill ``{{name}}`` markers in one pass (values are never re-scanned)."""
     return _MARKER_RE.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
@@ -144,8 +144,8 @@ def render_prompt(template: str, values: dict[str, str]) -> str:
 def _messages(prompt: Prompt, values: dict[str, str]) -> list[dict[str, str]]:
     messages: list[dict[str, str]] = []
     if prompt.system.strip():
-        messages.append({"role": "system", "content": render_prompt(prompt.system, values)})
-    messages.append({"role": "user", "content": render_prompt(prompt.user, values)})
+        messages.append({"role": "system", "content": _fill(prompt.system, values)})
+    messages.append({"role": "user", "content": _fill(prompt.user, values)})
     return messages
 
 

@@ -37,7 +37,7 @@ class Act:
     index: int  # position in the trajectory (0-based)
     raw: str  # the action, one line
     obs: str
-    kind: str  # think | fail | nav | scan | act
+    kind: str  # think | fail | nav | act
     place: str = ""  # nav target (entity, room or direction)
     text: str = ""  # the thought for "think"
 
