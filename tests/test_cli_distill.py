@@ -144,6 +144,11 @@ def test_every_policy_keeps_the_same_steps_with_one_marker(store: Path) -> None:
         ]
         assert by_policy[0] == by_policy[1]
         steps = by_policy[0]
+        observations = [s["observation"] for s in steps]
+        assert all(len(o) <= 40 for o in observations)
+        assert any(len(o) == 40 and o.endswith("…") for o in observations) or all(
+            len(s.observation.strip()) <= 40 for s in t.steps
+        )
         if len(t.steps) > 5:
             trimmed += 1
             assert len(steps) == 5

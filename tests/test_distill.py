@@ -26,6 +26,7 @@ import pytest
 from conftest import DATA, memory_ids, memp, subprocess_env
 from llm_server import LLMServer, serve
 
+from memp_cli import store as store_mod
 from memp_cli.backends import llm
 from memp_cli.build import runner
 from memp_cli.build.builtin.keywords import extract_keywords
@@ -181,6 +182,30 @@ def test_distill_fsyncs_what_it_writes_and_never_syncs_the_machine(
     temps = [p for p in synced if os.path.dirname(p) == mem_dir and os.path.basename(p).startswith(".tmp-")]
     assert len(temps) == 22
     assert mem_dir in synced
+
+
+def test_a_failed_memory_write_fails_the_batch_and_is_not_journalled(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk full at one memory file: the run fails, the journal names no missing memory."""
+    _ingest(WEB)
+    real = fsutil.atomic_write
+    calls = []
+
+    def disk_full_at_the_second(path: Path, data: bytes | str, **kw: Any) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, data, **kw)
+
+    with monkeypatch.context() as mp, pytest.raises(OSError, match="No space left"):
+        mp.setattr(store_mod, "atomic_write", disk_full_at_the_second)
+        distill(Store.open(store), "proceduralization", model="builtin")
+    assert len(calls) == 4  # the other writes of the batch ended first
+    assert len(memory_ids(store)) == 3
+    assert _events(store, "distill.write") == []  # the journal names no memory that is not there
+    rep = _summary(memp("distill", "--json"))
+    assert (rep["written"], rep["skipped"]) == (1, 3)
 
 
 def test_distill_summary_comes_after_the_index_update(store: Path) -> None:

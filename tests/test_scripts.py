@@ -26,7 +26,7 @@ from memp_cli.model.script import (
     script_from_reply,
 )
 from memp_cli.model.trajectory import Step, Trajectory, parse_record
-from memp_cli.retrieve.render import render_memory
+from memp_cli.retrieve.render import PROMPT_HEADER, estimate_tokens, render_memory, render_prompt
 from memp_cli.retrieve.retriever import Hit
 
 DATA = Path(__file__).parent / "data"
@@ -563,3 +563,22 @@ def test_render_and_distill_agree() -> None:
         assert shown(full, k) == shown(trim_steps(full, k)), k
         assert f"  [... {len(full) - k + 1} steps omitted ...]" in shown(full, k)
     assert "omitted" not in shown(full)
+
+
+def test_render_prompt_shrinks_a_memory_to_its_budget() -> None:
+    """Fewer steps (head and tail around the marker) and shorter observations, down to one step."""
+    one = Memory(id="m1", kind="trajectory", task="t", steps=[{"action": "a", "observation": "o " * 500}])
+    hit = Hit(one, 0.5, 0.5, 0.0)
+    header = estimate_tokens(PROMPT_HEADER)
+    whole = estimate_tokens(render_memory(hit, 1)) + 1
+    short = estimate_tokens(render_memory(hit, 1, max_steps=1, obs_chars=120)) + 1
+    assert short < whole
+    packed = render_prompt([hit], max_tokens=header + short)
+    assert "o o" in packed and len(packed) < len(render_prompt([hit], max_tokens=header + whole))
+    assert render_prompt([hit], max_tokens=header + short - 1) == PROMPT_HEADER + "\n"
+    t = MISC["scienceworld/boil/train/var0"]
+    many = Memory(id="m2", kind="trajectory", task=t.task, steps=trim_steps(_steps(t), 10_000, 300))
+    packed = render_prompt([Hit(many, 0.5, 0.5, 0.0)], max_tokens=300)
+    assert estimate_tokens(packed) <= 300
+    assert re.search(r"\n  \[\.\.\. \d+ steps omitted \.\.\.\]\n", packed)
+    assert f"  > {t.steps[-1].action}" in packed  # the last step stays
