@@ -461,7 +461,7 @@ def write_memories(
     store_dir: Path, tasks: Sequence[str], *, seed: int = 0, batch: int = 2000, log: bool = True
 ) -> float:
     """Write one trajectory memory per task into the store with memp's own code; seconds taken."""
-    from memp_cli.build.runner import trajectory_memory
+    from memp_cli.build.policies import trajectory_memory
     from memp_cli.store import Store
 
     store = Store.open(store_dir)

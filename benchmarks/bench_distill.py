@@ -109,7 +109,7 @@ def _records(n: int) -> list[bytes]:
 def make_template(root: Path, n: int) -> Path:
     """A store with ``n`` trajectories ingested and nothing distilled."""
     from memp_cli.config import Config
-    from memp_cli.model.trajectory import read_jsonl
+    from memp_cli.ingest import read_jsonl
     from memp_cli.store import Store
 
     cfg = Config()
@@ -162,8 +162,9 @@ def run_cli(path: Path, url: str, concurrency: int) -> tuple[dict[str, Any], flo
 def baseline_calls(path: Path, url: str) -> float:
     """Seconds per request for a bare loop of llm.complete_json on the same prompts (no cache)."""
     from memp_cli.backends import llm
+    from memp_cli.build.prompting import load_prompt, script_messages
     from memp_cli.build.runner import PROMPT_MAX_STEPS
-    from memp_cli.build.scripts import load_prompt, script_from_reply, script_messages
+    from memp_cli.model.script import script_from_reply
 
     store = open_store(path)
     prompt = load_prompt("script")
@@ -179,8 +180,10 @@ def baseline_calls(path: Path, url: str) -> float:
 def local_steps(path: Path) -> dict[str, float]:
     """ms per trajectory of memp's pure-Python work around the call, measured alone."""
     from memp_cli.backends.llm import extract_json
-    from memp_cli.build.runner import PROMPT_MAX_STEPS, script_memory
-    from memp_cli.build.scripts import load_prompt, script_from_reply, script_messages
+    from memp_cli.build.policies import script_memory
+    from memp_cli.build.prompting import load_prompt, script_messages
+    from memp_cli.build.runner import PROMPT_MAX_STEPS
+    from memp_cli.model.script import script_from_reply
 
     store = open_store(path)
     prompt = load_prompt("script")

@@ -110,7 +110,8 @@ def main() -> int:
     res["cli_startup_s"] = round(startup, 3)
 
     # 2. the library path, in-process
-    from memp_cli.model.trajectory import Trajectory, parse_record, read_jsonl, trajectory_id
+    from memp_cli.ingest import parse_record, read_jsonl
+    from memp_cli.model.trajectory import Trajectory, trajectory_id
     from memp_cli.store import Store
 
     lib_runs = []

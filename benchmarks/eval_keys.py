@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from memp_cli import index as index_mod  # noqa: E402
-from memp_cli.build.scripts import extract_keywords  # noqa: E402
+from memp_cli.build.builtin.keywords import extract_keywords  # noqa: E402
 from memp_cli.config import RetrievalConfig  # noqa: E402
 from memp_cli.eval.labels import norm_task  # noqa: E402
 from memp_cli.model.memory import Memory  # noqa: E402

@@ -8,11 +8,11 @@ memp versions upgrade it with small per-version migrations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from memp_cli.errors import ConfigError, InputError
+from memp_cli.errors import ConfigError, InputError, MempError
 from memp_cli.model.tomlutil import line_of_key, parse_toml
 
 SCHEMA_VERSION = 1
@@ -192,11 +192,61 @@ max_memories = {p.max_memories}
 """
 
 
-def _check(section: str, key: str, value: Any, default: Any, text: str, path: Path) -> Any:
-    def fail(msg: str) -> ConfigError:
-        line = line_of_key(text, key, section)
-        where = f"{path}:{line}: " if line else f"{path}: "
-        return ConfigError(where + f"[{section}] {key} {msg}", hint=f"fix it by hand in {path}")
+# The embedders whose vector width is fixed by their model (all-MiniLM-L6-v2: 384, tested
+# against memp_cli.backends.embedders.minilm.DIM); the others take [embedder] dim's range.
+_EMBEDDER_DIM = {"minilm": 384}
+
+
+def validate_config(cfg: Config, *, path: Path | None = None, text: str = "") -> None:
+    """Check every setting: type, range, choice, and the embedder against its dimension.
+
+    The one check for settings, run by ``memp init`` before anything is written and by
+    every load of ``memp.toml``. Values are normalised in place (a whole number where a
+    float is wanted becomes a float). With ``path`` (settings read from that file, whose
+    ``text`` locates the line) the error is a ConfigError naming ``path:line``; without,
+    the settings were given directly (``memp init`` options) and the error is an InputError.
+    """
+    for section, kind in _SECTIONS.items():
+        values, defaults = getattr(cfg, section), kind()
+        for key in (f.name for f in fields(values)):
+            value = _check(section, key, getattr(values, key), getattr(defaults, key), text, path)
+            setattr(values, key, value)
+    name, dim = cfg.embedder.name, cfg.embedder.dim
+    if not _known_embedder(name):
+        from memp_cli.backends.embedders import REGISTRY
+
+        names = ", ".join(f"{k}<model>" if k.endswith("/") else k for k in REGISTRY)
+        raise _fail("embedder", "name", f"must be one of {names}, got {name!r}", text, path)
+    if name in _EMBEDDER_DIM and dim != _EMBEDDER_DIM[name]:
+        raise _fail(
+            "embedder", "dim", f"must be {_EMBEDDER_DIM[name]} for the {name} embedder, got {dim}", text, path
+        )
+
+
+def _known_embedder(name: str) -> bool:
+    """``name`` is a registered embedder; a ``prefix/`` entry needs a model name after it
+    (checks the registry's names only: imports no embedder module)."""
+    from memp_cli.backends.embedders import lookup
+    from memp_cli.errors import ModelError
+
+    try:
+        key, model = lookup(name)
+    except ModelError:
+        return False
+    return not key.endswith("/") or bool(model.strip())
+
+
+def _fail(section: str, key: str, msg: str, text: str, path: Path | None) -> MempError:
+    if path is None:
+        return InputError(f"[{section}] {key} {msg}", hint="choose another value (see `memp init --help`)")
+    line = line_of_key(text, key, section)
+    where = f"{path}:{line}: " if line else f"{path}: "
+    return ConfigError(where + f"[{section}] {key} {msg}", hint=f"fix it by hand in {path}")
+
+
+def _check(section: str, key: str, value: Any, default: Any, text: str, path: Path | None) -> Any:
+    def fail(msg: str) -> MempError:
+        return _fail(section, key, msg, text, path)
 
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -261,5 +311,6 @@ def load_config(path: Path) -> Config:
                 raise ConfigError(
                     f"{path}:{line or '?'}: unknown setting [{key}] {k}", hint=f"known: {known}"
                 )
-            setattr(section, k, _check(key, k, v, getattr(section, k), text, path))
+            setattr(section, k, v)
+    validate_config(cfg, path=path, text=text)
     return cfg

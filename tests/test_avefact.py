@@ -19,7 +19,7 @@ from llm_server import LLMServer, serve
 from memp_cli import index as index_mod
 from memp_cli.backends import llm
 from memp_cli.backends.embedders.hashing import HashEmbedder
-from memp_cli.build.scripts import extract_keywords
+from memp_cli.build.builtin.keywords import extract_keywords
 from memp_cli.errors import ExitCode
 from memp_cli.model.memory import Memory, load_memory_file
 from memp_cli.retrieve import retriever as retrieve

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
 from conftest import FILES, memory_ids, memp, read_records
 
-from memp_cli.build.runner import memory_id
+from memp_cli.build.policies import memory_id
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
+from memp_cli.ingest import parse_record
 
 DISTILL = ("distill", "--policy", "trajectory")
 
@@ -51,7 +52,7 @@ def test_memory_content_comes_from_the_run(store: Path) -> None:
         assert [s["action"] for s in data["steps"]] == [s["action"] for s in rec["steps"]]
         for s, src in zip(data["steps"], rec["steps"], strict=True):
             obs = src["observation"].strip()
-            assert s["observation"] == (obs if len(obs) <= 300 else obs[:299] + "…")
+            assert s["observation"] == (obs if len(obs) <= 300 else obs[:299].rstrip() + "…")
 
 
 def test_long_runs_are_trimmed_by_the_store_settings(store: Path) -> None:
@@ -125,3 +126,198 @@ def test_distill_journal(store: Path) -> None:
     (ev,) = [e for e in events if e["event"] == "distill"]
     assert ev["count"] == 5 and sorted(ev["ids"]) == memory_ids(store)
     assert any(e["event"] == "index.sync" for e in events)
+
+
+def test_every_policy_keeps_the_same_steps_with_one_marker(store: Path) -> None:
+    """One trimmer: the trajectory and proceduralization policies keep the same steps."""
+    cfg = store / "memp.toml"
+    text = cfg.read_text().replace("max_steps = 40", "max_steps = 5")
+    cfg.write_text(text.replace("max_observation_chars = 300", "max_observation_chars = 40"))
+    _ingest(FILES["conversations"])  # runs of 7 to 34 steps, observations with spaces at the cut
+    memp(*DISTILL)
+    memp("distill", "--policy", "proceduralization", "--model", "builtin")
+    trimmed = 0
+    for t in map(parse_record, read_records(FILES["conversations"])):
+        by_policy = [
+            tomllib.loads((store / "memories" / f"{memory_id(p, t.id)}.toml").read_text())["steps"]
+            for p in ("trajectory", "proceduralization")
+        ]
+        assert by_policy[0] == by_policy[1]
+        steps = by_policy[0]
+        observations = [s["observation"] for s in steps]
+        assert all(len(o) <= 40 for o in observations)
+        assert any(len(o) == 40 and o.endswith("…") for o in observations) or all(
+            len(s.observation.strip()) <= 40 for s in t.steps
+        )
+        if len(t.steps) > 5:
+            trimmed += 1
+            assert len(steps) == 5
+            assert steps[2] == {"action": f"[... {len(t.steps) - 4} steps omitted ...]", "observation": ""}
+    assert trimmed > 0
+
+
+# Two memory files written by memp before the step trimmers became one: the trajectory
+# policy's marker (the one kept) and the proceduralization policy's ("…", "[N steps omitted]").
+OLD_TRAJECTORY_MEMORY = """\
+# memp memory. Edit freely: the next memp command re-checks it and re-embeds
+# it when `keys` change. `memp doctor` validates every memory file.
+schema_version = 1
+id = "me45ae23697fe"
+kind = "trajectory"
+version = 1
+task = "heat some egg and put it in garbagecan."
+success = true
+keys = [
+    "heat some egg and put it in garbagecan.",
+]
+keywords = [
+    "heat",
+    "egg",
+    "garbagecan",
+]
+
+[stats]
+retrieved = 0
+successes = 0
+failures = 0
+last_used = ""
+
+[provenance]
+trajectories = [
+    "tfb133915cdce02e",
+]
+policy = "trajectory"
+model = ""
+prompt_version = ""
+created = "2026-11-30T03:28:55Z"
+updated = "2026-11-30T03:28:55Z"
+
+[[steps]]
+action = "go to countertop 1"
+observation = "On the countertop 1, you see a egg 1, a…"
+
+[[steps]]
+action = "take egg 1 from countertop 1"
+observation = "You pick up the egg 1 from the countert…"
+
+[[steps]]
+action = "[... 3 steps omitted ...]"
+observation = ""
+
+[[steps]]
+action = "put egg 1 in/on garbagecan 1"
+observation = "You put the egg 1 in/on the garbagecan …"
+
+[[steps]]
+action = "look"
+observation = "You are facing the garbagecan 1. Next t…"
+"""
+
+OLD_PROCEDURE_MEMORY = """\
+# memp memory. Edit freely: the next memp command re-checks it and re-embeds
+# it when `keys` change. `memp doctor` validates every memory file.
+schema_version = 1
+id = "m2105f0bd55fe"
+kind = "procedure"
+version = 1
+task = "heat some egg and put it in garbagecan."
+success = true
+keys = [
+    "heat some egg and put it in garbagecan.",
+]
+keywords = [
+    "heat",
+    "egg",
+    "garbagecan",
+]
+
+[stats]
+retrieved = 0
+successes = 0
+failures = 0
+last_used = ""
+
+[provenance]
+trajectories = [
+    "tfb133915cdce02e",
+]
+policy = "proceduralization"
+model = "builtin"
+prompt_version = "builtin-v1"
+created = "2026-11-30T03:28:56Z"
+updated = "2026-11-30T03:28:56Z"
+
+[script]
+title = "heat some {object} and put it in {receptacle}"
+steps = [
+    "go to {location}",
+    "take {object} from {location}",
+    "go to microwave",
+    "heat {object} with microwave",
+    "go to {receptacle}",
+    "put {object} in/on {receptacle}",
+    "look",
+]
+preconditions = [
+    "a microwave is available to heat the {object}",
+]
+pitfalls = []
+keywords = [
+    "heat",
+    "egg",
+    "garbagecan",
+]
+generator = "builtin (rule-based, not an LLM)"
+
+[script.variables]
+object = "egg"
+receptacle = "garbagecan 1"
+location = "countertop 1"
+
+[[steps]]
+action = "go to countertop 1"
+observation = "On the countertop 1, you see a egg 1, a…"
+
+[[steps]]
+action = "take egg 1 from countertop 1"
+observation = "You pick up the egg 1 from the countert…"
+
+[[steps]]
+action = "…"
+observation = "[3 steps omitted]"
+
+[[steps]]
+action = "put egg 1 in/on garbagecan 1"
+observation = "You put the egg 1 in/on the garbagecan…"
+
+[[steps]]
+action = "look"
+observation = "You are facing the garbagecan 1. Next t…"
+"""
+
+
+def test_memory_files_with_either_old_marker_keep_loading(store: Path) -> None:
+    files = {"me45ae23697fe": OLD_TRAJECTORY_MEMORY, "m2105f0bd55fe": OLD_PROCEDURE_MEMORY}
+    for mid, text in files.items():
+        (store / "memories" / f"{mid}.toml").write_text(text)
+    before = {mid: (store / "memories" / f"{mid}.toml").read_bytes() for mid in files}
+    for mid in files:
+        shown = json.loads(memp("show", mid, "--json").stdout)  # one line or pretty, either way
+        assert len(shown["steps"]) == 5
+    prompt = memp("query", "heat an egg", "--format", "prompt").stdout
+    # both markers read the same to an agent, and neither is shown as an action taken
+    assert prompt.count("  [... 3 steps omitted ...]\n") == 2
+    assert "> …" not in prompt and "> [..." not in prompt
+    memp("doctor")
+    # reading them never rewrites them
+    assert {mid: (store / "memories" / f"{mid}.toml").read_bytes() for mid in files} == before
+
+
+def test_a_rerun_indexes_memories_a_killed_distill_left_unindexed(store: Path) -> None:
+    _ingest(FILES["openai"])
+    memp(*DISTILL)
+    shutil.rmtree(store / "index")  # as a distill killed between its memory files and the index
+    assert memp("doctor", expect=None).code == ExitCode.STORE
+    r = memp(*DISTILL)
+    assert "index: 5 embedded" in r.stderr
+    memp("doctor")

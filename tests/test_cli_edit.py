@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -236,3 +237,61 @@ def test_memory_file_with_mismatched_name(built: Path) -> None:
     r = memp("doctor", expect=ExitCode.STORE)
     what = [f["what"] for f in r.jsonl()]
     assert any("renamed.toml" in w and "they must agree" in w for w in what)
+
+
+def test_equal_size_edit_in_the_same_second_is_reembedded(built: Path) -> None:
+    """An edit that keeps the file's size ("heat" -> "cool") and nearly its mtime is still seen."""
+    old_key, new_key = (
+        "heat some apple and put it in garbagecan.",
+        "cool some apple and put it in garbagecan.",
+    )
+    (mid,) = [m for m in memory_ids(built) if f'"{old_key}"' in _path(built, m).read_text(encoding="utf-8")]
+    assert _top(new_key) != mid
+    path = _path(built, mid)
+    st = path.stat()
+    data = path.read_bytes()
+    keys_at = data.index(b"keys = [")
+    edited = data[:keys_at] + data[keys_at:].replace(old_key.encode(), new_key.encode(), 1)
+    assert len(edited) == len(data) and edited != data
+    with open(path, "r+b") as f:  # in place: the directory's mtime does not change
+        f.write(edited)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert path.stat().st_size == st.st_size
+    r = memp("query", new_key, "-k", 1)
+    assert r.jsonl()[0]["id"] == mid
+    assert "index: 1 embedded (hash)" in r.stderr
+
+
+def test_edit_keeps_the_comments_of_the_file_and_of_the_edit(
+    built: Path, monkeypatch, tmp_path: Path
+) -> None:
+    mid = memory_ids(built)[3]
+    path = _path(built, mid)
+    text = path.read_text(encoding="utf-8")
+    text = "# top: checked by hand\n\n" + text
+    text = text.replace('\nkind = "trajectory"\n', '\nkind = "trajectory"  # inline: keep me\n', 1)
+    text = text.replace("[stats]\n", "[stats]\n# inside a table: keep me too\n", 1)
+    path.write_text(text, encoding="utf-8")  # a hand edit, before `memp edit`
+    draft = tmp_path / "draft.toml"
+    _editor(
+        monkeypatch,
+        tmp_path,
+        "import re, shutil, sys\np = sys.argv[1]\ns = open(p).read()\n"
+        "s = re.sub(r'keywords = \\[[^\\]]*\\]', '# my keyword\\nkeywords = [\"sinkbasin\"]', s, count=1)\n"
+        f"open(p, 'w').write(s)\nshutil.copy(p, {str(draft)!r})\n",
+    )
+    memp("edit", mid)
+    edited = draft.read_text(encoding="utf-8").splitlines()
+    saved = path.read_text(encoding="utf-8").splitlines()
+    for comment in (
+        "# top: checked by hand",
+        "# inline: keep me",
+        "# inside a table: keep me too",
+        "# my keyword",
+    ):
+        assert any(comment in line for line in saved), comment
+    # Only the lines memp owns changed: the version and the time of the update.
+    changed = [(a, b) for a, b in zip(edited, saved, strict=True) if a != b]
+    assert [a.split(" =")[0] for a, _ in changed] == ["version", "updated"]
+    assert ("version = 1", "version = 2") in changed
+    assert json.loads(memp("show", mid, "--json").stdout)["keywords"] == ["sinkbasin"]

@@ -17,7 +17,7 @@ from conftest import (
 )
 
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
+from memp_cli.ingest import parse_record
 
 GOOD = read_lines(FILES["native"])
 

@@ -7,6 +7,7 @@ the ALFWorld and WebShop slices in tests/data/distill_*.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -24,13 +26,16 @@ import pytest
 from conftest import DATA, memory_ids, memp, subprocess_env
 from llm_server import LLMServer, serve
 
+from memp_cli import store as store_mod
 from memp_cli.backends import llm
-from memp_cli.build.runner import BUILTIN_GENERATOR, distill, memory_id
-from memp_cli.build.scripts import extract_keywords
+from memp_cli.build import runner
+from memp_cli.build.builtin.keywords import extract_keywords
+from memp_cli.build.policies import BUILTIN_GENERATOR, memory_id
+from memp_cli.build.runner import distill
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
-from memp_cli.store import Store
-from memp_cli.store.fsutil import StoreLock
+from memp_cli.ingest import parse_record
+from memp_cli.store import Store, fsutil
+from memp_cli.store.fsutil import TMP_PREFIX, StoreLock
 
 KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/test-model"
@@ -149,6 +154,68 @@ def test_builtin_proceduralization_is_the_default(store: Path) -> None:
     # Idempotent: nothing to do the second time.
     rep = _summary(memp("distill", "--json"))
     assert (rep["read"], rep["written"], rep["skipped"]) == (0, 0, 22)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads fsynced paths from /proc")
+def test_distill_fsyncs_what_it_writes_and_never_syncs_the_machine(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.sync() flushes every file system on the machine: distill fsyncs its own files."""
+    _ingest(ALF, WEB)
+
+    def no_sync() -> None:
+        raise AssertionError("os.sync() called: it flushes every file system on the machine")
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "sync", no_sync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    rep = _summary(memp("distill", "--json"))
+    assert rep["written"] == 22
+    mem_dir = str((store / "memories").resolve())
+    # each memory file before its rename (under its temporary name), then the directory
+    temps = [p for p in synced if os.path.dirname(p) == mem_dir and os.path.basename(p).startswith(".tmp-")]
+    assert len(temps) == 22
+    assert mem_dir in synced
+
+
+def test_a_failed_memory_write_fails_the_batch_and_is_not_journalled(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk full at one memory file: the run fails, the journal names no missing memory."""
+    _ingest(WEB)
+    real = fsutil.atomic_write
+    calls = []
+
+    def disk_full_at_the_second(path: Path, data: bytes | str, **kw: Any) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, data, **kw)
+
+    with monkeypatch.context() as mp, pytest.raises(OSError, match="No space left"):
+        mp.setattr(store_mod, "atomic_write", disk_full_at_the_second)
+        distill(Store.open(store), "proceduralization", model="builtin")
+    assert len(calls) == 4  # the other writes of the batch ended first
+    assert len(memory_ids(store)) == 3
+    assert _events(store, "distill.write") == []  # the journal names no memory that is not there
+    rep = _summary(memp("distill", "--json"))
+    assert (rep["written"], rep["skipped"]) == (1, 3)
+
+
+def test_distill_summary_comes_after_the_index_update(store: Path) -> None:
+    """The last line says the run is done only once the new memories are embedded too."""
+    _ingest(ALF, WEB)
+    lines = memp("distill").stderr.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("memp: index: 22 embedded"))
+    summary = next(i for i, line in enumerate(lines) if line.startswith("memp: distill (proceduralization"))
+    assert index < summary
+    assert lines[-1].startswith("memp: done in ")
 
 
 def test_builtin_script_policy_and_trajectory_keywords(store: Path) -> None:
@@ -506,3 +573,136 @@ def test_killed_run_resumes_without_repeating_finished_calls(store: Path, srv: L
     # Only the calls in flight at the kill (at most --concurrency) are asked again.
     assert len(set(first_tasks) & set(second_tasks)) <= 2
     assert first + len(second_tasks) <= 22 + 2
+
+
+# --------------------------------------------------------------------------- a kill at every write point
+
+
+class Killed(BaseException):
+    """The process died here (a BaseException, as a kill: no handler in memp may swallow it)."""
+
+
+class Faults:
+    """Kill the writer at its ``kill_at``-th write; every write after that fails too (it is dead).
+
+    Write points: memp's atomic writers (``atomic_write``, ``atomic_output``, wherever a module
+    imported them), the LLM response cache's writer and the journal. The write killed leaves
+    half a temporary file beside its target, as a kill in the middle of it would.
+    """
+
+    def __init__(self, kill_at: int) -> None:
+        self.kill_at = kill_at
+        self.count = 0
+        self.dead = False
+        self._lock = threading.Lock()
+
+    def hit(self, path: Path | None, data: bytes = b"") -> None:
+        with self._lock:
+            if not self.dead:
+                self.count += 1
+                self.dead = self.count == self.kill_at
+                if not self.dead:
+                    return
+                if path is not None:
+                    (path.parent / f"{TMP_PREFIX}killed-{self.count}").write_bytes(data[: len(data) // 2])
+        raise Killed(f"killed at write {self.kill_at}")
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_write, real_output = fsutil.atomic_write, fsutil.atomic_output
+
+        def atomic_write(path: Path, data: bytes | str, **kw: Any) -> None:
+            self.hit(path, data.encode() if isinstance(data, str) else data)
+            real_write(path, data, **kw)
+
+        @contextlib.contextmanager
+        def atomic_output(path: Path) -> Iterator[Path]:
+            self.hit(path, b"partial")
+            with real_output(path) as tmp:
+                yield tmp
+
+        for mod in [m for name, m in sys.modules.items() if name.startswith("memp_cli")]:
+            if getattr(mod, "atomic_write", None) is real_write:
+                monkeypatch.setattr(mod, "atomic_write", atomic_write)
+            if getattr(mod, "atomic_output", None) is real_output:
+                monkeypatch.setattr(mod, "atomic_output", atomic_output)
+        if hasattr(llm, "_atomic_write"):  # the response cache's own writer, while it has one
+            real_cache_write = llm._atomic_write
+
+            def cache_write(path: Path, data: bytes) -> None:
+                self.hit(path, data)
+                real_cache_write(path, data)
+
+            monkeypatch.setattr(llm, "_atomic_write", cache_write)
+        real_journal = Store.journal
+
+        def journal(store: Store, event: str, **fields: Any) -> None:
+            self.hit(None)
+            real_journal(store, event, **fields)
+
+        monkeypatch.setattr(Store, "journal", journal)
+
+
+def _memory_files(store: Path) -> dict[str, str]:
+    """Memory files without their timestamps (a rerun writes them at another time)."""
+    out = {}
+    for p in sorted((store / "memories").glob("*.toml")):
+        if not p.name.startswith(TMP_PREFIX):
+            lines = p.read_text().splitlines()
+            out[p.stem] = "\n".join(ln for ln in lines if not ln.startswith(("created = ", "updated = ")))
+    return out
+
+
+def _wait_for_distill_threads() -> None:
+    for t in threading.enumerate():
+        if t.name.startswith(("memp-distill-", "memp-save")):
+            t.join(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["builtin", "llm"])  # the trajectory policy writes as builtin does
+def test_a_kill_at_any_write_point_of_distill(
+    how: str, store: Path, srv: LLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Kill distill at its 1st, 2nd, ... write: a rerun completes, no memory lost or doubled.
+
+    Write points: memory files, journal lines, the LLM response cache, the index update.
+    """
+    monkeypatch.setattr(runner, "BATCH", 2)  # several batches: write points between them
+    _ingest(WEB)  # 4 runs
+    args = {
+        "builtin": ["--policy", "proceduralization", "--model", "builtin"],
+        "llm": ["--policy", "script", "--model", MODEL, "--api-base", srv.url, "--concurrency", "2"],
+    }[how]
+    template = tmp_path / "template"
+    shutil.copytree(store, template)
+    memp("distill", *args)
+    reference = _memory_files(store)
+    assert len(reference) == 4
+    kill_at = 0
+    while True:
+        kill_at += 1
+        shutil.rmtree(store)
+        shutil.copytree(template, store)
+        faults = Faults(kill_at)
+        with monkeypatch.context() as mp:
+            faults.install(mp)
+            try:
+                memp("distill", *args, expect=None)
+            except Killed:
+                pass
+            _wait_for_distill_threads()
+        if not faults.dead:
+            break  # the run made fewer writes than kill_at: every write point is done
+        where = f"killed at write {kill_at}"
+        # the store is readable as it was left
+        listed = [row["id"] for row in memp("list", "--json").jsonl()]
+        assert sorted(listed) == sorted(_memory_files(store)), where
+        # a rerun completes: every memory there once, whole, as a run without a kill wrote it
+        rerun = memp("distill", *args, "--json", expect=None)
+        assert rerun.code == 0, (where, rerun)
+        assert _memory_files(store) == reference, where
+        written = [mid for e in _events(store, "distill.write") for mid in e["ids"]]
+        assert len(written) == len(set(written)), (where, "a memory written twice")
+        assert memp("doctor", expect=None).code == 0, where
+        assert memp("query", "a pair of shoes", "--json", expect=None).code == 0, where
+    assert kill_at > 8  # the runs had write points: memories, journal, index (and cache)

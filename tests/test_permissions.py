@@ -22,7 +22,7 @@ from memp_cli.backends.embedders import get_embedder
 from memp_cli.build.runner import distill
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, StoreError
-from memp_cli.model.trajectory import read_jsonl
+from memp_cli.ingest import read_jsonl
 from memp_cli.store import Store
 from memp_cli.store.fsutil import TMP_PREFIX, StoreLock, atomic_output, atomic_write
 

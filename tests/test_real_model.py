@@ -42,9 +42,9 @@ import pytest
 from conftest import DATA, memory_ids, memp
 from real_model import MODEL_ALIAS, RealModelServer, RealModelServerError, find_gguf, missing
 
-from memp_cli.build.runner import memory_id
+from memp_cli.build.policies import memory_id
 from memp_cli.errors import ExitCode
-from memp_cli.model.trajectory import parse_record
+from memp_cli.ingest import parse_record
 
 pytestmark = pytest.mark.slow
 

@@ -12,22 +12,23 @@ from pathlib import Path
 import orjson
 import pytest
 
-from memp_cli.build.scripts import (
+from memp_cli.build.builtin.distiller import builtin_script
+from memp_cli.build.builtin.keywords import extract_keywords
+from memp_cli.build.prompting import Prompt, keyword_messages, load_prompt, script_messages
+from memp_cli.build.steps import omitted_count, omitted_step, trim_steps
+from memp_cli.errors import ConfigError
+from memp_cli.ingest import parse_record
+from memp_cli.model.memory import Memory
+from memp_cli.model.script import (
     SCRIPT_JSON_SCHEMA,
     SCRIPT_KEYS,
-    Prompt,
     Script,
-    builtin_script,
-    extract_keywords,
-    keyword_messages,
     keywords_from_reply,
-    load_prompt,
     script_from_reply,
-    script_messages,
-    trim_steps,
 )
-from memp_cli.errors import ConfigError
-from memp_cli.model.trajectory import Step, Trajectory, parse_record
+from memp_cli.model.trajectory import Step, Trajectory
+from memp_cli.retrieve.render import PROMPT_HEADER, estimate_tokens, render_memory, render_prompt
+from memp_cli.retrieve.retriever import Hit
 
 DATA = Path(__file__).parent / "data"
 ENTITY_NUMBER = re.compile(r"\b[a-z]+ \d+\b")  # "mug 1", "countertop 2"
@@ -484,10 +485,14 @@ def test_script_messages_do_not_reinterpret_braces() -> None:
     ]
 
 
+def _steps(t: Trajectory) -> list[dict[str, str]]:
+    return [s.to_dict() for s in t.steps]
+
+
 def test_trim_steps() -> None:
     t = MISC["scienceworld/boil/train/var0"]
     n = len(t.steps)
-    kept = trim_steps(t, max_steps=10, max_obs_chars=50)
+    kept = trim_steps(_steps(t), max_steps=10, max_chars=50)
     assert len(kept) == 10
     assert kept[:5] == [
         {
@@ -496,14 +501,85 @@ def test_trim_steps() -> None:
         }
         for i, s in enumerate(t.steps[:5])
     ]
-    assert kept[5] == {"action": "…", "observation": f"[{n - 9} steps omitted]"}
+    assert kept[5] == omitted_step(n - 9) == {"action": f"[... {n - 9} steps omitted ...]", "observation": ""}
+    assert omitted_count(kept[5]) == n - 9
+    assert [omitted_count(d) for d in kept if d is not kept[5]] == [None] * 9
     assert kept[6]["action"] == t.steps[n - 4].action and kept[-1]["action"] == t.steps[-1].action
     assert all(len(d["observation"]) <= 50 for d in kept)
     assert kept[2]["observation"].endswith("…")
-    short = trim_steps(WEB["webshop/fixed_100"], max_steps=60, max_obs_chars=10_000)
+    short = trim_steps(_steps(WEB["webshop/fixed_100"]), max_steps=60, max_chars=10_000)
     assert [d["action"] for d in short] == [s.action for s in WEB["webshop/fixed_100"].steps]
     assert short[0]["observation"] == WEB["webshop/fixed_100"].steps[0].observation
-    react = trim_steps(Trajectory("t", [Step("a", "o", "why")]), 5, 300)
+    react = trim_steps(_steps(Trajectory("t", [Step("a", "o", "why")])), 5, 300)
     assert react == [{"action": "a", "observation": "o", "thought": "why"}]
     with pytest.raises(ValueError):
-        trim_steps(t, 0, 10)
+        trim_steps(_steps(t), 0, 10)
+
+
+def test_trim_steps_cuts_text_one_way() -> None:
+    """Observations and thoughts are stripped, then cut (without trailing blanks) to max_chars."""
+    long = Step("x" * 1500, "  " + "word " * 30 + " ", "\n" + "word " * 10)
+    (d,) = trim_steps(_steps(Trajectory("t", [long])), 5, 21)
+    assert d["observation"] == d["thought"] == "word word word word…"
+    assert d["action"] == "x" * 999 + "…"  # actions are cut at 1000 characters (or max_chars if more)
+    (d,) = trim_steps(_steps(Trajectory("t", [Step("go", "  short  ")])), 5, 21)
+    assert d == {"action": "go", "observation": "short"}
+    (d,) = trim_steps(_steps(Trajectory("t", [long])), 5, 0)
+    assert (d["observation"], d["thought"]) == ("", "")
+    # without max_chars nothing is cut: the render path cuts its own way
+    assert trim_steps([{"action": "a", "observation": " o " * 900}], 5) == [
+        {"action": "a", "observation": " o " * 900}
+    ]
+    # keys a hand edit added are kept
+    assert trim_steps([{"action": "a", "observation": "o", "note": "n"}], 5, 10) == [
+        {"action": "a", "observation": "o", "note": "n"}
+    ]
+
+
+def test_trimming_again_counts_the_steps_a_marker_stands_for() -> None:
+    t = MISC["scienceworld/boil/train/var0"]
+    full = trim_steps(_steps(t), 10_000, 300)
+    for k in range(1, 12):
+        once = trim_steps(full, k)
+        for j in range(1, k + 1):
+            assert trim_steps(once, j) == trim_steps(full, j), (k, j)
+    # the marker of memory files written before (proceduralization policy) counts too
+    legacy = [*full[:2], {"action": "…", "observation": f"[{len(full) - 4} steps omitted]"}, *full[-2:]]
+    assert omitted_count(legacy[2]) == len(full) - 4
+    assert trim_steps(legacy, 3) == trim_steps(full, 3)
+    assert omitted_count({"action": "…", "observation": "it failed"}) is None
+    assert omitted_count({"action": "[... 3 steps omitted ...]", "observation": "a real reply"}) is None
+
+
+def test_render_and_distill_agree() -> None:
+    """A memory cut to fit a prompt shows the steps distill would have kept, marker and all."""
+    t = MISC["scienceworld/boil/train/var0"]
+    full = trim_steps(_steps(t), 10_000, 300)
+
+    def shown(steps: list[dict[str, str]], max_steps: int | None = None) -> str:
+        m = Memory(id="m1", kind="trajectory", task=t.task, steps=steps)
+        return render_memory(Hit(m, 0.5, 0.5, 0.0), 1, max_steps=max_steps)
+
+    for k in (1, 2, 5, 10, len(full) - 1):
+        assert shown(full, k) == shown(trim_steps(full, k)), k
+        assert f"  [... {len(full) - k + 1} steps omitted ...]" in shown(full, k)
+    assert "omitted" not in shown(full)
+
+
+def test_render_prompt_shrinks_a_memory_to_its_budget() -> None:
+    """Fewer steps (head and tail around the marker) and shorter observations, down to one step."""
+    one = Memory(id="m1", kind="trajectory", task="t", steps=[{"action": "a", "observation": "o " * 500}])
+    hit = Hit(one, 0.5, 0.5, 0.0)
+    header = estimate_tokens(PROMPT_HEADER)
+    whole = estimate_tokens(render_memory(hit, 1)) + 1
+    short = estimate_tokens(render_memory(hit, 1, max_steps=1, obs_chars=120)) + 1
+    assert short < whole
+    packed = render_prompt([hit], max_tokens=header + short)
+    assert "o o" in packed and len(packed) < len(render_prompt([hit], max_tokens=header + whole))
+    assert render_prompt([hit], max_tokens=header + short - 1) == PROMPT_HEADER + "\n"
+    t = MISC["scienceworld/boil/train/var0"]
+    many = Memory(id="m2", kind="trajectory", task=t.task, steps=trim_steps(_steps(t), 10_000, 300))
+    packed = render_prompt([Hit(many, 0.5, 0.5, 0.0)], max_tokens=300)
+    assert estimate_tokens(packed) <= 300
+    assert re.search(r"\n  \[\.\.\. \d+ steps omitted \.\.\.\]\n", packed)
+    assert f"  > {t.steps[-1].action}" in packed  # the last step stays

@@ -13,8 +13,8 @@ from memp_cli.backends.embedders import get_embedder
 from memp_cli.build.runner import distill
 from memp_cli.config import Config
 from memp_cli.errors import InputError, LockedError, MemoryFileError, NotFoundError, StoreError
+from memp_cli.ingest import read_jsonl
 from memp_cli.model.memory import Memory, load_memory_file, memory_from_toml
-from memp_cli.model.trajectory import read_jsonl
 from memp_cli.store import Store
 from memp_cli.store.fsutil import StoreLock, atomic_write
 

@@ -8,14 +8,8 @@ import orjson
 import pytest
 from conftest import FILES, read_lines, read_records
 
-from memp_cli.model.trajectory import (
-    RecordError,
-    Trajectory,
-    detect_format,
-    parse_record,
-    read_jsonl,
-    trajectory_id,
-)
+from memp_cli.ingest import detect_format, parse_record, read_jsonl
+from memp_cli.model.trajectory import RecordError, Step, Trajectory, trajectory_id
 
 # ----------------------------------------------------------------- detection
 
@@ -29,6 +23,46 @@ def test_detect_format_on_real_files(shape: str, expected: str) -> None:
 def test_detect_format_unrecognised() -> None:
     with pytest.raises(RecordError, match="unrecognised record"):
         detect_format({"foo": 1})
+
+
+# A record with keys of two shapes is read as the shape that has all its keys;
+# a lone "task" or "steps" falls back to native. Each line pins one ambiguity.
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (("task", "messages"), "openai"),
+        (("steps", "messages"), "openai"),
+        (("task", "conversations"), "conversations"),
+        (("steps", "conversations"), "conversations"),
+        (("task", "query", "trajectory"), "memp"),
+        (("steps", "query", "trajectory"), "memp"),
+        (("task", "steps", "messages"), "native"),
+        (("task", "steps", "query", "trajectory"), "native"),
+        (("messages", "conversations"), "openai"),
+        (("conversations", "query", "trajectory"), "conversations"),
+        (("query", "steps"), "native"),
+        (("trajectory", "task"), "native"),
+        (("query", "messages"), "openai"),
+        (("task",), "native"),
+        (("steps",), "native"),
+    ],
+)
+def test_detect_format_of_ambiguous_records(keys: tuple[str, ...], expected: str) -> None:
+    assert detect_format(dict.fromkeys(keys, "x")) == expected
+
+
+@pytest.mark.parametrize("extra", ["task", "id", "success"])
+def test_messages_record_with_native_labels_is_read_as_openai(extra: str) -> None:
+    rec = read_records(FILES["openai"])[0]
+    t = parse_record({**rec, extra: "go to the kitchen" if extra == "task" else rec.get(extra, True)})
+    assert t.task == parse_record(rec).task
+    assert len(t.steps) == len(parse_record(rec).steps) > 0
+
+
+def test_query_trajectory_record_with_a_task_key_is_read_as_memp() -> None:
+    rec = {"query": "heat an egg", "task": "ignored label", "trajectory": "Action: go to fridge 1\nObs: ok"}
+    t = parse_record(rec)
+    assert t.task == "heat an egg" and [s.action for s in t.steps] == ["go to fridge 1"]
 
 
 # -------------------------------------------------------------------- native
@@ -71,6 +105,18 @@ def test_trajectory_id_ignores_labels_but_not_content() -> None:
     assert parse_record(changed).id != t.id
     assert parse_record({**rec, "success": False}).id != t.id
     assert trajectory_id(t) == t.id
+
+
+def test_trajectory_id_covers_every_part_of_a_step() -> None:
+    base = Trajectory(task="t", steps=[Step("open fridge 1", "a fridge", "find the egg")])
+    for step in (
+        Step("open fridge 1", "a fridge", "find the milk"),  # only the thought differs
+        Step("open fridge 1", "a closed fridge", "find the egg"),
+        Step("open fridge 2", "a fridge", "find the egg"),
+        Step("open fridge 1", "a fridge", ""),
+    ):
+        assert Trajectory(task="t", steps=[step]).id != base.id, step
+    assert Trajectory(task="t", steps=[Step("open fridge 1", "a fridge", "find the egg")]).id == base.id
 
 
 @pytest.mark.parametrize(
@@ -172,6 +218,33 @@ def test_openai_tool_calls_and_content_parts() -> None:
     assert t.steps[0].observation == "3 flights found"
     assert t.steps[1].action == "book[F1]"
     assert t.steps[1].thought == "pick the cheapest"
+
+
+def test_openai_text_wins_over_tool_calls_and_the_last_task_marker_wins() -> None:
+    t = parse_record(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "Example. Your task is to: heat an egg.\n> go to fridge 1\n"
+                    "Now yours.\nYour task is to: put a mug in desk.",
+                },
+                {
+                    "role": "assistant",
+                    "content": "search the shelf",
+                    "tool_calls": [{"function": {"name": "search", "arguments": "{}"}}],
+                },
+            ]
+        }
+    )
+    assert t.task == "put a mug in desk."
+    assert t.initial_observation == "Example. Your task is to: heat an egg.\n> go to fridge 1\nNow yours."
+    assert [s.action for s in t.steps] == ["search the shelf"]
+
+
+def test_memp_react_text_with_act_and_obs_lines() -> None:
+    t = parse_record({"query": "find a mug", "trajectory": "Act: go to desk 1\nObs: a mug\nAct: take mug 1"})
+    assert [(s.action, s.observation) for s in t.steps] == [("go to desk 1", "a mug"), ("take mug 1", "")]
 
 
 @pytest.mark.parametrize(

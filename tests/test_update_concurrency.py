@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import FILES, memory_ids, memp, read_records, subprocess_env
 
-from memp_cli.build.runner import memory_id
-from memp_cli.model.trajectory import parse_record
+from memp_cli.build.policies import memory_id
+from memp_cli.ingest import parse_record
 from memp_cli.store import Store
 from memp_cli.update.history import History, swap_in
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from conftest import FILES, memory_ids, memp, read_records
 
-from memp_cli.build.runner import memory_id
-from memp_cli.model.trajectory import Trajectory, parse_record
+from memp_cli.build.policies import memory_id
+from memp_cli.ingest import parse_record
+from memp_cli.model.trajectory import Trajectory
 
 
 def _build(store: Path) -> list[dict]:
@@ -93,7 +94,7 @@ def test_builtin_reflection_adds_the_steps_a_success_took() -> None:
     ok = next(r for r in records if r["success"] is True and r["task_type"] == "heat")
     success = parse_record(ok)
     # the memory lacks the heating step the success took
-    from memp_cli.build.scripts import builtin_script
+    from memp_cli.build.builtin.distiller import builtin_script
 
     full = builtin_script(success)
     heat = [s for s in full.steps if "heat" in s]

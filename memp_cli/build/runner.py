@@ -1,23 +1,10 @@
-"""Build memories from ingested trajectories (the paper's *build* step).
+"""The distill loop: build memories from ingested trajectories (the paper's *build* step).
 
-Policies:
-
-- ``trajectory``: the memory keeps the task and the concrete steps (trimmed
-  to ``[distill] max_steps``, long observations cut). No LLM.
-- ``script``: a model turns the run into an abstract procedure (numbered general
-  steps with the specifics lifted into ``{variables}``, preconditions, pitfalls,
-  keywords): :mod:`memp_cli.build.scripts` holds the schema and the prompt.
-- ``proceduralization`` (the default): one memory holding both the script and the
-  trimmed concrete steps.
-
-The model is any litellm model string, or ``builtin``: :func:`scripts.builtin_script`,
-a deterministic rule-based distiller (no network, no key), labelled as such in every
-memory it writes.
-
-A memory's id derives from the policy and the trajectory id, so distilling again
-skips what is done and a killed run resumes where it stopped. A memory built with
-another model or prompt version is rebuilt as a new ``version`` of the same memory
-(its ``stats`` kept), except that the builtin distiller never replaces what an LLM built.
+What one trajectory becomes under each policy is :mod:`memp_cli.build.policies`; this
+module finds what is still to build, makes the LLM calls (or runs the builtin
+distiller) and writes the results. A memory's id derives from the policy and the
+trajectory id, so distilling again skips what is done and a killed run resumes where
+it stopped; a rebuilt memory keeps its ``stats``.
 
 Locking: the store's writer lock is never held during LLM calls. A run (1) lists
 the pending trajectories under the lock, (2) makes the calls without it, in a
@@ -31,29 +18,29 @@ response cache (``cache/llm``), so a rerun costs no tokens for them.
 
 from __future__ import annotations
 
-import hashlib
 import queue
-import re
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from memp_cli.build.policies import (
+    BUILTIN_MODEL,
+    BUILTIN_VERSION,
+    built_with,
+    is_current,
+    memory_id,
+    resolve_policy,
+    script_memory,
+    trajectory_memory,
+)
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
-from memp_cli.model.memory import Memory, Provenance, load_memory_file
+from memp_cli.model.memory import Memory, load_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import Store
 from memp_cli.store.fsutil import StoreLock
 
-POLICIES = ("trajectory", "script", "proceduralization")
-KIND_OF_POLICY = {"trajectory": "trajectory", "script": "script", "proceduralization": "procedure"}
-BUILTIN_MODEL = "builtin"
-# Bump when builtin_script changes what it writes: stores then rebuild its memories.
-BUILTIN_VERSION = "builtin-v1"
-BUILTIN_GENERATOR = "builtin (rule-based, not an LLM)"
 BATCH = 500  # memories written under one lock acquisition, at most
 FLUSH_SECONDS = 1.0  # local policies: write at least this often
 GATHER_SECONDS = 0.05  # LLM results: wait this long for more before writing a batch
@@ -126,120 +113,6 @@ class _Cancelled:
     """A job the pool skipped because the run was stopping."""
 
 
-# --------------------------------------------------------------------------- memories
-
-
-def memory_id(policy: str, trajectory_id: str) -> str:
-    return "m" + hashlib.sha256(f"{policy}:{trajectory_id}".encode()).hexdigest()[:12]
-
-
-def trim_steps(t: Trajectory, max_steps: int, max_obs_chars: int) -> list[dict[str, str]]:
-    """The concrete steps kept in a ``trajectory`` memory: long runs keep head and tail."""
-
-    def cut(s: str) -> str:
-        s = s.strip()
-        return s if len(s) <= max_obs_chars else s[: max(max_obs_chars - 1, 0)] + "…"
-
-    steps = [s.to_dict() for s in t.steps]
-    for s in steps:
-        s["observation"] = cut(s.get("observation", ""))
-        if "thought" in s:
-            s["thought"] = cut(s["thought"])
-    if len(steps) > max_steps:
-        head = max_steps // 2
-        tail = max_steps - head - 1
-        skipped = len(steps) - head - tail
-        marker = {"action": f"[... {skipped} steps omitted ...]", "observation": ""}
-        steps = steps[:head] + [marker] + (steps[-tail:] if tail else [])
-    return steps
-
-
-def trajectory_memory(t: Trajectory, store: Store) -> Memory:
-    from memp_cli.build.scripts import extract_keywords
-
-    cfg = store.config.distill
-    return Memory(
-        id=memory_id("trajectory", t.id),
-        kind="trajectory",
-        task=t.task,
-        keys=[t.task],
-        keywords=extract_keywords(t.task),
-        task_type=t.task_type or "",
-        success=t.success,
-        steps=trim_steps(t, cfg.max_steps, cfg.max_observation_chars),
-        provenance=Provenance(trajectories=[t.id], policy="trajectory"),
-    )
-
-
-def script_memory(
-    t: Trajectory, script: Any, store: Store, *, policy: str, model: str, prompt_version: str
-) -> Memory:
-    """A ``script`` or ``procedure`` memory from a :class:`scripts.Script`."""
-    from memp_cli.build.scripts import trim_steps as procedure_steps
-
-    cfg = store.config.distill
-    body = script.to_dict()
-    body["generator"] = BUILTIN_GENERATOR if model == BUILTIN_MODEL else f"{model} (LLM)"
-    kind = KIND_OF_POLICY[policy]
-    return Memory(
-        id=memory_id(policy, t.id),
-        kind=kind,
-        task=t.task,
-        keys=[t.task],
-        keywords=list(script.keywords),
-        task_type=t.task_type or "",
-        success=t.success,
-        script=body,
-        steps=procedure_steps(t, cfg.max_steps, cfg.max_observation_chars) if kind == "procedure" else [],
-        provenance=Provenance(trajectories=[t.id], policy=policy, model=model, prompt_version=prompt_version),
-    )
-
-
-_PROV_SECTION = re.compile(r"^\[provenance\][ \t]*\r?\n(.*?)(?=^\s*\[|\Z)", re.MULTILINE | re.DOTALL)
-
-
-def built_with(path: Path) -> tuple[str, str]:
-    """(model, prompt_version) recorded in a memory file. Raises MemoryFileError if broken.
-
-    Reads only the ``[provenance]`` table when it can (fast for big stores); falls back
-    to a full validated parse.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-        m = _PROV_SECTION.search(text)
-        if m:
-            prov = tomllib.loads(m.group(1))
-            model, version = prov.get("model", ""), prov.get("prompt_version", "")
-            if isinstance(model, str) and isinstance(version, str):
-                return model, version
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        pass
-    mem = load_memory_file(path)
-    return mem.provenance.model, mem.provenance.prompt_version
-
-
-def is_current(built: tuple[str, str], model: str, prompt_version: str) -> bool:
-    """Whether a memory built with ``built`` = (model, prompt version) needs no rebuilding.
-
-    The same model and prompt version: current. The builtin distiller never replaces what an
-    LLM built (a cron ``memp distill`` with the default model must not downgrade memories
-    built with ``--model``); any other change of model or prompt version rebuilds.
-    """
-    if built == (model, prompt_version):
-        return True
-    return model == BUILTIN_MODEL and built[0] not in ("", BUILTIN_MODEL)
-
-
-# --------------------------------------------------------------------------- the run
-
-
-def resolve_policy(store: Store, policy: str | None) -> str:
-    pol = policy or store.config.distill.policy
-    if pol not in POLICIES:
-        raise InputError(f"unknown policy {pol!r}", hint=f"choose one of {', '.join(POLICIES)}")
-    return pol
-
-
 def distill(
     store: Store,
     policy: str | None = "trajectory",
@@ -275,7 +148,7 @@ def distill(
     use_model = "" if pol == "trajectory" else (model or cfg.llm.model or BUILTIN_MODEL).strip()
     prompt = None
     if use_model and use_model != BUILTIN_MODEL:
-        from memp_cli.build.scripts import load_prompt
+        from memp_cli.build.prompting import load_prompt
 
         prompt = load_prompt("script", store.prompts_dir)
     prompt_version = prompt.version if prompt else (BUILTIN_VERSION if use_model else "")
@@ -410,7 +283,7 @@ def _dry_run(
         }
         if prompt is not None:
             from memp_cli.backends.llm import count_tokens, json_cache_key
-            from memp_cli.build.scripts import script_messages
+            from memp_cli.build.prompting import script_messages
 
             messages = script_messages(
                 job.t,
@@ -502,7 +375,7 @@ def _run_local(
         if policy == "trajectory":
             mem = trajectory_memory(job.t, store)
         else:
-            from memp_cli.build.scripts import builtin_script
+            from memp_cli.build.builtin.distiller import builtin_script
 
             mem = script_memory(
                 job.t,
@@ -533,7 +406,8 @@ def _run_llm(
 ) -> None:
     """LLM calls in ``concurrency`` threads (no lock held); results written as they arrive."""
     from memp_cli.backends import llm
-    from memp_cli.build.scripts import script_from_reply, script_messages
+    from memp_cli.build.prompting import script_messages
+    from memp_cli.model.script import script_from_reply
 
     report = writer.report
     cache = llm.ResponseCache(store.cache_dir / "llm")

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,21 +16,14 @@ from typing import Annotated, Any
 import typer
 
 from memp_cli import index as index_mod
-from memp_cli.build.runner import (
-    BUILTIN_MODEL,
-    MAX_CONCURRENCY,
-    POLICIES,
-    DistillReport,
-    Failure,
-    distill,
-    resolve_policy,
-)
+from memp_cli.build.policies import BUILTIN_MODEL, POLICIES, resolve_policy
+from memp_cli.build.runner import MAX_CONCURRENCY, DistillReport, Failure, distill
 from memp_cli.cli import G, app, choice, open_store, output, store_path
 from memp_cli.cli.output import env, open_input
 from memp_cli.config import Config
-from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
+from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError, StoreError
+from memp_cli.ingest import FORMATS, read_jsonl
 from memp_cli.model.memory import KINDS, Memory, memory_from_toml
-from memp_cli.model.trajectory import FORMATS, read_jsonl
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
@@ -81,15 +75,13 @@ def init(
     cfg = Config()
     name = embedder or G.embedder or cfg.embedder.name
     cfg.embedder.name = name
-    if name == "hash":
-        cfg.embedder.dim = dim or 256
-    elif name == "minilm":
-        cfg.embedder.dim = 384
-    elif dim:
+    if dim is not None:
         cfg.embedder.dim = dim
+    elif name == "hash":
+        cfg.embedder.dim = 256
     if model:
         cfg.llm.model = model
-    Store.init(root, cfg)
+    Store.init(root, cfg)  # validates the settings before it creates anything
     output.info(f"created store {root} (embedder {name})")
 
 
@@ -196,6 +188,7 @@ def distill_cmd(
 
     Example: memp distill --model openai/gpt-4o-mini --only-success --concurrency 8
     """
+    t0 = time.perf_counter()
     store = open_store("distill")
     pol = resolve_policy(store, policy)
     if pol == "trajectory" and (model or api_base):
@@ -220,16 +213,20 @@ def distill_cmd(
         )
     for w in report.warnings:
         output.warn(w)
-    for line in _distill_summary(report):
-        output.info(line)
-    if json_out:
-        if dry_run:
-            output.emit_json_lines(report.planned)
-        row = report.to_dict()
-        row["failures"] = [vars(f) for f in report.failures]
-        output.emit_json_lines([row])
-    if report.written:
-        sync_index(store)
+    try:
+        # Before the summary: its last line says the run is done. Also when this run wrote
+        # nothing: a distill killed after its memory files left them unindexed.
+        if report.written or (not dry_run and not _index_is_fresh(store)):
+            sync_index(store)
+    finally:
+        for line in _distill_summary(report, time.perf_counter() - t0):
+            output.info(line)
+        if json_out:
+            if dry_run:
+                output.emit_json_lines(report.planned)
+            row = report.to_dict()
+            row["failures"] = [vars(f) for f in report.failures]
+            output.emit_json_lines([row])
     if report.error is not None:
         raise report.error
     if report.failed:
@@ -239,6 +236,13 @@ def distill_cmd(
             "run `memp distill` again to retry them"
         )
         raise typer.Exit(int(ExitCode.LLM))
+
+
+def _index_is_fresh(store: Store) -> bool:
+    try:
+        return index_mod.is_fresh(store, index_mod.read_state(store))
+    except StoreError:  # unreadable state: the sync rebuilds it, and says so
+        return False
 
 
 @contextlib.contextmanager
@@ -272,7 +276,8 @@ def _progress_bar(*, enabled: bool) -> Iterator[Callable[[int, int], None] | Non
             bar.stop()
 
 
-def _distill_summary(r: DistillReport) -> list[str]:
+def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
+    """The run in a few lines; ``seconds``: the whole command, the index update included."""
     what = r.policy + (f", model {r.model}" if r.model else "")
     if r.model == BUILTIN_MODEL:
         what += " (rule-based, not an LLM)"
@@ -300,10 +305,10 @@ def _distill_summary(r: DistillReport) -> list[str]:
         cost = f"${r.cost_usd:.4f}" if r.cost_usd is not None else "unknown (litellm has no price for it)"
         lines.append(
             f"tokens {r.tokens_in:,} in / {r.tokens_out:,} out in {r.calls} calls"
-            f" ({r.cached_calls} from the cache), cost {cost}, {r.seconds:.1f} s"
+            f" ({r.cached_calls} from the cache), cost {cost}, done in {seconds:.1f} s"
         )
     elif r.read:
-        lines.append(f"done in {r.seconds:.1f} s")
+        lines.append(f"done in {seconds:.1f} s")
     return lines
 
 
@@ -451,7 +456,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                     hint=f"your version is saved in {keep}",
                 )
             mem.version = (old_version if old_version is not None else mem.version) + 1
-            store.save_memory(mem, event="memory.edit")
+            store.save_memory(mem, base=text, event="memory.edit")
     output.info(f"saved {memory_id} (version {mem.version})")
     sync_index(store)
 

@@ -16,7 +16,7 @@ app.add_typer(eval_app, name="eval")
 
 
 def _read(path: str) -> list:
-    from memp_cli.model.trajectory import read_jsonl
+    from memp_cli.ingest import read_jsonl
 
     stream, name = open_input(path)
     out = []

@@ -348,7 +348,7 @@ def cycle(
     Example: MEMP_STORE=/data/memp memp cycle /logs/today.jsonl
     """
     from memp_cli.cli.output import open_input
-    from memp_cli.model.trajectory import read_jsonl
+    from memp_cli.ingest import read_jsonl
     from memp_cli.update.cycle import run_cycle
 
     store = open_store("cycle")

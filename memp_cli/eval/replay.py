@@ -26,7 +26,8 @@ from typing import Any
 
 from memp_cli.config import Config
 from memp_cli.errors import InputError
-from memp_cli.model.trajectory import ReadResult, Trajectory
+from memp_cli.ingest import ReadResult
+from memp_cli.model.trajectory import Trajectory
 
 UPDATES = ("vanilla", "validation", "adjustment")
 

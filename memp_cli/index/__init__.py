@@ -19,7 +19,7 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   keyword string of the store is embedded once and kept in a second hnswlib graph (label =
   position in the JSON's ``words``); the JSON maps each memory (in ``state.ids`` order, CSR
   ``offsets``/``labels``) to its keyword labels. A memory's keywords are its ``keywords``
-  field, or :func:`memp_cli.build.scripts.extract_keywords` of its task when that is empty.
+  field, or :func:`memp_cli.build.builtin.keywords.extract_keywords` of its task when that is empty.
   Words no memory uses any more are marked deleted but keep their label, so a keyword that
   comes back is not embedded again; ``memp index rebuild`` starts afresh. Only ``--key
   avefact`` (and a sync that changes something) reads these files.
@@ -202,7 +202,7 @@ def memory_keywords(mem: Memory) -> list[str]:
             out.append(k)
     if out:
         return out
-    from memp_cli.build.scripts import extract_keywords
+    from memp_cli.build.builtin.keywords import extract_keywords
 
     return extract_keywords(mem.task)
 

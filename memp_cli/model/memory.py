@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import tomli_w
 
 from memp_cli.errors import MemoryFileError
-from memp_cli.model.tomlutil import line_of_key, parse_toml
+from memp_cli.model.tomlutil import line_of_key, parse_toml, update_toml
 
 SCHEMA_VERSION = 1
 KINDS = ("trajectory", "script", "procedure")
@@ -95,16 +96,31 @@ class Memory:
         d["keys"] = list(self.keys)
         d["keywords"] = list(self.keywords)
         d.update(self.extra)
-        d["stats"] = {k: v for k, v in vars(self.stats).items()}
-        d["provenance"] = {k: v for k, v in vars(self.provenance).items()}
+        d["stats"] = dict(vars(self.stats))
+        d["provenance"] = dict(vars(self.provenance))
         if self.script:
             d["script"] = self.script
         if self.steps:
             d["steps"] = self.steps
         return d
 
-    def to_toml(self) -> str:
-        return HEADER + tomli_w.dumps(self.to_dict(), multiline_strings=True)
+    def to_toml(self, previous: str | None = None) -> str:
+        """The memory file's text. With ``previous`` (the text it replaces), keep that text's
+        comments, blank lines and key order wherever the content did not change."""
+        data = self.to_dict()
+        fresh = HEADER + tomli_w.dumps(data, multiline_strings=True)
+        if previous is None or _as_memp_writes_it(previous):
+            return fresh  # nothing of the user's to keep: skip the (slow) round trip
+        return update_toml(previous, data) or fresh
+
+
+def _as_memp_writes_it(text: str) -> bool:
+    """Whether ``text`` is exactly what memp renders for its content (no comment, no layout
+    of the user's). Cheap next to a tomlkit round trip: tomllib and tomli_w are fast."""
+    try:
+        return text == HEADER + tomli_w.dumps(tomllib.loads(text), multiline_strings=True)
+    except (tomllib.TOMLDecodeError, TypeError, ValueError):
+        return False
 
 
 def _fail(msg: str, path: Path | str, text: str, key: str | None = None) -> MemoryFileError:
@@ -271,3 +287,26 @@ def load_memory_file(path: Path) -> Memory:
         line = raw[: e.start].count(b"\n") + 1
         raise MemoryFileError(f"not UTF-8 text ({e.reason})", path=str(path), line=line) from None
     return memory_from_toml(text, path)
+
+
+def write_memory_file(path: Path, memory: Memory, *, base: str | None = None, durable: bool = True) -> None:
+    """Write ``memory`` to ``path`` atomically, keeping the comments and layout of ``base``
+    (default: the file being replaced) where the content did not change.
+
+    Every rewrite of an existing memory file goes through here (edit, a re-distill, and
+    later reflect, merge and migrations), so a hand comment survives machine writes.
+    """
+    from memp_cli.store.fsutil import atomic_write  # fsutil's package imports this module
+
+    atomic_write(path, render_memory_file(path, memory, base=base), durable=durable)
+
+
+def render_memory_file(path: Path, memory: Memory, *, base: str | None = None) -> str:
+    """The text ``memory`` is written as at ``path``: keeping the comments and layout of ``base``
+    (default: the file there now) where the content did not change."""
+    if base is None:
+        try:
+            base = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            base = None  # nothing to keep: a new file, or one the write will report on
+    return memory.to_toml(previous=base)

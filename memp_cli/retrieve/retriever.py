@@ -16,7 +16,7 @@ The ``random`` key is the paper's baseline: k memories drawn at random.
 
 The ``avefact`` key (the paper's AveFact) matches keywords instead of the whole
 task. The query's keywords Q come from an extractor (the built-in
-:func:`memp_cli.build.scripts.extract_keywords`, or an LLM with ``memp query --model``);
+:func:`memp_cli.build.builtin.keywords.extract_keywords`, or an LLM with ``memp query --model``);
 a memory's keywords M are its ``keywords`` field (filled at distill time, editable),
 or the built-in extractor's keywords of its task when that field is empty. Every
 keyword is embedded on its own and::
@@ -72,7 +72,7 @@ KeywordExtractor = Callable[[Sequence[str]], list[list[str]]]
 
 def builtin_keywords(tasks: Sequence[str]) -> list[list[str]]:
     """Query keywords by the built-in extractor (no model)."""
-    from memp_cli.build.scripts import extract_keywords
+    from memp_cli.build.builtin.keywords import extract_keywords
 
     return [extract_keywords(t) for t in tasks]
 
@@ -87,7 +87,8 @@ def llm_keywords(settings: LLMSettings, *, cache_dir: Path, prompts_dir: Path | 
         from concurrent.futures import ThreadPoolExecutor
 
         from memp_cli.backends import llm
-        from memp_cli.build.scripts import keyword_messages, keywords_from_reply, load_prompt
+        from memp_cli.build.prompting import keyword_messages, load_prompt
+        from memp_cli.model.script import keywords_from_reply
 
         prompt = load_prompt("keywords", prompts_dir)
         cache = llm.ResponseCache(cache_dir)

@@ -22,14 +22,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from memp_cli.config import CONFIG_NAME, Config, load_config, render_config
+from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id
-from memp_cli.model.trajectory import ReadResult, Trajectory
+from memp_cli.model.memory import Memory, load_memory_file, now_iso, render_memory_file, valid_id
+from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import (
     FILE_MODE,
     TMP_PREFIX,
@@ -39,7 +39,11 @@ from memp_cli.store.fsutil import (
     refused_as_store_error,
 )
 
+if TYPE_CHECKING:  # the record parsers stay off the query path
+    from memp_cli.ingest import ReadResult
+
 DEFAULT_STORE = ".memp"
+SAVE_THREADS = 8  # memory files written (and fsynced) at once by save_memories
 _SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
 
 
@@ -88,6 +92,7 @@ class Store:
     @classmethod
     def init(cls, root: Path, config: Config | None = None) -> Store:
         config = config or Config()
+        validate_config(config)  # what every later load would reject is refused now
         if (root / CONFIG_NAME).exists():
             raise StoreError(
                 f"{root / CONFIG_NAME} already exists: {root} is a memp store",
@@ -268,18 +273,23 @@ class Store:
         self,
         memory: Memory,
         *,
+        base: str | None = None,
         event: str = "memory.write",
         why: str = "",
         trajectory: str | None = None,
         **fields: Any,
     ) -> None:
         """Write one memory file atomically as a new version, and journal it. Caller holds the lock.
-        A hand edit made since the last version is kept in the history first. ``trajectory``:
-        the run this change learned from (reflect)."""
+
+        A hand edit made since the last version is kept in the history first. ``base``: the text
+        whose comments and layout to keep (default: the file's own). ``trajectory``: the run this
+        change learned from (reflect).
+        """
         from memp_cli.update.history import History
 
         _stamp([memory])
-        data = memory.to_toml().encode("utf-8")
+        path = self.memory_path(memory.id)
+        data = render_memory_file(path, memory, base=base).encode("utf-8")
         ver = History(self).write(memory.id, data, by=f"memp {self.command}", why=why, trajectory=trajectory)
         if trajectory is not None:
             fields["trajectory"] = trajectory
@@ -293,19 +303,31 @@ class Store:
         )
 
     def save_memories(self, memories: list[Memory], *, event: str, why: str = "", **fields: Any) -> None:
-        """Write many memory files (one sync for all), each a new version; one journal line
-        names them all. Hand edits made since the last versions are kept in the history first."""
+        """Write many memory files, each fsynced and each a new version (a hand edit made since
+        the last version is kept in the history first); one journal line names them all.
+
+        The writes run in a few threads: fsyncs in flight together share the file
+        system's journal commits (about 1 ms a file here, against 5 ms one after another).
+        """
+        from concurrent.futures import ThreadPoolExecutor  # not on every command's import path
+
         from memp_cli.update.history import History
 
         _stamp(memories)
+        if not memories:
+            return
         history = History(self)
-        for m in memories:
-            history.write(
-                m.id, m.to_toml().encode("utf-8"), by=f"memp {self.command}", why=why, durable=False
-            )
-        if memories:
-            os.sync()
-            self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
+        by = f"memp {self.command}"
+
+        def one(m: Memory) -> None:
+            data = render_memory_file(self.memory_path(m.id), m).encode("utf-8")
+            history.write(m.id, data, by=by, why=why)
+
+        with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
+            done = [pool.submit(one, m) for m in memories]
+        for f in done:
+            f.result()  # the first failure, if any, once every write has ended
+        self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
 
 
 def _stamp(memories: list[Memory]) -> None:

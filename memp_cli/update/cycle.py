@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from memp_cli.build.runner import DistillReport
-    from memp_cli.model.trajectory import ReadResult
+    from memp_cli.ingest import ReadResult
     from memp_cli.store import IngestReport, Store
     from memp_cli.update.prune import Decision
     from memp_cli.update.reflect import ReflectReport

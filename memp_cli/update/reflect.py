@@ -97,7 +97,7 @@ def similar_success(
 
 def builtin_reflection(memory: Memory, failed: Trajectory, success: Trajectory | None) -> Reflection:
     """What the built-in reflector makes of one failure of ``memory`` (pure: writes nothing)."""
-    from memp_cli.build.scripts import builtin_script
+    from memp_cli.build.builtin.distiller import builtin_script
 
     before = dict(memory.script)
     after: dict[str, Any] = {
