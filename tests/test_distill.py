@@ -26,7 +26,6 @@ import pytest
 from conftest import DATA, memory_ids, memp, subprocess_env
 from llm_server import LLMServer, serve
 
-from memp_cli import store as store_mod
 from memp_cli.backends import llm
 from memp_cli.build import runner
 from memp_cli.build.builtin.keywords import extract_keywords
@@ -36,6 +35,7 @@ from memp_cli.errors import ExitCode
 from memp_cli.ingest import parse_record
 from memp_cli.store import Store, fsutil
 from memp_cli.store.fsutil import TMP_PREFIX, StoreLock
+from memp_cli.update import history as history_mod
 
 KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/test-model"
@@ -191,15 +191,17 @@ def test_a_failed_memory_write_fails_the_batch_and_is_not_journalled(
     _ingest(WEB)
     real = fsutil.atomic_write
     calls = []
+    memories = (store / "memories").resolve()
 
     def disk_full_at_the_second(path: Path, data: bytes | str, **kw: Any) -> None:
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
+        if Path(path).resolve().parent == memories:  # a memory file (not its history object)
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
         real(path, data, **kw)
 
     with monkeypatch.context() as mp, pytest.raises(OSError, match="No space left"):
-        mp.setattr(store_mod, "atomic_write", disk_full_at_the_second)
+        mp.setattr(history_mod, "atomic_write", disk_full_at_the_second)
         distill(Store.open(store), "proceduralization", model="builtin")
     assert len(calls) == 4  # the other writes of the batch ended first
     assert len(memory_ids(store)) == 3
