@@ -63,6 +63,13 @@ class DistillConfig:
 
 
 @dataclass
+class UpdateConfig:
+    """How outcomes change the store (Mem^p's update policies)."""
+
+    policy: str = "adjustment"
+
+
+@dataclass
 class PruneConfig:
     """``memp prune`` rules (see memp_cli/update/prune.py); 0 turns a rule off."""
 
@@ -82,6 +89,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
 
 
@@ -91,6 +99,7 @@ _SECTIONS: dict[str, type] = {
     "retrieval": RetrievalConfig,
     "llm": LLMConfig,
     "distill": DistillConfig,
+    "update": UpdateConfig,
     "prune": PruneConfig,
 }
 
@@ -118,6 +127,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("retrieval", "key"): ("query", "avefact", "random"),
     ("distill", "policy"): ("trajectory", "script", "proceduralization"),
+    ("update", "policy"): ("vanilla", "validation", "adjustment"),
 }
 
 
@@ -176,6 +186,13 @@ max_tokens = {llm.max_tokens}
 policy = {q(d.policy)}
 max_steps = {d.max_steps}
 max_observation_chars = {d.max_observation_chars}
+
+[update]
+# What a finished run does to the store (Mem^p): vanilla (every run becomes a memory),
+# validation (only successful runs do), adjustment (only successful runs do, and a failed
+# run corrects the memory it used, or the nearest procedure of its task family, through
+# `memp reflect`: the paper's best).
+policy = {q(cfg.update.policy)}
 
 [prune]
 # `memp prune` (the trash keeps what it removes; `memp restore ID`). 0 turns a rule off.

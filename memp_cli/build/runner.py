@@ -121,7 +121,7 @@ def distill(
     api_base: str | None = None,
     timeout: float | None = None,
     concurrency: int = 4,
-    only_success: bool = False,
+    only_success: bool | None = None,
     limit: int | None = None,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
@@ -132,6 +132,8 @@ def distill(
     """Write a memory for each trajectory that has none for ``policy`` (and model, prompt) yet.
 
     ``policy=None`` uses the store's ``[distill] policy``; ``model=None`` its ``[llm] model``.
+    ``only_success=None`` follows ``[update] policy``: only ``vanilla`` builds failed runs too
+    (under ``validation`` and ``adjustment`` a failure is a lesson for ``reflect``, not a recipe).
 
     ``progress(done, total)`` and ``on_failure(failure)`` are called from this thread.
     An LLM failure for one trajectory is counted and the run continues; a settings
@@ -140,6 +142,8 @@ def distill(
     """
     t0 = time.perf_counter()
     pol = resolve_policy(store, policy)
+    if only_success is None:
+        only_success = store.config.update.policy != "vanilla"
     if concurrency < 1 or concurrency > MAX_CONCURRENCY:
         raise InputError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
     if limit is not None and limit < 0:

@@ -167,8 +167,13 @@ def distill_cmd(
         ),
     ] = 4,
     only_success: Annotated[
-        bool, typer.Option("--only-success", help="Build from successful runs only (validation).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--only-success/--with-failures",
+            help="Build from successful runs only, or from failed runs too "
+            "(default: [update] policy; only vanilla builds failures).",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="At most this many new memories.")] = None,
     dry_run: Annotated[
         bool,
@@ -287,7 +292,7 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         made = f"wrote {r.written} memories" + (f" ({r.versioned} as new versions)" if r.versioned else "")
     lines = [
         f"distill ({what}): {r.read} trajectories to build, {made}, {r.skipped} already built, "
-        f"{r.filtered} filtered (not successful), {r.failed} failed"
+        f"{r.filtered} failed runs kept as lessons (memp reflect), {r.failed} failed"
         + (f", {r.pending} still pending" if r.pending else "")
         + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
     ]

@@ -278,6 +278,15 @@ def reflect(
         ),
     ] = None,
     memory: Annotated[str | None, typer.Option("--memory", "-m", help="Only this memory.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="builtin (offline, the default) or any litellm model string (default: [llm] model)."
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="With --model: the API base URL (e.g. a local server).")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print each change as a diff; write nothing.")
     ] = False,
@@ -287,7 +296,10 @@ def reflect(
 
     A failed run whose "memories_used" (or `memp feedback --failure -t RUN`) names a memory is
     compared with a successful run of a similar task; what went wrong becomes pitfalls and
-    steps the success took are added. The memory gets a new version (`memp history ID`).
+    steps the success took are added (builtin), or a model revises the script (--model). Under
+    [update] policy = "adjustment", a failed run that named no memory corrects the nearest
+    successful procedure of its task family. The memory gets a new version (`memp history ID`);
+    a bad model reply changes nothing.
 
     Example: memp reflect --dry-run
     """
@@ -300,8 +312,14 @@ def reflect(
     store = open_store("reflect")
     if memory is not None:
         store.memory_path(memory)
-    todo = pending(store, trajectories=set(trajectory_ids) if trajectory_ids else None, memory=memory)
-    report = run_reflect(store, todo, dry_run=dry_run)
+    todo = pending(
+        store,
+        trajectories=set(trajectory_ids) if trajectory_ids else None,
+        memory=memory,
+        unattributed=store.config.update.policy == "adjustment",
+    )
+    use_model = model or store.config.llm.model
+    report = run_reflect(store, todo, dry_run=dry_run, model=use_model, api_base=api_base)
     for why in report.skipped:
         output.warn(why)
     if json_out or (not env.stdout_isatty and not dry_run):
@@ -325,6 +343,11 @@ def reflect(
     output.info(
         f"reflect: {len(todo)} failed uses to reflect on, {verb} {changed} memor{'ies' if changed != 1 else 'y'}, "
         f"{report.unchanged} with nothing to learn, {len(report.skipped)} skipped"
+        + (
+            f"; {report.calls} model calls, {report.tokens_in:,} tokens in / {report.tokens_out:,} out"
+            if report.calls
+            else ""
+        )
     )
     if report.written:
         sync_index(store)

@@ -178,7 +178,7 @@ def _replay(
         row.tokens_in, row.tokens_out = rep.tokens_in, rep.tokens_out
         row.cost_usd = rep.cost_usd or 0.0
         if settings.update == "adjustment":
-            refl = run_reflect(store, pending(store))
+            refl = run_reflect(store, pending(store, unattributed=True), model=settings.model)
             row.reflected = refl.written
         if settings.prune:
             from memp_cli.index import sync

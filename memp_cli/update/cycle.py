@@ -86,7 +86,10 @@ def run_cycle(
     report.seconds["distill"] = time.perf_counter() - t
 
     t = step("reflect")
-    report.reflect = reflect(store, pending(store))
+    adjustment = store.config.update.policy == "adjustment"
+    report.reflect = reflect(
+        store, pending(store, unattributed=adjustment), model=model or store.config.llm.model
+    )
     report.seconds["reflect"] = time.perf_counter() - t
 
     if prune:

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from memp_cli.errors import MemoryFileError
+from memp_cli.errors import MemoryFileError, NotFoundError
 from memp_cli.model.memory import Memory, now_iso
+from memp_cli.model.script import SCRIPT_JSON_SCHEMA, Script, script_from_reply
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import appendlog
 
@@ -277,6 +278,19 @@ class ReflectReport:
     written: int = 0
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)  # why a pair was not reflected on
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+
+    def add_usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        self.calls += usage.calls
+        self.tokens_in += usage.tokens_in
+        self.tokens_out += usage.tokens_out
+        if usage.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + usage.cost_usd
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -284,6 +298,10 @@ class ReflectReport:
             "written": self.written,
             "unchanged": self.unchanged,
             "skipped": len(self.skipped),
+            "calls": self.calls,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": self.cost_usd,
         }
 
 
@@ -293,12 +311,106 @@ def _by_id(store: Store, ids: set[str]) -> Iterator[Trajectory]:
             yield t
 
 
-def reflect(store: Store, todo: list[Pending], *, dry_run: bool = False) -> ReflectReport:
-    """Reflect on each pending pair with the built-in reflector; write a new version of each
-    memory that changed (unless ``dry_run``). Holds the store lock while it writes."""
+REFLECT_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "diagnosis": {"type": "string", "description": "what went wrong in the failed run, and where"},
+        "script": SCRIPT_JSON_SCHEMA,
+    },
+    "required": ["diagnosis", "script"],
+}
+
+
+def reflection_from_reply(obj: Any, memory_id: str) -> tuple[str, Script]:
+    """Validate an LLM's reflection reply: a diagnosis and a whole script. A reply that names
+    another memory, or has no diagnosis or no usable script, is rejected (ValueError)."""
+    if not isinstance(obj, dict):
+        raise ValueError("the reply is not a JSON object")
+    for key in ("memory", "memory_id", "id"):
+        if key in obj and obj[key] != memory_id:
+            raise ValueError(f"the reply names memory {obj[key]!r}; only {memory_id} may change")
+    diagnosis = obj.get("diagnosis")
+    if not isinstance(diagnosis, str) or not diagnosis.strip():
+        raise ValueError('"diagnosis" must be a non-empty string')
+    return " ".join(diagnosis.split())[:1000], script_from_reply(obj.get("script"))
+
+
+def llm_reflection(
+    memory: Memory,
+    failed: Trajectory,
+    success: Trajectory | None,
+    *,
+    settings: Any,
+    prompt: Any,
+    cache: Any,
+    mock_response: str | None = None,
+) -> tuple[Reflection, Any]:
+    """The model's reflection (and its usage). Raises LLMError when the model fails or its
+    reply stays invalid after one repair: nothing is changed then."""
+    from memp_cli.backends import llm
+    from memp_cli.build.prompting import reflect_messages
+
+    messages = reflect_messages(memory.script, failed, success, prompt, REFLECT_JSON_SCHEMA)
+    (diagnosis, script), usage = llm.complete_json(
+        messages,
+        settings,
+        validate=lambda obj: reflection_from_reply(obj, memory.id),
+        cache=cache,
+        mock_response=mock_response,
+        json_mode=True,
+        schema=REFLECT_JSON_SCHEMA,
+    )
+    before = dict(memory.script)
+    after = {**before, **script.to_dict()}
+    if not script.keywords and before.get("keywords"):
+        after["keywords"] = before["keywords"]
+    after["generator"] = f"{settings.model} (LLM reflection)"
+    old_p = {_norm(p) for p in before.get("pitfalls", [])}
+    old_s = {_norm(p) for p in before.get("steps", [])}
+    r = Reflection(
+        memory.id,
+        failed.id,
+        diagnosis,
+        before,
+        after,
+        success.id if success else None,
+        [p for p in after.get("pitfalls", []) if _norm(p) not in old_p],
+        [p for p in after.get("steps", []) if _norm(p) not in old_s],
+    )
+    return r, usage
+
+
+def reflect(
+    store: Store,
+    todo: list[Pending],
+    *,
+    dry_run: bool = False,
+    model: str | None = None,
+    api_base: str | None = None,
+    mock_response: str | None = None,
+) -> ReflectReport:
+    """Reflect on each pending pair, with the built-in reflector or a model (``model``), and
+    write a new version of each memory that changed (unless ``dry_run``). The store lock is
+    held only to write, never during a model call; a memory changed by someone else in the
+    meantime is left for the next run."""
     report = ReflectReport()
     if not todo:
         return report
+    use_llm = bool(model) and model != "builtin"
+    settings = prompt = cache = None
+    if use_llm:
+        from memp_cli.backends.llm import LLMSettings, ResponseCache
+        from memp_cli.build.prompting import load_prompt
+
+        cfg = store.config.llm
+        settings = LLMSettings(
+            model=str(model),
+            api_base=api_base or cfg.api_base or None,
+            timeout=cfg.timeout,
+            max_tokens=cfg.max_tokens,
+        )
+        prompt = load_prompt("reflect", store.prompts_dir)
+        cache = ResponseCache(store.cache_dir / "llm")
     runs: dict[str, Trajectory] = {}
     successes: list[Trajectory] = []
     wanted = {p.trajectory_id for p in todo}
@@ -307,32 +419,60 @@ def reflect(store: Store, todo: list[Pending], *, dry_run: bool = False) -> Refl
             runs[t.id] = t
         if t.success is True:
             successes.append(t)
-    with store.lock:
-        for p in todo:
-            failed = runs.get(p.trajectory_id)
-            if failed is None:
-                report.skipped.append(f"{p.memory_id}: run {p.trajectory_id} is not in the store (ingest it)")
-                continue
-            mem = store.load_memory(p.memory_id)
-            if not mem.script:
-                report.skipped.append(
-                    f"{p.memory_id}: a {mem.kind} memory has no script to revise "
-                    "(distill with --policy proceduralization)"
+    for p in todo:
+        failed = runs.get(p.trajectory_id)
+        if failed is None:
+            report.skipped.append(f"{p.memory_id}: run {p.trajectory_id} is not in the store (ingest it)")
+            continue
+        mem = store.load_memory(p.memory_id)
+        if not mem.script:
+            report.skipped.append(
+                f"{p.memory_id}: a {mem.kind} memory has no script to revise "
+                "(distill with --policy proceduralization)"
+            )
+            continue
+        success = similar_success(failed, successes, set(mem.provenance.trajectories))
+        if use_llm:
+            from memp_cli.errors import LLMError
+
+            try:
+                r, usage = llm_reflection(
+                    mem,
+                    failed,
+                    success,
+                    settings=settings,
+                    prompt=prompt,
+                    cache=cache,
+                    mock_response=mock_response,
                 )
+            except LLMError as e:
+                if getattr(e, "is_settings_problem", False):
+                    raise  # no key, unknown model: every other call would fail too
+                report.skipped.append(f"{p.memory_id}: {str(e).splitlines()[0]} (nothing changed)")
+                report.add_usage(getattr(e, "usage", None))
                 continue
-            success = similar_success(failed, successes, set(mem.provenance.trajectories))
+            report.add_usage(usage)
+        else:
             r = builtin_reflection(mem, failed, success)
-            report.reflections.append(r)
+        report.reflections.append(r)
+        if dry_run:
+            report.unchanged += int(not r.changed)
+            continue
+        with store.lock:
+            try:
+                now = store.load_memory(p.memory_id)
+            except (MemoryFileError, NotFoundError):
+                now = None
+            if now is None or now.script != mem.script:
+                report.skipped.append(f"{p.memory_id}: changed while reflecting; left for the next run")
+                continue
             if not r.changed:
                 report.unchanged += 1
-                if not dry_run:  # remember it was looked at, so it is not reflected on again
-                    Reflections(store).add(mem.id, failed.id, changed=False, why=p.why)
+                Reflections(store).add(mem.id, failed.id, changed=False, why=p.why)
                 continue
-            if dry_run:
-                continue
-            mem.script = r.after
-            mem.version += 1
-            store.save_memory(mem, event="reflect", why=r.diagnosis, trajectory=failed.id)
+            now.script = r.after
+            now.version += 1
+            store.save_memory(now, event="reflect", why=r.diagnosis, trajectory=failed.id)
             Reflections(store).add(mem.id, failed.id, changed=True, why=p.why)
             report.written += 1
     return report
