@@ -14,9 +14,11 @@ from memp_cli.model.trajectory import Trajectory
 
 
 def _build(store: Path) -> list[dict]:
-    memp("ingest", FILES["native"])
-    memp("distill", "--only-success")  # proceduralization, builtin: memories of successes only
-    return read_records(FILES["native"])
+    records = read_records(FILES["native"])
+    good = "".join(json.dumps(r) + "\n" for r in records if r["success"] is True)
+    memp("ingest", "-", input=good.encode())  # the failures come in with the memory they used
+    memp("distill")  # proceduralization, builtin
+    return records
 
 
 def _failure_using(records: list[dict], mid: str, task_type: str) -> tuple[dict, str]:
@@ -111,3 +113,22 @@ def test_builtin_reflection_adds_the_steps_a_success_took() -> None:
     succ_pos = full.steps.index(heat[0])
     prev = full.steps[succ_pos - 1]
     assert r.after["steps"].index(heat[0]) == r.after["steps"].index(prev) + 1
+
+
+def test_adjustment_pairs_an_unattributed_failure_with_its_nearest_procedure(store: Path) -> None:
+    records = read_records(FILES["native"])
+    memp("ingest", FILES["native"])
+    rep = memp("distill", "--json").jsonl()[-1]  # [update] policy = adjustment: no failure is built
+    assert rep["filtered"] == sum(1 for r in records if r["success"] is False)
+    types = {parse_record(r).id: r["task_type"] for r in records}
+    rows = memp("reflect", "--json").jsonl()
+    assert len(rows) == sum(1 for r in records if r["success"] is False)
+    lines = [json.loads(x) for x in (store / "reflections.jsonl").read_text().splitlines()]
+    assert {x["why"] for x in lines} == {"nearest"}
+    for row in rows:  # each failure corrects a procedure of its own task type
+        mem = json.loads(memp("show", row["memory"], "--json").stdout)
+        assert mem["task_type"] == types[row["trajectory"]] and mem["success"] is True
+    # validation keeps failures out without reflecting them
+    cfg = store / "memp.toml"
+    cfg.write_text(cfg.read_text().replace('policy = "adjustment"', 'policy = "validation"'))
+    assert memp("reflect", "--json").jsonl() == []
