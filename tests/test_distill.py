@@ -26,7 +26,6 @@ import pytest
 from conftest import DATA, memory_ids, memp, subprocess_env
 from llm_server import LLMServer, serve
 
-from memp_cli import store as store_mod
 from memp_cli.backends import llm
 from memp_cli.build import runner
 from memp_cli.build.builtin.keywords import extract_keywords
@@ -199,7 +198,7 @@ def test_a_failed_memory_write_fails_the_batch_and_is_not_journalled(
         real(path, data, **kw)
 
     with monkeypatch.context() as mp, pytest.raises(OSError, match="No space left"):
-        mp.setattr(store_mod, "atomic_write", disk_full_at_the_second)
+        mp.setattr(fsutil, "atomic_write", disk_full_at_the_second)
         distill(Store.open(store), "proceduralization", model="builtin")
     assert len(calls) == 4  # the other writes of the batch ended first
     assert len(memory_ids(store)) == 3
