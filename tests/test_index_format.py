@@ -16,6 +16,7 @@ from conftest import FILES, memory_ids, memp, read_records
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode, StoreError
+from memp_cli.index import writer as index_sync
 from memp_cli.model.memory import Memory, load_memory_file
 from memp_cli.retrieve.retriever import EXACT_MAX_QUERIES, Retriever
 from memp_cli.store import Store
@@ -140,7 +141,7 @@ def test_cli_single_query_and_batch_agree(built: Path, monkeypatch: pytest.Monke
     def no_graph(*a: Any, **kw: Any) -> Any:
         raise AssertionError("a single query loaded the hnsw graph")
 
-    monkeypatch.setattr(index_mod, "_load_hnsw", no_graph)
+    monkeypatch.setattr(index_mod.vectors, "load_hnsw", no_graph)
     for q, line in zip(queries, batch, strict=True):
         single = memp("query", q, "-k", 3).jsonl()
         _same_ranking(
@@ -181,7 +182,7 @@ def test_deleted_memories_never_come_back(store: Path) -> None:
 
 def test_files_are_written_with_one_generation(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[str] = []
-    real_write, real_npy, real_hnsw = index_mod.atomic_write, index_mod._save_npy, index_mod._save_hnsw
+    real_write, real_npy, real_hnsw = index_sync.atomic_write, index_sync.save_npy, index_sync.save_hnsw
 
     def atomic_write(path: Path, data: Any, **kw: Any) -> None:
         written.append(path.name)
@@ -195,9 +196,9 @@ def test_files_are_written_with_one_generation(store: Path, monkeypatch: pytest.
         written.append(name)
         real_hnsw(st, hnsw, name)
 
-    monkeypatch.setattr(index_mod, "atomic_write", atomic_write)
-    monkeypatch.setattr(index_mod, "_save_npy", save_npy)
-    monkeypatch.setattr(index_mod, "_save_hnsw", save_hnsw)
+    monkeypatch.setattr(index_sync, "atomic_write", atomic_write)
+    monkeypatch.setattr(index_sync, "save_npy", save_npy)
+    monkeypatch.setattr(index_sync, "save_hnsw", save_hnsw)
     st = _store(store, 50)
     for step in range(3):
         written.clear()
