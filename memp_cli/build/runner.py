@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
-from memp_cli.store.fsutil import StoreLock
 from memp_cli.model.memory import Memory, Provenance, load_memory_file
-from memp_cli.store import Store
 from memp_cli.model.trajectory import Trajectory
+from memp_cli.store import Store
+from memp_cli.store.fsutil import StoreLock
 
 POLICIES = ("trajectory", "script", "proceduralization")
 KIND_OF_POLICY = {"trajectory": "trajectory", "script": "script", "proceduralization": "procedure"}

@@ -107,7 +107,7 @@ def _load_index(store: Store, embedder: Embedder, *, keywords: bool, exact: bool
     if (
         not index_mod.is_fresh(store, state)
         or (keywords and state is not None and state.kw_version != index_mod.KW_VERSION)
-        or (state is not None and state.ids and not index_mod.lexical_is_current(store))
+        or (state is not None and state.version < index_mod.INDEX_VERSION)
     ):
         return sync_index(store)
     return index_mod.load(store, keywords=keywords, state=state, exact=exact)

@@ -3,9 +3,11 @@
 Files in ``<store>/index/`` (JSON and numpy only, never pickle):
 
 - ``state.json``: what a query reads: the embedder and dimension, the generation of the
-  files below, and per memory (columnar, in id order): id, label, kind; plus the memory
-  files that failed to load at the last sync. Written last, atomically: it names the
-  generation of every other file, so a reader never pairs a new graph with old labels.
+  files below, the BM25 manifest, and per memory (columnar, in id order): id, label, kind;
+  plus the memory files that failed to load at the last sync. Written last, atomically: it
+  names the generation of every other file, so a reader never pairs a new graph with old
+  labels, and a writer killed at any point leaves the last complete generation readable
+  (files of an unfinished one are removed by the next sync, or by ``memp doctor --fix``).
 - ``files-<gen>.json``: what only :func:`sync` (and the freshness check of a small store)
   reads, per memory in the same order: key hash, file mtime and size, and the text the
   BM25 index was built from.
@@ -14,7 +16,8 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   labels no memory has are zeros; ``state.labels`` lists the live ones). A one-shot query
   maps it and searches exactly (a matrix-vector product): ~20 ms at 100k memories against
   ~130 ms to load the graph, and recall 1.0.
-- ``lexical*``: the BM25 index over the same texts (:mod:`memp_cli.index.lexical`).
+- ``lexical-<gen>.<array>.npy``: the BM25 index over the same texts
+  (:mod:`memp_cli.index.lexical`); its manifest is in ``state.json``.
 - ``keywords-<gen>.json`` and ``keywords-<gen>.bin``: the AveFact keys. Every distinct
   keyword string of the store is embedded once and kept in a second hnswlib graph (label =
   position in the JSON's ``words``); the JSON maps each memory (in ``state.ids`` order, CSR
@@ -28,15 +31,22 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
 are embedded, changed ones (by mtime/size, then key hash) re-embedded,
 deleted ones removed, broken ones reported and left out. A memory's keywords
 are re-read whenever its file changes; only keyword strings new to the store
-are embedded. An index written by an older memp (another ``INDEX_VERSION``) is
-rebuilt by the next sync; one written by a newer memp is left alone (an error
-says to upgrade).
+are embedded. An index in format 2 (BM25 under its own ``lexical.json``) is
+read, and rewritten in this format by the next sync without embedding; an older
+one is rebuilt by the next sync; one written by a newer memp is left alone (an
+error says to upgrade).
+
+Modules: :mod:`~memp_cli.index.state` (state.json, the file table, generation file
+names, freshness), :mod:`~memp_cli.index.vectors` (graph and vectors file),
+:mod:`~memp_cli.index.keywords` (AveFact keywords), :mod:`~memp_cli.index.lexical`
+(BM25), :mod:`~memp_cli.index.reader` (:class:`Index`, :func:`load`) and
+:mod:`~memp_cli.index.writer` (:func:`sync`, writing a generation).
 """
 
 from __future__ import annotations
 
 from memp_cli.index.keywords import KeywordIndex, memory_keywords
-from memp_cli.index.reader import Index, check_files, lexical_is_current, load
+from memp_cli.index.reader import Index, check_files, load
 from memp_cli.index.state import (
     EMBED_BATCH,
     FULL_SCAN_LIMIT,
@@ -48,11 +58,12 @@ from memp_cli.index.state import (
     State,
     check_embedder,
     is_fresh,
+    leftover_files,
     read_state,
     state_path,
 )
 from memp_cli.index.vectors import unit_rows
-from memp_cli.index.writer import SyncReport, clear, sync
+from memp_cli.index.writer import SyncReport, build_in_memory, clear, sync
 
 __all__ = [
     "EMBED_BATCH",
@@ -66,11 +77,12 @@ __all__ = [
     "KeywordIndex",
     "State",
     "SyncReport",
+    "build_in_memory",
     "check_embedder",
     "check_files",
     "clear",
     "is_fresh",
-    "lexical_is_current",
+    "leftover_files",
     "load",
     "memory_keywords",
     "read_state",

@@ -11,7 +11,7 @@ import orjson
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, StoreError
-from memp_cli.index.state import EMBED_BATCH, KW_VERSION, State, kw_paths
+from memp_cli.index.state import EMBED_BATCH, KW_VERSION, REBUILD_HINT, State, kw_paths
 from memp_cli.index.vectors import import_hnswlib
 from memp_cli.model.memory import Memory, load_memory_file
 
@@ -117,7 +117,7 @@ def load_keywords(store: Store, state: State) -> KeywordIndex:
     import numpy as np
 
     jpath, bpath = kw_paths(store, state.generation)
-    hint = "the index is derived data: run `memp index rebuild`"
+    hint = REBUILD_HINT
     if state.kw_version != KW_VERSION:
         raise StoreError(
             f"{store.index_dir}: the index has no keyword data yet", hint="run `memp index sync`"

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 from memp_cli.errors import StoreError
 from memp_cli.index import vectors as _vectors
 from memp_cli.index.keywords import KeywordIndex, load_keywords
-from memp_cli.index.state import KW_VERSION, FileTable, State, load_files, read_state
+from memp_cli.index.state import (
+    KW_VERSION,
+    REBUILD_HINT,
+    FileTable,
+    State,
+    lexical_stem,
+    load_files,
+    read_state,
+)
 
 if TYPE_CHECKING:
     import hnswlib
@@ -43,6 +51,8 @@ class Index:
         self._vectors = vectors
         self._files = files
         self._by_label: dict[int, int] | None = None
+        # Damaged files a reader worked around in memory (a sync repairs them).
+        self.problems: list[str] = []
         self._label_array: np.ndarray | None = None
 
     @property
@@ -125,31 +135,52 @@ class Index:
 
 
 def check_files(store: Store, state: State) -> None:
-    """Raise StoreError unless the files the state names (graph aside) are there and consistent:
-    ``files-<gen>.json`` and ``vectors-<gen>.npy`` (``memp doctor``)."""
+    """Raise StoreError unless every file of the state's generation (the graph aside) is there
+    and consistent with it: ``files-<gen>.json``, ``vectors-<gen>.npy``, the BM25 arrays and
+    the keyword files (``memp doctor``)."""
     load_files(store, state)
     if state.ids:
         _vectors.load_vectors(store, state)
+        read_lexical(store, state)
+    if state.kw_version == KW_VERSION:
+        load_keywords(store, state)
 
 
-def load_lexical(store: Store, state: State, files: FileTable | None = None) -> LexicalIndex | None:
-    """The BM25 index; rebuilt in memory (not written: readers never write) when
-    its files are missing, damaged or from an older memp."""
+def read_lexical(store: Store, state: State) -> LexicalIndex | None:
+    """The BM25 index of the state's generation (None for an empty index or one in format 2,
+    whose BM25 files were not part of its generation). StoreError when missing or damaged."""
+    from memp_cli.index.lexical import LexicalIndex
+
+    if not state.ids or state.lexical is None:
+        return None
+    try:
+        return LexicalIndex.load(store.index_dir, lexical_stem(state.generation), state.lexical)
+    except FileNotFoundError as e:
+        raise StoreError(str(e), hint=REBUILD_HINT) from None
+    except ValueError as e:
+        raise StoreError(f"damaged BM25 index: {e}", hint=REBUILD_HINT) from None
+
+
+def load_lexical(
+    store: Store, state: State, files: FileTable | None = None, problems: list[str] | None = None
+) -> LexicalIndex | None:
+    """The BM25 index; built in memory from the texts of ``files-<gen>.json`` (not written:
+    readers never write) when its files are missing or damaged (said in ``problems``), or
+    when the index is in format 2."""
     from memp_cli.index.lexical import LexicalIndex
 
     if not state.ids:
         return None
     try:
-        return LexicalIndex.load(store.index_dir)
-    except (FileNotFoundError, ValueError):
+        lex = read_lexical(store, state)
+    except StoreError as e:
+        if problems is not None:
+            problems.append(e.message)
+        lex = None
+    if lex is None:
         texts = (files or load_files(store, state)).texts
-        return LexicalIndex.build(list(zip(state.labels, texts, strict=True)))
-
-
-def lexical_is_current(store: Store) -> bool:
-    from memp_cli.index.lexical import is_current
-
-    return is_current(store.index_dir)
+        lex = LexicalIndex.build(list(zip(state.labels, texts, strict=True)))
+    return lex
 
 
 def load(
@@ -175,8 +206,11 @@ def load(
                 hnsw = None
             else:
                 vectors, hnsw = None, _vectors.load_hnsw(store, state)
-            lexical = load_lexical(store, state)
-            return Index(store, state, hnsw, lexical, kw, vectors=vectors)
+            problems: list[str] = []
+            lexical = load_lexical(store, state, problems=problems)
+            idx = Index(store, state, hnsw, lexical, kw, vectors=vectors)
+            idx.problems = problems
+            return idx
         except StoreError:
             try:
                 newer = read_state(store)

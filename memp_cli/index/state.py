@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 STATE_NAME = "state.json"
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
-INDEX_VERSION = 2
+# 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
+#    in state.json (format 2 kept it in lexical.json under a generation counter of its own).
+INDEX_VERSION = 3
+# The oldest format this memp still reads (a sync upgrades it without embedding anything).
+OLDEST_READ = 2
 # Format of the keyword files; a state with another kw_version (0: none yet, an
 # index from before AveFact) gets its keyword files built at the next sync.
 KW_VERSION = 1
@@ -31,7 +35,7 @@ KW_VERSION = 1
 # save by rename, which changes it) and write commands do the full scan.
 FULL_SCAN_LIMIT = 20_000
 EMBED_BATCH = 256
-REBUILD_HINT = "the index is derived data: run `memp index rebuild`"
+REBUILD_HINT = "the index is derived data: `memp index sync` rebuilds what is damaged"
 
 
 class IndexVersionError(StoreError):
@@ -55,6 +59,11 @@ class State:
     broken: dict[str, list[int]] = field(default_factory=dict)
     # KW_VERSION of keywords-<generation>.* (0: there are none).
     kw_version: int = 0
+    # The BM25 manifest of lexical-<generation>.*.npy (None: an index in format 2, whose BM25
+    # files are not part of the generation; readers build BM25 from the texts, a sync upgrades).
+    lexical: dict[str, Any] | None = None
+    # The format this state was read in (written always as INDEX_VERSION).
+    version: int = INDEX_VERSION
 
     def to_json(self) -> bytes:
         """The JSON form. Reading it is most of a one-shot query's index load, so two columns
@@ -63,6 +72,7 @@ class State:
         unless the runs are short, then as a plain list. At 100k memories that reads in
         ~13 ms instead of ~21."""
         d = {"index_version": INDEX_VERSION, **vars(self)}
+        del d["version"]
         runs: list[list[int]] = []
         for lab in self.labels:
             if runs and runs[-1][0] + runs[-1][1] == lab:
@@ -92,20 +102,22 @@ class State:
                     hint="upgrade memp (pip install -U memp), or run `memp index rebuild` to "
                     "rebuild the index in this version's format",
                 )
-            if isinstance(version, int) and version < INDEX_VERSION:
+            if isinstance(version, int) and version < OLDEST_READ:
                 raise StoreError(
                     f"{path}: the index is in an older format ({version}, now {INDEX_VERSION})",
-                    hint=REBUILD_HINT + " (query and index sync rebuild it by themselves)",
+                    hint=REBUILD_HINT,
                 )
-            if version != INDEX_VERSION:
+            if not isinstance(version, int) or version > INDEX_VERSION:
                 raise ValueError("unknown index version")
+            if version < INDEX_VERSION:
+                d.pop("lexical", None)
             if "label_runs" in d:
                 labels: list[int] = []
                 for first, count in d.pop("label_runs"):
                     labels.extend(range(first, first + count))
                 d["labels"] = labels
             names, codes = d.pop("kind_names"), d.pop("kind_codes")
-            state = cls(**d, kinds=list(map(names.__getitem__, codes)))
+            state = cls(**d, kinds=list(map(names.__getitem__, codes)), version=version)
             if not len(state.ids) == len(state.labels) == len(state.kinds):
                 raise ValueError("columns of different lengths")
             return state
@@ -157,12 +169,42 @@ def files_path(store: Store, generation: int) -> Path:
     return store.index_dir / f"files-{generation}.json"
 
 
+def lexical_stem(generation: int) -> str:
+    """The BM25 arrays of a generation are ``<index>/lexical-<gen>.<name>.npy``."""
+    return f"lexical-{generation}"
+
+
+def generation_files(store: Store, state: State) -> set[str]:
+    """The names of the files of ``state``'s generation that may exist in the index directory
+    (``keywords-<gen>.bin`` only when the store has keywords, the graph and the vectors only
+    when it has memories): every other file there is left over from an interrupted write or
+    from an older generation."""
+    from memp_cli.index.lexical import array_paths
+
+    gen = state.generation
+    names = {STATE_NAME, files_path(store, gen).name, *(p.name for p in kw_paths(store, gen))}
+    if state.ids:
+        names |= {hnsw_path(store, gen).name, vectors_path(store, gen).name}
+        if state.lexical is not None:
+            names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values()}
+    return names
+
+
+def leftover_files(store: Store, state: State | None) -> list[Path]:
+    """Files in the index directory that no complete generation names (``memp doctor``)."""
+    keep = generation_files(store, state) if state is not None else {STATE_NAME}
+    try:
+        return sorted(p for p in store.index_dir.iterdir() if p.name not in keep and p.is_file())
+    except FileNotFoundError:
+        return []
+
+
 def load_files(store: Store, state: State) -> FileTable:
     path = files_path(store, state.generation)
     n = len(state.ids)
     try:
         d = orjson.loads(path.read_bytes())
-        if d.pop("index_version", None) != INDEX_VERSION or d.pop("generation", None) != state.generation:
+        if d.pop("index_version", None) != state.version or d.pop("generation", None) != state.generation:
             raise ValueError("another index version or generation")
         table = FileTable(**d)
         if not (len(table.key_hashes) == len(table.mtimes) == len(table.sizes) == len(table.texts) == n):
