@@ -68,17 +68,15 @@ def stages_child(store_path: str, query: str) -> None:
     import memp_cli.cli as cli  # typer, click, store, commands: everything `memp` imports up front
 
     clock.add("import memp_cli.cli (typer, store, commands)", time.perf_counter() - c0)
-    from memp_cli import index as index_mod
     from memp_cli.backends.embedders import get_embedder as real_get_embedder
     from memp_cli.cli import output, query_cmd
+    from memp_cli.index import access, reader, vectors
     from memp_cli.retrieve import retriever as retrieve
 
     W = clock.wrap
     query_cmd.open_store = W("Store.open (memp.toml)", query_cmd.open_store)
-    index_mod.read_state = W("read state.json", index_mod.read_state)
-    index_mod.is_fresh = W("is_fresh check", index_mod.is_fresh)
-    from memp_cli.index import reader, vectors
-
+    access.read_state = W("read state.json", access.read_state)
+    access.is_fresh = W("is_fresh check", access.is_fresh)
     vectors.load_hnsw = W("load hnsw graph (+ import hnswlib)", vectors.load_hnsw)
     vectors.load_vectors = W("map vectors file", vectors.load_vectors)
     reader.load_lexical = W("load lexical BM25 (+ import)", reader.load_lexical)

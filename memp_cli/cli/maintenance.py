@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,12 +26,45 @@ model_app = typer.Typer(
 app.add_typer(model_app, name="model")
 
 
+@contextlib.contextmanager
+def index_progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar of texts embedded, on stderr when it is a terminal (not with --quiet);
+    None otherwise. Shown only once embedding starts, so a sync with nothing to embed is silent."""
+    if not env.stderr_isatty or env.quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"memp: {what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=output.stderr_console(),
+        transient=True,
+    )
+    task: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            bar.start()
+            task.append(bar.add_task(what, total=total))
+        bar.update(task[0], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task:
+            bar.stop()
+
+
 @index_app.command("rebuild")
 def index_rebuild() -> None:
     """Rebuild the index from memories/ (after changing the embedder, or if it is damaged)."""
     store = open_store("index rebuild")
     emb = store_embedder(store, G.embedder)
-    idx, report = index_mod.sync(store, emb, rebuild=True)
+    with index_progress("embedding memories") as progress:
+        idx, report = index_mod.sync(store, emb, rebuild=True, progress=progress)
     for e in report.broken:
         output.warn(str(e).split("\n")[0] + " (left out of the index)")
     output.info(f"index rebuilt: {len(idx)} memories embedded with {emb.name} (dim {emb.dim})")
@@ -40,7 +75,8 @@ def index_sync() -> None:
     """Embed new and changed memory files now (other commands do it when needed)."""
     store = open_store("index sync")
     emb = store_embedder(store, G.embedder)
-    idx, report = index_mod.sync(store, emb)
+    with index_progress("embedding memories") as progress:
+        idx, report = index_mod.sync(store, emb, progress=progress)
     if report.rebuild_reason:
         output.warn(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
     for e in report.broken:

@@ -45,6 +45,7 @@ names, freshness), :mod:`~memp_cli.index.vectors` (graph and vectors file),
 
 from __future__ import annotations
 
+from memp_cli.index.access import Opened, open_index
 from memp_cli.index.keywords import KeywordIndex, memory_keywords
 from memp_cli.index.reader import Index, check_files, load
 from memp_cli.index.state import (
@@ -75,6 +76,7 @@ __all__ = [
     "Index",
     "IndexVersionError",
     "KeywordIndex",
+    "Opened",
     "State",
     "SyncReport",
     "build_in_memory",
@@ -85,6 +87,7 @@ __all__ = [
     "leftover_files",
     "load",
     "memory_keywords",
+    "open_index",
     "read_state",
     "state_path",
     "sync",
