@@ -242,19 +242,26 @@ def _sync(
         if need > hnsw.get_max_elements():
             hnsw.resize_index(max(need, int(hnsw.get_max_elements() * 1.5)))
         done = 0
-        for start in range(0, len(to_embed), EMBED_BATCH):
-            batch = to_embed[start : start + EMBED_BATCH]
-            vecs = embedder.embed([m.key_text() for _, m in batch])
-            labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
-            for lab in labels.tolist():
-                with contextlib.suppress(RuntimeError):
-                    hnsw.unmark_deleted(lab)
-            hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
-            vectors[labels] = unit_rows(vecs)
-            done += len(batch)
-            report.embedded += len(batch)
-            if progress:
-                progress(done, len(to_embed))
+        try:
+            for start in range(0, len(to_embed), EMBED_BATCH):
+                batch = to_embed[start : start + EMBED_BATCH]
+                vecs = embedder.embed([m.key_text() for _, m in batch])
+                labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
+                for lab in labels.tolist():
+                    with contextlib.suppress(RuntimeError):
+                        hnsw.unmark_deleted(lab)
+                hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
+                vectors[labels] = unit_rows(vecs)
+                done += len(batch)
+                report.embedded += len(batch)
+                if progress:
+                    progress(done, len(to_embed))
+        except BaseException:  # Ctrl-C, a failing embedder: keep what was embedded
+            if persist and done:
+                pending = {pos for pos, _ in to_embed[done:]}
+                with contextlib.suppress(Exception):
+                    _checkpoint(store, state, hnsw, kw, table, vectors, pending, removed_labels, report)
+            raise
     if hnsw is not None:
         for lab in removed_labels:
             with contextlib.suppress(RuntimeError):
@@ -280,6 +287,52 @@ def _sync(
 
 def _lexical_text(mem: Memory) -> str:
     return mem.key_text() + ("\n" + " ".join(mem.keywords) if mem.keywords else "")
+
+
+def _checkpoint(
+    store: Store,
+    state: State,
+    hnsw: hnswlib.Index,
+    kw: KeywordIndex,
+    table: FileTable,
+    vectors: np.ndarray,
+    pending: set[int],
+    removed_labels: list[int],
+    report: SyncReport,
+) -> None:
+    """Write a complete generation of what an interrupted sync finished: every memory but those
+    at the ``pending`` state positions (not embedded yet), which the next sync finds missing and
+    embeds. Its directory mtime is left out, so a large store's quick freshness check sees it
+    stale too."""
+    import numpy as np
+
+    keep = [pos for pos in range(len(state.ids)) if pos not in pending]
+    part = State(
+        embedder=state.embedder,
+        dim=state.dim,
+        generation=state.generation,
+        next_label=state.next_label,
+        dir_mtime_ns=0,
+        ids=[state.ids[p] for p in keep],
+        labels=[state.labels[p] for p in keep],
+        kinds=[state.kinds[p] for p in keep],
+        broken=state.broken,
+    )
+    part_table = FileTable()
+    for p in keep:
+        part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], table.texts[p])
+    # A pending memory that was in the index before (its keys changed) leaves it until re-embedded.
+    for lab in [state.labels[p] for p in pending] + removed_labels:
+        vectors[lab] = 0.0
+        with contextlib.suppress(RuntimeError):
+            hnsw.mark_deleted(lab)
+    rows = [kw.row(p) for p in keep]
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    part_kw = KeywordIndex(kw.words, offsets, flat.astype(np.int64), kw.hnsw)
+    write_generation(store, part, hnsw, part_kw, part_table, vectors, _build_lexical(part, part_table))
+    store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
 
 
 def _build_lexical(state: State, table: FileTable) -> LexicalIndex | None:
