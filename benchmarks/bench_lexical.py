@@ -75,7 +75,7 @@ def bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None:
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
         t0 = time.perf_counter()
-        idx.save(d)
+        manifest = idx.save(d, "lexical-1")
         t_save = time.perf_counter() - t0
         size = sum(f.stat().st_size for f in d.iterdir())
         print(f"save: {t_save * 1000:.0f} ms, {size / 1e6:.2f} MB on disk")
@@ -83,7 +83,7 @@ def bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None:
         loads = []
         for _ in range(20):
             t0 = time.perf_counter()
-            loaded = LexicalIndex.load(d)
+            loaded = LexicalIndex.load(d, "lexical-1", manifest)
             loads.append(time.perf_counter() - t0)
         print(f"load (warm page cache, in-process): median {np.median(loads) * 1000:.2f} ms")
 
@@ -114,7 +114,7 @@ def bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None:
             "t0 = time.perf_counter()\n"
             "from memp_cli.index.lexical import LexicalIndex\n"
             "t1 = time.perf_counter()\n"
-            f"ix = LexicalIndex.load({str(d)!r})\n"
+            f"ix = LexicalIndex.load({str(d)!r}, 'lexical-1', {manifest!r})\n"
             "t2 = time.perf_counter()\n"
             f"ix.top({queries[0]!r}, 10)\n"
             "t3 = time.perf_counter()\n"

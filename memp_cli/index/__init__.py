@@ -64,7 +64,7 @@ from memp_cli.index.state import (
     state_path,
 )
 from memp_cli.index.vectors import unit_rows
-from memp_cli.index.writer import SyncReport, build_in_memory, clear, sync
+from memp_cli.index.writer import SyncReport, build_in_memory, sync
 
 __all__ = [
     "EMBED_BATCH",
@@ -82,7 +82,6 @@ __all__ = [
     "build_in_memory",
     "check_embedder",
     "check_files",
-    "clear",
     "is_fresh",
     "leftover_files",
     "load",

@@ -396,13 +396,3 @@ def write_generation(
         if p.name not in written:
             with contextlib.suppress(OSError):
                 p.unlink()
-
-
-def clear(store: Store) -> None:
-    """Remove the derived index files (state.json first: a reader then sees no index)."""
-    with contextlib.suppress(OSError):
-        state_path(store).unlink()
-    for p in store.index_dir.iterdir():
-        if p.is_file():
-            with contextlib.suppress(OSError):
-                p.unlink()
