@@ -179,7 +179,8 @@ def _index_findings(store: Store, n_mem: int, *, fix: bool, embedder: Any) -> li
         if leftover:
             f = Finding(
                 "warning",
-                f"{store.index_dir}: {len(leftover)} files left over from an interrupted index write "
+                f"{store.index_dir}: {len(leftover)} file{'s' if len(leftover) != 1 else ''} left over "
+                "from an interrupted index write "
                 f"(e.g. {leftover[0].name})",
                 "harmless; `memp index sync` or `memp doctor --fix` removes them",
             )
