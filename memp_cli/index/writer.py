@@ -104,26 +104,7 @@ def _sync(
     import numpy as np
 
     report = SyncReport(rebuilt=rebuild)
-    try:
-        old = read_state(store)
-    except IndexVersionError:
-        if not rebuild:
-            raise
-        old = None
-    except StoreError as e:  # older format or damaged: derived data, rebuilt
-        old = None
-        if not rebuild:
-            report.rebuilt = True
-            report.rebuild_reason = e.message
-    last_generation = old.generation if old is not None else peek_generation(store)
-    if rebuild:
-        old = None  # from scratch; the old generation stays readable until the new one is written
-    if old is not None and (old.embedder != embedder.name or old.dim != embedder.dim):
-        check_embedder(store, old, embedder.name)
-        raise ModelError(
-            f"the index has dimension {old.dim}, the embedder gives {embedder.dim}",
-            hint="run `memp index rebuild`",
-        )
+    old, last_generation = _read_old(store, embedder, rebuild, report)
     dir_mtime = store.memories_dir.stat().st_mtime_ns
     files = scan(store)
     state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
@@ -145,53 +126,7 @@ def _sync(
         else:
             with contextlib.suppress(StoreError):  # else taken from the graph below
                 old_vectors = load_vectors(store, old) if old.ids else None
-    prev: dict[str, int] = {}
-    if old is not None:
-        prev = {mid: i for i, mid in enumerate(old.ids)}
-    to_embed: list[tuple[int, Memory]] = []  # (position in new state, memory)
-    removed_labels: list[int] = []
-    # per new state position: the keywords of a (re)loaded memory, or its old position
-    kw_src: list[list[str] | int] = []
-    for mid in sorted(files):
-        mtime, size = files[mid]
-        i = prev.get(mid)
-        if i is not None and old is not None and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size):
-            state.ids.append(mid)
-            state.labels.append(old.labels[i])
-            state.kinds.append(old.kinds[i])
-            table.append(old_table.key_hashes[i], mtime, size, old_table.texts[i])
-            kw_src.append(i)
-            continue
-        try:
-            mem = load_memory_file(store.memories_dir / f"{mid}.toml")
-        except MemoryFileError as e:
-            report.broken.append(e)
-            state.broken[mid] = [mtime, size]
-            if i is not None and old is not None:
-                removed_labels.append(old.labels[i])
-            continue
-        khash = mem.key_hash()
-        if i is not None and old is not None and old_table.key_hashes[i] == khash:
-            label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
-            report.updated += 1
-        else:
-            if i is not None and old is not None:
-                label = old.labels[i]
-                report.updated += 1
-            else:
-                label = state.next_label
-                state.next_label += 1
-                report.added += 1
-            to_embed.append((len(state.ids), mem))
-        state.ids.append(mid)
-        state.labels.append(label)
-        state.kinds.append(mem.kind)
-        table.append(khash, mtime, size, _lexical_text(mem))
-        kw_src.append(memory_keywords(mem))
-    if old is not None:
-        gone = set(old.ids) - set(files)
-        removed_labels.extend(old.labels[prev[mid]] for mid in gone)
-        report.removed = len(gone)
+    to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
     vectors_missing = old is not None and bool(old.ids) and old_vectors is None
@@ -241,27 +176,20 @@ def _sync(
         need = state.next_label
         if need > hnsw.get_max_elements():
             hnsw.resize_index(max(need, int(hnsw.get_max_elements() * 1.5)))
-        done = 0
-        try:
-            for start in range(0, len(to_embed), EMBED_BATCH):
-                batch = to_embed[start : start + EMBED_BATCH]
-                vecs = embedder.embed([m.key_text() for _, m in batch])
-                labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
-                for lab in labels.tolist():
-                    with contextlib.suppress(RuntimeError):
-                        hnsw.unmark_deleted(lab)
-                hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
-                vectors[labels] = unit_rows(vecs)
-                done += len(batch)
-                report.embedded += len(batch)
-                if progress:
-                    progress(done, len(to_embed))
-        except BaseException:  # Ctrl-C, a failing embedder: keep what was embedded
-            if persist and done:
-                pending = {pos for pos, _ in to_embed[done:]}
-                with contextlib.suppress(Exception):
-                    _checkpoint(store, state, hnsw, kw, table, vectors, pending, removed_labels, report)
-            raise
+        _embed(
+            store,
+            embedder,
+            state,
+            hnsw,
+            kw,
+            table,
+            vectors,
+            to_embed,
+            removed_labels,
+            report,
+            progress,
+            persist,
+        )
     if hnsw is not None:
         for lab in removed_labels:
             with contextlib.suppress(RuntimeError):
@@ -283,6 +211,134 @@ def _sync(
     if kw.hnsw is not None:
         kw.hnsw.set_ef(cfg.ef_search)
     return Index(store, state, hnsw_out, lex, kw, vectors=vectors if state.ids else None, files=table), report
+
+
+def _read_old(
+    store: Store, embedder: Embedder, rebuild: bool, report: SyncReport
+) -> tuple[State | None, int]:
+    """The state a sync starts from (None: from scratch) and the last generation written."""
+    try:
+        old = read_state(store)
+    except IndexVersionError:
+        if not rebuild:
+            raise
+        old = None
+    except StoreError as e:  # older format or damaged: derived data, rebuilt
+        old = None
+        if not rebuild:
+            report.rebuilt = True
+            report.rebuild_reason = e.message
+    last_generation = old.generation if old is not None else peek_generation(store)
+    if rebuild:
+        old = None  # from scratch; the old generation stays readable until the new one is written
+    if old is not None and (old.embedder != embedder.name or old.dim != embedder.dim):
+        check_embedder(store, old, embedder.name)
+        raise ModelError(
+            f"the index has dimension {old.dim}, the embedder gives {embedder.dim}",
+            hint="run `memp index rebuild`",
+        )
+    return old, last_generation
+
+
+def _plan(
+    store: Store,
+    files: dict[str, tuple[int, int]],
+    old: State | None,
+    old_table: FileTable,
+    state: State,
+    table: FileTable,
+    report: SyncReport,
+) -> tuple[list[tuple[int, Memory]], list[int], list[list[str] | int]]:
+    """Fill ``state`` and ``table`` with the memory files (in id order): unchanged ones (same
+    stat) copied from the old index, the others read. Returns what to embed (state position,
+    memory), the labels to remove from the graph, and per position the keywords of a read memory
+    or its old position."""
+    prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
+    to_embed: list[tuple[int, Memory]] = []
+    removed_labels: list[int] = []
+    kw_src: list[list[str] | int] = []
+    for mid in sorted(files):
+        mtime, size = files[mid]
+        i = prev.get(mid)
+        if i is not None and old is not None and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size):
+            state.ids.append(mid)
+            state.labels.append(old.labels[i])
+            state.kinds.append(old.kinds[i])
+            table.append(old_table.key_hashes[i], mtime, size, old_table.texts[i])
+            kw_src.append(i)
+            continue
+        try:
+            mem = load_memory_file(store.memories_dir / f"{mid}.toml")
+        except MemoryFileError as e:
+            report.broken.append(e)
+            state.broken[mid] = [mtime, size]
+            if i is not None and old is not None:
+                removed_labels.append(old.labels[i])
+            continue
+        khash = mem.key_hash()
+        if i is not None and old is not None and old_table.key_hashes[i] == khash:
+            label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
+            report.updated += 1
+        else:
+            if i is not None and old is not None:
+                label = old.labels[i]
+                report.updated += 1
+            else:
+                label = state.next_label
+                state.next_label += 1
+                report.added += 1
+            to_embed.append((len(state.ids), mem))
+        state.ids.append(mid)
+        state.labels.append(label)
+        state.kinds.append(mem.kind)
+        table.append(khash, mtime, size, _lexical_text(mem))
+        kw_src.append(memory_keywords(mem))
+    if old is not None:
+        gone = set(old.ids) - set(files)
+        removed_labels.extend(old.labels[prev[mid]] for mid in gone)
+        report.removed = len(gone)
+    return to_embed, removed_labels, kw_src
+
+
+def _embed(
+    store: Store,
+    embedder: Embedder,
+    state: State,
+    hnsw: hnswlib.Index,
+    kw: KeywordIndex,
+    table: FileTable,
+    vectors: np.ndarray,
+    to_embed: list[tuple[int, Memory]],
+    removed_labels: list[int],
+    report: SyncReport,
+    progress: Progress | None,
+    persist: bool,
+) -> None:
+    """Embed the key texts of ``to_embed`` in batches into the graph and ``vectors``. When
+    interrupted (Ctrl-C, a failing embedder), write what was done first (:func:`_checkpoint`)."""
+    import numpy as np
+
+    done = 0
+    try:
+        for start in range(0, len(to_embed), EMBED_BATCH):
+            batch = to_embed[start : start + EMBED_BATCH]
+            vecs = embedder.embed([m.key_text() for _, m in batch])
+            labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
+            for lab in labels.tolist():
+                with contextlib.suppress(RuntimeError):
+                    hnsw.unmark_deleted(lab)
+            hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
+            vectors[labels] = unit_rows(vecs)
+            done += len(batch)
+            report.embedded += len(batch)
+            if progress:
+                progress(done, len(to_embed))
+    except BaseException:
+        if persist and done:
+            pending = {pos for pos, _ in to_embed[done:]}
+            with contextlib.suppress(Exception):
+                _checkpoint(store, state, hnsw, kw, table, vectors, pending, removed_labels, report)
+        raise
 
 
 def _lexical_text(mem: Memory) -> str:
