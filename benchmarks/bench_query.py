@@ -68,19 +68,18 @@ def stages_child(store_path: str, query: str) -> None:
     import memp_cli.cli as cli  # typer, click, store, commands: everything `memp` imports up front
 
     clock.add("import memp_cli.cli (typer, store, commands)", time.perf_counter() - c0)
-    from memp_cli import index as index_mod
     from memp_cli.backends.embedders import get_embedder as real_get_embedder
     from memp_cli.cli import output, query_cmd
+    from memp_cli.index import access, reader, vectors
     from memp_cli.retrieve import retriever as retrieve
 
     W = clock.wrap
     query_cmd.open_store = W("Store.open (memp.toml)", query_cmd.open_store)
-    index_mod.read_state = W("read state.json", index_mod.read_state)
-    index_mod.is_fresh = W("is_fresh check", index_mod.is_fresh)
-    index_mod._load_hnsw = W("load hnsw graph (+ import hnswlib)", index_mod._load_hnsw)
-    if hasattr(index_mod, "_load_vectors"):  # memp with the vectors file (index format 2)
-        index_mod._load_vectors = W("map vectors file", index_mod._load_vectors)
-    index_mod._load_lexical = W("load lexical BM25 (+ import)", index_mod._load_lexical)
+    access.read_state = W("read state.json", access.read_state)
+    access.is_fresh = W("is_fresh check", access.is_fresh)
+    vectors.load_hnsw = W("load hnsw graph (+ import hnswlib)", vectors.load_hnsw)
+    vectors.load_vectors = W("map vectors file", vectors.load_vectors)
+    reader.load_lexical = W("load lexical BM25 (+ import)", reader.load_lexical)
     retrieve.Retriever.scored = W("search (exact or knn + BM25 fusion)", retrieve.Retriever.scored)
     retrieve.load_memory_file = W("read the k result files", retrieve.load_memory_file)
     output.emit_json_lines = W("JSON output", output.emit_json_lines)
@@ -355,8 +354,8 @@ def whatif_exact(store: Path, reps: int) -> dict[str, Any]:
     st = Store.open(store)
     state = index_mod.read_state(st)
     assert state is not None
-    graph = index_mod._hnsw_path(st, state.generation)
-    vec = index_mod._vectors_path(st, state.generation)
+    graph = index_mod.state.hnsw_path(st, state.generation)
+    vec = index_mod.state.vectors_path(st, state.generation)
     variants = {
         "python + numpy + hnswlib: load graph + knn(k=50)": (
             [sys.executable, "-c", _WHATIF_HNSW, str(graph), str(state.dim)],

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import FILES, memory_ids, memp, read_records
+from faults import kill_at
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
@@ -140,7 +141,7 @@ def test_cli_single_query_and_batch_agree(built: Path, monkeypatch: pytest.Monke
     def no_graph(*a: Any, **kw: Any) -> Any:
         raise AssertionError("a single query loaded the hnsw graph")
 
-    monkeypatch.setattr(index_mod, "_load_hnsw", no_graph)
+    monkeypatch.setattr(index_mod.vectors, "load_hnsw", no_graph)
     for q, line in zip(queries, batch, strict=True):
         single = memp("query", q, "-k", 3).jsonl()
         _same_ranking(
@@ -179,34 +180,16 @@ def test_deleted_memories_never_come_back(store: Path) -> None:
 # --------------------------------------------------------------------------- the files
 
 
-def test_files_are_written_with_one_generation(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    written: list[str] = []
-    real_write, real_npy, real_hnsw = index_mod.atomic_write, index_mod._save_npy, index_mod._save_hnsw
-
-    def atomic_write(path: Path, data: Any, **kw: Any) -> None:
-        written.append(path.name)
-        real_write(path, data, **kw)
-
-    def save_npy(path: Path, arr: Any) -> None:
-        written.append(path.name)
-        real_npy(path, arr)
-
-    def save_hnsw(st: Store, hnsw: Any, name: str) -> None:
-        written.append(name)
-        real_hnsw(st, hnsw, name)
-
-    monkeypatch.setattr(index_mod, "atomic_write", atomic_write)
-    monkeypatch.setattr(index_mod, "_save_npy", save_npy)
-    monkeypatch.setattr(index_mod, "_save_hnsw", save_hnsw)
+def test_files_are_written_with_one_generation(store: Path) -> None:
     st = _store(store, 50)
     for step in range(3):
-        written.clear()
         if step:
             (st.memories_dir / f"m{step:04d}.toml").unlink()
             st.save_memories(_memories(2, seed=step, start=100 * step), event="test")
-            index_mod.sync(st, EMB)
-        else:
-            index_mod.sync(st, EMB, rebuild=True)
+        with kill_at(10**9) as writes:  # counts the write points, kills at none
+            index_mod.sync(st, EMB, rebuild=not step)
+        written = [path.split("/")[-1] for fn, path in writes.calls if fn == "replace"]
+        removed = [path.split("/")[-1] for fn, path in writes.calls if fn == "unlink"]
         state = index_mod.read_state(st)
         assert state is not None
         g = state.generation
@@ -217,12 +200,14 @@ def test_files_are_written_with_one_generation(store: Path, monkeypatch: pytest.
             f"keywords-{g}.bin",
             f"keywords-{g}.json",
             f"files-{g}.json",
+            *(f"lexical-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
             "state.json",
         ]
         assert written == expected  # state.json last: it names the generation of the others
-        assert _index_files(st) == sorted(expected)
+        assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
+        assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 2
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 3
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)
         assert idx is not None and idx.hnsw is not None
@@ -277,13 +262,14 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
         expect = f"{files}: missing"
     r = memp("doctor", expect=ExitCode.STORE)
     (f,) = [json.loads(line) for line in r.stdout.splitlines()]
-    assert f["level"] == "error" and f["what"].startswith(expect) and "memp index rebuild" in f["fix"]
+    assert f["level"] == "error" and f["what"].startswith(expect) and "memp index sync" in f["fix"]
     q = memp("query", HEAT, "-k", 1)
     assert q.jsonl()[0]["task"] == HEAT
-    if "vectors" in damage:  # the query reads it: rebuilt on the spot
-        assert expect in q.stderr and "rebuilding the index" in q.stderr
-    else:  # a small store's freshness check reads it: the sync rebuilds it
-        assert expect in q.stderr and "rebuilt the index" in q.stderr
+    # the query names the damaged file and has it rebuilt by a sync: the vectors from the graph
+    # without embedding anything, a file table by a rebuild
+    assert expect in q.stderr and "rebuilt the" in q.stderr
+    last = [e for e in st.read_journal() if e["event"] == "index.sync"][-1]
+    assert last["embedded"] == (0 if "vectors" in damage else 40)
     assert memp("doctor").stdout == ""
     new = index_mod.read_state(st)
     assert new is not None and new.generation > state.generation
@@ -330,9 +316,9 @@ def _old_format(built: Path) -> bytes:
 def test_index_from_an_older_memp_is_rebuilt_by_query(built: Path) -> None:
     _old_format(built)
     r = memp("doctor", expect=ExitCode.STORE)
-    assert "older format (1, now 2)" in r.stdout
+    assert "older format (1, now 3)" in r.stdout
     q = memp("query", HEAT, "-k", 1)
-    assert "older format" in q.stderr and "rebuilding the index" in q.stderr
+    assert "older format" in q.stderr and "rebuilt the index" in q.stderr
     assert q.jsonl()[0]["task"] == HEAT
     state = index_mod.read_state(Store.open(built))
     assert state is not None and len(state.ids) == 40

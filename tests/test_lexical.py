@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from memp_cli.index import lexical
-from memp_cli.index.lexical import MANIFEST, LexicalIndex, term_hashes, terms, tokenize
+from memp_cli.index.lexical import LexicalIndex, term_hashes, terms, tokenize
 
 LN16 = math.log(1.6)  # idf of a term in 2 of 3 documents: ln(1 + (3 - 2 + 0.5) / (2 + 0.5))
 
@@ -313,8 +314,7 @@ def test_empty_index(tmp_path: Path) -> None:
     ix = LexicalIndex.build([])
     assert len(ix) == 0
     assert ix.scores("mug")[0].size == 0
-    ix.save(tmp_path)
-    loaded = LexicalIndex.load(tmp_path)
+    loaded = LexicalIndex.load(tmp_path, "lex", ix.save(tmp_path, "lex"))
     assert len(loaded) == 0 and loaded.top("mug", 3)[0].size == 0
 
 
@@ -347,143 +347,88 @@ def _assert_same(a: LexicalIndex, b: LexicalIndex, queries: list[str]) -> None:
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     ix = LexicalIndex.build(_docs(), k1=1.5, b=0.6, idf_power=0.75)
-    ix.save(tmp_path / "index")
-    loaded = LexicalIndex.load(tmp_path / "index")
+    manifest = ix.save(tmp_path, "lexical-7")
+    loaded = LexicalIndex.load(tmp_path, "lexical-7", manifest)
     assert (loaded.k1, loaded.b, loaded.idf_power, loaded.bigrams) == (1.5, 0.6, 0.75, True)
     assert (loaded.avgdl, loaded.vocab_size) == (ix.avgdl, ix.vocab_size)
     _assert_same(ix, loaded, ["put mug in fridge", "heat egg", "zebra", "examine book desklamp two"])
     np.testing.assert_array_equal(loaded.top("put mug", 3)[0], ix.top("put mug", 3)[0])
-    names = sorted(os.listdir(tmp_path / "index"))
-    assert MANIFEST in names
-    assert len(names) == 7  # manifest + 6 arrays
-    assert not any(n.endswith(".pkl") or n.startswith(".tmp-") for n in names)
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted(p.name for p in lexical.array_paths(tmp_path, "lexical-7").values())
+    assert names == sorted(
+        f"lexical-7.{n}.npy" for n in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")
+    )
+    # the manifest is plain JSON data (the store keeps it in state.json)
+    assert orjson.loads(orjson.dumps(manifest)) == manifest
 
 
 def test_load_missing_raises_file_not_found(tmp_path: Path) -> None:
-    assert not lexical.is_current(tmp_path)
-    (tmp_path / MANIFEST).write_text("{not json")
-    assert not lexical.is_current(tmp_path)
-    (tmp_path / MANIFEST).unlink()
-    with pytest.raises(FileNotFoundError):
-        LexicalIndex.load(tmp_path)
-    with pytest.raises(FileNotFoundError):
-        LexicalIndex.load(tmp_path / "nope")
+    manifest = LexicalIndex.build(_docs()).save(tmp_path, "lex")
+    with pytest.raises(FileNotFoundError, match=r"lex-other\.terms\.npy: missing"):
+        LexicalIndex.load(tmp_path, "lex-other", manifest)
+    (tmp_path / "lex.tf.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lex\.tf\.npy: missing"):
+        LexicalIndex.load(tmp_path, "lex", manifest)
 
 
-def test_load_rejects_corrupt_manifest(tmp_path: Path) -> None:
-    LexicalIndex.build(_docs()).save(tmp_path)
-    (tmp_path / MANIFEST).write_text("{not json")
-    with pytest.raises(ValueError):
-        LexicalIndex.load(tmp_path)
-    (tmp_path / MANIFEST).write_text('{"format": "something-else"}')
-    with pytest.raises(ValueError, match="not a memp lexical"):
-        LexicalIndex.load(tmp_path)
-
-
-def test_load_rejects_other_format_versions(tmp_path: Path) -> None:
-    """An index from an older memp (version 1: vocabulary in the manifest, no bigrams) is rebuilt."""
-    LexicalIndex.build(_docs()).save(tmp_path)
-    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    assert lexical.is_current(tmp_path)
+def test_load_rejects_a_bad_manifest(tmp_path: Path) -> None:
+    """A manifest of another version (1: vocabulary in the manifest, no bigrams) means: rebuild."""
+    manifest = LexicalIndex.build(_docs()).save(tmp_path, "lex")
+    for bad in (None, [], {"format": "something-else"}):
+        with pytest.raises(ValueError, match="not a memp lexical"):
+            LexicalIndex.load(tmp_path, "lex", bad)
     for version in (1, 3, None):
-        (tmp_path / MANIFEST).write_bytes(lexical._dumps({**manifest, "version": version}))
         with pytest.raises(ValueError, match="unsupported lexical index version"):
-            LexicalIndex.load(tmp_path)
-        assert not lexical.is_current(tmp_path)
-    (tmp_path / MANIFEST).write_bytes(lexical._dumps({**manifest, "term_hash": "md5"}))
+            LexicalIndex.load(tmp_path, "lex", {**manifest, "version": version})
     with pytest.raises(ValueError, match="unknown term hash"):
-        LexicalIndex.load(tmp_path)
-    (tmp_path / MANIFEST).write_bytes(lexical._dumps({**manifest, "bigrams": "yes"}))
+        LexicalIndex.load(tmp_path, "lex", {**manifest, "term_hash": "md5"})
     with pytest.raises(ValueError, match="bigrams"):
-        LexicalIndex.load(tmp_path)
-    (tmp_path / MANIFEST).write_bytes(lexical._dumps({k: v for k, v in manifest.items() if k != "idf_power"}))
-    with pytest.raises(ValueError, match="missing or bad field"):
-        LexicalIndex.load(tmp_path)
+        LexicalIndex.load(tmp_path, "lex", {**manifest, "bigrams": "yes"})
+    with pytest.raises(ValueError, match="missing or bad manifest field"):
+        LexicalIndex.load(tmp_path, "lex", {k: v for k, v in manifest.items() if k != "idf_power"})
+    with pytest.raises(ValueError, match="do not match"):
+        LexicalIndex.load(tmp_path, "lex", {**manifest, "n_docs": manifest["n_docs"] + 1})
 
 
 def test_load_rejects_mismatched_arrays(tmp_path: Path) -> None:
-    LexicalIndex.build(_docs()).save(tmp_path)
-    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    np.save(tmp_path / manifest["arrays"]["labels"], np.arange(3, dtype=np.int64))
+    manifest = LexicalIndex.build(_docs()).save(tmp_path, "lex")
+    np.save(tmp_path / "lex.labels.npy", np.arange(3, dtype=np.int64))
     with pytest.raises(ValueError, match="do not match"):
-        LexicalIndex.load(tmp_path)
-    np.save(tmp_path / manifest["arrays"]["labels"], np.arange(len(_docs()), dtype=np.int32))
+        LexicalIndex.load(tmp_path, "lex", manifest)
+    np.save(tmp_path / "lex.labels.npy", np.arange(len(_docs()), dtype=np.int32))
     with pytest.raises(ValueError, match="expected 1-d int64"):
-        LexicalIndex.load(tmp_path)
+        LexicalIndex.load(tmp_path, "lex", manifest)
+    (tmp_path / "lex.labels.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="unreadable array"):
+        LexicalIndex.load(tmp_path, "lex", manifest)
 
 
-def test_resave_replaces_generation_and_removes_old_arrays(tmp_path: Path) -> None:
-    LexicalIndex.build(_docs()).save(tmp_path)
-    first = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    new = LexicalIndex.build([(100, "slice bread with knife"), (101, "put bread in fridge")])
-    new.save(tmp_path)
-    second = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    assert second["generation"] == first["generation"] + 1
-    assert set(first["arrays"].values()).isdisjoint(second["arrays"].values())
-    on_disk = set(os.listdir(tmp_path))
-    assert on_disk == {MANIFEST, *second["arrays"].values()}
-    _assert_same(new, LexicalIndex.load(tmp_path), ["bread", "put mug"])
+def test_a_failed_save_leaves_no_partial_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each array is written atomically: a save that fails leaves whole files or none (and the
+    store's index names the arrays of a generation only once all of them are written)."""
+    real_save = np.save
+    calls: list[object] = []
 
+    def disk_full(f: object, arr: object, **kw: object) -> None:
+        calls.append(f)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_save(f, arr, **kw)  # type: ignore[call-overload]
 
-def test_manifest_is_the_source_of_truth(tmp_path: Path) -> None:
-    """A newer generation's arrays on disk are ignored until its manifest replaces the old one."""
-    old = LexicalIndex.build(_docs())
-    old.save(tmp_path)
-    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    # A writer that wrote a new generation's arrays but not (yet) its manifest.
-    for name, fname in manifest["arrays"].items():
-        stray = fname.replace(f"lexical-{manifest['generation']:08d}", "lexical-99999999")
-        assert stray != fname
-        np.save(tmp_path / stray, np.zeros(4, dtype=lexical._ARRAYS[name]))
-    loaded = LexicalIndex.load(tmp_path)
-    _assert_same(old, loaded, ["put mug", "fridge apple"])
-    # The next complete save removes every array file its manifest does not name.
-    old.save(tmp_path)
-    current = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    assert set(os.listdir(tmp_path)) == {MANIFEST, *current["arrays"].values()}
-
-
-def test_crash_before_manifest_keeps_old_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    old = LexicalIndex.build(_docs())
-    old.save(tmp_path)
-
-    def boom(path: Path, data: bytes | str, *, durable: bool = True) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(lexical, "atomic_write", boom)
+    monkeypatch.setattr(lexical.np, "save", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        LexicalIndex.build([(1, "something else entirely")]).save(tmp_path)
-    _assert_same(old, LexicalIndex.load(tmp_path), ["put mug", "something else"])
-
-
-def test_load_rereads_manifest_when_a_writer_races(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    LexicalIndex.build(_docs()).save(tmp_path)
-    new = LexicalIndex.build([(100, "slice bread"), (101, "put bread in fridge")])
-    original = LexicalIndex._from_manifest.__func__  # type: ignore[attr-defined]
-    calls: list[bytes] = []
-
-    def racing(cls: type[LexicalIndex], directory: Path, raw: bytes) -> LexicalIndex:
-        if not calls:  # a writer saves between our manifest read and our array reads
-            new.save(tmp_path)
-        calls.append(raw)
-        result: LexicalIndex = original(cls, directory, raw)
-        return result
-
-    monkeypatch.setattr(LexicalIndex, "_from_manifest", classmethod(racing))
-    loaded = LexicalIndex.load(tmp_path)
-    assert len(calls) == 2 and calls[0] != calls[1]
-    _assert_same(new, loaded, ["bread", "put mug"])
+        LexicalIndex.build(_docs()).save(tmp_path, "lex")
+    assert sorted(os.listdir(tmp_path)) == ["lex.indptr.npy", "lex.terms.npy"]
 
 
 def test_arrays_are_plain_npy_without_pickle(tmp_path: Path) -> None:
-    LexicalIndex.build(_docs()).save(tmp_path)
-    manifest = lexical._loads((tmp_path / MANIFEST).read_bytes())
-    for name, fname in manifest["arrays"].items():
-        arr = np.load(tmp_path / fname, allow_pickle=False)
+    manifest = LexicalIndex.build(_docs()).save(tmp_path, "lex")
+    for name, path in lexical.array_paths(tmp_path, "lex").items():
+        arr = np.load(path, allow_pickle=False)
         assert arr.dtype == lexical._ARRAYS[name]
     assert manifest["n_docs"] == len(_docs())
     assert "vocab" not in manifest  # the vocabulary is the sorted hash array
-    vocab = np.load(tmp_path / manifest["arrays"]["terms"])
+    vocab = np.load(tmp_path / "lex.terms.npy")
     assert (vocab[1:] > vocab[:-1]).all()
     want = np.array(
         term_hashes("put mug coffeemachine fridge", bigrams=False) + term_hashes("put clean"), np.uint64

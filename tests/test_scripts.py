@@ -15,7 +15,6 @@ import pytest
 from memp_cli.build.builtin.distiller import builtin_script
 from memp_cli.build.builtin.keywords import extract_keywords
 from memp_cli.build.prompting import Prompt, keyword_messages, load_prompt, script_messages
-from memp_cli.build.steps import omitted_count, omitted_step, trim_steps
 from memp_cli.errors import ConfigError
 from memp_cli.ingest import parse_record
 from memp_cli.model.memory import Memory
@@ -26,6 +25,7 @@ from memp_cli.model.script import (
     keywords_from_reply,
     script_from_reply,
 )
+from memp_cli.model.steps import omitted_count, omitted_step, trim_steps
 from memp_cli.model.trajectory import Step, Trajectory
 from memp_cli.retrieve.render import PROMPT_HEADER, estimate_tokens, render_memory, render_prompt
 from memp_cli.retrieve.retriever import Hit

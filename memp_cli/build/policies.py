@@ -48,7 +48,7 @@ def memory_id(policy: str, trajectory_id: str) -> str:
 
 def kept_steps(t: Trajectory, store: Store) -> list[dict[str, str]]:
     """The concrete steps a memory keeps of ``t``, trimmed by the store's ``[distill]`` settings."""
-    from memp_cli.build.steps import trim_steps
+    from memp_cli.model.steps import trim_steps
 
     cfg = store.config.distill
     return trim_steps([s.to_dict() for s in t.steps], cfg.max_steps, cfg.max_observation_chars)

@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from memp_cli.build.steps import MIN_ACTION_CHARS, select_steps
-from memp_cli.build.text import cut, one_line
 from memp_cli.errors import ConfigError
 from memp_cli.model.script import SCRIPT_JSON_SCHEMA
+from memp_cli.model.steps import MIN_ACTION_CHARS, select_steps
+from memp_cli.model.text import cut, one_line
 from memp_cli.model.trajectory import Trajectory
 
 PROMPT_NAMES = ("script", "keywords", "reflect")

@@ -6,7 +6,6 @@ import contextlib
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,23 +32,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", "--nl", help="Output JSON lines
 
 
 def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
-    """Embed what changed, with a progress line on stderr."""
+    """Embed what changed (a writer: waits for the lock), with a progress bar on a terminal."""
     emb = store_embedder(store, G.embedder)
+    with output.progress_bar(f"embedding {what}") as progress:
+        idx, report = index_mod.sync(store, emb, progress=progress)
+    report_sync(report, store, emb.name, len(idx))
+    return idx
 
-    def progress(done: int, total: int) -> None:
-        if env.stderr_isatty and not env.quiet:
-            sys.stderr.write(f"\rmemp: embedding {what}: {done}/{total}")
-            if done == total:
-                sys.stderr.write("\n")
 
-    idx, report = index_mod.sync(store, emb, progress=progress)
+def report_sync(report: index_mod.SyncReport, store: Store, embedder: str, n: int) -> None:
+    """The stderr lines of a sync: why it rebuilt, broken files, what it embedded."""
     if report.rebuild_reason:
         output.warn(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
     for e in report.broken:
         output.warn(str(e).split("\n")[0] + " (left out of the index)")
     if report.embedded:
-        output.info(f"index: {report.embedded} embedded ({emb.name}), {len(idx)} memories indexed")
-    return idx
+        output.info(f"index: {report.embedded} embedded ({embedder}), {n} memories indexed")
 
 
 @app.command()

@@ -29,7 +29,8 @@ def index_rebuild() -> None:
     """Rebuild the index from memories/ (after changing the embedder, or if it is damaged)."""
     store = open_store("index rebuild")
     emb = store_embedder(store, G.embedder)
-    idx, report = index_mod.sync(store, emb, rebuild=True)
+    with output.progress_bar("embedding memories") as progress:
+        idx, report = index_mod.sync(store, emb, rebuild=True, progress=progress)
     for e in report.broken:
         output.warn(str(e).split("\n")[0] + " (left out of the index)")
     output.info(f"index rebuilt: {len(idx)} memories embedded with {emb.name} (dim {emb.dim})")
@@ -40,7 +41,8 @@ def index_sync() -> None:
     """Embed new and changed memory files now (other commands do it when needed)."""
     store = open_store("index sync")
     emb = store_embedder(store, G.embedder)
-    idx, report = index_mod.sync(store, emb)
+    with output.progress_bar("embedding memories") as progress:
+        idx, report = index_mod.sync(store, emb, progress=progress)
     if report.rebuild_reason:
         output.warn(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
     for e in report.broken:

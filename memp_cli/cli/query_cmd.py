@@ -15,7 +15,7 @@ from memp_cli import index as index_mod
 from memp_cli.backends.embedders import Embedder
 from memp_cli.cli import G, app, choice, open_store, output
 from memp_cli.cli.output import env, open_input
-from memp_cli.errors import InputError, StoreError
+from memp_cli.errors import InputError
 from memp_cli.model.memory import KINDS
 from memp_cli.retrieve.render import render_prompt
 from memp_cli.retrieve.retriever import (
@@ -28,15 +28,6 @@ from memp_cli.retrieve.retriever import (
     llm_keywords,
 )
 from memp_cli.store import Store, store_embedder
-
-
-def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
-    """``commands.sync_index``, imported only when a query must sync: commands.py also holds
-    ``distill``, whose module imports the build side a query does not need."""
-    from memp_cli.cli.commands import sync_index as sync
-
-    return sync(store, what)
-
 
 FORMATS = ("table", "json", "prompt")
 
@@ -91,36 +82,26 @@ def _one_blas_thread() -> None:
 def load_index(
     store: Store, embedder: Embedder, *, keywords: bool = False, exact: bool = False
 ) -> index_mod.Index | None:
-    """Load the index, syncing first when memory files changed since it was built.
+    """The index, brought up to date when this process can (:func:`memp_cli.index.open_index`
+    decides); its notes (rebuilt because ..., answering from an older index because ...) go to
+    stderr as they happen.
 
-    ``keywords``: the keyword side too (``--key avefact``); an index from before it is synced.
-    ``exact``: map the vectors file instead of loading the hnsw graph (a few queries).
-    Damaged index files, or an index from an older memp, are derived data: they are reported
-    and rebuilt from ``memories/``. An index from a newer memp is an error (upgrade memp).
+    ``keywords``: the keyword side too (``--key avefact``). ``exact``: map the vectors file
+    instead of loading the hnsw graph (a few queries).
     """
-    try:
-        return _load_index(store, embedder, keywords=keywords, exact=exact)
-    except index_mod.IndexVersionError:
-        raise
-    except StoreError as e:
-        output.warn(f"{str(e).splitlines()[0]}; rebuilding the index from {store.memories_dir}")
-        idx, _ = index_mod.sync(store, embedder, rebuild=True)
-        return idx
-
-
-def _load_index(store: Store, embedder: Embedder, *, keywords: bool, exact: bool) -> index_mod.Index | None:
-    state = index_mod.read_state(store)
-    if state is not None:
-        index_mod.check_embedder(store, state, embedder.name)
-        # The name first: reading .dim may cost a probe call (litellm without a known dim).
-        index_mod.check_embedder(store, state, embedder.name, embedder.dim)
-    if (
-        not index_mod.is_fresh(store, state)
-        or (keywords and state is not None and state.kw_version != index_mod.KW_VERSION)
-        or (state is not None and state.ids and not index_mod.lexical_is_current(store))
-    ):
-        return sync_index(store)
-    return index_mod.load(store, keywords=keywords, state=state, exact=exact)
+    with output.progress_bar("embedding memories") as progress:
+        opened = index_mod.open_index(
+            store, embedder, keywords=keywords, exact=exact, progress=progress, on_note=output.warn
+        )
+    if opened.report is not None and opened.index is not None:
+        report = opened.report
+        for e in report.broken:
+            output.warn(str(e).split("\n")[0] + " (left out of the index)")
+        if report.embedded:
+            output.info(
+                f"index: {report.embedded} embedded ({embedder.name}), {len(opened.index)} memories indexed"
+            )
+    return opened.index
 
 
 @app.command()

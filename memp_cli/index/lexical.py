@@ -24,14 +24,15 @@ full idf lets the rare ones dominate (benchmarks/README.md, eval_retrieval.py).
 :meth:`LexicalIndex.max_score` uses the same conventions, which keeps
 ``score / max_score`` within ``[0, 1]``.
 
-Layout on disk (all in one directory):
+Layout on disk. The index is saved under a *stem* chosen by the caller (the store's index
+uses ``lexical-<generation>``, the generation of every other index file, and keeps the
+manifest in its ``state.json``, written after every file it names):
 
-- ``lexical.json``: the manifest: format version, document count, average
-  document length, the scoring parameters (``k1``, ``b``, ``idf_power``,
-  ``bigrams``), the term hash scheme and the names of the array files below.
-  It is written last, so a reader that has read a manifest always finds the
-  arrays it names.
-- ``lexical-<generation>.<name>.npy``: the arrays, postings in CSR form by term:
+- the manifest, returned by :meth:`LexicalIndex.save` and given back to
+  :meth:`LexicalIndex.load`: format version, document count, average document
+  length, the scoring parameters (``k1``, ``b``, ``idf_power``, ``bigrams``)
+  and the term hash scheme;
+- ``<stem>.<name>.npy``: the arrays, postings in CSR form by term:
 
   - ``terms`` (uint64, ascending, one per term): the term's 64-bit hash (the
     vocabulary; see :func:`term_hashes`). Hashes instead of strings keep the
@@ -46,23 +47,18 @@ Layout on disk (all in one directory):
   - ``labels`` (int64, one per document, ascending): the caller's labels (the
     same labels as the vector index).
 
-Every save writes a new generation of arrays and then replaces the manifest,
-so an old manifest keeps pointing at old, complete arrays until it is
-replaced; older generations are removed afterwards. Arrays are loaded with
-``mmap_mode="r"``: opening costs the same whatever the index size and a query
-only pages in the postings of its own terms. An index written by another
-format version (such as version 1, which kept the vocabulary in the manifest
-and had no bigrams) fails to load with ValueError; it is derived data, so the
-store rebuilds it.
+Arrays are loaded with ``mmap_mode="r"``: opening costs the same whatever the
+index size and a query only pages in the postings of its own terms. A manifest
+of another format version (such as version 1, which kept the vocabulary in the
+manifest and had no bigrams) fails to load with ValueError; it is derived data,
+so the store rebuilds it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import math
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,33 +66,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from memp_cli.store.fsutil import atomic_output, atomic_write
+from memp_cli.store.fsutil import atomic_output
 
-try:  # orjson is a dependency; json is the fallback
-    import orjson
-
-    def _loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-except ImportError:  # pragma: no cover
-    import json
-
-    def _loads(data: bytes) -> Any:
-        return json.loads(data)
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-MANIFEST = "lexical.json"
 FORMAT = "memp-lexical"
 FORMAT_VERSION = 2
 #: How term hashes are computed (checked on load): see :func:`term_hashes`.
 TERM_HASH = "blake2b63+splitmix64"
-_ARRAY_PREFIX = "lexical-"
 _ARRAYS: dict[str, np.dtype[Any]] = {
     "terms": np.dtype(np.uint64),
     "indptr": np.dtype(np.int64),
@@ -371,30 +346,18 @@ class LexicalIndex:
 
     # ------------------------------------------------------------ save / load
 
-    def save(self, directory: Path) -> None:
-        """Write a new generation of arrays, then the manifest, then drop old generations."""
+    def save(self, directory: Path, stem: str) -> dict[str, Any]:
+        """Write the arrays as ``<directory>/<stem>.<name>.npy`` (each atomically) and return the
+        manifest :meth:`load` needs. Writing the manifest is the caller's: after the arrays."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        generation = _read_generation(directory) + 1
-        tag = f"{generation:08d}-{os.urandom(4).hex()}"
-        arrays = {
-            "terms": self._terms,
-            "indptr": self._indptr,
-            "doc_idx": self._doc_idx,
-            "tf": self._tf,
-            "doclen": self._doclen,
-            "labels": self._labels,
-        }
-        files: dict[str, str] = {}
-        for name, arr in arrays.items():
-            fname = f"{_ARRAY_PREFIX}{tag}.{name}.npy"
-            with atomic_output(directory / fname) as tmp, open(tmp, "wb") as f:
+        for name, path in array_paths(directory, stem).items():
+            arr = getattr(self, f"_{name}")
+            with atomic_output(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(arr, dtype=_ARRAYS[name]), allow_pickle=False)
-            files[name] = fname
-        manifest = {
+        return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "generation": generation,
+            "term_hash": TERM_HASH,
             "n_docs": len(self),
             "n_terms": self.vocab_size,
             "n_postings": int(self._doc_idx.shape[0]),
@@ -403,46 +366,18 @@ class LexicalIndex:
             "b": self.b,
             "idf_power": self.idf_power,
             "bigrams": self.bigrams,
-            "term_hash": TERM_HASH,
-            "arrays": files,
         }
-        atomic_write(directory / MANIFEST, _dumps(manifest))
-        current = set(files.values())
-        for entry in os.listdir(directory):
-            if entry.startswith(_ARRAY_PREFIX) and entry.endswith(".npy") and entry not in current:
-                with contextlib.suppress(OSError):
-                    os.unlink(directory / entry)
 
     @classmethod
-    def load(cls, directory: Path) -> LexicalIndex:
-        """Load the index saved in ``directory``.
+    def load(cls, directory: Path, stem: str, manifest: Any) -> LexicalIndex:
+        """Load the index :meth:`save` wrote under ``stem``, given the manifest it returned.
 
-        Raises FileNotFoundError when there is no index there, ValueError when
-        the manifest or an array is malformed or inconsistent, or was written
-        by another format version (an older memp): both mean "rebuild it".
+        Raises FileNotFoundError when an array is missing, ValueError when the manifest or
+        an array is malformed or inconsistent, or of another format version (an older memp):
+        both mean "rebuild it".
         """
-        path = Path(directory) / MANIFEST
-        previous: bytes | None = None
-        for _attempt in range(5):
-            with open(path, "rb") as f:  # FileNotFoundError when absent
-                raw = f.read()
-            try:
-                return cls._from_manifest(Path(directory), raw)
-            except FileNotFoundError:
-                # A writer replaced the manifest and removed our generation between
-                # our two reads: read the new manifest. Same manifest twice: broken.
-                if raw == previous:
-                    raise
-                previous = raw
-        raise FileNotFoundError(f"{path}: lexical index keeps changing while loading")
-
-    @classmethod
-    def _from_manifest(cls, directory: Path, raw: bytes) -> LexicalIndex:
-        where = directory / MANIFEST
-        try:
-            m = _loads(raw)
-        except ValueError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from None
+        where = f"{Path(directory) / stem}.*.npy"
+        m = manifest
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise ValueError(f"{where}: not a memp lexical index manifest")
         if m.get("version") != FORMAT_VERSION:
@@ -450,7 +385,6 @@ class LexicalIndex:
         if m.get("term_hash") != TERM_HASH:
             raise ValueError(f"{where}: unknown term hash {m.get('term_hash')!r}")
         try:
-            files = m["arrays"]
             n_docs = int(m["n_docs"])
             n_terms = int(m["n_terms"])
             avgdl = float(m["avgdl"])
@@ -459,22 +393,20 @@ class LexicalIndex:
             idf_power = float(m["idf_power"])
             bigrams = m["bigrams"]
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: missing or bad field ({e})") from None
-        if not isinstance(files, dict) or not isinstance(bigrams, bool):
-            raise ValueError(f"{where}: bad arrays or bigrams field")
+            raise ValueError(f"{where}: missing or bad manifest field ({e})") from None
+        if not isinstance(bigrams, bool):
+            raise ValueError(f"{where}: bad bigrams field")
         arrays: dict[str, np.ndarray] = {}
-        for name, dtype in _ARRAYS.items():
-            fname = files.get(name)
-            if not isinstance(fname, str) or os.path.basename(fname) != fname or not fname:
-                raise ValueError(f"{where}: bad file name for array {name!r}")
+        for name, path in array_paths(Path(directory), stem).items():
             try:
-                arr = np.load(directory / fname, mmap_mode="r", allow_pickle=False)
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except FileNotFoundError:
-                raise
+                raise FileNotFoundError(f"{path}: missing") from None
             except (OSError, ValueError) as e:
-                raise ValueError(f"{directory / fname}: unreadable array ({e})") from None
+                raise ValueError(f"{path}: unreadable array ({e})") from None
+            dtype = _ARRAYS[name]
             if arr.dtype != dtype or arr.ndim != 1:
-                raise ValueError(f"{directory / fname}: expected 1-d {dtype}, got {arr.ndim}-d {arr.dtype}")
+                raise ValueError(f"{path}: expected 1-d {dtype}, got {arr.ndim}-d {arr.dtype}")
             arrays[name] = np.asarray(arr)  # plain ndarray view of the mapping: no memmap overhead
         indptr = arrays["indptr"]
         n_post = arrays["doc_idx"].shape[0]
@@ -605,153 +537,6 @@ class LexicalIndex:
         return float(up)
 
 
-def is_current(directory: Path) -> bool:
-    """Whether ``directory`` holds a lexical index manifest this memp reads (format and version).
-
-    Cheap (reads the small manifest only): lets a caller rebuild an index left by an older memp
-    before :meth:`LexicalIndex.load` raises ValueError on it. False when there is none.
-    """
-    try:
-        with open(Path(directory) / MANIFEST, "rb") as f:
-            m = _loads(f.read())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(m, dict)
-        and m.get("format") == FORMAT
-        and m.get("version") == FORMAT_VERSION
-        and m.get("term_hash") == TERM_HASH
-    )
-
-
-def _read_generation(directory: Path) -> int:
-    try:
-        with open(directory / MANIFEST, "rb") as f:
-            gen = _loads(f.read()).get("generation", 0)
-        return int(gen) if isinstance(gen, int) else 0
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
-# -------------------------------------------------------------------- benchmark
-
-# fmt: off
-_BENCH_WORDS: tuple[str, ...] = (
-    "put", "place", "take", "pick", "move", "find", "clean", "heat", "cool", "examine", "look", "slice",
-    "rinse", "wash", "turn", "open", "close", "bring", "mug", "cup", "glass", "bowl", "plate", "pan",
-    "pot", "kettle", "knife", "fork", "spoon", "spatula", "ladle", "egg", "apple", "tomato", "potato",
-    "lettuce", "bread", "butterknife", "saltshaker", "peppershaker", "soapbar", "soapbottle", "sponge",
-    "cloth", "towel", "handtowel", "toiletpaper", "spraybottle", "candle", "vase", "statue", "book",
-    "pencil", "pen", "cellphone", "creditcard", "keychain", "watch", "remotecontrol", "laptop",
-    "pillow", "newspaper", "box", "tissuebox", "cd", "alarmclock", "baseballbat", "basketball",
-    "tennisracket", "dishsponge", "winebottle", "houseplant", "desklamp", "floorlamp", "lamp",
-    "television", "painting", "mirror", "window", "blinds", "curtains", "coffeemachine", "microwave",
-    "fridge", "stoveburner", "sinkbasin", "bathtubbasin", "garbagecan", "countertop", "diningtable",
-    "sidetable", "coffeetable", "desk", "dresser", "drawer", "cabinet", "shelf", "safe", "armchair",
-    "sofa", "bed", "ottoman", "toilet", "cart", "handtowelholder", "towelholder", "toiletpaperhanger",
-    "laundryhamper", "showerdoor", "microwave", "toaster", "red", "blue", "green", "small", "large",
-    "clean", "dirty", "hot", "cold", "empty", "full", "two", "three", "first", "second", "left",
-    "right", "kitchen", "bathroom", "bedroom", "livingroom", "office", "under", "near", "beside",
-    "inside", "behind", "front", "top", "bottom"
-)
-# fmt: on
-
-
-def _bench(n_docs: int = 100_000, n_queries: int = 200, seed: int = 0) -> None:  # pragma: no cover
-    """Print build, save, load and query timings for ``n_docs`` synthetic memories."""
-    import subprocess
-    import sys
-    import tempfile
-    import time
-
-    rng = np.random.default_rng(seed)
-    base = list(_BENCH_WORDS)
-    # A realistic long tail: base words, numbered receptacles ("cabinet 12") and compounds.
-    compounds = [a + b for a in base[:120] for b in base[40:140]]
-    words = np.array(base + compounds + [str(i) for i in range(1, 60)])
-    ranks = np.arange(1, len(words) + 1, dtype=np.float64)
-    p = 1.0 / ranks**1.05
-    p /= p.sum()
-    perm = rng.permutation(len(words))
-    p = p[perm]
-    lengths = rng.integers(6, 15, size=n_docs)
-    toks = words[rng.choice(len(words), size=int(lengths.sum()), p=p)]
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    fillers = ["a", "the", "in", "some", "on", "and put it in"]
-    docs = []
-    for i in range(n_docs):
-        ws = toks[bounds[i] : bounds[i + 1]].tolist()
-        ws.insert(2, fillers[i % len(fillers)])
-        docs.append((i * 3 + 1, " ".join(ws) + "."))
-    queries = [docs[int(j)][1] for j in rng.integers(0, n_docs, size=n_queries)]
-
-    t0 = time.perf_counter()
-    idx = LexicalIndex.build(docs)
-    t_build = time.perf_counter() - t0
-    print(f"docs={n_docs} vocab={idx.vocab_size} postings={idx._doc_idx.shape[0]} avgdl={idx.avgdl:.2f}")
-    print(f"build: {t_build * 1000:.0f} ms")
-
-    with tempfile.TemporaryDirectory() as td:
-        d = Path(td)
-        t0 = time.perf_counter()
-        idx.save(d)
-        t_save = time.perf_counter() - t0
-        size = sum(f.stat().st_size for f in d.iterdir())
-        print(f"save: {t_save * 1000:.0f} ms, {size / 1e6:.2f} MB on disk")
-
-        loads = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            loaded = LexicalIndex.load(d)
-            loads.append(time.perf_counter() - t0)
-        print(f"load (warm page cache, in-process): median {np.median(loads) * 1000:.2f} ms")
-
-        for name, fn in (
-            ("scores", loaded.scores),
-            ("top(10)", lambda q: loaded.top(q, 10)),
-            ("max_score", loaded.max_score),
-        ):
-            ts = []
-            for q in queries:
-                t0 = time.perf_counter()
-                fn(q)
-                ts.append(time.perf_counter() - t0)
-            ts_ms = np.array(ts) * 1000
-            p95 = np.percentile(ts_ms, 95)
-            print(f"{name}: median {np.median(ts_ms):.2f} ms, p95 {p95:.2f} ms, max {ts_ms.max():.2f} ms")
-        many = np.array([lab for lab, _ in docs[:: max(1, n_docs // 1000)]], dtype=np.int64)
-        ts = []
-        for q in queries:
-            t0 = time.perf_counter()
-            loaded.score_labels(q, many)
-            ts.append(time.perf_counter() - t0)
-        print(f"score_labels({many.shape[0]} labels): median {np.median(ts) * 1000:.2f} ms")
-
-        # What a `memp query` process pays: a fresh interpreter, import, load, one query.
-        code = (
-            "import time, numpy\n"
-            "t0 = time.perf_counter()\n"
-            "from memp_cli.index.lexical import LexicalIndex\n"
-            "t1 = time.perf_counter()\n"
-            f"ix = LexicalIndex.load({str(d)!r})\n"
-            "t2 = time.perf_counter()\n"
-            f"ix.top({queries[0]!r}, 10)\n"
-            "t3 = time.perf_counter()\n"
-            "print(f'{(t1-t0)*1000:.2f} {(t2-t1)*1000:.2f} {(t3-t2)*1000:.2f}')\n"
-        )
-        root = str(Path(__file__).resolve().parent.parent)
-        rows = []
-        for _ in range(5):
-            res = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
-            )
-            rows.append([float(x) for x in res.stdout.split()])
-        imp, ld, q = np.median(np.array(rows), axis=0)
-        print(
-            f"fresh process (after numpy import): import memp_cli.index.lexical {imp:.2f} ms, "
-            f"load {ld:.2f} ms, first top(10) {q:.2f} ms, load+query {ld + q:.2f} ms"
-        )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _bench()
+def array_paths(directory: Path, stem: str) -> dict[str, Path]:
+    """The array files of an index saved under ``stem``, by array name."""
+    return {name: directory / f"{stem}.{name}.npy" for name in _ARRAYS}

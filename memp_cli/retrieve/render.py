@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from memp_cli.build.steps import omitted_count, omitted_step, trim_steps
-from memp_cli.build.text import cut
+from memp_cli.model.steps import omitted_count, omitted_step, trim_steps
+from memp_cli.model.text import cut
 from memp_cli.retrieve.retriever import Hit
 
 PROMPT_HEADER = (

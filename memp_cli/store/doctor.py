@@ -117,40 +117,81 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
                     )
                 )
 
-    # Index.
-    problem = None
-    level = "error"
+    findings.extend(_index_findings(store, n_mem, fix=fix, embedder=embedder))
+    return findings
+
+
+SYNC_FIX = "run `memp index sync` (or `memp doctor --fix`); the index is derived data"
+REBUILD_FIX = "run `memp index rebuild` (or `memp doctor --fix`); the index is derived data"
+
+
+def _index_findings(store: Store, n_mem: int, *, fix: bool, embedder: Any) -> list[Finding]:
+    """The index: every file of its generation there and consistent, in step with the memory
+    files, nothing left over from an interrupted write. Each problem comes with the cheapest
+    fix that works: `memp index sync` (new and changed files only, and it rebuilds damaged
+    files) unless only a rebuild does (another embedder, vectors that disagree)."""
+    out: list[Finding] = []
+    problem: Finding | None = None
+    state = None
     try:
         state = index_mod.read_state(store)
         if state is None:
             if n_mem:
-                problem = f"{store.index_dir}: no index for {n_mem} memories"
+                problem = Finding("warning", f"{store.index_dir}: no index for {n_mem} memories", SYNC_FIX)
         elif state.embedder != store.config.embedder.name:
-            problem = (
+            problem = Finding(
+                "error",
                 f"the index was built with embedder {state.embedder!r} but memp.toml says "
-                f"{store.config.embedder.name!r}"
+                f"{store.config.embedder.name!r}",
+                REBUILD_FIX,
             )
         else:
-            index_mod.check_files(store, state)  # files-<gen>.json, vectors-<gen>.npy
-            if not index_mod.is_fresh(store, state):
-                problem = "the index is older than some memory files"
-                level = "warning"  # the next command that reads it syncs it
+            index_mod.check_files(store, state)  # files table, vectors, BM25, keywords
+            if state.version < index_mod.INDEX_VERSION:
+                problem = Finding(
+                    "warning",
+                    f"the index is in an older format ({state.version}, now {index_mod.INDEX_VERSION})",
+                    SYNC_FIX + " (it is upgraded without embedding anything)",
+                )
+            elif not index_mod.is_fresh(store, state):
+                # the next command that reads it syncs it
+                problem = Finding("warning", "the index is older than some memory files", SYNC_FIX)
             else:
-                idx = index_mod.load(store, keywords=True)  # keyword files too, when there are
-                problem = _vector_problem(idx) if idx is not None else None
+                idx = index_mod.load(store, keywords=True)
+                vector_problem = _vector_problem(idx) if idx is not None else None
+                if vector_problem:
+                    problem = Finding("error", vector_problem, REBUILD_FIX)
+    except index_mod.IndexVersionError as e:  # from a newer memp: sync leaves it alone
+        problem = Finding("error", str(e).split("\n")[0], REBUILD_FIX)
     except MempError as e:
-        problem = str(e).split("\n")[0]
-    if problem:
-        f = Finding(
-            level,
-            problem,
-            "run `memp index rebuild` (or `memp doctor --fix`); the index is derived data",
-        )
+        problem = Finding("error", str(e).split("\n")[0], SYNC_FIX)
+    if problem is not None:
         if fix and embedder is not None:
-            index_mod.sync(store, embedder, rebuild=True)
-            f.fixed = True
-        add(f)
-    return findings
+            index_mod.sync(store, embedder, rebuild=problem.fix == REBUILD_FIX)
+            problem.fixed = True
+        out.append(problem)
+    try:
+        state = index_mod.read_state(store)  # again: a fix above wrote a new generation
+    except MempError:
+        state = None
+    if state is not None:
+        leftover = [p for p in index_mod.leftover_files(store, state) if not p.name.startswith(TMP_PREFIX)]
+        if leftover:
+            f = Finding(
+                "warning",
+                f"{store.index_dir}: {len(leftover)} file{'s' if len(leftover) != 1 else ''} left over "
+                "from an interrupted index write "
+                f"(e.g. {leftover[0].name})",
+                "harmless; `memp index sync` or `memp doctor --fix` removes them",
+            )
+            if fix:
+                with store.lock:
+                    for p in leftover:
+                        with contextlib.suppress(OSError):
+                            p.unlink()
+                f.fixed = True
+            out.append(f)
+    return out
 
 
 def _vector_problem(idx: index_mod.Index) -> str | None:

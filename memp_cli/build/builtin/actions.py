@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memp_cli.build.text import one_line
+from memp_cli.model.text import one_line
 from memp_cli.model.trajectory import Trajectory
 
 _FAIL_START = re.compile(

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from memp_cli.build.builtin.actions import LOOK_RE, NAV_DIR_RE, SCAN_RE, Act
 from memp_cli.build.builtin.entities import STEP_CHARS, Abstractor
 from memp_cli.build.builtin.keywords import PROCEDURE_WORDS, extract_keywords, is_number
-from memp_cli.build.text import cut, one_line
 from memp_cli.model.script import MAX_SCRIPT_STEPS, Script
+from memp_cli.model.text import cut, one_line
 from memp_cli.model.trajectory import Trajectory
 
 _MAX_PITFALLS = 10

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from memp_cli.build.builtin.actions import classify
 from memp_cli.build.builtin.keywords import BOILERPLATE, DATE_RE, STOPWORDS, words
-from memp_cli.build.text import cut
+from memp_cli.model.text import cut
 from memp_cli.model.trajectory import Trajectory
 
 # ALFWorld-style entities: "<noun> <number>" in actions of the ALFWorld grammar.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from memp_cli.build.text import cut
+from memp_cli.model.text import cut
 
 MIN_ACTION_CHARS = 1000  # an action is cut at max(max_chars, this): it is the step's point
 _MARKER_RE = re.compile(r"^\[\.\.\. (\d+) steps omitted \.\.\.\]$")

@@ -1,0 +1,297 @@
+"""The index state: ``state.json`` (:class:`State`), ``files-<gen>.json`` (:class:`FileTable`),
+the file names of a generation, and the freshness check against ``memories/``.
+
+See :mod:`memp_cli.index` for the files and what reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from memp_cli.errors import ModelError, StoreError
+from memp_cli.store.fsutil import TMP_PREFIX
+
+if TYPE_CHECKING:
+    from memp_cli.store import Store
+
+STATE_NAME = "state.json"
+# 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
+# 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
+#    in state.json (format 2 kept it in lexical.json under a generation counter of its own).
+INDEX_VERSION = 3
+# The oldest format this memp still reads (a sync upgrades it without embedding anything).
+OLDEST_READ = 2
+# Format of the keyword files; a state with another kw_version (0: none yet, an
+# index from before AveFact) gets its keyword files built at the next sync.
+KW_VERSION = 1
+# Below this many memories every command stats every file to notice hand
+# edits; above it, `query` checks the memories directory's mtime only (editors
+# save by rename, which changes it) and write commands do the full scan.
+FULL_SCAN_LIMIT = 20_000
+EMBED_BATCH = 256
+REBUILD_HINT = "the index is derived data: `memp index sync` rebuilds what is damaged"
+
+
+class IndexVersionError(StoreError):
+    """The index was written by a newer memp: this one neither reads nor overwrites it."""
+
+
+@dataclass
+class State:
+    """``state.json``: what a query needs (see the module docstring)."""
+
+    embedder: str
+    dim: int
+    generation: int = 0
+    next_label: int = 0
+    dir_mtime_ns: int = 0
+    ids: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    # Memory files that failed to load at the last sync: id -> [mtime_ns, size]. A
+    # broken file fixed in place (same directory mtime) is noticed by its new stat.
+    broken: dict[str, list[int]] = field(default_factory=dict)
+    # KW_VERSION of keywords-<generation>.* (0: there are none).
+    kw_version: int = 0
+    # The BM25 manifest of lexical-<generation>.*.npy (None: an index in format 2, whose BM25
+    # files are not part of the generation; readers build BM25 from the texts, a sync upgrades).
+    lexical: dict[str, Any] | None = None
+    # The format this state was read in (written always as INDEX_VERSION).
+    version: int = INDEX_VERSION
+
+    def to_json(self) -> bytes:
+        """The JSON form. Reading it is most of a one-shot query's index load, so two columns
+        are stored compactly: ``kinds`` as codes into ``kind_names``, and ``labels`` as runs
+        ``[first, count]`` of consecutive labels (``label_runs``; one run after a rebuild)
+        unless the runs are short, then as a plain list. At 100k memories that reads in
+        ~13 ms instead of ~21."""
+        d = {"index_version": INDEX_VERSION, **vars(self)}
+        del d["version"]
+        runs: list[list[int]] = []
+        for lab in self.labels:
+            if runs and runs[-1][0] + runs[-1][1] == lab:
+                runs[-1][1] += 1
+            else:
+                runs.append([lab, 1])
+        if len(runs) * 4 <= len(self.labels):
+            del d["labels"]
+            d["label_runs"] = runs
+        names = sorted(set(self.kinds))
+        code = {k: i for i, k in enumerate(names)}
+        del d["kinds"]
+        d.update(kind_names=names, kind_codes=[code[k] for k in self.kinds])
+        return orjson.dumps(d)
+
+    @classmethod
+    def from_json(cls, raw: bytes, path: Path) -> State:
+        try:
+            d = orjson.loads(raw)
+            if not isinstance(d, dict):
+                raise ValueError("not a JSON object")
+            version = d.pop("index_version", None)
+            if isinstance(version, int) and version > INDEX_VERSION:
+                raise IndexVersionError(
+                    f"{path}: the index was written by a newer memp (index format {version}, "
+                    f"this memp reads {INDEX_VERSION})",
+                    hint="upgrade memp (pip install -U memp), or run `memp index rebuild` to "
+                    "rebuild the index in this version's format",
+                )
+            if isinstance(version, int) and version < OLDEST_READ:
+                raise StoreError(
+                    f"{path}: the index is in an older format ({version}, now {INDEX_VERSION})",
+                    hint=REBUILD_HINT,
+                )
+            if not isinstance(version, int) or version > INDEX_VERSION:
+                raise ValueError("unknown index version")
+            if version < INDEX_VERSION:
+                d.pop("lexical", None)
+            if "label_runs" in d:
+                labels: list[int] = []
+                for first, count in d.pop("label_runs"):
+                    labels.extend(range(first, first + count))
+                d["labels"] = labels
+            names, codes = d.pop("kind_names"), d.pop("kind_codes")
+            state = cls(**d, kinds=list(map(names.__getitem__, codes)), version=version)
+            if not len(state.ids) == len(state.labels) == len(state.kinds):
+                raise ValueError("columns of different lengths")
+            return state
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
+            raise StoreError(f"{path}: damaged index state ({e})", hint=REBUILD_HINT) from None
+
+
+@dataclass
+class FileTable:
+    """``files-<gen>.json``: per memory, in ``State.ids`` order, what only a sync reads."""
+
+    key_hashes: list[str] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # the BM25 text (key text + keywords)
+
+    def append(self, key_hash: str, mtime: int, size: int, text: str) -> None:
+        self.key_hashes.append(key_hash)
+        self.mtimes.append(mtime)
+        self.sizes.append(size)
+        self.texts.append(text)
+
+    def to_json(self, generation: int) -> bytes:
+        return orjson.dumps({"index_version": INDEX_VERSION, "generation": generation, **vars(self)})
+
+
+def state_path(store: Store) -> Path:
+    return store.index_dir / STATE_NAME
+
+
+def read_state(store: Store) -> State | None:
+    p = state_path(store)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    return State.from_json(raw, p)
+
+
+def hnsw_path(store: Store, generation: int) -> Path:
+    return store.index_dir / f"hnsw-{generation}.bin"
+
+
+def vectors_path(store: Store, generation: int) -> Path:
+    return store.index_dir / f"vectors-{generation}.npy"
+
+
+def files_path(store: Store, generation: int) -> Path:
+    return store.index_dir / f"files-{generation}.json"
+
+
+def lexical_stem(generation: int) -> str:
+    """The BM25 arrays of a generation are ``<index>/lexical-<gen>.<name>.npy``."""
+    return f"lexical-{generation}"
+
+
+def generation_files(store: Store, state: State) -> set[str]:
+    """The names of the files of ``state``'s generation that may exist in the index directory
+    (``keywords-<gen>.bin`` only when the store has keywords, the graph and the vectors only
+    when it has memories): every other file there is left over from an interrupted write or
+    from an older generation."""
+    from memp_cli.index.lexical import array_paths
+
+    gen = state.generation
+    names = {STATE_NAME, files_path(store, gen).name, *(p.name for p in kw_paths(store, gen))}
+    if state.ids:
+        names |= {hnsw_path(store, gen).name, vectors_path(store, gen).name}
+        if state.lexical is not None:
+            names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values()}
+    return names
+
+
+def leftover_files(store: Store, state: State | None) -> list[Path]:
+    """Files in the index directory that no complete generation names (``memp doctor``)."""
+    keep = generation_files(store, state) if state is not None else {STATE_NAME}
+    try:
+        return sorted(p for p in store.index_dir.iterdir() if p.name not in keep and p.is_file())
+    except FileNotFoundError:
+        return []
+
+
+def load_files(store: Store, state: State) -> FileTable:
+    path = files_path(store, state.generation)
+    n = len(state.ids)
+    try:
+        d = orjson.loads(path.read_bytes())
+        if d.pop("index_version", None) != state.version or d.pop("generation", None) != state.generation:
+            raise ValueError("another index version or generation")
+        table = FileTable(**d)
+        if not (len(table.key_hashes) == len(table.mtimes) == len(table.sizes) == len(table.texts) == n):
+            raise ValueError(f"{len(table.texts)} entries for {n} memories")
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing", hint=REBUILD_HINT) from None
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise StoreError(f"{path}: damaged index file table ({e})", hint=REBUILD_HINT) from None
+    return table
+
+
+def kw_paths(store: Store, generation: int) -> tuple[Path, Path]:
+    return store.index_dir / f"keywords-{generation}.json", store.index_dir / f"keywords-{generation}.bin"
+
+
+def check_embedder(store: Store, state: State, embedder_name: str, dim: int | None = None) -> None:
+    if state.embedder != embedder_name:
+        raise ModelError(
+            f"the index of {store.root} was built with embedder {state.embedder!r}, not {embedder_name!r}",
+            hint=f"set [embedder] name = {embedder_name!r} in memp.toml and run `memp index rebuild`, "
+            f"or query with --embedder {state.embedder}",
+        )
+    if dim is not None and state.dim != dim:
+        raise ModelError(
+            f"the index of {store.root} has dimension {state.dim}, the embedder gives {dim}",
+            hint="run `memp index rebuild` (or restore [embedder] dim in memp.toml)",
+        )
+
+
+def scan(store: Store) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    with os.scandir(store.memories_dir) as it:
+        for e in it:
+            name = e.name
+            if not name.endswith(".toml") or name.startswith(TMP_PREFIX):
+                continue
+            try:
+                st = e.stat()
+            except FileNotFoundError:
+                continue
+            out[name[:-5]] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def is_fresh(store: Store, state: State | None) -> bool:
+    """Cheap check that the index matches the memory files."""
+    if state is None:
+        return not any(True for _ in iter_toml(store))
+    try:
+        dir_mtime = store.memories_dir.stat().st_mtime_ns
+    except FileNotFoundError:
+        return not state.ids
+    if dir_mtime != state.dir_mtime_ns:
+        return False
+    if len(state.ids) > FULL_SCAN_LIMIT:
+        return True
+    # Files added, removed or saved by rename change the directory's mtime;
+    # in-place writes are caught here. Broken files are not in the index: they
+    # were reported by the sync that saw them and, if their stat is the same,
+    # are unchanged since.
+    files = scan(store)
+    if len(files) != len(state.ids) + len(state.broken):
+        return False
+    for mid, st in state.broken.items():
+        if files.pop(mid, None) != tuple(st):
+            return False
+    try:
+        table = load_files(store, state)
+    except StoreError:
+        return False  # a sync rebuilds it
+    return files == dict(zip(state.ids, zip(table.mtimes, table.sizes, strict=True), strict=True))
+
+
+def iter_toml(store: Store) -> Iterator[str]:
+    try:
+        for n in os.listdir(store.memories_dir):
+            if n.endswith(".toml") and not n.startswith(TMP_PREFIX):
+                yield n
+    except FileNotFoundError:
+        return
+
+
+def peek_generation(store: Store) -> int:
+    """The generation an unreadable state.json names, if it still says (else 0): a rebuild
+    continues after it, so no file name of the old index is reused."""
+    try:
+        gen = orjson.loads(state_path(store).read_bytes()).get("generation", 0)
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return 0
+    return gen if isinstance(gen, int) and gen >= 0 else 0

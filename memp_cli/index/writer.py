@@ -1,0 +1,454 @@
+"""Writing the index: :func:`sync` brings it up to date with ``memories/`` under the writer
+lock and writes a new generation (:func:`write_generation`); :func:`build_in_memory` does the
+same work without the lock and without writing (a store the process may not write)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from memp_cli.backends.embedders import Embedder
+from memp_cli.errors import MemoryFileError, ModelError, StoreError
+from memp_cli.index.keywords import KeywordIndex, load_keywords, memory_keywords, sync_keywords
+from memp_cli.index.reader import Index, read_lexical
+from memp_cli.index.state import (
+    EMBED_BATCH,
+    INDEX_VERSION,
+    KW_VERSION,
+    STATE_NAME,
+    FileTable,
+    IndexVersionError,
+    State,
+    check_embedder,
+    files_path,
+    hnsw_path,
+    kw_paths,
+    lexical_stem,
+    load_files,
+    peek_generation,
+    read_state,
+    scan,
+    state_path,
+    vectors_path,
+)
+from memp_cli.index.vectors import import_hnswlib, load_hnsw, load_vectors, save_hnsw, save_npy, unit_rows
+from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.store.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    import hnswlib
+    import numpy as np
+
+    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.store import Store
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    embedded: int = 0
+    keywords_embedded: int = 0
+    broken: list[MemoryFileError] = field(default_factory=list)
+    rebuilt: bool = False
+    # Why an index the caller did not ask to rebuild was rebuilt (older format, damaged state).
+    rebuild_reason: str | None = None
+    # Damaged files of the last generation that were rebuilt without embedding (BM25, keywords).
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed)
+
+
+def sync(
+    store: Store,
+    embedder: Embedder,
+    *,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Index, SyncReport]:
+    """Bring the index up to date with ``memories/``: takes the writer lock and writes a new
+    generation when anything changed (state.json last; see :func:`write_generation`).
+
+    ``rebuild``: embed every memory again (the last generation stays readable until the new
+    one is complete). Without it, an index with a damaged state or files is rebuilt all the same
+    (``report.rebuilt``, ``report.rebuild_reason``) or, when only BM25 or keyword files are
+    damaged, repaired without embedding (``report.repaired``); one in an older readable format is
+    rewritten in this one without embedding; one from a newer memp raises
+    :class:`IndexVersionError`. ``progress(done, total)``: after each batch of embedded texts.
+    """
+    with store.lock:
+        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True)
+
+
+def build_in_memory(
+    store: Store, embedder: Embedder, *, progress: Progress | None = None
+) -> tuple[Index, SyncReport]:
+    """What :func:`sync` would make of the index, without the lock and without writing: for a
+    store this process may not write. Only what changed since the last generation is embedded."""
+    return _sync(store, embedder, rebuild=False, progress=progress, persist=False)
+
+
+def _sync(
+    store: Store, embedder: Embedder, *, rebuild: bool, progress: Progress | None, persist: bool
+) -> tuple[Index, SyncReport]:
+    import numpy as np
+
+    report = SyncReport(rebuilt=rebuild)
+    old, last_generation = _read_old(store, embedder, rebuild, report)
+    dir_mtime = store.memories_dir.stat().st_mtime_ns
+    files = scan(store)
+    state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
+    table = FileTable()
+    hnsw = None
+    old_table = FileTable()
+    old_vectors: np.ndarray | None = None
+    if old is not None:
+        state.generation, state.next_label = old.generation, old.next_label
+        state.kw_version = old.kw_version
+        try:
+            old_table = load_files(store, old)
+            hnsw = load_hnsw(store, old)
+        except StoreError as e:
+            old, hnsw = None, None
+            state.next_label = 0
+            report.rebuilt = True
+            report.rebuild_reason = e.message
+        else:
+            with contextlib.suppress(StoreError):  # else taken from the graph below
+                old_vectors = load_vectors(store, old) if old.ids else None
+    to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report)
+    state.dir_mtime_ns = dir_mtime
+    kw_missing = old is None or old.kw_version != KW_VERSION
+    vectors_missing = old is not None and bool(old.ids) and old_vectors is None
+    changed = report.changed or bool(removed_labels) or kw_missing or report.rebuilt or vectors_missing
+    if not changed and old is not None and old.version == INDEX_VERSION:
+        # Nothing to embed: the last generation stands if its BM25 and keyword files are sound.
+        state.lexical = old.lexical
+        try:
+            lex = read_lexical(store, old)
+        except StoreError as e:
+            report.repaired.append(e.message)
+        try:
+            kw_old: KeywordIndex | None = load_keywords(store, old)
+        except StoreError as e:
+            report.repaired.append(e.message)
+            kw_old = None  # rebuilt below from the memory files (only new words are embedded)
+        if not report.repaired:
+            if persist and (old.dir_mtime_ns != dir_mtime or old.broken != state.broken):
+                atomic_write(state_path(store), state.to_json())  # same generation, same files
+            return Index(store, state, hnsw, lex, kw_old, vectors=old_vectors, files=table), report
+        kw_missing = kw_old is None
+
+    cfg = store.config.index
+    # The vectors file of the new generation: unchanged rows copied, new ones set below.
+    vectors = np.zeros((state.next_label if state.ids else 0, embedder.dim), dtype=np.float32)
+    embedded_pos = {pos for pos, _ in to_embed}
+    kept = np.array([lab for pos, lab in enumerate(state.labels) if pos not in embedded_pos], dtype=np.int64)
+    if len(kept):
+        if old_vectors is not None:
+            vectors[kept] = old_vectors[kept]
+        elif hnsw is not None:  # no usable vectors file (an older index, or damaged)
+            for start in range(0, len(kept), 8192):
+                part = kept[start : start + 8192]
+                vectors[part] = np.asarray(hnsw.get_items(part.tolist()), dtype=np.float32)
+    old_vectors = None  # unmapped before the old generation's files are removed
+    # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
+    kw = sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
+    if to_embed:
+        if hnsw is None:
+            hnsw = import_hnswlib().Index(space="cosine", dim=embedder.dim)
+            hnsw.init_index(
+                max_elements=max(1024, state.next_label),
+                M=cfg.M,
+                ef_construction=cfg.ef_construction,
+                allow_replace_deleted=False,
+            )
+        need = state.next_label
+        if need > hnsw.get_max_elements():
+            hnsw.resize_index(max(need, int(hnsw.get_max_elements() * 1.5)))
+        _embed(
+            store,
+            embedder,
+            state,
+            hnsw,
+            kw,
+            table,
+            vectors,
+            to_embed,
+            removed_labels,
+            report,
+            progress,
+            persist,
+        )
+    if hnsw is not None:
+        for lab in removed_labels:
+            with contextlib.suppress(RuntimeError):
+                hnsw.mark_deleted(lab)
+    lex = _build_lexical(state, table)
+    if persist:
+        write_generation(store, state, hnsw, kw, table, vectors, lex)
+        store.journal(
+            "index.sync",
+            added=report.added,
+            updated=report.updated,
+            removed=report.removed,
+            embedded=report.embedded,
+            rebuilt=report.rebuilt,
+        )
+    hnsw_out = hnsw if state.ids else None
+    if hnsw_out is not None:
+        hnsw_out.set_ef(cfg.ef_search)
+    if kw.hnsw is not None:
+        kw.hnsw.set_ef(cfg.ef_search)
+    return Index(store, state, hnsw_out, lex, kw, vectors=vectors if state.ids else None, files=table), report
+
+
+def _read_old(
+    store: Store, embedder: Embedder, rebuild: bool, report: SyncReport
+) -> tuple[State | None, int]:
+    """The state a sync starts from (None: from scratch) and the last generation written."""
+    try:
+        old = read_state(store)
+    except IndexVersionError:
+        if not rebuild:
+            raise
+        old = None
+    except StoreError as e:  # older format or damaged: derived data, rebuilt
+        old = None
+        if not rebuild:
+            report.rebuilt = True
+            report.rebuild_reason = e.message
+    last_generation = old.generation if old is not None else peek_generation(store)
+    if rebuild:
+        old = None  # from scratch; the old generation stays readable until the new one is written
+    if old is not None and (old.embedder != embedder.name or old.dim != embedder.dim):
+        check_embedder(store, old, embedder.name)
+        raise ModelError(
+            f"the index has dimension {old.dim}, the embedder gives {embedder.dim}",
+            hint="run `memp index rebuild`",
+        )
+    return old, last_generation
+
+
+def _plan(
+    store: Store,
+    files: dict[str, tuple[int, int]],
+    old: State | None,
+    old_table: FileTable,
+    state: State,
+    table: FileTable,
+    report: SyncReport,
+) -> tuple[list[tuple[int, Memory]], list[int], list[list[str] | int]]:
+    """Fill ``state`` and ``table`` with the memory files (in id order): unchanged ones (same
+    stat) copied from the old index, the others read. Returns what to embed (state position,
+    memory), the labels to remove from the graph, and per position the keywords of a read memory
+    or its old position."""
+    prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
+    to_embed: list[tuple[int, Memory]] = []
+    removed_labels: list[int] = []
+    kw_src: list[list[str] | int] = []
+    for mid in sorted(files):
+        mtime, size = files[mid]
+        i = prev.get(mid)
+        if i is not None and old is not None and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size):
+            state.ids.append(mid)
+            state.labels.append(old.labels[i])
+            state.kinds.append(old.kinds[i])
+            table.append(old_table.key_hashes[i], mtime, size, old_table.texts[i])
+            kw_src.append(i)
+            continue
+        try:
+            mem = load_memory_file(store.memories_dir / f"{mid}.toml")
+        except MemoryFileError as e:
+            report.broken.append(e)
+            state.broken[mid] = [mtime, size]
+            if i is not None and old is not None:
+                removed_labels.append(old.labels[i])
+            continue
+        khash = mem.key_hash()
+        if i is not None and old is not None and old_table.key_hashes[i] == khash:
+            label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
+            report.updated += 1
+        else:
+            if i is not None and old is not None:
+                label = old.labels[i]
+                report.updated += 1
+            else:
+                label = state.next_label
+                state.next_label += 1
+                report.added += 1
+            to_embed.append((len(state.ids), mem))
+        state.ids.append(mid)
+        state.labels.append(label)
+        state.kinds.append(mem.kind)
+        table.append(khash, mtime, size, _lexical_text(mem))
+        kw_src.append(memory_keywords(mem))
+    if old is not None:
+        gone = set(old.ids) - set(files)
+        removed_labels.extend(old.labels[prev[mid]] for mid in gone)
+        report.removed = len(gone)
+    return to_embed, removed_labels, kw_src
+
+
+def _embed(
+    store: Store,
+    embedder: Embedder,
+    state: State,
+    hnsw: hnswlib.Index,
+    kw: KeywordIndex,
+    table: FileTable,
+    vectors: np.ndarray,
+    to_embed: list[tuple[int, Memory]],
+    removed_labels: list[int],
+    report: SyncReport,
+    progress: Progress | None,
+    persist: bool,
+) -> None:
+    """Embed the key texts of ``to_embed`` in batches into the graph and ``vectors``. When
+    interrupted (Ctrl-C, a failing embedder), write what was done first (:func:`_checkpoint`)."""
+    import numpy as np
+
+    done = 0
+    try:
+        for start in range(0, len(to_embed), EMBED_BATCH):
+            batch = to_embed[start : start + EMBED_BATCH]
+            vecs = embedder.embed([m.key_text() for _, m in batch])
+            labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
+            for lab in labels.tolist():
+                with contextlib.suppress(RuntimeError):
+                    hnsw.unmark_deleted(lab)
+            hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
+            vectors[labels] = unit_rows(vecs)
+            done += len(batch)
+            report.embedded += len(batch)
+            if progress:
+                progress(done, len(to_embed))
+    except BaseException:
+        if persist and done:
+            pending = {pos for pos, _ in to_embed[done:]}
+            with contextlib.suppress(Exception):
+                _checkpoint(store, state, hnsw, kw, table, vectors, pending, removed_labels, report)
+        raise
+
+
+def _lexical_text(mem: Memory) -> str:
+    return mem.key_text() + ("\n" + " ".join(mem.keywords) if mem.keywords else "")
+
+
+def _checkpoint(
+    store: Store,
+    state: State,
+    hnsw: hnswlib.Index,
+    kw: KeywordIndex,
+    table: FileTable,
+    vectors: np.ndarray,
+    pending: set[int],
+    removed_labels: list[int],
+    report: SyncReport,
+) -> None:
+    """Write a complete generation of what an interrupted sync finished: every memory but those
+    at the ``pending`` state positions (not embedded yet), which the next sync finds missing and
+    embeds. Its directory mtime is left out, so a large store's quick freshness check sees it
+    stale too."""
+    import numpy as np
+
+    keep = [pos for pos in range(len(state.ids)) if pos not in pending]
+    part = State(
+        embedder=state.embedder,
+        dim=state.dim,
+        generation=state.generation,
+        next_label=state.next_label,
+        dir_mtime_ns=0,
+        ids=[state.ids[p] for p in keep],
+        labels=[state.labels[p] for p in keep],
+        kinds=[state.kinds[p] for p in keep],
+        broken=state.broken,
+    )
+    part_table = FileTable()
+    for p in keep:
+        part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], table.texts[p])
+    # A pending memory that was in the index before (its keys changed) leaves it until re-embedded.
+    for lab in [state.labels[p] for p in pending] + removed_labels:
+        vectors[lab] = 0.0
+        with contextlib.suppress(RuntimeError):
+            hnsw.mark_deleted(lab)
+    rows = [kw.row(p) for p in keep]
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    part_kw = KeywordIndex(kw.words, offsets, flat.astype(np.int64), kw.hnsw)
+    write_generation(store, part, hnsw, part_kw, part_table, vectors, _build_lexical(part, part_table))
+    store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
+
+
+def _build_lexical(state: State, table: FileTable) -> LexicalIndex | None:
+    from memp_cli.index.lexical import LexicalIndex
+
+    if not state.ids:
+        return None
+    return LexicalIndex.build(list(zip(state.labels, table.texts, strict=True)))
+
+
+def write_generation(
+    store: Store,
+    state: State,
+    hnsw: hnswlib.Index | None,
+    kw: KeywordIndex,
+    table: FileTable,
+    vectors: np.ndarray,
+    lex: LexicalIndex | None,
+) -> None:
+    """Write ``state`` as the next generation: every file of it first (graph, vectors, keywords,
+    file table, BM25 arrays; each atomically), then state.json, which names the generation, then
+    remove every other file of the index directory (older generations, what an interrupted write
+    left). A process killed at any point leaves the last complete generation readable."""
+    state.generation += 1
+    gen = state.generation
+    written = {STATE_NAME}
+
+    def wrote(path: Path) -> None:
+        written.add(path.name)
+
+    if hnsw is not None and state.ids:
+        save_hnsw(store, hnsw, hnsw_path(store, gen).name)
+        wrote(hnsw_path(store, gen))
+    if state.ids:
+        save_npy(vectors_path(store, gen), vectors)
+        wrote(vectors_path(store, gen))
+    jpath, bpath = kw_paths(store, gen)
+    if kw.hnsw is not None and kw.words:
+        save_hnsw(store, kw.hnsw, bpath.name)
+        wrote(bpath)
+    kw_json = {
+        "version": KW_VERSION,
+        "words": kw.words,
+        "offsets": kw.offsets.tolist(),
+        "labels": kw.labels.tolist(),
+    }
+    atomic_write(jpath, orjson.dumps(kw_json))
+    wrote(jpath)
+    atomic_write(files_path(store, gen), table.to_json(gen))
+    wrote(files_path(store, gen))
+    state.lexical = None
+    if lex is not None and state.ids:
+        from memp_cli.index.lexical import array_paths
+
+        state.lexical = lex.save(store.index_dir, lexical_stem(gen))
+        written.update(p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values())
+    state.kw_version = KW_VERSION
+    state.version = INDEX_VERSION
+    atomic_write(state_path(store), state.to_json())
+    for p in store.index_dir.iterdir():
+        if p.name not in written:
+            with contextlib.suppress(OSError):
+                p.unlink()

@@ -1,0 +1,165 @@
+"""A writer of the index killed at every write point leaves a store that every command reads and
+`memp doctor` judges correctly (tests/faults.py); an index in an older format is still read."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import DATA, memp
+from faults import Killed, kill_at
+from test_index_format import HEAT, VALID, _memories, _same_ranking
+
+from memp_cli import index as index_mod
+from memp_cli.backends.embedders.hashing import HashEmbedder
+from memp_cli.errors import ExitCode
+from memp_cli.model.memory import load_memory_file
+from memp_cli.store import Store
+
+EMB = HashEmbedder(256)
+QUERIES = [HEAT, *VALID[:3]]
+
+
+def _change_memories(root: Path) -> None:
+    """Remove two memories, add three, change the keys of one: a sync has work of every kind."""
+    st = Store.open(root)
+    ids = sorted(p.stem for p in st.memories_dir.glob("*.toml"))
+    for mid in ids[:2]:
+        (st.memories_dir / f"{mid}.toml").unlink()
+    edited = load_memory_file(st.memories_dir / f"{ids[5]}.toml")
+    edited.task = "cool a tomato and put it in the microwave."
+    st.save_memories([edited, *_memories(3, seed=7, start=900)], event="test")
+
+
+def _answers(root: Path) -> list[list[tuple[str, float]]]:
+    """What `memp query` returns for QUERIES: (id, score) per hit."""
+    out = []
+    for q in QUERIES:
+        r = memp("--store", root, "query", q, "-k", 5, "--min-score", -1)
+        out.append([(h["id"], round(h["score"], 4)) for h in r.jsonl()])
+    return out
+
+
+def _same_answers(
+    got: list[list[tuple[str, float]]], want: list[list[tuple[str, float]]], where: str
+) -> None:
+    """Same scores, same memories but for the order of ties (and which ties the cut at k keeps)."""
+    assert len(got) == len(want), where
+    for g, w in zip(got, want, strict=True):
+        try:
+            _same_ranking(g, w, tol=1e-3)
+        except AssertionError as e:
+            raise AssertionError(f"{where}: {g} != {w}") from e
+
+
+def _findings(root: Path, *args: str) -> tuple[int, list[dict[str, object]]]:
+    r = memp("--store", root, "doctor", *args, expect=None)
+    return r.code, [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def _index_matches_memories(root: Path) -> bool:
+    state = index_mod.read_state(Store.open(root))
+    return state is not None and sorted(state.ids) == sorted(
+        p.stem for p in (root / "memories").glob("*.toml")
+    )
+
+
+def _check_after_kill(root: Path, where: str, reference: list[list[tuple[str, float]]]) -> None:
+    ids = sorted(p.stem for p in (root / "memories").glob("*.toml"))
+    # `memp list` reads the memory files only: the index cannot break it
+    listed = memp("--store", root, "list", "--json").jsonl()
+    assert sorted(m["id"] for m in listed) == ids, where
+    # doctor: never an error (a kill leaves the last complete generation); a warning that says so
+    # when the index does not match the memory files (the fix is the cheap `memp index sync`)
+    fixed_copy = root.parent / "fixed"
+    shutil.copytree(root, fixed_copy)
+    code, findings = _findings(root)
+    assert code == 0 and all(f["level"] == "warning" for f in findings), (where, findings)
+    if not _index_matches_memories(root):
+        assert any(
+            "older than some memory files" in str(f["what"]) or "no index" in str(f["what"]) for f in findings
+        ), (where, findings)
+        assert any("memp index sync" in str(f["fix"]) for f in findings), (where, findings)
+    # query answers as a clean index would (syncing what the kill left undone), and after it
+    # doctor finds nothing left but harmless files of the interrupted write
+    _same_answers(_answers(root), reference, where)
+    code, findings = _findings(root)
+    assert code == 0, (where, findings)
+    assert all(
+        "temporary file" in str(f["what"]) or "left over from an interrupted index write" in str(f["what"])
+        for f in findings
+    ), (where, findings)
+    # doctor --fix repairs the killed store by itself, after which all is well
+    code, findings = _findings(fixed_copy, "--fix")
+    assert code == 0 and all(f["fixed"] for f in findings), (where, findings)
+    assert _findings(fixed_copy) == (0, []), where
+    _same_answers(_answers(fixed_copy), reference, where)
+    shutil.rmtree(fixed_copy)
+
+
+@pytest.mark.parametrize("operation", ["sync", "rebuild", "first-sync"])
+def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
+    built: Path, tmp_path: Path, operation: str
+) -> None:
+    if operation != "rebuild":
+        _change_memories(built)
+    if operation == "first-sync":
+        shutil.rmtree(built / "index")
+        (built / "index").mkdir()
+    template = tmp_path / "template"
+    shutil.copytree(built, template)
+    clean = tmp_path / "clean"
+    shutil.copytree(template, clean)
+    index_mod.sync(Store.open(clean), EMB, rebuild=operation == "rebuild")
+    reference = _answers(clean)
+    seen: list[str] = []
+    for n in itertools.count(1):
+        root = tmp_path / f"run{n}" / ".memp"
+        shutil.copytree(template, root)
+        st = Store.open(root)
+        with kill_at(n) as kill, contextlib.suppress(Killed):
+            index_mod.sync(st, EMB, rebuild=operation == "rebuild")
+        seen.append(kill.where)
+        _check_after_kill(root, f"killed at {kill.where}", reference)
+        shutil.rmtree(root.parent)
+        if not kill.fired:
+            break
+    # every file of the new generation was a write point, state.json among the last
+    assert any("state.json" in w for w in seen) and any("lexical" in w for w in seen), seen
+    assert n > 6
+
+
+def test_an_index_in_format_2_is_read_and_upgraded_without_embedding(store_dir: Path) -> None:
+    shutil.copytree(DATA / "index_v2", store_dir)
+    st = Store.open(store_dir)
+    assert json.loads((store_dir / "index" / "state.json").read_bytes())["index_version"] == 2
+    code, findings = _findings(store_dir)
+    assert code == 0 and findings and all(f["level"] == "warning" for f in findings)
+    assert any("memp index sync" in str(f["fix"]) for f in findings)
+    hits = memp("query", HEAT, "-k", 3).jsonl()
+    assert len(hits) == 3
+    state = index_mod.read_state(st)
+    assert state is not None and state.version == index_mod.INDEX_VERSION
+    assert not (store_dir / "index" / "lexical.json").exists()
+    journal = [e for e in st.read_journal() if e["event"] == "index.sync"]
+    assert journal[-1]["embedded"] == 0 and not journal[-1]["rebuilt"]
+    assert memp("doctor").stdout == ""
+
+
+def test_doctor_reports_a_missing_bm25_array_and_sync_repairs_it(built: Path) -> None:
+    st = Store.open(built)
+    state = index_mod.read_state(st)
+    assert state is not None
+    (arr,) = (built / "index").glob(f"lexical-{state.generation}.doc_idx.npy")
+    arr.unlink()
+    code, findings = _findings(built)
+    assert code == int(ExitCode.STORE)
+    (f,) = findings
+    assert str(f["what"]).startswith(f"{arr}: missing") and "memp index sync" in str(f["fix"])
+    assert len(memp("query", HEAT, "-k", 2).jsonl()) == 2
+    memp("index", "sync")
+    assert memp("doctor").stdout == ""
