@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA, memory_ids, memp, subprocess_env
+from conftest import DATA, memory_ids, memp, set_update_policy, subprocess_env
 from llm_server import LLMServer, serve
 
 from memp_cli.backends import llm
@@ -41,6 +41,12 @@ KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/test-model"
 ALF = DATA / "distill_alfworld.jsonl"  # 18 runs, 10 successful
 WEB = DATA / "distill_webshop.jsonl"  # 4 runs, 1 successful
+
+
+@pytest.fixture
+def store(vanilla_store: Path) -> Path:
+    """These tests count a memory for every run, failed ones too: [update] policy = vanilla."""
+    return vanilla_store
 
 
 def _records(*files: Path) -> list[dict[str, Any]]:
@@ -282,6 +288,7 @@ def test_progress_bar_on_a_terminal(store: Path, monkeypatch: pytest.MonkeyPatch
 
 def _store(path: Path) -> Store:
     memp("--store", path, "init", "--embedder", "hash")
+    set_update_policy(path, "vanilla")
     memp("--store", path, "ingest", WEB)
     return Store.open(path)
 

@@ -290,7 +290,7 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         made = f"wrote {r.written} memories" + (f" ({r.versioned} as new versions)" if r.versioned else "")
     lines = [
         f"distill ({what}): {r.read} trajectories to build, {made}, {r.skipped} already built, "
-        f"{r.filtered} failed runs kept as lessons (memp reflect), {r.failed} failed"
+        f"{r.filtered} failed runs not built (lessons for memp reflect), {r.failed} failed"
         + (f", {r.pending} still pending" if r.pending else "")
         + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
     ]
