@@ -516,10 +516,15 @@ def test_embedding_provider_errors_exit_7(
 
 
 def test_embedding_settings_error_exits_7(store_dir: Path) -> None:
-    memp("init", "--embedder", "litellm/")  # init does not check the name yet (defect 4)
-    memp("ingest", "-", input=(ROOT / "tests" / "data" / "distill_alfworld.jsonl").read_text())
-    run = memp("distill", expect=ExitCode.MODEL)
-    assert "empty model name" in run.stderr
+    # init refuses the name (one settings check); a store edited by hand to it is caught at load
+    run = memp("init", "--embedder", "litellm/", expect=ExitCode.BAD_INPUT)
+    assert "litellm/<model>" in run.stderr and not store_dir.exists()
+    from memp_cli.backends.embedders import get_embedder
+    from memp_cli.errors import ModelError
+
+    with pytest.raises(ModelError, match="empty model name") as e:
+        get_embedder("litellm/")
+    assert e.value.exit_code == ExitCode.MODEL
 
 
 def test_chat_llm_failure_still_exits_8(srv: LLMServer, remote_store: Path) -> None:

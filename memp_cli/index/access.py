@@ -133,10 +133,11 @@ def open_index(
         return _read_only(store, embedder, opened, last, held, note, progress)
     try:
         index, report = sync(store, embedder, progress=progress)
-    except OSError as e:
-        if e.errno not in _READ_ONLY:
+    except (OSError, StoreError) as e:
+        refused = _refused(e)
+        if refused is None:
             raise
-        return _read_only(store, embedder, opened, last, e, note, progress)
+        return _read_only(store, embedder, opened, last, refused, note, progress)
     finally:
         store.lock.release()
     if report.rebuild_reason:
@@ -160,12 +161,22 @@ def _try_lock(store: Store) -> LockedError | OSError | None:
         lock.acquire()
     except LockedError as e:
         return e
-    except OSError as e:
-        if e.errno not in _READ_ONLY:
+    except (OSError, StoreError) as e:
+        refused = _refused(e)
+        if refused is None:
             raise
-        return e
+        return refused
     finally:
         lock.wait = saved
+    return None
+
+
+def _refused(err: BaseException) -> OSError | None:
+    """The refused write behind ``err`` (an OSError, or the StoreError the store's writers turn
+    one into), or None when ``err`` is something else."""
+    cause = err if isinstance(err, OSError) else err.__cause__
+    if isinstance(cause, OSError) and cause.errno in _READ_ONLY:
+        return cause
     return None
 
 
