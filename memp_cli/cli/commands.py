@@ -173,6 +173,13 @@ def distill_cmd(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="At most this many new memories.")] = None,
+    replace_edits: Annotated[
+        bool,
+        typer.Option(
+            "--replace-edits",
+            help="Rebuild memories edited by hand too (kept by default; the edit stays in memp history).",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show what would be sent to the model and its size; write nothing."),
@@ -210,6 +217,7 @@ def distill_cmd(
             concurrency=concurrency,
             only_success=only_success,
             limit=limit,
+            replace_edits=replace_edits,
             dry_run=dry_run,
             progress=progress,
             on_failure=on_failure,
@@ -293,6 +301,7 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         f"{r.filtered} failed runs not built (lessons for memp reflect), {r.failed} failed"
         + (f", {r.pending} still pending" if r.pending else "")
         + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
+        + (f", {r.kept_edits} edited by hand (kept)" if r.kept_edits else "")
     ]
     if r.dry_run:
         if r.model and r.model != BUILTIN_MODEL:

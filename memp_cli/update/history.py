@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 HAND_EDIT = "hand edit"
 BEFORE_HISTORY = "before history"
+# Versions a person made: distill keeps them instead of rebuilding over them.
+HUMAN = frozenset({HAND_EDIT, "memp edit", "memp revert"})
 
 
 def sha256(data: bytes) -> str:
@@ -124,6 +126,20 @@ class History:
             except (KeyError, TypeError, ValueError):
                 continue  # a line edited into nonsense
         return out
+
+    def hand_edited(self, memory_id: str) -> bool:
+        """Whether a person made the memory file what it is now: changed by hand since memp's
+        last version, or last written by ``memp edit``/``memp revert`` or a noticed hand edit.
+        A memory from before history is taken as memp's."""
+        versions = self.versions(memory_id)
+        if not versions:
+            return False
+        try:
+            data = (self.store.memories_dir / f"{memory_id}.toml").read_bytes()
+        except FileNotFoundError:
+            return False
+        last = versions[-1]
+        return last.sha256 != sha256(data) or last.by in HUMAN
 
     def ids(self) -> set[str]:
         """Every memory id that has a history."""
