@@ -227,3 +227,16 @@ def test_forget_unknown_changes_nothing(built: Path) -> None:
     a = memory_ids(built)[0]
     memp("forget", a, "mnothere00000", expect=ExitCode.NOT_FOUND)
     assert a in memory_ids(built)
+
+
+def test_a_hand_edit_between_commands_becomes_a_version_at_the_next_query(built: Path) -> None:
+    mid = memory_ids(built)[0]
+    path = built / "memories" / f"{mid}.toml"
+    memp("history", mid)  # v1 recorded
+    _edit_in_place(path, "[stats]", "# first edit\n[stats]")
+    memp("query", "anything at all", "-k", "1")  # the index notices the edit
+    _edit_in_place(path, "# first edit", "# second edit")
+    h = memp("history", mid, "--json").jsonl()
+    assert [v["by"] for v in h] == ["memp distill", "hand edit", "hand edit"]
+    first = memp("diff", mid, "1", "2").stdout
+    assert "+# first edit" in first

@@ -302,6 +302,15 @@ class Store:
             **fields,
         )
 
+    def notice_edits(self, memory_ids: list[str]) -> None:
+        """Record the current content of these memory files as versions where it is not the
+        last one (hand edits the index noticed). Caller holds the lock."""
+        from memp_cli.update.history import History
+
+        history = History(self)
+        for mid in memory_ids:
+            history.notice(mid)
+
     def save_memories(self, memories: list[Memory], *, event: str, why: str = "", **fields: Any) -> None:
         """Write many memory files, each fsynced and each a new version (a hand edit made since
         the last version is kept in the history first); one journal line names them all.
