@@ -44,6 +44,7 @@ class RetrievalConfig:
     min_score: float = 0.0
     key: str = "query"
     lexical_weight: float = 1.0
+    utility_weight: float = 0.0
 
 
 @dataclass
@@ -62,6 +63,25 @@ class DistillConfig:
 
 
 @dataclass
+class UpdateConfig:
+    """How outcomes change the store (Mem^p's update policies)."""
+
+    policy: str = "adjustment"
+
+
+@dataclass
+class PruneConfig:
+    """``memp prune`` rules (see memp_cli/update/prune.py); 0 turns a rule off."""
+
+    min_uses: int = 3
+    min_success_rate: float = 0.5
+    confidence: float = 0.8
+    duplicate_similarity: float = 0.95
+    stale_days: int = 0
+    max_memories: int = 0
+
+
+@dataclass
 class Config:
     schema_version: int = SCHEMA_VERSION
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -69,6 +89,8 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -77,6 +99,8 @@ _SECTIONS: dict[str, type] = {
     "retrieval": RetrievalConfig,
     "llm": LLMConfig,
     "distill": DistillConfig,
+    "update": UpdateConfig,
+    "prune": PruneConfig,
 }
 
 _RANGES: dict[tuple[str, str], tuple[float, float]] = {
@@ -87,21 +111,29 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("retrieval", "k"): (1, 1000),
     ("retrieval", "min_score"): (-1.0, 1.0),
     ("retrieval", "lexical_weight"): (0.0, 1.0),
+    ("retrieval", "utility_weight"): (0.0, 1.0),
     ("llm", "timeout"): (0.1, 3600),
     ("llm", "max_tokens"): (16, 1_000_000),
     ("distill", "max_steps"): (1, 10000),
     ("distill", "max_observation_chars"): (0, 1_000_000),
+    ("prune", "min_uses"): (0, 1_000_000),
+    ("prune", "min_success_rate"): (0.0, 1.0),
+    ("prune", "confidence"): (0.5, 0.999),
+    ("prune", "duplicate_similarity"): (0.0, 1.0),
+    ("prune", "stale_days"): (0, 100_000),
+    ("prune", "max_memories"): (0, 1_000_000_000),
 }
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("retrieval", "key"): ("query", "avefact", "random"),
     ("distill", "policy"): ("trajectory", "script", "proceduralization"),
+    ("update", "policy"): ("vanilla", "validation", "adjustment"),
 }
 
 
 def render_config(cfg: Config) -> str:
     """The commented ``memp.toml`` written by ``memp init``."""
-    e, i, r, llm, d = cfg.embedder, cfg.index, cfg.retrieval, cfg.llm, cfg.distill
+    e, i, r, llm, d, p = cfg.embedder, cfg.index, cfg.retrieval, cfg.llm, cfg.distill, cfg.prune
 
     def q(s: str) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -135,6 +167,10 @@ key = {q(r.key)}
 # 1 = BM25 only (embeddings still pick candidates and break ties). 1.0 measured best on
 # ALFWorld (benchmarks/eval_retrieval.py); lower it for paraphrased, free-form tasks.
 lexical_weight = {r.lexical_weight}
+# Weight of the outcome term: + w * (success rate with a uniform prior - 0.5), so a memory
+# that keeps failing ranks below an equally similar one that keeps succeeding; unused
+# memories are not punished. 0 = off (`memp query --explain` shows every part of a score).
+utility_weight = {r.utility_weight}
 
 [llm]
 # Any litellm model string (openai/gpt-4o-mini, anthropic/..., ollama/...), or builtin
@@ -150,6 +186,26 @@ max_tokens = {llm.max_tokens}
 policy = {q(d.policy)}
 max_steps = {d.max_steps}
 max_observation_chars = {d.max_observation_chars}
+
+[update]
+# What a finished run does to the store (Mem^p): vanilla (every run becomes a memory),
+# validation (only successful runs do), adjustment (only successful runs do, and a failed
+# run corrects the memory it used, or the nearest procedure of its task family, through
+# `memp reflect`: the paper's best).
+policy = {q(cfg.update.policy)}
+
+[prune]
+# `memp prune` (the trash keeps what it removes; `memp restore ID`). 0 turns a rule off.
+# failing: used at least min_uses times and even the upper confidence bound of its success
+# rate is below min_success_rate (0 successes of 3 goes; 1 of 3 stays).
+min_uses = {p.min_uses}
+min_success_rate = {p.min_success_rate}
+confidence = {p.confidence}
+# duplicate: same kind, key vectors at least this alike; the best-rated one is kept.
+duplicate_similarity = {p.duplicate_similarity}
+# stale: not used for this many days. capacity: at most this many memories.
+stale_days = {p.stale_days}
+max_memories = {p.max_memories}
 """
 
 

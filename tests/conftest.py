@@ -171,6 +171,24 @@ def store(store_dir: Path) -> Path:
     return store_dir
 
 
+def set_update_policy(store_dir: Path, policy: str) -> None:
+    """Set ``[update] policy`` in a store's memp.toml (as a user would, by hand)."""
+    cfg = store_dir / "memp.toml"
+    text = cfg.read_text(encoding="utf-8")
+    assert 'policy = "adjustment"' in text
+    cfg.write_text(text.replace('policy = "adjustment"', f'policy = "{policy}"'), encoding="utf-8")
+
+
+@pytest.fixture
+def vanilla_store(store_dir: Path) -> Path:
+    """An empty hash store whose ``[update] policy`` is vanilla: every run, failed ones too,
+    becomes a memory (tests of distill's mechanics count them all; the default, adjustment,
+    builds successful runs only and is tested in test_update_*)."""
+    memp("init", "--embedder", "hash")
+    set_update_policy(store_dir, "vanilla")
+    return store_dir
+
+
 @pytest.fixture(scope="session")
 def _built_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store built once per session: 40 ALFWorld train runs ingested and distilled."""
@@ -180,7 +198,7 @@ def _built_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
             mp.delenv(var, raising=False)
         memp("--store", root, "init", "--embedder", "hash")
         memp("--store", root, "ingest", FILES["native"])
-        memp("--store", root, "distill", "--policy", "trajectory")
+        memp("--store", root, "distill", "--policy", "trajectory", "--with-failures")
     return root
 
 

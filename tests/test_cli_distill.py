@@ -7,6 +7,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import pytest
 from conftest import FILES, memory_ids, memp, read_records
 
 from memp_cli.build.policies import memory_id
@@ -14,6 +15,12 @@ from memp_cli.errors import ExitCode
 from memp_cli.ingest import parse_record
 
 DISTILL = ("distill", "--policy", "trajectory")
+
+
+@pytest.fixture
+def store(vanilla_store: Path) -> Path:
+    """These tests count a memory for every run, failed ones too: [update] policy = vanilla."""
+    return vanilla_store
 
 
 def _ingest(*files: Path) -> None:
@@ -74,7 +81,7 @@ def test_only_success(store: Path) -> None:
     _ingest(FILES["native"])
     (rep,) = memp(*DISTILL, "--only-success", "--json").jsonl()
     assert (rep["written"], rep["filtered"]) == (30, 10)
-    assert "10 filtered (not successful)" in memp(*DISTILL, "--only-success").stderr
+    assert "10 failed runs not built" in memp(*DISTILL, "--only-success").stderr
     for mid in memory_ids(store):
         assert "success = true" in (store / "memories" / f"{mid}.toml").read_text()
     # Without the filter, the failures are built too (the successes are skipped).

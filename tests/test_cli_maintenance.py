@@ -168,7 +168,7 @@ def test_switching_the_embedder_then_rebuilding(isolated: Path, store_dir: Path)
     memp("init")  # the default embedder (minilm): never loaded in this test
     assert 'name = "minilm"' in (store_dir / "memp.toml").read_text()
     memp("--embedder", "hash", "ingest", FILES["native"])
-    memp("--embedder", "hash", "distill", "--policy", "trajectory")
+    memp("--embedder", "hash", "distill", "--policy", "trajectory", "--with-failures")
     assert memp("--embedder", "hash", "query", HEAT, "-k", 1).jsonl()[0]["task"] == HEAT
 
     r = memp("query", HEAT, expect=ExitCode.MODEL)  # the store says minilm, the index is hash
@@ -340,7 +340,7 @@ def test_killed_ingest_leaves_the_store_valid(store: Path) -> None:
     # The lock died with the process: the next writer goes ahead, and gets everything.
     (rep,) = memp("--no-wait", "ingest", FILES["native"], "--json").jsonl()
     assert rep["added"] == 40
-    memp("distill", "--policy", "trajectory")
+    memp("distill", "--policy", "trajectory", "--with-failures")
     assert len(memory_ids(store)) == 40
 
 

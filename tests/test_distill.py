@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA, memory_ids, memp, subprocess_env
+from conftest import DATA, memory_ids, memp, set_update_policy, subprocess_env
 from llm_server import LLMServer, serve
 
 from memp_cli.backends import llm
@@ -35,11 +35,18 @@ from memp_cli.errors import ExitCode
 from memp_cli.ingest import parse_record
 from memp_cli.store import Store, fsutil
 from memp_cli.store.fsutil import TMP_PREFIX, StoreLock
+from memp_cli.update import history as history_mod
 
 KEY = "sk-test-0123456789abcdef"
 MODEL = "openai/test-model"
 ALF = DATA / "distill_alfworld.jsonl"  # 18 runs, 10 successful
 WEB = DATA / "distill_webshop.jsonl"  # 4 runs, 1 successful
+
+
+@pytest.fixture
+def store(vanilla_store: Path) -> Path:
+    """These tests count a memory for every run, failed ones too: [update] policy = vanilla."""
+    return vanilla_store
 
 
 def _records(*files: Path) -> list[dict[str, Any]]:
@@ -190,15 +197,17 @@ def test_a_failed_memory_write_fails_the_batch_and_is_not_journalled(
     _ingest(WEB)
     real = fsutil.atomic_write
     calls = []
+    memories = (store / "memories").resolve()
 
     def disk_full_at_the_second(path: Path, data: bytes | str, **kw: Any) -> None:
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
+        if Path(path).resolve().parent == memories:  # a memory file (not its history object)
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
         real(path, data, **kw)
 
     with monkeypatch.context() as mp, pytest.raises(OSError, match="No space left"):
-        mp.setattr(fsutil, "atomic_write", disk_full_at_the_second)
+        mp.setattr(history_mod, "atomic_write", disk_full_at_the_second)
         distill(Store.open(store), "proceduralization", model="builtin")
     assert len(calls) == 4  # the other writes of the batch ended first
     assert len(memory_ids(store)) == 3
@@ -279,6 +288,7 @@ def test_progress_bar_on_a_terminal(store: Path, monkeypatch: pytest.MonkeyPatch
 
 def _store(path: Path) -> Store:
     memp("--store", path, "init", "--embedder", "hash")
+    set_update_policy(path, "vanilla")
     memp("--store", path, "ingest", WEB)
     return Store.open(path)
 
@@ -297,10 +307,11 @@ def test_mock_response_script_and_cost(tmp_path: Path) -> None:
         assert m.script["generator"] == "openai/gpt-4o-mini (LLM)"
         assert m.keywords == ["alpha buy", "beta"]
         assert m.provenance.prompt_version == "script-v1"
-    # The same requests again: all served by the response cache, nothing new to write.
-    for mid in s.memory_ids():
-        s.memory_path(mid).unlink()
-    rep = distill(s, "proceduralization", model="openai/gpt-4o-mini", mock_response=reply)
+    # The same requests from another store with this cache: all served by the cache. (Deleting
+    # the memory files would not do: a memory deleted by hand is a tombstone, never rebuilt.)
+    s2 = _store(tmp_path / "s2")
+    shutil.copytree(s.cache_dir, s2.cache_dir)
+    rep = distill(s2, "proceduralization", model="openai/gpt-4o-mini", mock_response=reply)
     assert (rep.written, rep.calls, rep.cached_calls, rep.tokens_in) == (4, 0, 4, 0)
 
 

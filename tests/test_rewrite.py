@@ -210,7 +210,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMServer]:
         yield s
 
 
-def test_a_redistill_keeps_the_hand_comments(store: Path, server: LLMServer) -> None:
+def test_a_redistill_keeps_the_hand_comments(vanilla_store: Path, server: LLMServer) -> None:
+    store = vanilla_store
     memp("ingest", WEB)
     memp("distill")  # builtin: proceduralization memories, version 1
     t = parse_record(json.loads(WEB.read_text().splitlines()[-1]))

@@ -187,7 +187,7 @@ def test_torn_journal_line_is_skipped(tmp_path: Path) -> None:
 def test_index_sync_tracks_new_changed_deleted_and_broken_files(tmp_path: Path) -> None:
     s = _hash_store(tmp_path / "s")
     s.ingest(read_jsonl(_lines(), "a.jsonl"))
-    distill(s, "trajectory")
+    distill(s, "trajectory", only_success=False)
     emb = get_embedder("hash", dim=256)
     idx, rep = index_mod.sync(s, emb)
     assert (rep.added, rep.embedded, len(idx)) == (40, 40, 40)
@@ -229,7 +229,7 @@ def test_index_rejects_another_embedder(tmp_path: Path) -> None:
 
     s = _hash_store(tmp_path / "s")
     s.ingest(read_jsonl(_lines(3), "a.jsonl"))
-    distill(s, "trajectory")
+    distill(s, "trajectory", only_success=False)
     index_mod.sync(s, get_embedder("hash", dim=256))
     state = index_mod.read_state(s)
     with pytest.raises(ModelError, match="built with embedder 'hash', not 'minilm'"):

@@ -95,8 +95,9 @@ def script_memory(
 _PROV_SECTION = re.compile(r"^\[provenance\][ \t]*\r?\n(.*?)(?=^\s*\[|\Z)", re.MULTILINE | re.DOTALL)
 
 
-def built_with(path: Path) -> tuple[str, str]:
-    """(model, prompt_version) recorded in a memory file. Raises MemoryFileError if broken.
+def built_with(path: Path) -> tuple[str, str, str]:
+    """(policy, model, prompt_version) recorded in a memory file. Raises MemoryFileError if
+    broken.
 
     Reads only the ``[provenance]`` table when it can (fast for big stores); falls back
     to a full validated parse.
@@ -106,13 +107,25 @@ def built_with(path: Path) -> tuple[str, str]:
         m = _PROV_SECTION.search(text)
         if m:
             prov = tomllib.loads(m.group(1))
-            model, version = prov.get("model", ""), prov.get("prompt_version", "")
-            if isinstance(model, str) and isinstance(version, str):
-                return model, version
+            got = (prov.get("policy", ""), prov.get("model", ""), prov.get("prompt_version", ""))
+            if all(isinstance(x, str) for x in got):
+                return got
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         pass
     mem = load_memory_file(path)
-    return mem.provenance.model, mem.provenance.prompt_version
+    return mem.provenance.policy, mem.provenance.model, mem.provenance.prompt_version
+
+
+def needs_rebuild(built: tuple[str, str, str], policy: str, model: str, prompt_version: str) -> bool:
+    """Whether a memory built with ``built`` = (policy, model, prompt version) is rebuilt for
+    this run: another policy always (as a new version of the same memory: one memory per run,
+    whatever the policy); the same policy by :func:`is_current`'s rule."""
+    built_policy, built_model, built_version = built
+    if built_policy and built_policy != policy:
+        return True
+    if policy == "trajectory":
+        return False
+    return not is_current((built_model, built_version), model, prompt_version)
 
 
 def is_current(built: tuple[str, str], model: str, prompt_version: str) -> bool:

@@ -10,6 +10,7 @@ import importlib.resources
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -19,7 +20,7 @@ from memp_cli.model.steps import MIN_ACTION_CHARS, select_steps
 from memp_cli.model.text import cut, one_line
 from memp_cli.model.trajectory import Trajectory
 
-PROMPT_NAMES = ("script", "keywords")
+PROMPT_NAMES = ("script", "keywords", "reflect")
 # prompt name -> (placeholders it may use, placeholders it must use)
 _PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "script": (
@@ -27,6 +28,10 @@ _PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"trajectory"}),
     ),
     "keywords": (frozenset({"task"}), frozenset({"task"})),
+    "reflect": (
+        frozenset({"script", "task", "failed", "outcome", "success", "schema"}),
+        frozenset({"script", "failed"}),
+    ),
 }
 _MARKER_RE = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 _HEADER_LINE_RE = re.compile(r"^\s*([A-Za-z_][\w\-]*)\s*[:=]\s*(.*?)\s*$")
@@ -214,3 +219,37 @@ def script_messages(
 def keyword_messages(task: str, prompt: Prompt) -> list[dict[str, str]]:
     """Chat messages asking an LLM for the keywords of ``task``."""
     return _messages(prompt, {"task": one_line(task)})
+
+
+def reflect_messages(
+    script: dict[str, Any],
+    failed: Trajectory,
+    success: Trajectory | None,
+    prompt: Prompt,
+    schema: dict[str, Any],
+    *,
+    max_steps: int = 40,
+    max_obs_chars: int = 200,
+) -> list[dict[str, str]]:
+    """Chat messages asking an LLM to correct ``script`` from the ``failed`` run (and a
+    ``success`` of a similar task, when there is one)."""
+    shown = {
+        k: v
+        for k, v in script.items()
+        if k in ("title", "steps", "variables", "preconditions", "pitfalls", "keywords")
+    }
+    example = "(The store has no successful run of a similar task.)"
+    if success is not None:
+        example = (
+            f"A successful run of a similar task. Task: {one_line(success.task)}\n"
+            + _render_trajectory(success, max_steps, max_obs_chars)
+        )
+    values = {
+        "script": orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode(),
+        "task": one_line(failed.task),
+        "failed": _render_trajectory(failed, max_steps, max_obs_chars),
+        "outcome": _outcome(failed),
+        "success": example,
+        "schema": orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode(),
+    }
+    return _messages(prompt, values)

@@ -28,9 +28,10 @@ from typing import Any
 from memp_cli.build.policies import (
     BUILTIN_MODEL,
     BUILTIN_VERSION,
+    POLICIES,
     built_with,
-    is_current,
     memory_id,
+    needs_rebuild,
     resolve_policy,
     script_memory,
     trajectory_memory,
@@ -75,6 +76,8 @@ class DistillReport:
     versioned: int = 0  # of ``written``: new versions of memories built with another model/prompt
     skipped: int = 0  # already built with the same policy, model and prompt version
     filtered: int = 0  # left out by --only-success
+    forgotten: int = 0  # in the trash (forgotten, pruned, deleted by hand): never rebuilt
+    kept_edits: int = 0  # edited by hand: kept, not rebuilt (unless replace_edits)
     failed: int = 0
     pending: int = 0  # still to build after this run (failed, --limit, stopped early)
     calls: int = 0  # requests sent to the model (repairs included)
@@ -120,8 +123,9 @@ def distill(
     api_base: str | None = None,
     timeout: float | None = None,
     concurrency: int = 4,
-    only_success: bool = False,
+    only_success: bool | None = None,
     limit: int | None = None,
+    replace_edits: bool = False,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     on_failure: FailureFn | None = None,
@@ -131,6 +135,8 @@ def distill(
     """Write a memory for each trajectory that has none for ``policy`` (and model, prompt) yet.
 
     ``policy=None`` uses the store's ``[distill] policy``; ``model=None`` its ``[llm] model``.
+    ``only_success=None`` follows ``[update] policy``: only ``vanilla`` builds failed runs too
+    (under ``validation`` and ``adjustment`` a failure is a lesson for ``reflect``, not a recipe).
 
     ``progress(done, total)`` and ``on_failure(failure)`` are called from this thread.
     An LLM failure for one trajectory is counted and the run continues; a settings
@@ -139,6 +145,8 @@ def distill(
     """
     t0 = time.perf_counter()
     pol = resolve_policy(store, policy)
+    if only_success is None:
+        only_success = store.config.update.policy != "vanilla"
     if concurrency < 1 or concurrency > MAX_CONCURRENCY:
         raise InputError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
     if limit is not None and limit < 0:
@@ -160,14 +168,17 @@ def distill(
         run_lock.acquire()  # another distill on this store: wait, or LockedError (exit 6)
     try:
         if dry_run:
-            jobs = _plan(store, pol, use_model, prompt_version, only_success, limit, report)
+            jobs = _plan(store, pol, use_model, prompt_version, only_success, limit, report, replace_edits)
         else:
             with store.lock:  # --no-wait applies here
-                jobs = _plan(store, pol, use_model, prompt_version, only_success, limit, report)
+                jobs = _plan(
+                    store, pol, use_model, prompt_version, only_success, limit, report, replace_edits
+                )
         if dry_run:
             _dry_run(store, jobs, pol, use_model, prompt, api_base, timeout, mock_response, report)
         elif jobs:
             writer = _Writer(store, pol, use_model, prompt_version, report, progress, len(jobs))
+            writer.replace_edits = replace_edits
             if progress:
                 progress(0, len(jobs))
             if prompt is None:
@@ -205,27 +216,51 @@ def _plan(
     only_success: bool,
     limit: int | None,
     report: DistillReport,
+    replace_edits: bool = False,
 ) -> list[_Job]:
     """Sort every stored trajectory into skipped, filtered or a job (under the lock)."""
+    from memp_cli.update import trash
+    from memp_cli.update.history import History
+
     existing = set(store.memory_ids())
+    # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
+    # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
+    gone = trash.trashed_ids(store)
+    hand_deleted = trash.notice_hand_deletes(store, History(store).ids() - existing - gone)
+    for mid in hand_deleted:
+        report.warnings.append(
+            f"{mid} was deleted by hand: moved to the trash, not rebuilt (`memp restore {mid}`)"
+        )
+    gone.update(hand_deleted)
+    history = History(store)
     jobs: list[_Job] = []
     for t in store.iter_trajectories():
         report.total += 1
-        mid = memory_id(policy, t.id)
+        # One memory per run, whatever the policy: a run's memory built with another policy
+        # (an older store may hold one per policy; its own id is preferred) gets a new version.
+        ids = [memory_id(policy, t.id)] + [memory_id(p, t.id) for p in POLICIES if p != policy]
+        mid = next((m for m in ids if m in existing or m in gone), ids[0])
         version = 1
+        if mid in gone:
+            report.forgotten += 1
+            continue
         if mid in existing:
-            if policy == "trajectory":
-                report.skipped += 1
-                continue
             path = store.memory_path(mid)
             try:
-                if is_current(built_with(path), model, prompt_version):
+                if not needs_rebuild(built_with(path), policy, model, prompt_version):
                     report.skipped += 1
                     continue
                 version = load_memory_file(path).version + 1
             except MemoryFileError as e:
                 report.skipped += 1
                 report.warnings.append(f"{str(e).splitlines()[0]} (left as it is; `memp doctor` explains)")
+                continue
+            if not replace_edits and history.hand_edited(mid):
+                report.kept_edits += 1
+                report.warnings.append(
+                    f"{mid} was edited by hand: kept as it is, not rebuilt "
+                    "(`memp distill --replace-edits` rebuilds it; the edit stays in `memp history`)"
+                )
                 continue
         if only_success and t.success is not True:
             report.filtered += 1
@@ -300,6 +335,7 @@ class _Writer:
         self.store, self.policy, self.model, self.prompt_version = store, policy, model, prompt_version
         self.report, self.progress, self.total = report, progress, total
         self.done = 0
+        self.replace_edits = False
 
     def tick(self, n: int = 1) -> None:
         self.done += n
@@ -317,15 +353,20 @@ class _Writer:
             with lock:
                 t0 = time.perf_counter()
                 out: list[Memory] = []
+                from memp_cli.update.history import History
+
+                history = History(store)
                 for mem in batch:
                     path = store.memory_path(mem.id)
                     if path.exists():  # written meanwhile, or an older version
                         try:
-                            current = self.policy == "trajectory" or is_current(
-                                built_with(path), self.model, self.prompt_version
-                            )
-                            if current:
+                            if not needs_rebuild(
+                                built_with(path), self.policy, self.model, self.prompt_version
+                            ):
                                 report.skipped += 1
+                                continue
+                            if not self.replace_edits and history.hand_edited(mem.id):
+                                report.kept_edits += 1  # edited by hand while the model worked
                                 continue
                             old = load_memory_file(path)
                         except MemoryFileError as e:
@@ -369,6 +410,7 @@ def _run_local(
                 model=model,
                 prompt_version=prompt_version,
             )
+        mem.id = job.mid  # the run's memory, whichever policy built it first
         batch.append(mem)
         if len(batch) >= BATCH or time.monotonic() - last >= FLUSH_SECONDS:
             writer.write(batch)
@@ -463,16 +505,11 @@ def _run_llm(
                 consecutive = 0
                 script, usage = value
                 _add_usage(report, usage)
-                batch.append(
-                    script_memory(
-                        job.t,
-                        script,
-                        store,
-                        policy=policy,
-                        model=settings.model,
-                        prompt_version=prompt.version,
-                    )
+                mem = script_memory(
+                    job.t, script, store, policy=policy, model=settings.model, prompt_version=prompt.version
                 )
+                mem.id = job.mid  # the run's memory, whichever policy built it first
+                batch.append(mem)
             writer.write(batch)
             if not_written:
                 writer.tick(not_written)

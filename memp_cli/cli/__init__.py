@@ -54,6 +54,41 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("memp_cli.cli.query_cmd", "Find the memories most relevant to a task."),
     "index": ("memp_cli.cli.maintenance", "The derived vector and lexical index."),
     "model": ("memp_cli.cli.maintenance", "The local embedding model (all-MiniLM-L6-v2)."),
+    "feedback": (
+        "memp_cli.cli.update_cmd",
+        'Count one use of each memory and its outcome (for logs without "memories_used").',
+    ),
+    "reflect": (
+        "memp_cli.cli.update_cmd",
+        "Correct memories from the failed runs that used them (the paper's adjustment).",
+    ),
+    "prune": (
+        "memp_cli.cli.update_cmd",
+        "Discard memories by the rules in memp.toml [prune]; each goes to the trash with its reason.",
+    ),
+    "cycle": (
+        "memp_cli.cli.update_cmd",
+        "One learning cycle for cron: ingest -> distill -> reflect -> prune, with the store's settings.",
+    ),
+    "history": (
+        "memp_cli.cli.update_cmd",
+        "The versions of a memory: when, by which command or a hand edit, and why.",
+    ),
+    "diff": ("memp_cli.cli.update_cmd", "A unified diff between two versions of a memory."),
+    "revert": (
+        "memp_cli.cli.update_cmd",
+        "Restore an earlier version byte for byte; the revert is itself a new version.",
+    ),
+    "forget": (
+        "memp_cli.cli.update_cmd",
+        "Move memories to the trash: never returned by a query, never rebuilt by distill.",
+    ),
+    "restore": (
+        "memp_cli.cli.update_cmd",
+        "Bring memories back from the trash, whole (a new version in their history).",
+    ),
+    "trash": ("memp_cli.cli.update_cmd", "The trash: forgotten and pruned memories."),
+    "eval": ("memp_cli.cli.eval_cmd", "Measure memp on recorded runs."),
 }
 
 # Root options that are not settings: they stay before the command.

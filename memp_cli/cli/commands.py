@@ -117,6 +117,12 @@ def ingest(
                 break
             output.warn(f"skipped {e}".split("\n")[0])
         bad_total += report.bad
+        for mid in report.unknown_memories:
+            output.warn(f"{name}: memories_used names {mid!r}, which is not in {store.root}: not counted")
+        if report.outcomes:
+            output.info(
+                f"{name}: {report.outcomes} memory outcome{'s' if report.outcomes != 1 else ''} counted"
+            )
         output.info(
             f"{name}: {report.read} trajectories read, {report.added} added, "
             f"{report.duplicates} already stored, {report.bad} bad line{'s' if report.bad != 1 else ''}"
@@ -159,9 +165,21 @@ def distill_cmd(
         ),
     ] = 4,
     only_success: Annotated[
-        bool, typer.Option("--only-success", help="Build from successful runs only (validation).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--only-success/--with-failures",
+            help="Build from successful runs only, or from failed runs too "
+            "(default: [update] policy; only vanilla builds failures).",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="At most this many new memories.")] = None,
+    replace_edits: Annotated[
+        bool,
+        typer.Option(
+            "--replace-edits",
+            help="Rebuild memories edited by hand too (kept by default; the edit stays in memp history).",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show what would be sent to the model and its size; write nothing."),
@@ -199,6 +217,7 @@ def distill_cmd(
             concurrency=concurrency,
             only_success=only_success,
             limit=limit,
+            replace_edits=replace_edits,
             dry_run=dry_run,
             progress=progress,
             on_failure=on_failure,
@@ -279,8 +298,10 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         made = f"wrote {r.written} memories" + (f" ({r.versioned} as new versions)" if r.versioned else "")
     lines = [
         f"distill ({what}): {r.read} trajectories to build, {made}, {r.skipped} already built, "
-        f"{r.filtered} filtered (not successful), {r.failed} failed"
+        f"{r.filtered} failed runs not built (lessons for memp reflect), {r.failed} failed"
         + (f", {r.pending} still pending" if r.pending else "")
+        + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
+        + (f", {r.kept_edits} edited by hand (kept)" if r.kept_edits else "")
     ]
     if r.dry_run:
         if r.model and r.model != BUILTIN_MODEL:
@@ -344,6 +365,9 @@ def list_cmd(
                 break  # an explicit --limit: read no further
             continue  # the terminal default: count the rest for the note below
         rows.append(m)
+    from memp_cli.update.outcomes import add_usage
+
+    add_usage(store, rows)
     if limit is None and len(rows) < matching:
         output.info(f"showing {len(rows)} of {matching}; --limit 0 for all")
     if not as_table:
@@ -380,8 +404,11 @@ def show(
     json_out: JsonOpt = False,
 ) -> None:
     """Print one memory: its TOML file, or JSON with --json."""
+    from memp_cli.update.outcomes import add_usage
+
     store = open_store("show")
     mem = store.load_memory(memory_id)
+    add_usage(store, [mem])
     if json_out:
         output.emit_json_lines([mem.to_dict()])
     else:

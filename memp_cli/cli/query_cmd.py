@@ -144,6 +144,21 @@ def query(
     api_base: Annotated[
         str | None, typer.Option(help="With --model: the API base URL (e.g. a local server).")
     ] = None,
+    utility_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the outcome term (success rate with a prior, 0.5 when unused), 0..1 "
+            "(default: the store's).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Show every part of each hit's score: lexical, cosine, utility, matched terms."
+        ),
+    ] = False,
 ) -> None:
     """Find the memories most relevant to a task.
 
@@ -200,7 +215,13 @@ def query(
         lexical_weight=rc.lexical_weight if lexical_weight is None else lexical_weight,
         seed=seed,
         keyword_extractor=extractor,
+        utility_weight=rc.utility_weight if utility_weight is None else utility_weight,
+        explain=explain,
     )
+    if retriever.utility_weight > 0 or explain:
+        from memp_cli.update.outcomes import Ledger
+
+        retriever.usage = Ledger.of(store).usage()
     if text == "-":
         results = retriever.search([q for q, _ in batch]) if batch else []
         for i, ((q, qid), hits) in enumerate(zip(batch, results, strict=True)):
@@ -217,12 +238,12 @@ def query(
         title = text
         if key == "avefact" and retriever.query_keywords:
             title += f" (keywords: {', '.join(retriever.query_keywords[0]) or 'none'})"
-        _render(hits, fmt, max_tokens, title)
+        _render(hits, fmt, max_tokens, title, explain=explain)
     for w in retriever.warnings:
         output.warn(w.split("\n")[0])
 
 
-def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str) -> None:
+def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: bool = False) -> None:
     if fmt == "json":
         output.emit_json_lines(h.to_dict() for h in hits)
     elif fmt == "prompt":
@@ -232,6 +253,26 @@ def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str) -> None:
             output.info("no memory scored above --min-score")
             return
         ok = {True: "yes", False: "no", None: "?"}
+        if explain:
+            output.table(
+                ["#", "score", "id", "lexical", "cosine", "utility", "uses", "matched"],
+                (
+                    [
+                        str(h.rank),
+                        f"{h.score:.3f}",
+                        h.memory.id,
+                        f"{h.lexical:.3f}",
+                        f"{h.similarity:.3f}",
+                        f"{h.utility:.2f}",
+                        f"{(h.explain or {}).get('successes', 0)}/{(h.explain or {}).get('uses', 0)}",
+                        ", ".join((h.explain or {}).get("matched_terms", []))
+                        or ", ".join(f"{q}~{k}" for q, k, _ in h.matches or []),
+                    ]
+                    for h in hits
+                ),
+                title=f"memories for: {text}",
+            )
+            return
         output.table(
             ["#", "score", "id", "kind", "ok", "task", "first steps"],
             (

@@ -63,6 +63,8 @@ class SyncReport:
     rebuild_reason: str | None = None
     # Damaged files of the last generation that were rebuilt without embedding (BM25, keywords).
     repaired: list[str] = field(default_factory=list)
+    # Memories whose files changed since the last generation (a hand edit, or memp's own write).
+    updated_ids: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -87,7 +89,10 @@ def sync(
     :class:`IndexVersionError`. ``progress(done, total)``: after each batch of embedded texts.
     """
     with store.lock:
-        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True)
+        index, report = _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True)
+        if report.updated_ids:
+            store.notice_edits(report.updated_ids)  # a hand edit becomes a version of its memory
+        return index, report
 
 
 def build_in_memory(
@@ -279,10 +284,12 @@ def _plan(
         if i is not None and old is not None and old_table.key_hashes[i] == khash:
             label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
             report.updated += 1
+            report.updated_ids.append(mid)
         else:
             if i is not None and old is not None:
                 label = old.labels[i]
                 report.updated += 1
+                report.updated_ids.append(mid)
             else:
                 label = state.next_label
                 state.next_label += 1

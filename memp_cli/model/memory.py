@@ -298,9 +298,15 @@ def write_memory_file(path: Path, memory: Memory, *, base: str | None = None, du
     """
     from memp_cli.store.fsutil import atomic_write  # fsutil's package imports this module
 
+    atomic_write(path, render_memory_file(path, memory, base=base), durable=durable)
+
+
+def render_memory_file(path: Path, memory: Memory, *, base: str | None = None) -> str:
+    """The text ``memory`` is written as at ``path``: keeping the comments and layout of ``base``
+    (default: the file there now) where the content did not change."""
     if base is None:
         try:
             base = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            base = None  # nothing to keep: a new file, or one the write below will report on
-    atomic_write(path, memory.to_toml(previous=base), durable=durable)
+            base = None  # nothing to keep: a new file, or one the write will report on
+    return memory.to_toml(previous=base)

@@ -38,7 +38,7 @@ avefact candidate.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memp_cli.backends.llm import LLMSettings
+    from memp_cli.update.outcomes import Usage
 
 KEYS = ("query", "avefact", "random")
 # Keyword vocabularies up to this size are searched exactly (one matrix product);
@@ -121,6 +122,9 @@ class Hit:
     # keyword, cosine)
     query_keywords: list[str] | None = None
     matches: list[tuple[str, str, float]] | None = None
+    # the outcome term: the memory's success rate with a uniform prior (0.5 when unused)
+    utility: float = 0.5
+    explain: dict[str, Any] | None = None  # --explain: every part of the score
 
     def to_dict(self) -> dict[str, Any]:
         m = self.memory
@@ -142,6 +146,8 @@ class Hit:
             "provenance": vars(m.provenance),
             "version": m.version,
         }
+        if self.explain is not None:
+            d["explain"] = self.explain
         if self.query_keywords is not None:
             d["query_keywords"] = self.query_keywords
             d["matched_keywords"] = [
@@ -166,6 +172,13 @@ class Retriever:
     # loaded and the batch is under EXACT_MAX_QUERIES.
     exact: bool | None = None
     warnings: list[str] = field(default_factory=list)
+    # Outcomes (memp_cli.update.outcomes.Usage per memory id): the score gains
+    # utility_weight * (success rate with a uniform prior - 0.5), so an unused memory is
+    # neither punished nor favoured, and one that keeps failing ranks below an equally
+    # similar one that keeps succeeding.
+    usage: Mapping[str, Usage] | None = None
+    utility_weight: float = 0.0
+    explain: bool = False
     # avefact: the keywords of each query of the last scored() call
     query_keywords: list[list[str]] = field(default_factory=list)
 
@@ -429,9 +442,20 @@ class Retriever:
         ]
 
     # --------------------------------------------------------------- results
+    def _utility(self, mid: str) -> float:
+        u = self.usage.get(mid) if self.usage is not None else None
+        return u.success_rate() if u is not None else 0.5
+
     def search(self, queries: Sequence[str]) -> list[list[Hit]]:
         results = []
+        w_u = self.utility_weight if self.usage is not None else 0.0
         for qi, rows in enumerate(self.scored(queries)):
+            if w_u and self.key != "random":
+                ids = self.index.state.ids
+                rows = sorted(
+                    ((p, s + w_u * (self._utility(ids[p]) - 0.5), c, lx) for p, s, c, lx in rows),
+                    key=lambda r: (-r[1], -r[2], ids[r[0]]),
+                )
             hits: list[Hit] = []
             for pos, score, cos, lex in rows:
                 if len(hits) >= self.k:
@@ -444,10 +468,39 @@ class Retriever:
                 except MemoryFileError as e:
                     self.warnings.append(str(e))
                     continue
-                hit = Hit(mem, score, cos, lex, rank=len(hits) + 1)
+                hit = Hit(mem, score, cos, lex, rank=len(hits) + 1, utility=self._utility(mid))
                 if self.key == "avefact":
                     hit.query_keywords = self.query_keywords[qi]
                     hit.matches = self._explain(qi, pos)
+                if self.explain:
+                    hit.explain = self._parts(queries[qi], hit, w_u)
                 hits.append(hit)
             results.append(hits)
         return results
+
+    def _parts(self, query: str, hit: Hit, w_u: float) -> dict[str, Any]:
+        """Every part of a hit's score, for ``memp query --explain``."""
+        from memp_cli.index.lexical import terms
+
+        u = self.usage.get(hit.memory.id) if self.usage is not None else None
+        parts: dict[str, Any] = {"key": self.key, "score": round(hit.score, 6)}
+        if self.key == "query":
+            w = self.lexical_weight
+            shared = sorted(set(terms(query)) & set(terms(hit.memory.key_text())))
+            parts.update(
+                lexical=round(hit.lexical, 6),
+                lexical_weight=w,
+                cosine=round(hit.similarity, 6),
+                cosine_weight=round(1 - w, 6),
+                matched_terms=shared,
+            )
+        elif self.key == "avefact":
+            parts["average_keyword_cosine"] = round(hit.similarity, 6)
+        parts.update(
+            utility=round(hit.utility, 6),
+            utility_weight=w_u,
+            uses=u.uses if u else 0,
+            successes=u.successes if u else 0,
+            failures=u.failures if u else 0,
+        )
+        return parts

@@ -28,7 +28,7 @@ import orjson
 
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.model.memory import Memory, load_memory_file, now_iso, valid_id, write_memory_file
+from memp_cli.model.memory import Memory, load_memory_file, now_iso, render_memory_file, valid_id
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import (
     FILE_MODE,
@@ -55,6 +55,9 @@ class IngestReport:
     bad: int = 0
     errors: list[InputError] = field(default_factory=list)
     segment: str | None = None
+    # Outcomes of memories named in "memories_used": newly counted, and ids the store lacks.
+    outcomes: int = 0
+    unknown_memories: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,8 @@ class IngestReport:
             "duplicates": self.duplicates,
             "bad": self.bad,
             "segment": self.segment,
+            "outcomes": self.outcomes,
+            "unknown_memories": self.unknown_memories,
         }
 
 
@@ -76,6 +81,10 @@ class Store:
         self.cache_dir = root / "cache"
         self.prompts_dir = root / "prompts"
         self.journal_path = root / "journal.jsonl"
+        self.outcomes_path = root / "outcomes.jsonl"
+        self.history_dir = root / "history"
+        self.trash_dir = root / "trash"
+        self.reflections_path = root / "reflections.jsonl"
         self.lock = StoreLock(root / ".lock", wait=wait)
         self.command = "memp"
 
@@ -183,7 +192,10 @@ class Store:
         input is done: a killed ingest stores nothing, a finished one all.
         With ``strict`` the first bad line aborts and nothing is stored.
         """
+        from memp_cli.update.outcomes import Outcome, outcome_of, record
+
         report = IngestReport()
+        used: list[Outcome] = []
         with self.lock:
             seen = self.trajectory_ids()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -201,6 +213,10 @@ class Store:
                         assert r.trajectory is not None
                         report.read += 1
                         t = r.trajectory
+                        used.extend(
+                            Outcome(mid, outcome_of(t.success), t.id, source="ingest")
+                            for mid in t.memories_used
+                        )
                         if t.id in seen:
                             report.duplicates += 1
                             continue
@@ -210,11 +226,17 @@ class Store:
                     if report.added == 0:
                         raise _NothingToWrite
             except _NothingToWrite:
-                return report
-            report.segment = name
-            self.journal(
-                "ingest", segment=name, added=report.added, duplicates=report.duplicates, bad=report.bad
-            )
+                pass
+            else:
+                report.segment = name
+                self.journal(
+                    "ingest", segment=name, added=report.added, duplicates=report.duplicates, bad=report.bad
+                )
+            # After the segment: a kill in between leaves outcomes uncounted, and ingesting the
+            # same input again counts them (a counted (memory, run) pair is never counted twice).
+            if used:
+                counted = record(self, used)
+                report.outcomes, report.unknown_memories = counted.recorded, counted.unknown_ids
         return report
 
     # --------------------------------------------------------------- memories
@@ -248,29 +270,70 @@ class Store:
                 yield e
 
     def save_memory(
-        self, memory: Memory, *, base: str | None = None, event: str = "memory.write", **fields: Any
+        self,
+        memory: Memory,
+        *,
+        base: str | None = None,
+        event: str = "memory.write",
+        why: str = "",
+        trajectory: str | None = None,
+        **fields: Any,
     ) -> None:
-        """Write one memory file atomically and journal it. Caller holds the lock.
+        """Write one memory file atomically as a new version, and journal it. Caller holds the lock.
 
-        ``base``: the text whose comments and layout to keep (default: the file's own).
+        A hand edit made since the last version is kept in the history first. ``base``: the text
+        whose comments and layout to keep (default: the file's own). ``trajectory``: the run this
+        change learned from (reflect).
         """
-        _stamp([memory])
-        write_memory_file(self.memory_path(memory.id), memory, base=base)
-        self.journal(event, ids=[memory.id], kind=memory.kind, version=memory.version, **fields)
+        from memp_cli.update.history import History
 
-    def save_memories(self, memories: list[Memory], *, event: str, **fields: Any) -> None:
-        """Write many memory files, each fsynced; one journal line names them all.
+        _stamp([memory])
+        path = self.memory_path(memory.id)
+        data = render_memory_file(path, memory, base=base).encode("utf-8")
+        ver = History(self).write(memory.id, data, by=f"memp {self.command}", why=why, trajectory=trajectory)
+        if trajectory is not None:
+            fields["trajectory"] = trajectory
+        self.journal(
+            event,
+            ids=[memory.id],
+            kind=memory.kind,
+            version=memory.version,
+            history=ver.v if ver else None,
+            **fields,
+        )
+
+    def notice_edits(self, memory_ids: list[str]) -> None:
+        """Record the current content of these memory files as versions where it is not the
+        last one (hand edits the index noticed). Caller holds the lock."""
+        from memp_cli.update.history import History
+
+        history = History(self)
+        for mid in memory_ids:
+            history.notice(mid)
+
+    def save_memories(self, memories: list[Memory], *, event: str, why: str = "", **fields: Any) -> None:
+        """Write many memory files, each fsynced and each a new version (a hand edit made since
+        the last version is kept in the history first); one journal line names them all.
 
         The writes run in a few threads: fsyncs in flight together share the file
         system's journal commits (about 1 ms a file here, against 5 ms one after another).
         """
         from concurrent.futures import ThreadPoolExecutor  # not on every command's import path
 
+        from memp_cli.update.history import History
+
         _stamp(memories)
         if not memories:
             return
+        history = History(self)
+        by = f"memp {self.command}"
+
+        def one(m: Memory) -> None:
+            data = render_memory_file(self.memory_path(m.id), m).encode("utf-8")
+            history.write(m.id, data, by=by, why=why)
+
         with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
-            done = [pool.submit(write_memory_file, self.memory_path(m.id), m) for m in memories]
+            done = [pool.submit(one, m) for m in memories]
         for f in done:
             f.result()  # the first failure, if any, once every write has ended
         self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)

@@ -404,12 +404,18 @@ def complete(
     return Completion(text=text, usage=usage, cached=False, finish_reason=finish, cache_key=key)
 
 
-def json_response_format(model: str) -> dict[str, Any] | None:
+def json_response_format(model: str, schema: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``response_format`` asking ``model`` for JSON (following ``schema`` when given), or
+    None when litellm says the model takes no response_format."""
     try:
         params = _litellm().get_supported_openai_params(model=model) or []
     except Exception:
         return None
-    return {"type": "json_object"} if "response_format" in params else None
+    if "response_format" not in params:
+        return None
+    if schema is None:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
 
 
 # --------------------------------------------------------------------------- embeddings

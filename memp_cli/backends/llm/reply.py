@@ -64,15 +64,17 @@ def complete_json(
     cache: ResponseCache | None = None,
     mock_response: str | None = None,
     json_mode: bool = False,
+    schema: dict[str, Any] | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> tuple[T, Usage]:
     """Ask for a JSON object, validate it, make one repair attempt, and cache only good replies.
 
     ``validate(obj)`` returns the typed value or raises ValueError with a reason. With
     ``json_mode`` the request carries ``response_format={"type": "json_object"}`` when litellm
-    says the model supports it.
+    says the model supports it; with a ``schema`` too, ``{"type": "json_schema", ...}``, which
+    llama.cpp servers turn into a grammar, so even a tiny model's reply has the right shape.
     """
-    response_format = json_response_format(settings.model) if json_mode else None
+    response_format = json_response_format(settings.model, schema) if json_mode else None
     total = Usage()
     first = complete(
         messages,
@@ -155,8 +157,9 @@ def json_cache_key(
     settings: LLMSettings,
     *,
     json_mode: bool = False,
+    schema: dict[str, Any] | None = None,
     mock_response: str | None = None,
 ) -> str:
     """The :class:`ResponseCache` key :func:`complete_json` uses for this request."""
-    response_format = json_response_format(settings.model) if json_mode else None
+    response_format = json_response_format(settings.model, schema) if json_mode else None
     return ResponseCache.key(messages, settings, response_format=response_format, mock_response=mock_response)
