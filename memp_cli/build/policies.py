@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from memp_cli.errors import InputError
 from memp_cli.model.memory import Memory, Provenance, load_memory_file
 from memp_cli.model.trajectory import Trajectory
-from memp_cli.store import Store
+from memp_cli.store.protocol import MemoryStore
 
 if TYPE_CHECKING:  # the CLI imports this module for `memp --help`: build code loads when used
     from memp_cli.model.script import Script
@@ -46,7 +46,7 @@ def memory_id(policy: str, trajectory_id: str) -> str:
     return "m" + hashlib.sha256(f"{policy}:{trajectory_id}".encode()).hexdigest()[:12]
 
 
-def kept_steps(t: Trajectory, store: Store) -> list[dict[str, str]]:
+def kept_steps(t: Trajectory, store: MemoryStore) -> list[dict[str, str]]:
     """The concrete steps a memory keeps of ``t``, trimmed by the store's ``[distill]`` settings."""
     from memp_cli.model.steps import trim_steps
 
@@ -54,7 +54,7 @@ def kept_steps(t: Trajectory, store: Store) -> list[dict[str, str]]:
     return trim_steps([s.to_dict() for s in t.steps], cfg.max_steps, cfg.max_observation_chars)
 
 
-def trajectory_memory(t: Trajectory, store: Store) -> Memory:
+def trajectory_memory(t: Trajectory, store: MemoryStore) -> Memory:
     """A ``trajectory`` memory: the task and the steps of the run (no LLM)."""
     from memp_cli.build.builtin.keywords import extract_keywords
 
@@ -72,7 +72,7 @@ def trajectory_memory(t: Trajectory, store: Store) -> Memory:
 
 
 def script_memory(
-    t: Trajectory, script: Script, store: Store, *, policy: str, model: str, prompt_version: str
+    t: Trajectory, script: Script, store: MemoryStore, *, policy: str, model: str, prompt_version: str
 ) -> Memory:
     """A ``script`` or ``procedure`` memory from a :class:`Script`."""
     body = script.to_dict()
@@ -140,7 +140,7 @@ def is_current(built: tuple[str, str], model: str, prompt_version: str) -> bool:
     return model == BUILTIN_MODEL and built[0] not in ("", BUILTIN_MODEL)
 
 
-def resolve_policy(store: Store, policy: str | None) -> str:
+def resolve_policy(store: MemoryStore, policy: str | None) -> str:
     pol = policy or store.config.distill.policy
     if pol not in POLICIES:
         raise InputError(f"unknown policy {pol!r}", hint=f"choose one of {', '.join(POLICIES)}")

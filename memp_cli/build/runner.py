@@ -39,8 +39,8 @@ from memp_cli.build.policies import (
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.model.memory import Memory, load_memory_file
 from memp_cli.model.trajectory import Trajectory
-from memp_cli.store import Store
 from memp_cli.store.fsutil import StoreLock
+from memp_cli.store.protocol import MemoryStore
 
 BATCH = 500  # memories written under one lock acquisition, at most
 FLUSH_SECONDS = 1.0  # local policies: write at least this often
@@ -116,7 +116,7 @@ class _Cancelled:
 
 
 def distill(
-    store: Store,
+    store: MemoryStore,
     policy: str | None = "trajectory",
     *,
     model: str | None = None,
@@ -196,7 +196,9 @@ def distill(
     return report
 
 
-def _settings(store: Store, model: str, api_base: str | None, timeout: float | None, max_retries: int) -> Any:
+def _settings(
+    store: MemoryStore, model: str, api_base: str | None, timeout: float | None, max_retries: int
+) -> Any:
     from memp_cli.backends.llm import LLMSettings
 
     return LLMSettings(
@@ -209,7 +211,7 @@ def _settings(store: Store, model: str, api_base: str | None, timeout: float | N
 
 
 def _plan(
-    store: Store,
+    store: MemoryStore,
     policy: str,
     model: str,
     prompt_version: str,
@@ -274,7 +276,7 @@ def _plan(
 
 
 def _dry_run(
-    store: Store,
+    store: MemoryStore,
     jobs: list[_Job],
     policy: str,
     model: str,
@@ -324,7 +326,7 @@ class _Writer:
 
     def __init__(
         self,
-        store: Store,
+        store: MemoryStore,
         policy: str,
         model: str,
         prompt_version: str,
@@ -391,7 +393,7 @@ class _Writer:
 
 
 def _run_local(
-    store: Store, jobs: list[_Job], policy: str, model: str, prompt_version: str, writer: _Writer
+    store: MemoryStore, jobs: list[_Job], policy: str, model: str, prompt_version: str, writer: _Writer
 ) -> None:
     """No network: the trajectory policy, or the builtin distiller. One thread, batched writes."""
     batch: list[Memory] = []
@@ -420,7 +422,7 @@ def _run_local(
 
 
 def _run_llm(
-    store: Store,
+    store: MemoryStore,
     jobs: list[_Job],
     policy: str,
     prompt: Any,

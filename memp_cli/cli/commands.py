@@ -43,7 +43,7 @@ def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
 def report_sync(report: index_mod.SyncReport, store: Store, embedder: str, n: int) -> None:
     """The stderr lines of a sync: why it rebuilt, broken files, what it embedded."""
     if report.rebuild_reason:
-        output.warn(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
+        output.warn(f"{report.rebuild_reason}; rebuilt the index from the memories of {store.root}")
     for e in report.broken:
         output.warn(str(e).split("\n")[0] + " (left out of the index)")
     if report.embedded:

@@ -44,7 +44,7 @@ def index_sync() -> None:
     with output.progress_bar("embedding memories") as progress:
         idx, report = index_mod.sync(store, emb, progress=progress)
     if report.rebuild_reason:
-        output.warn(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
+        output.warn(f"{report.rebuild_reason}; rebuilt the index from the memories of {store.root}")
     for e in report.broken:
         output.warn(str(e).split("\n")[0] + " (left out of the index)")
     output.info(

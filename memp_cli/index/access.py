@@ -30,7 +30,7 @@ from memp_cli.index.writer import Progress, SyncReport, build_in_memory, sync
 
 if TYPE_CHECKING:
     from memp_cli.backends.embedders import Embedder
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 # What makes a store unwritable for this process (no permission, read-only file system).
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -47,7 +47,7 @@ class Opened:
 
 
 def open_index(
-    store: Store,
+    store: MemoryStore,
     embedder: Embedder,
     *,
     keywords: bool = False,
@@ -141,16 +141,16 @@ def open_index(
     finally:
         store.lock.release()
     if report.rebuild_reason:
-        note(f"{report.rebuild_reason}; rebuilt the index from {store.memories_dir}")
+        note(f"{report.rebuild_reason}; rebuilt the index from the memories of {store.root}")
     elif report.repaired:
-        note(f"{report.repaired[0]}; repaired the index from {store.memories_dir}")
+        note(f"{report.repaired[0]}; repaired the index from the memories of {store.root}")
     elif why:  # damaged files a sync rewrote without calling it a rebuild
-        note(f"{why}; rebuilt the damaged index files from {store.memories_dir}")
+        note(f"{why}; rebuilt the damaged index files from the memories of {store.root}")
     opened.index, opened.report = index, report
     return opened
 
 
-def _try_lock(store: Store) -> LockedError | OSError | None:
+def _try_lock(store: MemoryStore) -> LockedError | OSError | None:
     """Take the writers' lock without waiting: None when taken (release it), the LockedError when
     another process holds it, the OSError when this process cannot create or open the lock file
     (a read-only store)."""
@@ -181,7 +181,7 @@ def _refused(err: BaseException) -> OSError | None:
 
 
 def _read_only(
-    store: Store,
+    store: MemoryStore,
     embedder: Embedder,
     opened: Opened,
     last: Index | None,

@@ -13,14 +13,14 @@ from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, StoreError
 from memp_cli.index.state import EMBED_BATCH, KW_VERSION, REBUILD_HINT, State, kw_paths
 from memp_cli.index.vectors import import_hnswlib
-from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.model.memory import Memory
 
 if TYPE_CHECKING:
     import hnswlib
     import numpy as np
 
     from memp_cli.index.writer import SyncReport
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 
 def memory_keywords(mem: Memory) -> list[str]:
@@ -113,7 +113,7 @@ class KeywordIndex:
         return np.asarray(self.hnsw.get_items(np.asarray(labels).tolist()), dtype=np.float32)
 
 
-def load_keywords(store: Store, state: State) -> KeywordIndex:
+def load_keywords(store: MemoryStore, state: State) -> KeywordIndex:
     import numpy as np
 
     jpath, bpath = kw_paths(store, state.generation)
@@ -152,7 +152,7 @@ def load_keywords(store: Store, state: State) -> KeywordIndex:
 
 
 def sync_keywords(
-    store: Store,
+    store: MemoryStore,
     embedder: Embedder,
     state: State,
     old: State | None,
@@ -183,7 +183,7 @@ def sync_keywords(
                 offsets.append(len(flat))
                 continue
             try:  # no usable old keyword data: read the (unchanged) file again
-                src = memory_keywords(load_memory_file(store.memories_dir / f"{state.ids[pos]}.toml"))
+                src = memory_keywords(store.read_memory(state.ids[pos]))
             except MemoryFileError:
                 src = []
         for w in src:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memp_cli.index.lexical import LexicalIndex
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 
 class Index:
@@ -34,7 +34,7 @@ class Index:
 
     def __init__(
         self,
-        store: Store,
+        store: MemoryStore,
         state: State,
         hnsw: hnswlib.Index | None,
         lexical: LexicalIndex | None,
@@ -134,7 +134,7 @@ class Index:
         return np.asarray(self._hnsw.get_items(labels), dtype=np.float32)
 
 
-def check_files(store: Store, state: State) -> None:
+def check_files(store: MemoryStore, state: State) -> None:
     """Raise StoreError unless every file of the state's generation (the graph aside) is there
     and consistent with it: ``files-<gen>.json``, ``vectors-<gen>.npy``, the BM25 arrays and
     the keyword files (``memp doctor``)."""
@@ -146,7 +146,7 @@ def check_files(store: Store, state: State) -> None:
         load_keywords(store, state)
 
 
-def read_lexical(store: Store, state: State) -> LexicalIndex | None:
+def read_lexical(store: MemoryStore, state: State) -> LexicalIndex | None:
     """The BM25 index of the state's generation (None for an empty index or one in format 2,
     whose BM25 files were not part of its generation). StoreError when missing or damaged."""
     from memp_cli.index.lexical import LexicalIndex
@@ -162,7 +162,7 @@ def read_lexical(store: Store, state: State) -> LexicalIndex | None:
 
 
 def load_lexical(
-    store: Store, state: State, files: FileTable | None = None, problems: list[str] | None = None
+    store: MemoryStore, state: State, files: FileTable | None = None, problems: list[str] | None = None
 ) -> LexicalIndex | None:
     """The BM25 index; built in memory from the texts of ``files-<gen>.json`` (not written:
     readers never write) when its files are missing or damaged (said in ``problems``), or
@@ -184,7 +184,7 @@ def load_lexical(
 
 
 def load(
-    store: Store, *, keywords: bool = False, state: State | None = None, exact: bool = False
+    store: MemoryStore, *, keywords: bool = False, state: State | None = None, exact: bool = False
 ) -> Index | None:
     """Load the index as it is on disk (no sync). None when there is none.
 

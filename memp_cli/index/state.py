@@ -6,8 +6,6 @@ See :mod:`memp_cli.index` for the files and what reads them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.errors import ModelError, StoreError
-from memp_cli.store.fsutil import TMP_PREFIX
 
 if TYPE_CHECKING:
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 STATE_NAME = "state.json"
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
@@ -144,11 +141,11 @@ class FileTable:
         return orjson.dumps({"index_version": INDEX_VERSION, "generation": generation, **vars(self)})
 
 
-def state_path(store: Store) -> Path:
+def state_path(store: MemoryStore) -> Path:
     return store.index_dir / STATE_NAME
 
 
-def read_state(store: Store) -> State | None:
+def read_state(store: MemoryStore) -> State | None:
     p = state_path(store)
     try:
         raw = p.read_bytes()
@@ -157,15 +154,15 @@ def read_state(store: Store) -> State | None:
     return State.from_json(raw, p)
 
 
-def hnsw_path(store: Store, generation: int) -> Path:
+def hnsw_path(store: MemoryStore, generation: int) -> Path:
     return store.index_dir / f"hnsw-{generation}.bin"
 
 
-def vectors_path(store: Store, generation: int) -> Path:
+def vectors_path(store: MemoryStore, generation: int) -> Path:
     return store.index_dir / f"vectors-{generation}.npy"
 
 
-def files_path(store: Store, generation: int) -> Path:
+def files_path(store: MemoryStore, generation: int) -> Path:
     return store.index_dir / f"files-{generation}.json"
 
 
@@ -174,7 +171,7 @@ def lexical_stem(generation: int) -> str:
     return f"lexical-{generation}"
 
 
-def generation_files(store: Store, state: State) -> set[str]:
+def generation_files(store: MemoryStore, state: State) -> set[str]:
     """The names of the files of ``state``'s generation that may exist in the index directory
     (``keywords-<gen>.bin`` only when the store has keywords, the graph and the vectors only
     when it has memories): every other file there is left over from an interrupted write or
@@ -190,7 +187,7 @@ def generation_files(store: Store, state: State) -> set[str]:
     return names
 
 
-def leftover_files(store: Store, state: State | None) -> list[Path]:
+def leftover_files(store: MemoryStore, state: State | None) -> list[Path]:
     """Files in the index directory that no complete generation names (``memp doctor``)."""
     keep = generation_files(store, state) if state is not None else {STATE_NAME}
     try:
@@ -199,7 +196,7 @@ def leftover_files(store: Store, state: State | None) -> list[Path]:
         return []
 
 
-def load_files(store: Store, state: State) -> FileTable:
+def load_files(store: MemoryStore, state: State) -> FileTable:
     path = files_path(store, state.generation)
     n = len(state.ids)
     try:
@@ -216,11 +213,11 @@ def load_files(store: Store, state: State) -> FileTable:
     return table
 
 
-def kw_paths(store: Store, generation: int) -> tuple[Path, Path]:
+def kw_paths(store: MemoryStore, generation: int) -> tuple[Path, Path]:
     return store.index_dir / f"keywords-{generation}.json", store.index_dir / f"keywords-{generation}.bin"
 
 
-def check_embedder(store: Store, state: State, embedder_name: str, dim: int | None = None) -> None:
+def check_embedder(store: MemoryStore, state: State, embedder_name: str, dim: int | None = None) -> None:
     if state.embedder != embedder_name:
         raise ModelError(
             f"the index of {store.root} was built with embedder {state.embedder!r}, not {embedder_name!r}",
@@ -234,28 +231,17 @@ def check_embedder(store: Store, state: State, embedder_name: str, dim: int | No
         )
 
 
-def scan(store: Store) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
-    with os.scandir(store.memories_dir) as it:
-        for e in it:
-            name = e.name
-            if not name.endswith(".toml") or name.startswith(TMP_PREFIX):
-                continue
-            try:
-                st = e.stat()
-            except FileNotFoundError:
-                continue
-            out[name[:-5]] = (st.st_mtime_ns, st.st_size)
-    return out
+def scan(store: MemoryStore) -> dict[str, tuple[int, int]]:
+    """Each memory file's (mtime_ns, size), from the store."""
+    return store.memory_stamps()
 
 
-def is_fresh(store: Store, state: State | None) -> bool:
+def is_fresh(store: MemoryStore, state: State | None) -> bool:
     """Cheap check that the index matches the memory files."""
     if state is None:
-        return not any(True for _ in iter_toml(store))
-    try:
-        dir_mtime = store.memories_dir.stat().st_mtime_ns
-    except FileNotFoundError:
+        return not store.memory_ids()
+    dir_mtime = store.memories_mtime_ns()
+    if dir_mtime < 0:
         return not state.ids
     if dir_mtime != state.dir_mtime_ns:
         return False
@@ -278,16 +264,7 @@ def is_fresh(store: Store, state: State | None) -> bool:
     return files == dict(zip(state.ids, zip(table.mtimes, table.sizes, strict=True), strict=True))
 
 
-def iter_toml(store: Store) -> Iterator[str]:
-    try:
-        for n in os.listdir(store.memories_dir):
-            if n.endswith(".toml") and not n.startswith(TMP_PREFIX):
-                yield n
-    except FileNotFoundError:
-        return
-
-
-def peek_generation(store: Store) -> int:
+def peek_generation(store: MemoryStore) -> int:
     """The generation an unreadable state.json names, if it still says (else 0): a rebuild
     continues after it, so no file name of the old index is reused."""
     try:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import hnswlib
     import numpy as np
 
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 
 def import_hnswlib() -> Any:
@@ -23,7 +23,7 @@ def import_hnswlib() -> Any:
     return hnswlib
 
 
-def load_hnsw(store: Store, state: State) -> hnswlib.Index | None:
+def load_hnsw(store: MemoryStore, state: State) -> hnswlib.Index | None:
     if not state.ids:
         return None
     hnswlib = import_hnswlib()
@@ -37,7 +37,7 @@ def load_hnsw(store: Store, state: State) -> hnswlib.Index | None:
     return idx
 
 
-def load_vectors(store: Store, state: State) -> np.ndarray:
+def load_vectors(store: MemoryStore, state: State) -> np.ndarray:
     """``vectors-<gen>.npy`` memory-mapped (read-only), checked against the state."""
     import numpy as np
 
@@ -68,7 +68,7 @@ def unit_rows(vecs: Any) -> np.ndarray:
     return v
 
 
-def save_hnsw(store: Store, hnsw: hnswlib.Index, name: str) -> None:
+def save_hnsw(store: MemoryStore, hnsw: hnswlib.Index, name: str) -> None:
     with atomic_output(store.index_dir / name) as tmp:
         hnsw.save_index(str(tmp))
 

@@ -37,7 +37,7 @@ from memp_cli.index.state import (
     vectors_path,
 )
 from memp_cli.index.vectors import import_hnswlib, load_hnsw, load_vectors, save_hnsw, save_npy, unit_rows
-from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.model.memory import Memory
 from memp_cli.store.fsutil import atomic_write
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memp_cli.index.lexical import LexicalIndex
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 Progress = Callable[[int, int], None]
 
@@ -72,7 +72,7 @@ class SyncReport:
 
 
 def sync(
-    store: Store,
+    store: MemoryStore,
     embedder: Embedder,
     *,
     rebuild: bool = False,
@@ -96,7 +96,7 @@ def sync(
 
 
 def build_in_memory(
-    store: Store, embedder: Embedder, *, progress: Progress | None = None
+    store: MemoryStore, embedder: Embedder, *, progress: Progress | None = None
 ) -> tuple[Index, SyncReport]:
     """What :func:`sync` would make of the index, without the lock and without writing: for a
     store this process may not write. Only what changed since the last generation is embedded."""
@@ -104,13 +104,13 @@ def build_in_memory(
 
 
 def _sync(
-    store: Store, embedder: Embedder, *, rebuild: bool, progress: Progress | None, persist: bool
+    store: MemoryStore, embedder: Embedder, *, rebuild: bool, progress: Progress | None, persist: bool
 ) -> tuple[Index, SyncReport]:
     import numpy as np
 
     report = SyncReport(rebuilt=rebuild)
     old, last_generation = _read_old(store, embedder, rebuild, report)
-    dir_mtime = store.memories_dir.stat().st_mtime_ns
+    dir_mtime = store.memories_mtime_ns()
     files = scan(store)
     state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
     table = FileTable()
@@ -219,7 +219,7 @@ def _sync(
 
 
 def _read_old(
-    store: Store, embedder: Embedder, rebuild: bool, report: SyncReport
+    store: MemoryStore, embedder: Embedder, rebuild: bool, report: SyncReport
 ) -> tuple[State | None, int]:
     """The state a sync starts from (None: from scratch) and the last generation written."""
     try:
@@ -246,7 +246,7 @@ def _read_old(
 
 
 def _plan(
-    store: Store,
+    store: MemoryStore,
     files: dict[str, tuple[int, int]],
     old: State | None,
     old_table: FileTable,
@@ -273,7 +273,7 @@ def _plan(
             kw_src.append(i)
             continue
         try:
-            mem = load_memory_file(store.memories_dir / f"{mid}.toml")
+            mem = store.read_memory(mid)
         except MemoryFileError as e:
             report.broken.append(e)
             state.broken[mid] = [mtime, size]
@@ -308,7 +308,7 @@ def _plan(
 
 
 def _embed(
-    store: Store,
+    store: MemoryStore,
     embedder: Embedder,
     state: State,
     hnsw: hnswlib.Index,
@@ -353,7 +353,7 @@ def _lexical_text(mem: Memory) -> str:
 
 
 def _checkpoint(
-    store: Store,
+    store: MemoryStore,
     state: State,
     hnsw: hnswlib.Index,
     kw: KeywordIndex,
@@ -407,7 +407,7 @@ def _build_lexical(state: State, table: FileTable) -> LexicalIndex | None:
 
 
 def write_generation(
-    store: Store,
+    store: MemoryStore,
     state: State,
     hnsw: hnswlib.Index | None,
     kw: KeywordIndex,

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import InputError, MemoryFileError
 from memp_cli.index import Index, KeywordIndex, unit_rows
-from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.model.memory import Memory
 
 if TYPE_CHECKING:
     import numpy as np
@@ -464,7 +464,7 @@ class Retriever:
                     break
                 mid = self.index.state.ids[pos]
                 try:
-                    mem = load_memory_file(self.index.store.memories_dir / f"{mid}.toml")
+                    mem = self.index.store.read_memory(mid)
                 except MemoryFileError as e:
                     self.warnings.append(str(e))
                     continue

@@ -41,6 +41,7 @@ from memp_cli.store.fsutil import (
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
     from memp_cli.ingest import ReadResult
+    from memp_cli.store.protocol import MemoryStore
 
 DEFAULT_STORE = ".memp"
 SAVE_THREADS = 8  # memory files written (and fsynced) at once by save_memories
@@ -261,6 +262,38 @@ class Store:
             raise NotFoundError(f"no memory {memory_id!r} in {self.root}", hint="see `memp list`")
         return load_memory_file(path)
 
+    def read_memory(self, memory_id: str) -> Memory:
+        """One memory as its file is now; MemoryFileError (naming ``path:line``) when it is
+        broken or gone (readers that may race a delete report it and go on)."""
+        return load_memory_file(self.memories_dir / f"{memory_id}.toml")
+
+    def memory_stamps(self) -> dict[str, tuple[int, int]]:
+        """Each memory file's (mtime_ns, size): what the index compares to notice a change."""
+        out: dict[str, tuple[int, int]] = {}
+        try:
+            it = os.scandir(self.memories_dir)
+        except FileNotFoundError:
+            return out
+        with it:
+            for e in it:
+                name = e.name
+                if not name.endswith(".toml") or name.startswith(TMP_PREFIX):
+                    continue
+                try:
+                    st = e.stat()
+                except FileNotFoundError:
+                    continue
+                out[name[:-5]] = (st.st_mtime_ns, st.st_size)
+        return out
+
+    def memories_mtime_ns(self) -> int:
+        """The memories folder's mtime (an add, a delete or a save by rename changes it); -1
+        when it does not exist."""
+        try:
+            return self.memories_dir.stat().st_mtime_ns
+        except FileNotFoundError:
+            return -1
+
     def iter_memories(self) -> Iterator[Memory | MemoryFileError]:
         """Every memory file, parsed; a broken one yields its error instead."""
         for mid in self.memory_ids():
@@ -359,7 +392,7 @@ def resolve_store_path(store: str | os.PathLike[str] | None) -> Path:
     return Path(store) if store else Path(os.environ.get("MEMP_STORE") or DEFAULT_STORE)
 
 
-def store_embedder(store: Store, name: str | None = None) -> Any:
+def store_embedder(store: MemoryStore, name: str | None = None) -> Any:
     """The embedder the store is configured with (or ``name``, checked later against the index)."""
     from memp_cli.backends.embedders import get_embedder
 

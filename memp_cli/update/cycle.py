@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from memp_cli.build.runner import DistillReport
     from memp_cli.ingest import ReadResult
-    from memp_cli.store import IngestReport, Store
+    from memp_cli.store import IngestReport
+    from memp_cli.store.protocol import MemoryStore
     from memp_cli.update.prune import Decision
     from memp_cli.update.reflect import ReflectReport
 
@@ -53,7 +54,7 @@ class CycleReport:
 
 
 def run_cycle(
-    store: Store,
+    store: MemoryStore,
     inputs: Iterable[Iterable[ReadResult]] = (),
     *,
     model: str | None = None,

@@ -37,7 +37,7 @@ from memp_cli.store import appendlog
 from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir
 
 if TYPE_CHECKING:
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 HAND_EDIT = "hand edit"
 BEFORE_HISTORY = "before history"
@@ -80,7 +80,7 @@ class Version:
 class History:
     """The history of every memory in one store. Writing needs the store lock."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self.root = store.history_dir
 
@@ -135,7 +135,7 @@ class History:
         if not versions:
             return False
         try:
-            data = (self.store.memories_dir / f"{memory_id}.toml").read_bytes()
+            data = self.store.memory_path(memory_id).read_bytes()
         except FileNotFoundError:
             return False
         last = versions[-1]
@@ -188,7 +188,7 @@ class History:
         """Record the file's current content if it is not the last version (a hand edit, or
         a memory from before history): returns the version recorded, if any. A file missing
         after a version with content is recorded as deleted by hand."""
-        path = self.store.memories_dir / f"{memory_id}.toml"
+        path = self.store.memory_path(memory_id)
         versions = self.versions(memory_id)
         last = versions[-1] if versions else None
         try:
@@ -223,7 +223,7 @@ class History:
         self.notice(memory_id)
         versions = self.versions(memory_id)
         digest = sha256(data)
-        path = self.store.memories_dir / f"{memory_id}.toml"
+        path = self.store.memory_path(memory_id)
         if versions and versions[-1].sha256 == digest and path.exists():
             return None
         self._put_object(data)

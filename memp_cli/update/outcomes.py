@@ -28,7 +28,7 @@ from memp_cli.store import appendlog
 
 if TYPE_CHECKING:
     from memp_cli.model.memory import Memory
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 OUTCOMES = ("success", "failure", "unknown")
 
@@ -104,7 +104,7 @@ class Usage:
         }
 
 
-def add_usage(store: Store, memories: list[Memory]) -> None:
+def add_usage(store: MemoryStore, memories: list[Memory]) -> None:
     """Add each memory's ledger statistics to ``memory.stats`` (for display and ranking): uses
     count as ``retrieved``. The file's own ``[stats]`` (0 unless set by hand or by an older
     memp) are the base."""
@@ -147,7 +147,7 @@ class Ledger:
         self.path = path
 
     @classmethod
-    def of(cls, store: Store) -> Ledger:
+    def of(cls, store: MemoryStore) -> Ledger:
         return cls(store.outcomes_path)
 
     def __iter__(self) -> Iterator[Outcome]:
@@ -212,7 +212,7 @@ class RecordReport:
     unknown_ids: list[str] = field(default_factory=list)
 
 
-def record(store: Store, outcomes: list[Outcome]) -> RecordReport:
+def record(store: MemoryStore, outcomes: list[Outcome]) -> RecordReport:
     """Count ``outcomes`` (under the store lock). An outcome for a memory the store does not
     have (neither in ``memories/`` nor in the trash) is not counted and is reported in
     ``unknown_ids`` (a warning, not an error)."""

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memp_cli.index import Index
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 RULES = ("failing", "duplicate", "stale", "capacity")
 _Z = {0.5: 0.674, 0.68: 0.994, 0.8: 1.282, 0.9: 1.645, 0.95: 1.96, 0.99: 2.576}
@@ -128,7 +128,7 @@ def duplicate_groups(memories: list[Memory], vectors: np.ndarray, threshold: flo
 
 
 def plan(
-    store: Store,
+    store: MemoryStore,
     index: Index,
     rules: PruneRules,
     *,
@@ -211,7 +211,7 @@ def plan(
     return sorted(decided.values(), key=lambda d: (RULES.index(d.rule), d.id))
 
 
-def apply(store: Store, decisions: list[Decision]) -> None:
+def apply(store: MemoryStore, decisions: list[Decision]) -> None:
     """Carry out ``decisions`` (caller holds the store lock): merge the outcomes of duplicates
     into their keeper (and their runs into its provenance, a new version of the keeper), then
     move every decided memory to the trash with its rule and figures."""

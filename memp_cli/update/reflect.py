@@ -32,7 +32,7 @@ from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import appendlog
 
 if TYPE_CHECKING:
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 MAX_PITFALLS = 12
 MAX_ADDED_STEPS = 5
@@ -164,7 +164,7 @@ class Reflections:
     """``<store>/reflections.jsonl``: every (memory, failed run) pair a reflection handled,
     whether it changed the memory or found nothing to add, so no pair is handled twice."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: MemoryStore) -> None:
         self.path = store.reflections_path
 
     def handled(self) -> set[tuple[str, str]]:
@@ -193,7 +193,7 @@ class Reflections:
 
 
 def pending(
-    store: Store,
+    store: MemoryStore,
     *,
     trajectories: set[str] | None = None,
     memory: str | None = None,
@@ -238,11 +238,10 @@ def pending(
     return out
 
 
-def nearest_procedures(store: Store, runs: list[Trajectory]) -> list[str | None]:
+def nearest_procedures(store: MemoryStore, runs: list[Trajectory]) -> list[str | None]:
     """For each run, the best-matching memory that has a script, came from a successful run
     other than this one and (when both say) has its task type; None when there is none."""
     from memp_cli.index import sync
-    from memp_cli.model.memory import load_memory_file
     from memp_cli.retrieve.retriever import Retriever
     from memp_cli.store import store_embedder
 
@@ -259,7 +258,7 @@ def nearest_procedures(store: Store, runs: list[Trajectory]) -> list[str | None]
                 break
             mid = idx.state.ids[pos]
             try:
-                m = load_memory_file(store.memories_dir / f"{mid}.toml")
+                m = store.read_memory(mid)
             except MemoryFileError:
                 continue
             if not m.script or m.success is False or t.id in m.provenance.trajectories:
@@ -305,7 +304,7 @@ class ReflectReport:
         }
 
 
-def _by_id(store: Store, ids: set[str]) -> Iterator[Trajectory]:
+def _by_id(store: MemoryStore, ids: set[str]) -> Iterator[Trajectory]:
     for t in store.iter_trajectories():
         if t.id in ids:
             yield t
@@ -381,7 +380,7 @@ def llm_reflection(
 
 
 def reflect(
-    store: Store,
+    store: MemoryStore,
     todo: list[Pending],
     *,
     dry_run: bool = False,

@@ -24,7 +24,7 @@ from memp_cli.store.fsutil import atomic_write, fsync_dir
 from memp_cli.update.history import History
 
 if TYPE_CHECKING:
-    from memp_cli.store import Store
+    from memp_cli.store.protocol import MemoryStore
 
 
 @dataclass
@@ -39,11 +39,11 @@ class TrashEntry:
         return {"id": self.id, "time": self.time, "by": self.by, "why": self.why, **self.details}
 
 
-def is_trashed(store: Store, memory_id: str) -> bool:
+def is_trashed(store: MemoryStore, memory_id: str) -> bool:
     return (store.trash_dir / f"{memory_id}.toml").exists()
 
 
-def trashed_ids(store: Store) -> set[str]:
+def trashed_ids(store: MemoryStore) -> set[str]:
     try:
         names = os.listdir(store.trash_dir)
     except FileNotFoundError:
@@ -51,7 +51,7 @@ def trashed_ids(store: Store) -> set[str]:
     return {n[:-5] for n in names if n.endswith(".toml") and valid_id(n[:-5])}
 
 
-def entries(store: Store) -> list[TrashEntry]:
+def entries(store: MemoryStore) -> list[TrashEntry]:
     out: list[TrashEntry] = []
     for mid in sorted(trashed_ids(store)):
         meta: dict[str, Any] = {}
@@ -68,7 +68,7 @@ def entries(store: Store) -> list[TrashEntry]:
     return out
 
 
-def check_forgettable(store: Store, memory_ids: list[str]) -> None:
+def check_forgettable(store: MemoryStore, memory_ids: list[str]) -> None:
     """Raise NotFoundError unless every id is a memory in ``memories/`` (checked before any
     is moved, so a typo in a list changes nothing)."""
     for memory_id in memory_ids:
@@ -81,7 +81,7 @@ def check_forgettable(store: Store, memory_ids: list[str]) -> None:
 
 
 def forget(
-    store: Store, memory_id: str, *, by: str, why: str, details: dict[str, Any] | None = None
+    store: MemoryStore, memory_id: str, *, by: str, why: str, details: dict[str, Any] | None = None
 ) -> TrashEntry:
     """Move one memory to the trash (caller holds the store lock). Its last content is kept in
     its history too, so even an emptied trash leaves ``memp history``/``revert`` able to bring
@@ -99,12 +99,12 @@ def forget(
     )
     os.replace(path, store.trash_dir / f"{memory_id}.toml")
     fsync_dir(store.trash_dir)
-    fsync_dir(store.memories_dir)
+    fsync_dir(path.parent)
     history.record_deleted(memory_id, by=by, why=why)
     return entry
 
 
-def check_restorable(store: Store, memory_ids: list[str]) -> None:
+def check_restorable(store: MemoryStore, memory_ids: list[str]) -> None:
     """Raise unless every id is in the trash and free to come back (checked before any moves)."""
     for memory_id in memory_ids:
         if not valid_id(memory_id) or not is_trashed(store, memory_id):
@@ -117,7 +117,7 @@ def check_restorable(store: Store, memory_ids: list[str]) -> None:
             )
 
 
-def restore(store: Store, memory_id: str, *, by: str = "memp restore") -> None:
+def restore(store: MemoryStore, memory_id: str, *, by: str = "memp restore") -> None:
     """Bring a memory back from the trash (caller holds the store lock)."""
     check_restorable(store, [memory_id])
     src = store.trash_dir / f"{memory_id}.toml"
@@ -129,13 +129,13 @@ def restore(store: Store, memory_id: str, *, by: str = "memp restore") -> None:
     fsync_dir(store.trash_dir)
 
 
-def notice_hand_deletes(store: Store, candidates: set[str]) -> list[str]:
+def notice_hand_deletes(store: MemoryStore, candidates: set[str]) -> list[str]:
     """Of ``candidates`` (ids whose file is missing), those deleted by hand: put each in the
     trash from its last version, as a tombstone. Returns their ids (caller holds the lock)."""
     history = History(store)
     found: list[str] = []
     for mid in sorted(candidates):
-        if is_trashed(store, mid) or (store.memories_dir / f"{mid}.toml").exists():
+        if is_trashed(store, mid) or store.memory_path(mid).exists():
             continue
         versions = history.versions(mid)
         if not versions:
@@ -155,7 +155,7 @@ def notice_hand_deletes(store: Store, candidates: set[str]) -> list[str]:
     return found
 
 
-def empty(store: Store, ids: list[str] | None = None) -> list[str]:
+def empty(store: MemoryStore, ids: list[str] | None = None) -> list[str]:
     """Remove memories from the trash for good (all, or ``ids``). Their history stays."""
     removed: list[str] = []
     targets = sorted(trashed_ids(store)) if ids is None else ids
