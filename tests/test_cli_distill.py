@@ -141,14 +141,24 @@ def test_every_policy_keeps_the_same_steps_with_one_marker(store: Path) -> None:
     text = cfg.read_text().replace("max_steps = 40", "max_steps = 5")
     cfg.write_text(text.replace("max_observation_chars = 300", "max_observation_chars = 40"))
     _ingest(FILES["conversations"])  # runs of 7 to 34 steps, observations with spaces at the cut
+    runs = list(map(parse_record, read_records(FILES["conversations"])))
+
+    def steps_now() -> dict[str, list[dict[str, str]]]:
+        # one memory per run: the proceduralization rebuilds it as a new version, same id
+        return {
+            t.id: tomllib.loads((store / "memories" / f"{memory_id('trajectory', t.id)}.toml").read_text())[
+                "steps"
+            ]
+            for t in runs
+        }
+
     memp(*DISTILL)
+    as_trajectory = steps_now()
     memp("distill", "--policy", "proceduralization", "--model", "builtin")
+    as_procedure = steps_now()
     trimmed = 0
-    for t in map(parse_record, read_records(FILES["conversations"])):
-        by_policy = [
-            tomllib.loads((store / "memories" / f"{memory_id(p, t.id)}.toml").read_text())["steps"]
-            for p in ("trajectory", "proceduralization")
-        ]
+    for t in runs:
+        by_policy = [as_trajectory[t.id], as_procedure[t.id]]
         assert by_policy[0] == by_policy[1]
         steps = by_policy[0]
         observations = [s["observation"] for s in steps]

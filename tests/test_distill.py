@@ -229,12 +229,14 @@ def test_distill_summary_comes_after_the_index_update(store: Path) -> None:
 def test_builtin_script_policy_and_trajectory_keywords(store: Path) -> None:
     _ingest(WEB)
     memp("distill", "--policy", "script", "--model", "builtin")
-    memp("distill", "--policy", "trajectory")
+    scripts = {t.id: _load(store, memory_id("script", t.id)) for t in TRAJ[-4:]}
+    memp("distill", "--policy", "trajectory")  # the same memories, as new versions
     for t in TRAJ[-4:]:
-        script = _load(store, memory_id("script", t.id))
+        script = scripts[t.id]
         assert script["kind"] == "script" and "steps" not in script
         assert script["provenance"]["model"] == "builtin"
-        traj = _load(store, memory_id("trajectory", t.id))
+        traj = _load(store, memory_id("script", t.id))
+        assert (traj["kind"], traj["version"]) == ("trajectory", 2)
         assert traj["keywords"] == extract_keywords(t.task)
         assert traj["provenance"]["model"] == ""
 
@@ -362,7 +364,8 @@ def test_script_policy_over_http(store: Path, srv: LLMServer) -> None:
     # Proceduralization asks the same prompt: every reply comes from the cache.
     rep = _summary(_llm(srv, "--policy", "proceduralization", "--json"))
     assert (rep["written"], rep["cached_calls"], rep["calls"]) == (22, 22, 0) and srv.requests == []
-    data = _load(store, memory_id("proceduralization", TRAJ[0].id))
+    assert rep["versioned"] == 22  # one memory per run: the script memories, as procedures now
+    data = _load(store, memory_id("script", TRAJ[0].id))
     assert data["kind"] == "procedure" and data["script"]["title"] and data["steps"]
 
 
@@ -446,12 +449,15 @@ def test_prompt_override_with_a_new_version_redistills(store: Path, srv: LLMServ
             "Reply with the JSON script only.", "JSON only, please."
         )
     )
+    # the stats edit above is a hand edit: kept unless --replace-edits (which keeps the stats)
     r = _llm(srv, "--dry-run", "--json")
+    assert len(r.jsonl()[:-1]) == 3
+    r = _llm(srv, "--dry-run", "--replace-edits", "--json")
     rows = r.jsonl()[:-1]
     assert {row["version"] for row in rows} == {2} and {row["prompt_version"] for row in rows} == {
         "script-v2"
     }
-    rep = _summary(_llm(srv, "--json"))
+    rep = _summary(_llm(srv, "--replace-edits", "--json"))
     assert (rep["read"], rep["written"], rep["versioned"], rep["prompt_version"]) == (4, 4, 4, "script-v2")
     assert len(srv.requests) == 4 and "JSON only, please." in srv.requests[0]["messages"][-1]["content"]
     data = _load(store, mid)

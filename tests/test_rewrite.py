@@ -221,7 +221,9 @@ def test_a_redistill_keeps_the_hand_comments(vanilla_store: Path, server: LLMSer
     text = text.replace("[stats]\n", "[stats]\n# inside stats\n", 1)
     text = text.replace('\nkind = "procedure"\n', '\nkind = "procedure"  # inline kind\n', 1)
     path.write_text(text, encoding="utf-8")
-    rep = memp("distill", "--model", "openai/test-model", "--api-base", server.url, "--json").jsonl()[-1]
+    rep = memp(
+        "distill", "--model", "openai/test-model", "--api-base", server.url, "--replace-edits", "--json"
+    ).jsonl()[-1]
     assert rep["versioned"] == 4
     after = path.read_text(encoding="utf-8")
     for comment in ("# top: reviewed by hand", "# inside stats", "# inline kind"):
