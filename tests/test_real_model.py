@@ -209,3 +209,36 @@ def test_real_model_with_the_builtin_prompt_fails_cleanly_or_writes(
         assert run.code == ExitCode.LLM
         assert "1 trajectory failed and stays pending" in run.stderr
         assert rep["calls"] == 2  # the reply and the repair attempt
+
+
+def test_real_model_reflects_a_failure_into_a_valid_script(
+    real_llm: RealModelServer, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The paper's adjustment with a real (tiny) model: the reply is constrained to the JSON
+    schema, so it is a valid diagnosis and script; or, if not, nothing changes."""
+    from conftest import FILES, read_records
+
+    records = read_records(FILES["native"])
+    failed = next(r for r in records if r["success"] is False)
+    ok = next(r for r in records if r["success"] is True and r["task_type"] == failed["task_type"])
+    mid = memory_id("proceduralization", parse_record(ok).id)
+    memp("ingest", "-", input=(json.dumps(ok) + "\n").encode())
+    memp("distill")  # builtin: the memory the failure used
+    memp("ingest", "-", input=(json.dumps(dict(failed, memories_used=[mid])) + "\n").encode())
+    before = tomllib.loads((store / "memories" / f"{mid}.toml").read_text(encoding="utf-8"))
+    run = memp("reflect", "--model", MODEL, "--api-base", real_llm.url, "--json", expect=None)
+    assert run.code == 0, f"{run!r}\n--- server log\n{real_llm.log_tail()}"
+    after = tomllib.loads((store / "memories" / f"{mid}.toml").read_text(encoding="utf-8"))
+    rows = run.jsonl()
+    if rows and rows[0]["changed"]:
+        assert after["version"] == before["version"] + 1
+        script = after["script"]
+        assert script["title"].strip() and script["steps"] and all(s.strip() for s in script["steps"])
+        assert script["generator"] == f"{MODEL} (LLM reflection)"
+        with capsys.disabled():
+            print(f"\n  diagnosis: {rows[0]['diagnosis']}\n  revised script: {json.dumps(script)[:800]}")
+    else:  # an invalid reply after the repair: reported, and the memory is untouched
+        assert "nothing changed" in run.stderr
+        assert after == before
+        with capsys.disabled():
+            print(f"\n  no change: {run.stderr.strip()[:800]}")
