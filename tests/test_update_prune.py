@@ -10,7 +10,7 @@ import pytest
 from conftest import FILES, memory_ids, memp, read_records
 
 from memp_cli.update.outcomes import Usage
-from memp_cli.update.prune import PruneRules
+from memp_cli.update.prune import PruneRules, z_of
 
 
 def _set_prune(store: Path, **values: object) -> None:
@@ -33,7 +33,7 @@ def _feedback(mid: str, outcomes: str) -> None:
 
 
 def test_wilson_bound_spares_one_unlucky_run() -> None:
-    z = PruneRules().z
+    z = z_of(PruneRules().confidence)
     assert Usage(uses=3, failures=3).upper_bound(z) < 0.5  # 0 of 3: goes
     assert Usage(uses=3, successes=1, failures=2).upper_bound(z) > 0.5  # 1 of 3: stays
     assert Usage(uses=6, successes=1, failures=5).upper_bound(z) < 0.5  # 1 of 6: goes

@@ -238,7 +238,7 @@ def prune(
 
     Example: memp prune --dry-run
     """
-    from memp_cli.update.prune import RULES, PruneRules, apply, plan
+    from memp_cli.update.prune import RULES, apply, plan
 
     only = tuple(rule) if rule else RULES
     for r in only:
@@ -247,8 +247,7 @@ def prune(
                 f"unknown rule {r!r}; choose from {', '.join(RULES)}", param_hint="--rule"
             )
     store = open_store("prune")
-    cfg = store.config.prune
-    rules = PruneRules(**vars(cfg))
+    rules = store.config.prune
     with store.lock:
         idx = sync_index(store)
         decisions = plan(store, idx, rules, only=only)

@@ -145,7 +145,7 @@ def _replay(
 ) -> ReplayResult:
     from memp_cli.build.runner import distill
     from memp_cli.store import Store
-    from memp_cli.update.prune import PruneRules, apply, plan
+    from memp_cli.update.prune import apply, plan
     from memp_cli.update.reflect import pending
     from memp_cli.update.reflect import reflect as run_reflect
 
@@ -186,7 +186,7 @@ def _replay(
 
             with store.lock:
                 idx, _ = sync(store, store_embedder(store))
-                decisions = plan(store, idx, PruneRules(**vars(store.config.prune)))
+                decisions = plan(store, idx, store.config.prune)
                 apply(store, decisions)
             row.pruned = len(decisions)
         if heldout:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from memp_cli.config import PruneConfig
 from memp_cli.model.memory import Memory
 from memp_cli.update.outcomes import Ledger, Outcome, Usage
 
@@ -36,23 +37,17 @@ RULES = ("failing", "duplicate", "stale", "capacity")
 _Z = {0.5: 0.674, 0.68: 0.994, 0.8: 1.282, 0.9: 1.645, 0.95: 1.96, 0.99: 2.576}
 
 
-@dataclass
-class PruneRules:
-    min_uses: int = 3
-    min_success_rate: float = 0.5
-    confidence: float = 0.8
-    duplicate_similarity: float = 0.95
-    stale_days: int = 0
-    max_memories: int = 0
+# The rules are the store's [prune] settings (memp_cli.config.PruneConfig), taken as they are.
+PruneRules = PruneConfig
 
-    @property
-    def z(self) -> float:
-        """The normal quantile of a two-sided ``confidence`` interval."""
-        if self.confidence in _Z:
-            return _Z[self.confidence]
-        from statistics import NormalDist
 
-        return NormalDist().inv_cdf(0.5 + self.confidence / 2)
+def z_of(confidence: float) -> float:
+    """The normal quantile of a two-sided ``confidence`` interval."""
+    if confidence in _Z:
+        return _Z[confidence]
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 @dataclass
@@ -149,7 +144,7 @@ def plan(
             u = use[m.id]
             if u.judged < rules.min_uses:
                 continue
-            bound = u.upper_bound(rules.z)
+            bound = u.upper_bound(z_of(rules.confidence))
             if bound < rules.min_success_rate:
                 decided[m.id] = Decision(
                     m.id,
