@@ -57,6 +57,12 @@ def replay_cmd(
     shuffle: Annotated[
         int | None, typer.Option(help="Shuffle the stream with this seed first (for a file sorted by type).")
     ] = None,
+    utility_weight: Annotated[
+        float,
+        typer.Option(
+            help="The outcome term's weight in ranking (see memp query --utility-weight).", min=0.0, max=1.0
+        ),
+    ] = 0.0,
     plot_file: Annotated[
         Path | None, typer.Option("--plot", help="Draw memories and hit rate per batch to this PNG.")
     ] = None,
@@ -95,6 +101,7 @@ def replay_cmd(
                 update=u,
                 prune=p,
                 embedder=embedder,
+                utility_weight=utility_weight,
                 dim=384 if embedder == "minilm" else 256,
             )
             name = u + (" + prune" if p else "")

@@ -41,6 +41,7 @@ class ReplaySettings:
     dim: int = 256
     policy: str = "proceduralization"
     model: str = "builtin"
+    utility_weight: float = 0.0  # the outcome term in ranking ([retrieval] utility_weight)
 
     def check(self) -> None:
         if self.update not in UPDATES:
@@ -105,7 +106,9 @@ def duplicates(store: Any) -> int:
     return len(keys) - len(set(keys))
 
 
-def _top1(store: Any, tasks: Sequence[str]) -> list[tuple[str, str | None] | None]:
+def _top1(
+    store: Any, tasks: Sequence[str], utility_weight: float = 0.0
+) -> list[tuple[str, str | None] | None]:
     """(memory id, its task type) of the best memory for each task, or None."""
     from memp_cli.index import sync
     from memp_cli.retrieve.retriever import Retriever
@@ -158,7 +161,7 @@ def _replay(
     for b, start in enumerate(range(0, len(stream), settings.batch_size), 1):
         batch = list(stream[start : start + settings.batch_size])
         row = BatchRow(b)
-        found = _top1(store, [t.task for t in batch])
+        found = _top1(store, [t.task for t in batch], settings.utility_weight)
         used: list[Trajectory] = []
         for t, top in zip(batch, found, strict=True):
             want = label_of(t)
@@ -190,7 +193,9 @@ def _replay(
                 apply(store, decisions)
             row.pruned = len(decisions)
         if heldout:
-            for t, top in zip(heldout, _top1(store, [t.task for t in heldout]), strict=True):
+            for t, top in zip(
+                heldout, _top1(store, [t.task for t in heldout], settings.utility_weight), strict=True
+            ):
                 want = label_of(t)
                 if top is not None and want is not None:
                     row.heldout_queries += 1
