@@ -63,3 +63,28 @@ def test_heldout_and_plot(tmp_path: Path) -> None:
 def test_bad_update_policy_is_a_usage_error() -> None:
     r = memp("eval", "replay", FILES["native"], "-u", "bogus", expect=2)
     assert "bogus" in r.stderr
+
+
+def test_replay_through_a_model_counts_tokens_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model: distill and reflect through litellm (a local server), tokens counted per batch."""
+    import json as _json
+
+    from llm_server import serve
+
+    from memp_cli.backends import llm
+
+    script = {"title": "do {x}", "steps": ["find {x}", "finish"], "variables": {"x": "it"}, "keywords": ["a"]}
+
+    def reply(body: dict) -> str:
+        system = body["messages"][0]["content"]
+        if "An agent used this script and its" in system:  # the reflect prompt
+            return _json.dumps({"diagnosis": "it stopped early", "script": script})
+        return _json.dumps(script)
+
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    with serve(default=reply) as srv:
+        rows = _rows("-u", "adjustment", "--model", "openai/test-model", "--api-base", srv.url)
+        assert srv.requests  # the model was asked
+    assert all(r["tokens_in"] > 0 for r in rows)  # every batch built memories through it
+    assert sum(r["reflected"] for r in rows) > 0

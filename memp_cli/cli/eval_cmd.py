@@ -57,6 +57,16 @@ def replay_cmd(
     shuffle: Annotated[
         int | None, typer.Option(help="Shuffle the stream with this seed first (for a file sorted by type).")
     ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Distill and reflect with this model: builtin (offline) or a litellm model string."
+        ),
+    ] = "builtin",
+    api_base: Annotated[
+        str | None,
+        typer.Option(envvar="MEMP_API_BASE", help="With --model: the API base URL (a local server)."),
+    ] = None,
     utility_weight: Annotated[
         float,
         typer.Option(
@@ -102,6 +112,8 @@ def replay_cmd(
                 prune=p,
                 embedder=embedder,
                 utility_weight=utility_weight,
+                model=model,
+                api_base=api_base or "",
                 dim=384 if embedder == "minilm" else 256,
             )
             name = u + (" + prune" if p else "")

@@ -41,6 +41,7 @@ class ReplaySettings:
     dim: int = 256
     policy: str = "proceduralization"
     model: str = "builtin"
+    api_base: str = ""  # for a local or proxied model server
     utility_weight: float = 0.0  # the outcome term in ranking ([retrieval] utility_weight)
 
     def check(self) -> None:
@@ -154,6 +155,7 @@ def _replay(
 
     cfg = Config()
     cfg.embedder.name, cfg.embedder.dim = settings.embedder, settings.dim
+    cfg.llm.model, cfg.llm.api_base = settings.model, settings.api_base
     store = Store.init(root, cfg)
     store.command = "eval replay"
     result = ReplayResult(settings)
@@ -183,6 +185,9 @@ def _replay(
         if settings.update == "adjustment":
             refl = run_reflect(store, pending(store, unattributed=True), model=settings.model)
             row.reflected = refl.written
+            row.tokens_in += refl.tokens_in
+            row.tokens_out += refl.tokens_out
+            row.cost_usd += refl.cost_usd or 0.0
         if settings.prune:
             from memp_cli.index import sync
             from memp_cli.store import store_embedder
