@@ -81,7 +81,9 @@ def stages_child(store_path: str, query: str) -> None:
     vectors.load_vectors = W("map vectors file", vectors.load_vectors)
     reader.load_lexical = W("load lexical BM25 (+ import)", reader.load_lexical)
     retrieve.Retriever.scored = W("search (exact or knn + BM25 fusion)", retrieve.Retriever.scored)
-    retrieve.load_memory_file = W("read the k result files", retrieve.load_memory_file)
+    from memp_cli.store import Store
+
+    Store.read_memory = W("read the k result files", Store.read_memory)
     output.emit_json_lines = W("JSON output", output.emit_json_lines)
 
     def get_embedder(*a: Any, **kw: Any) -> Any:

@@ -35,9 +35,12 @@ HELP_FORBIDDEN = {
 QUERY_FORBIDDEN = {"litellm", "memp_cli.build", "memp_cli.cli.commands", "memp_cli.cli.maintenance", "rich"}
 
 _PROBE = """
-import contextlib, io, json, sys
+import contextlib, io, json, os, sys
 sys.argv = ["memp", *json.loads(sys.argv[1])]
 from memp_cli.cli import main
+def _no_fast_exit(code):  # a query ends with os._exit: raise instead, to print the modules
+    raise SystemExit(code)
+os._exit = _no_fast_exit
 with contextlib.redirect_stdout(io.StringIO()):
     try:
         main()
@@ -133,3 +136,16 @@ def test_lazy_help_equals_the_help_of_the_loaded_commands() -> None:
     lazy = help_text("from memp_cli.cli import main; main()")
     loaded = help_text("from memp_cli.cli import load_all_commands, main; load_all_commands(); main()")
     assert lazy == loaded
+
+
+def test_a_query_process_ends_fast_and_says_everything(built: Path) -> None:
+    """`memp query` ends with os._exit after flushing (no interpreter teardown): every result
+    line still arrives, piped or not, and the exit codes are the usual ones."""
+    from conftest import memp_subprocess
+
+    many = memp_subprocess("query", "put a mug in the fridge", "-k", "40", "--json")
+    assert len(many.jsonl()) == 40
+    lines = memp_subprocess("query", "-", "--json", input='"put a mug"\n' * 50).jsonl()
+    assert len(lines) == 50 and all(len(x["results"]) == 3 for x in lines)
+    r = memp_subprocess("--store", built / "nope", "query", "x", expect=4)
+    assert "no memp store" in r.stderr

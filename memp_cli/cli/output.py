@@ -42,6 +42,7 @@ class Env:
         }
         self.quiet = False
         self.traceback = False
+        self.fast_exit = False  # main(): end with os._exit after a read-only command
 
     @property
     def stdin(self) -> IO[bytes]:

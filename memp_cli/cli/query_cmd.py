@@ -177,6 +177,7 @@ def query(
     if fmt is None:
         fmt = "json" if (json_out or not env.stdout_isatty) else "table"
     _one_blas_thread()
+    env.fast_exit = True  # read-only: main() may skip the interpreter's teardown
     store = open_store("query")
     rc = store.config.retrieval
     key = key or rc.key
