@@ -114,6 +114,12 @@ def stages_child(store_path: str, query: str) -> None:
     real_stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     c1 = time.perf_counter()
+    real_exit = os._exit
+
+    def deferred_exit(code: int) -> None:  # memp's query ends with os._exit: report first
+        raise SystemExit(code)
+
+    os._exit = deferred_exit  # type: ignore[assignment]
     try:
         cli.main()
     except SystemExit as e:
@@ -125,6 +131,7 @@ def stages_child(store_path: str, query: str) -> None:
     clock.add("query command, other", (end - entered[0]) - inside)
     sys.stdout.write(orjson.dumps({k: v * 1000 for k, v in clock.t.items()}).decode() + "\n")
     sys.stdout.flush()
+    real_exit(0)  # as memp itself ends a query
 
 
 import argparse  # noqa: E402
