@@ -169,3 +169,55 @@ def test_explain_shows_every_part(store: Path) -> None:
     assert ex["matched_terms"] and all(t in task.lower() for t in ex["matched_terms"][0].split())
     table = memp("query", task, "-k", "2", "--explain", "--format", "table")
     assert "utility" in table.stdout and x in table.stdout
+
+
+MERGED = {
+    "title": "look at a {object} under the {lamp}",
+    "steps": ["find the {object}", "take it", "turn on the {lamp}"],
+    "variables": {"object": "what to look at", "lamp": "the light"},
+    "preconditions": [],
+    "pitfalls": ["a merged pitfall"],
+    "keywords": ["look"],
+}
+
+
+def _llm_twins(store: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    from memp_cli.backends import llm
+
+    monkeypatch.setattr(llm.client, "BACKOFF_SCALE", 0.001)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    run = read_records(FILES["native"])[0]
+    twin = dict(run, steps=[*run["steps"][:-1], dict(run["steps"][-1], action="look")])
+    memp("ingest", "-", input=(json.dumps(run) + "\n" + json.dumps(twin) + "\n").encode())
+    memp("distill")  # proceduralization: both have scripts
+    x, y = memory_ids(store)
+    _feedback(y, "s")  # y is the better rated: the keeper
+    return x, y
+
+
+def test_an_llm_merges_duplicate_scripts(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_server import serve
+
+    x, y = _llm_twins(store, monkeypatch)
+    with serve(default=lambda body: json.dumps(MERGED)) as srv:
+        done = memp("prune", "--model", "openai/merger", "--api-base", srv.url, "--json").jsonl()
+        body = srv.requests[0]
+    assert [(d["id"], d["merged_into"]) for d in done] == [(x, y)]
+    kept = json.loads(memp("show", y, "--json").stdout)
+    assert kept["script"]["steps"] == MERGED["steps"]
+    assert kept["script"]["generator"] == "openai/merger (LLM merge)"
+    assert body["response_format"]["type"] == "json_schema"
+    assert memp("history", y, "--json").jsonl()[-1]["why"].endswith("(scripts merged by openai/merger)")
+
+
+def test_a_bad_merge_reply_keeps_the_best_rated_text(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_server import serve
+
+    x, y = _llm_twins(store, monkeypatch)
+    before = json.loads(memp("show", y, "--json").stdout)["script"]
+    with serve(default=lambda body: "no JSON here") as srv:
+        r = memp("prune", "--model", "openai/merger", "--api-base", srv.url, "--json")
+        assert len(srv.requests) == 2  # the call and one repair
+    assert "kept the best-rated text" in r.stderr
+    assert [d["id"] for d in r.jsonl()] == [x]  # the duplicate still goes (outcomes merged)
+    assert json.loads(memp("show", y, "--json").stdout)["script"] == before

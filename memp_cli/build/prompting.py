@@ -20,7 +20,7 @@ from memp_cli.model.steps import MIN_ACTION_CHARS, select_steps
 from memp_cli.model.text import cut, one_line
 from memp_cli.model.trajectory import Trajectory
 
-PROMPT_NAMES = ("script", "keywords", "reflect")
+PROMPT_NAMES = ("script", "keywords", "reflect", "merge")
 # prompt name -> (placeholders it may use, placeholders it must use)
 _PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "script": (
@@ -32,6 +32,7 @@ _PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"script", "task", "failed", "outcome", "success", "schema"}),
         frozenset({"script", "failed"}),
     ),
+    "merge": (frozenset({"scripts", "schema"}), frozenset({"scripts"})),
 }
 _MARKER_RE = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 _HEADER_LINE_RE = re.compile(r"^\s*([A-Za-z_][\w\-]*)\s*[:=]\s*(.*?)\s*$")
@@ -251,5 +252,16 @@ def reflect_messages(
         "outcome": _outcome(failed),
         "success": example,
         "schema": orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode(),
+    }
+    return _messages(prompt, values)
+
+
+def merge_messages(scripts: list[dict[str, Any]], prompt: Prompt) -> list[dict[str, str]]:
+    """Chat messages asking an LLM to merge near-duplicate ``scripts`` (best rated first)."""
+    keys = ("title", "steps", "variables", "preconditions", "pitfalls", "keywords")
+    shown = [{k: v for k, v in s.items() if k in keys} for s in scripts]
+    values = {
+        "scripts": orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode(),
+        "schema": orjson.dumps(SCRIPT_JSON_SCHEMA, option=orjson.OPT_INDENT_2).decode(),
     }
     return _messages(prompt, values)

@@ -232,6 +232,15 @@ def prune(
             "--rule", "-r", help="Only these rules: failing, duplicate, stale, capacity (repeatable)."
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Merge each group of duplicates' scripts with this litellm model (default: keep the best-rated text)."
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="With --model: the API base URL (e.g. a local server).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Discard memories by the rules in memp.toml [prune]; each goes to the trash with its reason.
@@ -251,8 +260,18 @@ def prune(
     with store.lock:
         idx = sync_index(store)
         decisions = plan(store, idx, rules, only=only)
-        if not dry_run:
+        if not dry_run and not (model and model != "builtin"):
             apply(store, decisions)
+    if not dry_run and model and model != "builtin":
+        from memp_cli.update.prune import llm_merges
+
+        merged = llm_merges(store, decisions, model, api_base=api_base)  # no lock during calls
+        for why in merged.failed:
+            output.warn(why)
+        with store.lock:
+            still = {d.id for d in plan(store, sync_index(store), rules, only=only)}
+            decisions = [d for d in decisions if d.id in still]  # what changed meanwhile waits
+            apply(store, decisions, merged)
     if json_out or not env.stdout_isatty:
         output.emit_json_lines({**d.to_dict(), "dry_run": dry_run} for d in decisions)
     elif decisions:

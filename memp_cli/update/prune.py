@@ -206,16 +206,84 @@ def plan(
     return sorted(decided.values(), key=lambda d: (RULES.index(d.rule), d.id))
 
 
-def apply(store: MemoryStore, decisions: list[Decision]) -> None:
-    """Carry out ``decisions`` (caller holds the store lock): merge the outcomes of duplicates
-    into their keeper (and their runs into its provenance, a new version of the keeper), then
-    move every decided memory to the trash with its rule and figures."""
-    from memp_cli.update import trash
-
+def merge_groups(decisions: list[Decision]) -> dict[str, list[str]]:
+    """Keeper id -> the duplicates merged into it."""
     merges: dict[str, list[str]] = {}
     for d in decisions:
         if d.merged_into:
             merges.setdefault(d.merged_into, []).append(d.id)
+    return merges
+
+
+@dataclass
+class MergedScripts:
+    """What a model made of each duplicate group (``memp prune --model``)."""
+
+    scripts: dict[str, dict[str, Any]] = field(default_factory=dict)  # keeper -> merged script
+    based_on: dict[str, dict[str, Any]] = field(default_factory=dict)  # keeper -> its script then
+    failed: list[str] = field(default_factory=list)  # why a group kept the best-rated text
+    model: str = ""
+
+
+def llm_merges(
+    store: MemoryStore,
+    decisions: list[Decision],
+    model: str,
+    *,
+    api_base: str | None = None,
+    mock_response: str | None = None,
+) -> MergedScripts:
+    """Ask ``model`` to merge each group of duplicate scripts into one (no lock held). A group
+    whose reply stays invalid after one repair keeps its best-rated text (reported)."""
+    from memp_cli.backends import llm
+    from memp_cli.build.prompting import load_prompt, merge_messages
+    from memp_cli.errors import LLMError, MemoryFileError
+    from memp_cli.model.script import SCRIPT_JSON_SCHEMA, script_from_reply
+
+    out = MergedScripts(model=model)
+    cfg = store.config.llm
+    settings = llm.LLMSettings(
+        model=model, api_base=api_base or cfg.api_base or None, timeout=cfg.timeout, max_tokens=cfg.max_tokens
+    )
+    prompt = load_prompt("merge", store.prompts_dir)
+    cache = llm.ResponseCache(store.cache_dir / "llm")
+    for keeper, dropped in merge_groups(decisions).items():
+        try:
+            group = [store.read_memory(m) for m in [keeper, *dropped]]
+        except MemoryFileError as e:
+            out.failed.append(f"{keeper}: {str(e).splitlines()[0]}")
+            continue
+        scripts = [m.script for m in group if m.script]
+        if len(scripts) < 2 or not group[0].script:
+            continue  # nothing to merge: the outcomes and runs are merged all the same
+        try:
+            merged, _ = llm.complete_json(
+                merge_messages(scripts, prompt),
+                settings,
+                validate=script_from_reply,
+                cache=cache,
+                mock_response=mock_response,
+                json_mode=True,
+                schema=SCRIPT_JSON_SCHEMA,
+            )
+        except LLMError as e:
+            if getattr(e, "is_settings_problem", False):
+                raise
+            out.failed.append(f"{keeper}: {str(e).splitlines()[0]} (kept the best-rated text)")
+            continue
+        out.scripts[keeper] = {**merged.to_dict(), "generator": f"{model} (LLM merge)"}
+        out.based_on[keeper] = group[0].script
+    return out
+
+
+def apply(store: MemoryStore, decisions: list[Decision], merged: MergedScripts | None = None) -> None:
+    """Carry out ``decisions`` (caller holds the store lock): merge the outcomes of duplicates
+    into their keeper (and their runs into its provenance, and, with ``merged``, a model's merge
+    of their scripts: a new version of the keeper), then move every decided memory to the trash
+    with its rule and figures."""
+    from memp_cli.update import trash
+
+    merges = merge_groups(decisions)
     if merges:
         ledger = Ledger.of(store)
         moved = [
@@ -232,12 +300,17 @@ def apply(store: MemoryStore, decisions: list[Decision]) -> None:
                 for t in store.load_memory(mid).provenance.trajectories:
                     if t not in runs:
                         runs.append(t)
-            if runs != mem.provenance.trajectories:
+            script = merged.scripts.get(keeper) if merged is not None else None
+            if script is not None and merged is not None and mem.script != merged.based_on.get(keeper):
+                script = None  # the keeper changed since the model saw it: keep it as it is
+            if runs != mem.provenance.trajectories or script is not None:
                 mem.provenance.trajectories = runs
+                why = f"merged {', '.join(dropped)}"
+                if script is not None and merged is not None:
+                    mem.script = script
+                    why += f" (scripts merged by {merged.model})"
                 mem.version += 1
-                store.save_memory(
-                    mem, event="prune.merge", why=f"merged {', '.join(dropped)}", merged=dropped
-                )
+                store.save_memory(mem, event="prune.merge", why=why, merged=dropped)
     for d in decisions:
         trash.forget(store, d.id, by="memp prune", why=d.reason, details=d.to_dict())
     if decisions:
