@@ -177,35 +177,46 @@ class History:
     def _append(self, memory_id: str, version: Version) -> None:
         appendlog.append(self._log(memory_id), orjson.dumps(version.to_dict()) + b"\n")
 
-    def _next(
-        self, memory_id: str, by: str, why: str, digest: str | None, size: int, trajectory: str | None = None
-    ) -> Version:
+    def _last(self, memory_id: str) -> Version | None:
         versions = self.versions(memory_id)
-        n = versions[-1].v + 1 if versions else 1
-        return Version(n, now_iso(), by, why, digest, size, trajectory)
+        return versions[-1] if versions else None
 
-    def notice(self, memory_id: str) -> Version | None:
-        """Record the file's current content if it is not the last version (a hand edit, or
-        a memory from before history): returns the version recorded, if any. A file missing
-        after a version with content is recorded as deleted by hand."""
+    def _record(
+        self,
+        memory_id: str,
+        last: Version | None,
+        by: str,
+        why: str,
+        digest: str | None,
+        size: int,
+        trajectory: str | None = None,
+    ) -> Version:
+        """Append the version after ``last`` (the log's last line, read once by the caller)."""
+        ver = Version(last.v + 1 if last else 1, now_iso(), by, why, digest, size, trajectory)
+        self._append(memory_id, ver)
+        return ver
+
+    def _notice(self, memory_id: str, last: Version | None) -> Version | None:
         path = self.store.memory_path(memory_id)
-        versions = self.versions(memory_id)
-        last = versions[-1] if versions else None
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             if last is not None and last.sha256 is not None:
-                ver = self._next(memory_id, HAND_EDIT, "deleted by hand", None, 0)
-                self._append(memory_id, ver)
-                return ver
+                return self._record(memory_id, last, HAND_EDIT, "deleted by hand", None, 0)
             return None
         digest = sha256(data)
         if last is not None and last.sha256 == digest:
             return None
         self._put_object(data)
-        ver = self._next(memory_id, HAND_EDIT if last is not None else BEFORE_HISTORY, "", digest, len(data))
-        self._append(memory_id, ver)
-        return ver
+        return self._record(
+            memory_id, last, HAND_EDIT if last is not None else BEFORE_HISTORY, "", digest, len(data)
+        )
+
+    def notice(self, memory_id: str) -> Version | None:
+        """Record the file's current content if it is not the last version (a hand edit, or
+        a memory from before history): returns the version recorded, if any. A file missing
+        after a version with content is recorded as deleted by hand."""
+        return self._notice(memory_id, self._last(memory_id))
 
     def write(
         self,
@@ -219,30 +230,25 @@ class History:
     ) -> Version | None:
         """Replace the memory file with ``data`` as a new version (a hand edit made since the
         last version is recorded first). Returns the version, or None when ``data`` is what the
-        file already holds. Caller holds the store lock."""
-        self.notice(memory_id)
-        versions = self.versions(memory_id)
+        file already holds. Caller holds the store lock, so the log is read once."""
+        last = self._last(memory_id)
+        last = self._notice(memory_id, last) or last
         digest = sha256(data)
         path = self.store.memory_path(memory_id)
-        if versions and versions[-1].sha256 == digest and path.exists():
+        if last is not None and last.sha256 == digest and path.exists():
             return None
         self._put_object(data)
         replaced = swap_in(path, data, durable=durable)
         if replaced is not None:
             # A hand edit saved after the notice above, and replaced just now, is kept too.
-            now = self.versions(memory_id)
             old_digest = sha256(replaced)
-            if not now or now[-1].sha256 != old_digest:
+            if last is None or last.sha256 != old_digest:
                 self._put_object(replaced)
-                self._append(memory_id, self._next(memory_id, HAND_EDIT, "", old_digest, len(replaced)))
-        ver = self._next(memory_id, by, why, digest, len(data), trajectory)
-        self._append(memory_id, ver)
-        return ver
+                last = self._record(memory_id, last, HAND_EDIT, "", old_digest, len(replaced))
+        return self._record(memory_id, last, by, why, digest, len(data), trajectory)
 
     def record_deleted(self, memory_id: str, *, by: str, why: str) -> Version:
-        ver = self._next(memory_id, by, why, None, 0)
-        self._append(memory_id, ver)
-        return ver
+        return self._record(memory_id, self._last(memory_id), by, why, None, 0)
 
     def revert(self, memory_id: str, to: int, *, by: str = "memp revert") -> Version | None:
         """Make the content of version ``to`` current again, byte for byte (a new version)."""
