@@ -30,8 +30,8 @@ from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, val
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.model.memory import Memory, load_memory_file, now_iso, render_memory_file, valid_id
 from memp_cli.model.trajectory import Trajectory
+from memp_cli.store import appendlog
 from memp_cli.store.fsutil import (
-    FILE_MODE,
     TMP_PREFIX,
     StoreLock,
     atomic_output,
@@ -132,16 +132,9 @@ class Store:
 
     # ---------------------------------------------------------------- journal
     def journal(self, event: str, **fields: Any) -> None:
-        """Append one line to ``journal.jsonl`` (single write, O_APPEND)."""
+        """Append one line to ``journal.jsonl`` (one O_APPEND write and an fsync)."""
         rec = {"time": now_iso(), "event": event, "command": self.command, "pid": os.getpid(), **fields}
-        line = orjson.dumps(rec) + b"\n"
-        with refused_as_store_error():
-            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        appendlog.append(self.journal_path, orjson.dumps(rec) + b"\n")
 
     def read_journal(self) -> Iterator[dict[str, Any]]:
         try:

@@ -60,7 +60,7 @@ def refused_as_store_error(where: Path | None = None) -> Iterator[None]:
         raise refused_write_error(where, e) from e
 
 
-def _make_dirs(directory: Path) -> None:
+def make_dirs(directory: Path) -> None:
     with refused_as_store_error():
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -100,7 +100,7 @@ def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None
     """Replace ``path`` with ``data`` atomically (temp file + fsync + rename)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    _make_dirs(path.parent)
+    make_dirs(path.parent)
     fd, tmp = _new_temp(path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -120,7 +120,7 @@ def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temp path to write to; on success it replaces ``path`` atomically."""
-    _make_dirs(path.parent)
+    make_dirs(path.parent)
     fd, tmp_path = _new_temp(path.parent)
     os.close(fd)
     try:
