@@ -149,7 +149,7 @@ def _replay(
 ) -> ReplayResult:
     from memp_cli.build.runner import distill
     from memp_cli.store import Store
-    from memp_cli.update.prune import apply, plan
+    from memp_cli.update.prune import prune_store
     from memp_cli.update.reflect import pending
     from memp_cli.update.reflect import reflect as run_reflect
 
@@ -189,14 +189,7 @@ def _replay(
             row.tokens_out += refl.tokens_out
             row.cost_usd += refl.cost_usd or 0.0
         if settings.prune:
-            from memp_cli.index import sync
-            from memp_cli.store import store_embedder
-
-            with store.lock:
-                idx, _ = sync(store, store_embedder(store))
-                decisions = plan(store, idx, store.config.prune)
-                apply(store, decisions)
-            row.pruned = len(decisions)
+            row.pruned = len(prune_store(store))
         if heldout:
             for t, top in zip(
                 heldout, _top1(store, [t.task for t in heldout], settings.utility_weight), strict=True

@@ -65,7 +65,7 @@ def run_cycle(
     from memp_cli.build.runner import distill
     from memp_cli.index import sync
     from memp_cli.store import store_embedder
-    from memp_cli.update.prune import apply, plan
+    from memp_cli.update.prune import prune_store
     from memp_cli.update.reflect import pending, reflect
 
     report = CycleReport()
@@ -95,10 +95,7 @@ def run_cycle(
 
     if prune:
         t = step("prune")
-        with store.lock:
-            idx, _ = sync(store, store_embedder(store))
-            report.pruned = plan(store, idx, store.config.prune)
-            apply(store, report.pruned)
+        report.pruned = prune_store(store)
         report.seconds["prune"] = time.perf_counter() - t
     t = step("index")
     sync(store, store_embedder(store))

@@ -319,3 +319,16 @@ def apply(store: MemoryStore, decisions: list[Decision], merged: MergedScripts |
             ids=[d.id for d in decisions],
             rules={r: sum(1 for d in decisions if d.rule == r) for r in RULES},
         )
+
+
+def prune_store(store: MemoryStore) -> list[Decision]:
+    """Sync the index and carry out the store's ``[prune]`` rules, under the lock (what
+    ``memp cycle`` and ``memp eval replay`` run after their updates)."""
+    from memp_cli.index import sync
+    from memp_cli.store import store_embedder
+
+    with store.lock:
+        idx, _ = sync(store, store_embedder(store))
+        decisions = plan(store, idx, store.config.prune)
+        apply(store, decisions)
+    return decisions
