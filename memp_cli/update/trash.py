@@ -39,6 +39,13 @@ class TrashEntry:
         return {"id": self.id, "time": self.time, "by": self.by, "why": self.why, **self.details}
 
 
+def _write_entry(store: MemoryStore, entry: TrashEntry) -> None:
+    """``trash/<id>.json``: when, by what and why a memory went to the trash."""
+    atomic_write(
+        store.trash_dir / f"{entry.id}.json", orjson.dumps(entry.to_dict(), option=orjson.OPT_INDENT_2)
+    )
+
+
 def is_trashed(store: MemoryStore, memory_id: str) -> bool:
     return (store.trash_dir / f"{memory_id}.toml").exists()
 
@@ -91,12 +98,9 @@ def forget(
     history = History(store)
     history.notice(memory_id)  # a hand edit since the last version is kept as a version
     entry = TrashEntry(memory_id, now_iso(), by, why, dict(details or {}))
-    store.trash_dir.mkdir(parents=True, exist_ok=True)
     # Metadata first, then the move: a kill between them leaves a memory in place with a
     # stray .json, which the next forget overwrites and restore ignores.
-    atomic_write(
-        store.trash_dir / f"{memory_id}.json", orjson.dumps(entry.to_dict(), option=orjson.OPT_INDENT_2)
-    )
+    _write_entry(store, entry)
     os.replace(path, store.trash_dir / f"{memory_id}.toml")
     fsync_dir(store.trash_dir)
     fsync_dir(path.parent)
@@ -145,11 +149,8 @@ def notice_hand_deletes(store: MemoryStore, candidates: set[str]) -> list[str]:
             continue
         if not versions[-1].deleted:
             history.record_deleted(mid, by="hand edit", why="deleted by hand")
-        store.trash_dir.mkdir(parents=True, exist_ok=True)
-        entry = TrashEntry(mid, now_iso(), "hand edit", "the file was deleted by hand")
-        atomic_write(
-            store.trash_dir / f"{mid}.json", orjson.dumps(entry.to_dict(), option=orjson.OPT_INDENT_2)
-        )
+            entry = TrashEntry(mid, now_iso(), "hand edit", "the file was deleted by hand")
+        _write_entry(store, entry)
         atomic_write(store.trash_dir / f"{mid}.toml", history.content(mid, last_content.v))
         found.append(mid)
     return found
