@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,9 @@ from memp_cli.cli import app, open_store, output
 from memp_cli.cli.commands import JsonOpt, sync_index
 from memp_cli.cli.output import env
 from memp_cli.errors import ExitCode, InputError
+
+if TYPE_CHECKING:
+    from memp_cli.update.history import History
 
 IdsArg = Annotated[list[str], typer.Argument(metavar="ID...", help="Memory ids (see memp list).")]
 
@@ -55,6 +58,19 @@ def feedback(
         raise typer.Exit(int(ExitCode.NOT_FOUND))
 
 
+def _noticed_history(command: str, memory_id: str) -> History:
+    """The history of one memory (the id checked), with a hand edit since its last version
+    recorded first."""
+    from memp_cli.update.history import History
+
+    store = open_store(command)
+    store.memory_path(memory_id)  # validates the id
+    h = History(store)
+    with store.lock:
+        h.notice(memory_id)
+    return h
+
+
 @app.command()
 def history(
     memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id.")],
@@ -64,13 +80,7 @@ def history(
 
     Example: memp history m1a2b3c4d5e6
     """
-    from memp_cli.update.history import History
-
-    store = open_store("history")
-    store.memory_path(memory_id)  # validates the id
-    h = History(store)
-    with store.lock:
-        h.notice(memory_id)
+    h = _noticed_history("history", memory_id)
     versions = h.versions(memory_id)
     if not versions:
         raise InputError(f"{memory_id} has no history", hint="see `memp list` for memory ids")
@@ -96,13 +106,9 @@ def diff(
 
     Example: memp diff m1a2b3c4d5e6 1 3
     """
-    from memp_cli.update.history import History, resolve, unified_diff
+    from memp_cli.update.history import resolve, unified_diff
 
-    store = open_store("diff")
-    store.memory_path(memory_id)
-    h = History(store)
-    with store.lock:
-        h.notice(memory_id)
+    h = _noticed_history("diff", memory_id)
     n = len(h.versions(memory_id))
     a = resolve(h, memory_id, v1, -2 if n > 1 else -1)
     b = resolve(h, memory_id, v2, -1)
