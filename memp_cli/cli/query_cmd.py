@@ -206,17 +206,18 @@ def query(
     if idx is None:
         output.warn(f"the store {store.root} has no memories yet: run `memp ingest` and `memp distill`")
         return
-    retriever = Retriever(
-        index=idx,
-        embedder=embedder,
-        k=k or rc.k,
-        min_score=rc.min_score if min_score is None else min_score,
+    retriever = Retriever.from_config(
+        idx,
+        embedder,
+        rc,
+        k=k or None,
+        min_score=min_score,
         key=key,
         kind=kind,
-        lexical_weight=rc.lexical_weight if lexical_weight is None else lexical_weight,
+        lexical_weight=lexical_weight,
         seed=seed,
         keyword_extractor=extractor,
-        utility_weight=rc.utility_weight if utility_weight is None else utility_weight,
+        utility_weight=utility_weight,
         explain=explain,
     )
     if retriever.utility_weight > 0 or explain:

@@ -120,9 +120,7 @@ def _top1(
     emb = store_embedder(store)
     idx, _ = sync(store, emb)
     rc = store.config.retrieval
-    hits = Retriever(idx, emb, k=1, min_score=rc.min_score, lexical_weight=rc.lexical_weight).search(
-        list(tasks)
-    )
+    hits = Retriever.from_config(idx, emb, rc, k=1, utility_weight=utility_weight).search(list(tasks))
     return [(h[0].memory.id, h[0].memory.task_type or None) if h else None for h in hits]
 
 

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memp_cli.backends.llm import LLMSettings
+    from memp_cli.config import RetrievalConfig
     from memp_cli.update.outcomes import Usage
 
 KEYS = ("query", "avefact", "random")
@@ -181,6 +182,25 @@ class Retriever:
     explain: bool = False
     # avefact: the keywords of each query of the last scored() call
     query_keywords: list[list[str]] = field(default_factory=list)
+
+    @classmethod
+    def from_config(
+        cls, index: Index, embedder: Embedder, rc: RetrievalConfig, **overrides: Any
+    ) -> Retriever:
+        """A retriever with the store's ``[retrieval]`` settings; ``overrides`` (not None) win.
+
+        Every caller that ranks "as memp query would" goes through here, so a new ranking
+        setting reaches query, reflect, eval and the benchmarks at once.
+        """
+        settings: dict[str, Any] = {
+            "k": rc.k,
+            "min_score": rc.min_score,
+            "key": rc.key,
+            "lexical_weight": rc.lexical_weight,
+            "utility_weight": rc.utility_weight,
+        }
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(index=index, embedder=embedder, **settings)
 
     def __post_init__(self) -> None:
         if self.key not in KEYS:

@@ -249,7 +249,9 @@ def nearest_procedures(store: MemoryStore, runs: list[Trajectory]) -> list[str |
         return [None for _ in runs]
     emb = store_embedder(store)
     idx, _ = sync(store, emb)
-    retriever = Retriever(idx, emb, k=10, lexical_weight=store.config.retrieval.lexical_weight)
+    retriever = Retriever.from_config(
+        idx, emb, store.config.retrieval, k=10, min_score=-1.0, utility_weight=0.0
+    )
     out: list[str | None] = []
     for t, rows in zip(runs, retriever.scored([t.task for t in runs]), strict=True):
         pick = None
