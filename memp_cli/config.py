@@ -41,9 +41,15 @@ class IndexConfig:
 @dataclass
 class RetrievalConfig:
     k: int = 3
-    min_score: float = 0.0
+    # The floor: a memory scoring below it is not a match for the task, and is not returned.
+    # At 0.2, 98.7% of held-out ALFWorld tasks (canonical and paraphrased) keep their best
+    # memory, and 75% of tasks from other domains (WebShop, ScienceWorld, TravelPlanner, chat)
+    # asked of an ALFWorld store get nothing (benchmarks/eval_retrieval.py).
+    min_score: float = 0.2
     key: str = "query"
-    lexical_weight: float = 1.0
+    lexical_weight: float = 0.0
+    procedure_weight: float = 0.5
+    family_weight: float = 0.5
     utility_weight: float = 0.0
 
 
@@ -111,6 +117,8 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("retrieval", "k"): (1, 1000),
     ("retrieval", "min_score"): (-1.0, 1.0),
     ("retrieval", "lexical_weight"): (0.0, 1.0),
+    ("retrieval", "procedure_weight"): (0.0, 1.0),
+    ("retrieval", "family_weight"): (0.0, 1.0),
     ("retrieval", "utility_weight"): (0.0, 1.0),
     ("llm", "timeout"): (0.1, 3600),
     ("llm", "max_tokens"): (16, 1_000_000),
@@ -160,13 +168,20 @@ ef_search = {i.ef_search}
 
 [retrieval]
 k = {r.k}
+# A memory scoring below min_score is not a match and is not returned (0.2: see the README).
 min_score = {r.min_score}
 # query (the task text), avefact (task keywords) or random (baseline).
 key = {q(r.key)}
-# Weight of the lexical (BM25) score in the fused score: 0 = embeddings only,
-# 1 = BM25 only (embeddings still pick candidates and break ties). 1.0 measured best on
-# ALFWorld (benchmarks/eval_retrieval.py); lower it for paraphrased, free-form tasks.
+# The score of a memory for a task (docs in memp_cli/retrieve/retriever.py), each part in [0, 1]:
+#   task      = (1 - lexical_weight) * cosine + lexical_weight * BM25 of the task text
+#   base      = (1 - procedure_weight) * task + procedure_weight * BM25 of the procedure
+#   score     = (1 - family_weight) * base + family_weight * mean of the best 3 bases of
+#               its procedure family (its task type, else its procedure)
+# The procedure is the script title without its {{variables}}: what is done, not what to.
+# Tuned on held-out ALFWorld tasks and paraphrases (benchmarks/eval_retrieval.py).
 lexical_weight = {r.lexical_weight}
+procedure_weight = {r.procedure_weight}
+family_weight = {r.family_weight}
 # Weight of the outcome term: + w * (success rate with a uniform prior - 0.5), so a memory
 # that keeps failing ranks below an equally similar one that keeps succeeding; unused
 # memories are not punished. 0 = off (`memp query --explain` shows every part of a score).

@@ -68,7 +68,7 @@ def _brute_force(st: Store, query: str, kind: str | None = None) -> list[tuple[s
 
 
 def _index_files(st: Store) -> list[str]:
-    return sorted(p.name for p in st.index_dir.iterdir() if not p.name.startswith("lexical"))
+    return sorted(p.name for p in st.index_dir.iterdir() if not p.name.startswith(("lexical", "procedure")))
 
 
 def _hits(r: Retriever, query: str) -> list[tuple[str, float]]:
@@ -201,13 +201,14 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
             f"keywords-{g}.json",
             f"files-{g}.json",
             *(f"lexical-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
+            *(f"procedure-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
             "state.json",
         ]
         assert written == expected  # state.json last: it names the generation of the others
         assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
         assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 3
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 4
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)
         assert idx is not None and idx.hnsw is not None
@@ -316,7 +317,7 @@ def _old_format(built: Path) -> bytes:
 def test_index_from_an_older_memp_is_rebuilt_by_query(built: Path) -> None:
     _old_format(built)
     r = memp("doctor", expect=ExitCode.STORE)
-    assert "older format (1, now 3)" in r.stdout
+    assert "older format (1, now 4)" in r.stdout
     q = memp("query", HEAT, "-k", 1)
     assert "older format" in q.stderr and "rebuilt the index" in q.stderr
     assert q.jsonl()[0]["task"] == HEAT

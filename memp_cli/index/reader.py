@@ -42,11 +42,15 @@ class Index:
         *,
         vectors: np.ndarray | None = None,
         files: FileTable | None = None,
+        procedure: LexicalIndex | None = None,
     ) -> None:
         self.store = store
         self.state = state
         self._hnsw = hnsw
         self.lexical = lexical
+        # BM25 over each memory's procedure (Memory.procedure_text); None in an index from
+        # before format 4 until a sync upgrades it.
+        self.procedure = procedure
         self._keywords = keywords
         self._vectors = vectors
         self._files = files
@@ -142,19 +146,23 @@ def check_files(store: MemoryStore, state: State) -> None:
     if state.ids:
         _vectors.load_vectors(store, state)
         read_lexical(store, state)
+        read_lexical(store, state, "procedure")
     if state.kw_version == KW_VERSION:
         load_keywords(store, state)
 
 
-def read_lexical(store: MemoryStore, state: State) -> LexicalIndex | None:
-    """The BM25 index of the state's generation (None for an empty index or one in format 2,
-    whose BM25 files were not part of its generation). StoreError when missing or damaged."""
+def read_lexical(store: MemoryStore, state: State, field: str = "lexical") -> LexicalIndex | None:
+    """The BM25 index of the state's generation over the key texts (``field`` "lexical") or the
+    procedures ("procedure"); None for an empty index or one from before that field's files were
+    part of a generation (format 2; format 3 for "procedure"). StoreError when missing or
+    damaged."""
     from memp_cli.index.lexical import LexicalIndex
 
-    if not state.ids or state.lexical is None:
+    manifest = state.lexical if field == "lexical" else state.procedure
+    if not state.ids or manifest is None:
         return None
     try:
-        return LexicalIndex.load(store.index_dir, lexical_stem(state.generation), state.lexical)
+        return LexicalIndex.load(store.index_dir, lexical_stem(state.generation, field), manifest)
     except FileNotFoundError as e:
         raise StoreError(str(e), hint=REBUILD_HINT) from None
     except ValueError as e:
@@ -162,23 +170,29 @@ def read_lexical(store: MemoryStore, state: State) -> LexicalIndex | None:
 
 
 def load_lexical(
-    store: MemoryStore, state: State, files: FileTable | None = None, problems: list[str] | None = None
+    store: MemoryStore,
+    state: State,
+    files: FileTable | None = None,
+    problems: list[str] | None = None,
+    field: str = "lexical",
 ) -> LexicalIndex | None:
-    """The BM25 index; built in memory from the texts of ``files-<gen>.json`` (not written:
-    readers never write) when its files are missing or damaged (said in ``problems``), or
-    when the index is in format 2."""
+    """A BM25 index (see :func:`read_lexical`); built in memory from the texts of
+    ``files-<gen>.json`` (not written: readers never write) when its files are missing or
+    damaged (said in ``problems``). The procedure field of an index from before format 4 has
+    no texts to build from: None (a sync upgrades it)."""
     from memp_cli.index.lexical import LexicalIndex
 
-    if not state.ids:
+    if not state.ids or (field == "procedure" and state.version < 4):
         return None
     try:
-        lex = read_lexical(store, state)
+        lex = read_lexical(store, state, field)
     except StoreError as e:
         if problems is not None:
             problems.append(e.message)
         lex = None
     if lex is None:
-        texts = (files or load_files(store, state)).texts
+        table = files or load_files(store, state)
+        texts = table.texts if field == "lexical" else table.procedures
         lex = LexicalIndex.build(list(zip(state.labels, texts, strict=True)))
     return lex
 
@@ -208,7 +222,8 @@ def load(
                 vectors, hnsw = None, _vectors.load_hnsw(store, state)
             problems: list[str] = []
             lexical = load_lexical(store, state, problems=problems)
-            idx = Index(store, state, hnsw, lexical, kw, vectors=vectors)
+            procedure = load_lexical(store, state, problems=problems, field="procedure")
+            idx = Index(store, state, hnsw, lexical, kw, vectors=vectors, procedure=procedure)
             idx.problems = problems
             return idx
         except StoreError:

@@ -21,7 +21,11 @@ STATE_NAME = "state.json"
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
 #    in state.json (format 2 kept it in lexical.json under a generation counter of its own).
-INDEX_VERSION = 3
+# 4: a second BM25 index over each memory's procedure (procedure-<gen>.*.npy, manifest
+#    ``procedure``), the procedure texts in files-<gen>.json, and each memory's procedure
+#    family in state.json (``family_codes`` into ``family_names``). A sync upgrades a format 3
+#    index by re-reading the memory files, without embedding anything.
+INDEX_VERSION = 4
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
 # Format of the keyword files; a state with another kw_version (0: none yet, an
@@ -59,6 +63,11 @@ class State:
     # The BM25 manifest of lexical-<generation>.*.npy (None: an index in format 2, whose BM25
     # files are not part of the generation; readers build BM25 from the texts, a sync upgrades).
     lexical: dict[str, Any] | None = None
+    # The same for the procedure BM25 (procedure-<generation>.*.npy); None before format 4.
+    procedure: dict[str, Any] | None = None
+    # Per position, the memory's procedure family (retrieve.procedure.family_key): memories of
+    # one family are the same procedure, and a query's ranking pools their evidence.
+    families: list[str] = field(default_factory=list)
     # The format this state was read in (written always as INDEX_VERSION).
     version: int = INDEX_VERSION
 
@@ -83,6 +92,11 @@ class State:
         code = {k: i for i, k in enumerate(names)}
         del d["kinds"]
         d.update(kind_names=names, kind_codes=[code[k] for k in self.kinds])
+        families = self.families if len(self.families) == len(self.ids) else [""] * len(self.ids)
+        fam_names = sorted(set(families))
+        fam_code = {f: i for i, f in enumerate(fam_names)}
+        del d["families"]
+        d.update(family_names=fam_names, family_codes=[fam_code[f] for f in families])
         return orjson.dumps(d)
 
     @classmethod
@@ -106,7 +120,7 @@ class State:
                 )
             if not isinstance(version, int) or version > INDEX_VERSION:
                 raise ValueError("unknown index version")
-            if version < INDEX_VERSION:
+            if version < 3:
                 d.pop("lexical", None)
             if "label_runs" in d:
                 labels: list[int] = []
@@ -114,8 +128,10 @@ class State:
                     labels.extend(range(first, first + count))
                 d["labels"] = labels
             names, codes = d.pop("kind_names"), d.pop("kind_codes")
-            state = cls(**d, kinds=list(map(names.__getitem__, codes)), version=version)
-            if not len(state.ids) == len(state.labels) == len(state.kinds):
+            fnames, fcodes = d.pop("family_names", None), d.pop("family_codes", None)
+            families = list(map(fnames.__getitem__, fcodes)) if fnames is not None else [""] * len(d["ids"])
+            state = cls(**d, kinds=list(map(names.__getitem__, codes)), families=families, version=version)
+            if not len(state.ids) == len(state.labels) == len(state.kinds) == len(state.families):
                 raise ValueError("columns of different lengths")
             return state
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
@@ -130,12 +146,14 @@ class FileTable:
     mtimes: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # the BM25 text (key text + keywords)
+    procedures: list[str] = field(default_factory=list)  # the procedure BM25 text
 
-    def append(self, key_hash: str, mtime: int, size: int, text: str) -> None:
+    def append(self, key_hash: str, mtime: int, size: int, text: str, procedure: str) -> None:
         self.key_hashes.append(key_hash)
         self.mtimes.append(mtime)
         self.sizes.append(size)
         self.texts.append(text)
+        self.procedures.append(procedure)
 
     def to_json(self, generation: int) -> bytes:
         return orjson.dumps({"index_version": INDEX_VERSION, "generation": generation, **vars(self)})
@@ -166,9 +184,10 @@ def files_path(store: MemoryStore, generation: int) -> Path:
     return store.index_dir / f"files-{generation}.json"
 
 
-def lexical_stem(generation: int) -> str:
-    """The BM25 arrays of a generation are ``<index>/lexical-<gen>.<name>.npy``."""
-    return f"lexical-{generation}"
+def lexical_stem(generation: int, field: str = "lexical") -> str:
+    """The BM25 arrays of a generation are ``<index>/lexical-<gen>.<name>.npy``, those of the
+    procedure field ``<index>/procedure-<gen>.<name>.npy``."""
+    return f"{field}-{generation}"
 
 
 def generation_files(store: MemoryStore, state: State) -> set[str]:
@@ -184,6 +203,8 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
         names |= {hnsw_path(store, gen).name, vectors_path(store, gen).name}
         if state.lexical is not None:
             names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values()}
+        if state.procedure is not None:
+            names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen, "procedure")).values()}
     return names
 
 
@@ -203,8 +224,13 @@ def load_files(store: MemoryStore, state: State) -> FileTable:
         d = orjson.loads(path.read_bytes())
         if d.pop("index_version", None) != state.version or d.pop("generation", None) != state.generation:
             raise ValueError("another index version or generation")
+        if state.version < 4:
+            d["procedures"] = list(d["texts"])  # stale: a sync re-reads the memory files
         table = FileTable(**d)
-        if not (len(table.key_hashes) == len(table.mtimes) == len(table.sizes) == len(table.texts) == n):
+        if not (
+            len(table.key_hashes) == len(table.mtimes) == len(table.sizes) == len(table.texts) == n
+            and len(table.procedures) == n
+        ):
             raise ValueError(f"{len(table.texts)} entries for {n} memories")
     except FileNotFoundError:
         raise StoreError(f"{path}: missing", hint=REBUILD_HINT) from None

@@ -138,9 +138,10 @@ def _sync(
     changed = report.changed or bool(removed_labels) or kw_missing or report.rebuilt or vectors_missing
     if not changed and old is not None and old.version == INDEX_VERSION:
         # Nothing to embed: the last generation stands if its BM25 and keyword files are sound.
-        state.lexical = old.lexical
+        state.lexical, state.procedure = old.lexical, old.procedure
         try:
             lex = read_lexical(store, old)
+            proc = read_lexical(store, old, "procedure")
         except StoreError as e:
             report.repaired.append(e.message)
         try:
@@ -151,7 +152,10 @@ def _sync(
         if not report.repaired:
             if persist and (old.dir_mtime_ns != dir_mtime or old.broken != state.broken):
                 atomic_write(state_path(store), state.to_json())  # same generation, same files
-            return Index(store, state, hnsw, lex, kw_old, vectors=old_vectors, files=table), report
+            return (
+                Index(store, state, hnsw, lex, kw_old, vectors=old_vectors, files=table, procedure=proc),
+                report,
+            )
         kw_missing = kw_old is None
 
     cfg = store.config.index
@@ -199,9 +203,9 @@ def _sync(
         for lab in removed_labels:
             with contextlib.suppress(RuntimeError):
                 hnsw.mark_deleted(lab)
-    lex = _build_lexical(state, table)
+    both = _build_lexical(state, table)
     if persist:
-        write_generation(store, state, hnsw, kw, table, vectors, lex)
+        write_generation(store, state, hnsw, kw, table, vectors, both)
         store.journal(
             "index.sync",
             added=report.added,
@@ -215,7 +219,17 @@ def _sync(
         hnsw_out.set_ef(cfg.ef_search)
     if kw.hnsw is not None:
         kw.hnsw.set_ef(cfg.ef_search)
-    return Index(store, state, hnsw_out, lex, kw, vectors=vectors if state.ids else None, files=table), report
+    index = Index(
+        store,
+        state,
+        hnsw_out,
+        both[0] if both else None,
+        kw,
+        vectors=vectors if state.ids else None,
+        files=table,
+        procedure=both[1] if both else None,
+    )
+    return index, report
 
 
 def _read_old(
@@ -265,11 +279,18 @@ def _plan(
     for mid in sorted(files):
         mtime, size = files[mid]
         i = prev.get(mid)
-        if i is not None and old is not None and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size):
+        # (An index from before format 4 has no procedure texts: its memories are re-read.)
+        if (
+            i is not None
+            and old is not None
+            and old.version >= 4
+            and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size)
+        ):
             state.ids.append(mid)
             state.labels.append(old.labels[i])
             state.kinds.append(old.kinds[i])
-            table.append(old_table.key_hashes[i], mtime, size, old_table.texts[i])
+            state.families.append(old.families[i])
+            table.append(old_table.key_hashes[i], mtime, size, old_table.texts[i], old_table.procedures[i])
             kw_src.append(i)
             continue
         try:
@@ -283,8 +304,9 @@ def _plan(
         khash = mem.key_hash()
         if i is not None and old is not None and old_table.key_hashes[i] == khash:
             label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
-            report.updated += 1
-            report.updated_ids.append(mid)
+            if (old_table.mtimes[i], old_table.sizes[i]) != (mtime, size):
+                report.updated += 1
+                report.updated_ids.append(mid)
         else:
             if i is not None and old is not None:
                 label = old.labels[i]
@@ -298,7 +320,8 @@ def _plan(
         state.ids.append(mid)
         state.labels.append(label)
         state.kinds.append(mem.kind)
-        table.append(khash, mtime, size, _lexical_text(mem))
+        state.families.append(mem.family())
+        table.append(khash, mtime, size, _lexical_text(mem), mem.procedure_text())
         kw_src.append(memory_keywords(mem))
     if old is not None:
         gone = set(old.ids) - set(files)
@@ -379,11 +402,14 @@ def _checkpoint(
         ids=[state.ids[p] for p in keep],
         labels=[state.labels[p] for p in keep],
         kinds=[state.kinds[p] for p in keep],
+        families=[state.families[p] for p in keep],
         broken=state.broken,
     )
     part_table = FileTable()
     for p in keep:
-        part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], table.texts[p])
+        part_table.append(
+            table.key_hashes[p], table.mtimes[p], table.sizes[p], table.texts[p], table.procedures[p]
+        )
     # A pending memory that was in the index before (its keys changed) leaves it until re-embedded.
     for lab in [state.labels[p] for p in pending] + removed_labels:
         vectors[lab] = 0.0
@@ -398,12 +424,16 @@ def _checkpoint(
     store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
 
 
-def _build_lexical(state: State, table: FileTable) -> LexicalIndex | None:
+def _build_lexical(state: State, table: FileTable) -> tuple[LexicalIndex, LexicalIndex] | None:
+    """The two BM25 indexes of a generation: over the key texts and over the procedures."""
     from memp_cli.index.lexical import LexicalIndex
 
     if not state.ids:
         return None
-    return LexicalIndex.build(list(zip(state.labels, table.texts, strict=True)))
+    return (
+        LexicalIndex.build(list(zip(state.labels, table.texts, strict=True))),
+        LexicalIndex.build(list(zip(state.labels, table.procedures, strict=True))),
+    )
 
 
 def write_generation(
@@ -413,7 +443,7 @@ def write_generation(
     kw: KeywordIndex,
     table: FileTable,
     vectors: np.ndarray,
-    lex: LexicalIndex | None,
+    lex: tuple[LexicalIndex, LexicalIndex] | None,
 ) -> None:
     """Write ``state`` as the next generation: every file of it first (graph, vectors, keywords,
     file table, BM25 arrays; each atomically), then state.json, which names the generation, then
@@ -446,12 +476,14 @@ def write_generation(
     wrote(jpath)
     atomic_write(files_path(store, gen), table.to_json(gen))
     wrote(files_path(store, gen))
-    state.lexical = None
+    state.lexical = state.procedure = None
     if lex is not None and state.ids:
         from memp_cli.index.lexical import array_paths
 
-        state.lexical = lex.save(store.index_dir, lexical_stem(gen))
-        written.update(p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values())
+        state.lexical = lex[0].save(store.index_dir, lexical_stem(gen))
+        state.procedure = lex[1].save(store.index_dir, lexical_stem(gen, "procedure"))
+        for stem in (lexical_stem(gen), lexical_stem(gen, "procedure")):
+            written.update(p.name for p in array_paths(store.index_dir, stem).values())
     state.kw_version = KW_VERSION
     state.version = INDEX_VERSION
     atomic_write(state_path(store), state.to_json())

@@ -31,6 +31,8 @@ HEADER = (
     "# it when `keys` change. `memp doctor` validates every memory file.\n"
 )
 
+_VARIABLE = re.compile(r"\{[^{}]*\}")
+
 
 def now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -77,6 +79,21 @@ class Memory:
     def key_text(self) -> str:
         """The text embedded and matched lexically for the ``query`` key."""
         return "\n".join(self.keys) if self.keys else self.task
+
+    def procedure_text(self) -> str:
+        """The procedure this memory is an instance of, as retrieval matches it: the script's
+        title with its ``{variables}`` dropped (``"put a hot {object} in {receptacle}"`` ->
+        ``"put a hot in"``), or the key text when the memory has no script title. Matching a
+        task against it weighs what is done over what it is done to."""
+        title = self.script.get("title") if self.script else None
+        if isinstance(title, str) and title.strip():
+            return " ".join(_VARIABLE.sub(" ", title).split())
+        return self.key_text()
+
+    def family(self) -> str:
+        """The memories that are the same procedure share this: the task type when the run
+        had one, else the procedure text (lowercased, spaces collapsed)."""
+        return self.task_type or " ".join(self.procedure_text().lower().split())
 
     def key_hash(self) -> str:
         return hashlib.sha256(self.key_text().encode()).hexdigest()[:16]

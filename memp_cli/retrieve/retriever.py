@@ -1,17 +1,25 @@
 """Retrieval: the best memories for a task.
 
-The ``query`` key embeds the task text and fuses cosine similarity (hnswlib)
-with a lexical BM25 score over the memories' keys::
+The ``query`` key scores a memory for a task from three parts, each in [0, 1]::
 
-    score = (1 - w) * cosine + w * bm25 / bm25_max(query)
+    task   = (1 - w) * cosine + w * bm25(task text, key text) / bound
+    base   = (1 - p) * task + p * bm25(task text, procedure) / bound
+    score  = (1 - f) * base + f * (sum of the best 3 bases of its family) / 3
 
-``w`` is ``[retrieval] lexical_weight``; ``bm25_max`` is the largest score a
-document could reach for that query, so both parts lie in [0, 1] and
-``--min-score`` means the same thing on every store. Candidates come from
-both indexes (the union of their top lists) and are rescored exactly. The
-cosine candidates come from the hnsw graph, or, for a one-shot query on an
-index loaded with ``index.load(..., exact=True)``, from exact search over the
-memory-mapped vectors (a matrix-vector product: no graph to load, recall 1.0).
+``w``, ``p``, ``f`` are ``[retrieval] lexical_weight``, ``procedure_weight`` and
+``family_weight``. The *procedure* (:meth:`Memory.procedure_text`) is the script's title with its
+``{variables}`` dropped: matching it weighs what is done ("put a hot ... in") over what it is done
+to, which is what a procedural memory is for (without it "put a mug in sidetable" matched "put a
+hot mug in sidetable" first). The *family* (:meth:`Memory.family`: the task type, else the
+procedure) pools the evidence of memories that are the same procedure, so one look-alike of another
+kind or domain loses to a procedure several memories agree on. ``bound`` is the largest BM25 a
+document could reach for that query, so every part means the same on every store and
+``min_score`` is a floor: below it a memory is not a match. Candidates are the union of the
+cosine top list and both BM25 top lists, rescored exactly; the family part pools over them. The
+cosine candidates come from the hnsw graph, or, for a one-shot query on an index loaded with
+``index.load(..., exact=True)``, from exact search over the memory-mapped vectors (a
+matrix-vector product: no graph to load, recall 1.0). The weights were tuned on held-out
+ALFWorld tasks and paraphrases (``benchmarks/eval_retrieval.py``).
 The ``random`` key is the paper's baseline: k memories drawn at random.
 
 The ``avefact`` key (the paper's AveFact) matches keywords instead of the whole
@@ -46,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import InputError, MemoryFileError
 from memp_cli.index import Index, KeywordIndex, unit_rows
+from memp_cli.index.lexical import LexicalIndex
 from memp_cli.model.memory import Memory
 
 if TYPE_CHECKING:
@@ -67,6 +76,9 @@ LLM_KEYWORD_WORKERS = 4
 # load the hnsw graph. At 100k memories the graph costs ~130 ms to load and ~0.2 ms per
 # query; exact search ~10-20 ms per query read through the vectors.
 EXACT_MAX_QUERIES = 32
+# The family part of a score: the mean of the best FAMILY_POOL candidate scores of the memory's
+# procedure family (a missing member counts 0, so one lone look-alike pools little).
+FAMILY_POOL = 3
 
 KeywordExtractor = Callable[[Sequence[str]], list[list[str]]]
 
@@ -162,10 +174,12 @@ class Retriever:
     index: Index
     embedder: Embedder
     k: int = 3
-    min_score: float = 0.0
+    min_score: float = 0.2
     key: str = "query"
     kind: str | None = None
-    lexical_weight: float = 1.0
+    lexical_weight: float = 0.0
+    procedure_weight: float = 0.5
+    family_weight: float = 0.5
     seed: int | None = None
     keyword_extractor: KeywordExtractor = builtin_keywords
     # Cosine candidates by exact search over the vectors file (True), through the hnsw graph
@@ -182,6 +196,9 @@ class Retriever:
     explain: bool = False
     # avefact: the keywords of each query of the last scored() call
     query_keywords: list[list[str]] = field(default_factory=list)
+    # key query: per query of the last scored() call, per state position, the procedure and
+    # family parts of the score (for --explain)
+    details: list[dict[int, dict[str, float]]] = field(default_factory=list)
 
     @classmethod
     def from_config(
@@ -197,6 +214,8 @@ class Retriever:
             "min_score": rc.min_score,
             "key": rc.key,
             "lexical_weight": rc.lexical_weight,
+            "procedure_weight": rc.procedure_weight,
+            "family_weight": rc.family_weight,
             "utility_weight": rc.utility_weight,
         }
         settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -223,8 +242,6 @@ class Retriever:
 
     def scored(self, queries: Sequence[str]) -> list[list[tuple[int, float, float, float]]]:
         """Per query: (state position, score, cosine, lexical) best first, before min-score/k."""
-        import numpy as np
-
         idx = self.index
         n = len(idx)
         if n == 0 or not queries:
@@ -247,34 +264,95 @@ class Retriever:
             return [[] for _ in queries]
         labels, sims = found
         out = []
-        w = self.lexical_weight
-        lex = idx.lexical
+        self.details = []
         for qi, q in enumerate(queries):
             cand: dict[int, float] = dict(zip(labels[qi].tolist(), sims[qi].tolist(), strict=True))
-            lex_scores: dict[int, float] = {}
-            if lex is not None and w > 0:
-                top_l, top_s = lex.top(q, n_cand * (4 if allowed is not None else 1))
-                bound = lex.max_score(q) or 1.0
-                for lab, s in zip(top_l.tolist(), top_s.tolist(), strict=True):
-                    if allowed is not None and not allowed[idx.position_of_label(lab)]:
-                        continue
-                    lex_scores[lab] = s / bound
-                missing = [lab for lab in lex_scores if lab not in cand]
-                if missing:
-                    extra_cos = idx.vectors(missing) @ qvecs[qi]
-                    cand.update({lab: float(c) for lab, c in zip(missing, extra_cos.tolist(), strict=True)})
-                rest = np.array([lab for lab in cand if lab not in lex_scores], dtype=np.int64)
-                if len(rest):
-                    extra = lex.score_labels(q, rest) / bound
-                    lex_scores.update({int(lab): float(s) for lab, s in zip(rest, extra, strict=True)})
-            rows = []
-            for lab, cos in cand.items():
-                ls = lex_scores.get(lab, 0.0)
-                rows.append((idx.position_of_label(lab), (1 - w) * cos + w * ls, cos, ls))
-            # Ties (common when the score is mostly lexical) go to the closer embedding.
-            rows.sort(key=lambda r: (-r[1], -r[2], idx.state.ids[r[0]]))
-            out.append(rows)
+            key_lex = self._bm25(idx.lexical, q, self.lexical_weight, cand, allowed, n_cand)
+            proc = self._bm25(idx.procedure, q, self.procedure_weight, cand, allowed, n_cand)
+            missing = [lab for lab in {**key_lex, **proc} if lab not in cand]
+            if missing:
+                extra_cos = idx.vectors(missing) @ qvecs[qi]
+                cand.update({lab: float(c) for lab, c in zip(missing, extra_cos.tolist(), strict=True)})
+            for part, lex, weight in (
+                (key_lex, idx.lexical, self.lexical_weight),
+                (proc, idx.procedure, self.procedure_weight),
+            ):
+                if lex is not None and weight > 0:
+                    self._complete(part, lex, q, cand)
+            out.append(self._fuse(cand, key_lex, proc))
         return out
+
+    def _bm25(
+        self,
+        lex: LexicalIndex | None,
+        query: str,
+        weight: float,
+        cand: Mapping[int, float],
+        allowed: np.ndarray | None,
+        n_cand: int,
+    ) -> dict[int, float]:
+        """BM25 / its bound for ``query``: the best ``n_cand`` allowed labels (candidates too)."""
+        if lex is None or weight <= 0:
+            return {}
+        top_l, top_s = lex.top(query, n_cand * (4 if allowed is not None else 1))
+        bound = lex.max_score(query) or 1.0
+        out: dict[int, float] = {}
+        for lab, s in zip(top_l.tolist(), top_s.tolist(), strict=True):
+            if allowed is not None and not allowed[self.index.position_of_label(lab)]:
+                continue
+            out[lab] = s / bound
+        return out
+
+    @staticmethod
+    def _complete(part: dict[int, float], lex: LexicalIndex, query: str, cand: Mapping[int, float]) -> None:
+        """Fill ``part`` (a _bm25 result) with the BM25 / bound of every other candidate."""
+        import numpy as np
+
+        rest = np.array([lab for lab in cand if lab not in part], dtype=np.int64)
+        if len(rest):
+            bound = lex.max_score(query) or 1.0
+            extra = lex.score_labels(query, rest) / bound
+            part.update({int(lab): float(s) for lab, s in zip(rest, extra, strict=True)})
+
+    def _fuse(
+        self, cand: Mapping[int, float], key_lex: Mapping[int, float], proc: Mapping[int, float]
+    ) -> list[tuple[int, float, float, float]]:
+        """The fused score of each candidate (see the module docstring), best first."""
+        idx = self.index
+        w, p, f = self.lexical_weight, self.procedure_weight, self.family_weight
+        if idx.procedure is None:
+            p = 0.0  # an index from before format 4 (a sync upgrades it)
+        base: dict[int, float] = {}
+        for lab, cos in cand.items():
+            task = (1 - w) * cos + w * key_lex.get(lab, 0.0)
+            base[lab] = (1 - p) * task + p * proc.get(lab, 0.0)
+        score = base
+        pooled: dict[int, float] = {}
+        if f > 0:
+            families = idx.state.families
+            best: dict[str, list[float]] = {}
+            fam_of: dict[int, str] = {}
+            for lab, b in sorted(base.items(), key=lambda kv: -kv[1]):
+                pos = idx.position_of_label(lab)
+                fam = (families[pos] if pos < len(families) else "") or idx.state.ids[pos]
+                fam_of[lab] = fam
+                top = best.setdefault(fam, [])
+                if len(top) < FAMILY_POOL:
+                    top.append(b)
+            pooled = {lab: sum(best[fam_of[lab]]) / FAMILY_POOL for lab in base}
+            score = {lab: (1 - f) * b + f * pooled[lab] for lab, b in base.items()}
+        rows = [
+            (idx.position_of_label(lab), sc, cand[lab], key_lex.get(lab, 0.0)) for lab, sc in score.items()
+        ]
+        # Ties go to the closer embedding, then the smaller id.
+        rows.sort(key=lambda r: (-r[1], -r[2], idx.state.ids[r[0]]))
+        self.details.append(
+            {
+                idx.position_of_label(lab): {"procedure": proc.get(lab, 0.0), "family": pooled.get(lab, 0.0)}
+                for lab in base
+            }
+        )
+        return rows
 
     def _hnsw_candidates(
         self, qvecs: np.ndarray, n_cand: int, allowed: np.ndarray | None
@@ -493,12 +571,13 @@ class Retriever:
                     hit.query_keywords = self.query_keywords[qi]
                     hit.matches = self._explain(qi, pos)
                 if self.explain:
-                    hit.explain = self._parts(queries[qi], hit, w_u)
+                    detail = self.details[qi].get(pos, {}) if qi < len(self.details) else {}
+                    hit.explain = self._parts(queries[qi], hit, w_u, detail)
                 hits.append(hit)
             results.append(hits)
         return results
 
-    def _parts(self, query: str, hit: Hit, w_u: float) -> dict[str, Any]:
+    def _parts(self, query: str, hit: Hit, w_u: float, detail: Mapping[str, float]) -> dict[str, Any]:
         """Every part of a hit's score, for ``memp query --explain``."""
         from memp_cli.index.lexical import terms
 
@@ -513,6 +592,12 @@ class Retriever:
                 cosine=round(hit.similarity, 6),
                 cosine_weight=round(1 - w, 6),
                 matched_terms=shared,
+                procedure=round(detail.get("procedure", 0.0), 6),
+                procedure_text=hit.memory.procedure_text(),
+                procedure_weight=self.procedure_weight,
+                family=hit.memory.family(),
+                family_score=round(detail.get("family", 0.0), 6),
+                family_weight=self.family_weight,
             )
         elif self.key == "avefact":
             parts["average_keyword_cosine"] = round(hit.similarity, 6)
