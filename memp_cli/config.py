@@ -47,7 +47,7 @@ class RetrievalConfig:
     # asked of an ALFWorld store get nothing (benchmarks/eval_retrieval.py).
     min_score: float = 0.2
     key: str = "query"
-    lexical_weight: float = 0.0
+    lexical_weight: float = 0.25
     procedure_weight: float = 0.5
     family_weight: float = 0.5
     utility_weight: float = 0.0

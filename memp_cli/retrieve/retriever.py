@@ -177,7 +177,7 @@ class Retriever:
     min_score: float = 0.2
     key: str = "query"
     kind: str | None = None
-    lexical_weight: float = 0.0
+    lexical_weight: float = 0.25
     procedure_weight: float = 0.5
     family_weight: float = 0.5
     seed: int | None = None

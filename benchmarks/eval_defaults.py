@@ -1,0 +1,183 @@
+"""memp's default ranking against the baselines, on held-out canonical tasks and paraphrases.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/eval_defaults.py [--data-dir DIR]    # ~2 min
+
+Stores are built by the real CLI in a temporary directory (`memp init`, `memp ingest`, `memp
+distill`: the builtin distiller, proceduralization) from ``alfworld_train_replay.jsonl``; a second
+store mixes in WebShop, TextWorldExpress and ScienceWorld runs (one store, four domains). Each
+ranking is memp's own ``Retriever`` (``Retriever.from_config`` with overrides), top 10, no floor:
+
+- ``default``: the store's ``[retrieval]`` settings (what ``memp query`` does);
+- ``bm25 alone``: BM25 over the key text only (lexical_weight 1, no procedure, no family);
+- ``minilm alone`` / ``hash alone``: cosine only, in a store with that embedder;
+- ``random``: ``--key random``, the mean of 10 seeds.
+
+Query sets (a query whose text is already a memory's task is dropped: we measure new tasks):
+
+- ``valid``: ``alfworld_valid_seen_replay.jsonl`` tasks (the weights were chosen on these);
+- ``test``: ``alfworld_agentinstruct_corpus.jsonl`` + ``alfworld_react_exemplars.jsonl`` tasks
+  (never tuned on);
+- ``para-tune`` / ``para-holdout``: ``benchmarks/data/alfworld_paraphrases.jsonl``, natural
+  phrasings written for this by memp's developers, split in two; only ``para-tune`` was looked at
+  while choosing the weights.
+
+Relevance: 2 = same task type and same target object, 1 = same type (``memp_cli.eval.labels``);
+memories of other domains are 0. P@1 is "the top memory has the task's type". NDCG@10's ideal is
+over the whole store. Output: a table on stdout, ``benchmarks/results/eval_defaults.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+from _common import DATA as DEFAULT_DATA
+from _common import REPO, machine, write_result
+
+from memp_cli.eval import metrics
+from memp_cli.eval.labels import TaskLabel, grade, norm_task, task_label
+
+PARAPHRASES = REPO / "benchmarks" / "data" / "alfworld_paraphrases.jsonl"
+OTHER_DOMAINS = ("webshop_react_fixed100_499.jsonl", "twx_train.jsonl", "scienceworld_train.jsonl")
+BASELINES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "bm25 alone": {"lexical_weight": 1.0, "procedure_weight": 0.0, "family_weight": 0.0},
+    "cosine alone": {"lexical_weight": 0.0, "procedure_weight": 0.0, "family_weight": 0.0},
+}
+K = 10
+SEEDS = 10
+
+
+def build(root: Path, data: Path, files: list[str], embedder: str) -> Path:
+    env = {**os.environ, "MEMP_STORE": str(root), "MEMP_QUIET": "1"}
+    memp = [sys.executable, "-m", "memp_cli"]
+    subprocess.run([*memp, "init", "--embedder", embedder], env=env, check=True)
+    for f in files:
+        subprocess.run([*memp, "ingest", str(data / f)], env=env, check=True)
+    subprocess.run([*memp, "distill"], env=env, check=True)
+    return root
+
+
+def query_sets(data: Path, memory_tasks: set[str]) -> dict[str, list[tuple[str, TaskLabel]]]:
+    def canonical(files: list[str]) -> list[tuple[str, TaskLabel]]:
+        out, seen = [], set()
+        for f in files:
+            for line in (data / f).read_text().splitlines():
+                r = json.loads(line)
+                key = norm_task(r["task"])
+                if key in seen or key in memory_tasks:
+                    continue
+                seen.add(key)
+                out.append((r["task"], task_label(r["task"], r.get("task_type"))))
+        return out
+
+    para: dict[str, list[tuple[str, TaskLabel]]] = {"tune": [], "holdout": []}
+    for line in PARAPHRASES.read_text().splitlines():
+        r = json.loads(line)
+        para[r["split"]].append((r["query"], TaskLabel(r["label"], r["object"])))
+    return {
+        "valid": canonical(["alfworld_valid_seen_replay.jsonl"]),
+        "test": canonical(["alfworld_agentinstruct_corpus.jsonl", "alfworld_react_exemplars.jsonl"]),
+        "para-tune": para["tune"],
+        "para-holdout": para["holdout"],
+    }
+
+
+def evaluate(root: Path, rankers: dict[str, dict[str, Any]], random_baseline: bool) -> dict[str, Any]:
+    from memp_cli.index import sync
+    from memp_cli.retrieve.retriever import Retriever
+    from memp_cli.store import Store, store_embedder
+
+    st = Store.open(root)
+    emb = store_embedder(st)
+    idx, _ = sync(st, emb)
+    memories = list(st.iter_memories())
+    labels = {m.id: task_label(m.task, m.task_type or "other-domain") for m in memories}
+    sets = query_sets(DATA, {norm_task(m.task) for m in memories})
+    out: dict[str, Any] = {"memories": len(memories), "queries": {s: len(q) for s, q in sets.items()}}
+
+    def scores(r: Retriever, qs: list[tuple[str, TaskLabel]]) -> np.ndarray:
+        rows = []
+        for (_, ql), hits in zip(qs, r.search([q for q, _ in qs]), strict=True):
+            g = [grade(ql, labels[h.memory.id]) for h in hits]
+            ideal = metrics.ideal_dcg([grade(ql, lab) for lab in labels.values()], K)
+            rows.append([float(bool(g) and g[0] > 0), metrics.ndcg(g, ideal, K)])
+        return np.array(rows)
+
+    for name, over in rankers.items():
+        r = Retriever.from_config(idx, emb, st.config.retrieval, k=K, min_score=-1.0, **over)
+        out[name] = {}
+        for s, qs in sets.items():
+            p1, nd = metrics.bootstrap_intervals(scores(r, qs))
+            out[name][s] = {"p1": vars(p1), "ndcg10": vars(nd)}
+    if random_baseline:
+        out["random"] = {}
+        for s, qs in sets.items():
+            runs = [
+                scores(Retriever.from_config(idx, emb, st.config.retrieval, k=K, key="random", seed=seed), qs)
+                for seed in range(SEEDS)
+            ]
+            mean = np.mean(runs, axis=0)
+            out["random"][s] = {
+                "p1": {"mean": float(mean[:, 0].mean())},
+                "ndcg10": {"mean": float(mean[:, 1].mean())},
+            }
+    return out
+
+
+def main() -> None:
+    global DATA
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    args = ap.parse_args()
+    DATA = args.data_dir
+    result: dict[str, Any] = {"benchmark": "eval_defaults", "machine": machine(), "stores": {}}
+    with tempfile.TemporaryDirectory(prefix="memp-eval-") as tmp:
+        t = Path(tmp)
+        plans = {
+            "alfworld (minilm)": (["alfworld_train_replay.jsonl"], "minilm", True),
+            "alfworld (hash)": (["alfworld_train_replay.jsonl"], "hash", False),
+            "four domains (minilm)": (["alfworld_train_replay.jsonl", *OTHER_DOMAINS], "minilm", False),
+        }
+        for i, (name, (files, embedder, rnd)) in enumerate(plans.items()):
+            root = build(t / f"s{i}", DATA, files, embedder)
+            rankers = BASELINES if embedder == "minilm" else {"cosine alone": BASELINES["cosine alone"]}
+            result["stores"][name] = evaluate(root, rankers, rnd)
+    path = write_result("eval_defaults", result)
+    print("| store | ranker | valid P@1 | test P@1 | para-tune NDCG@10 | para-holdout NDCG@10 |")
+    print("|---|---|---|---|---|---|")
+    for store, res in result["stores"].items():
+        for ranker, per in res.items():
+            if ranker in ("memories", "queries"):
+                continue
+            label = (
+                ranker.replace("cosine", store.split("(")[1].rstrip(")")) if "cosine" in ranker else ranker
+            )
+            cells = [
+                per["valid"]["p1"],
+                per["test"]["p1"],
+                per["para-tune"]["ndcg10"],
+                per["para-holdout"]["ndcg10"],
+            ]
+            txt = [
+                f"{c['mean']:.3f}" + (f" [{c['low']:.2f}, {c['high']:.2f}]" if "low" in c else "")
+                for c in cells
+            ]
+            print(f"| {store} | {label} | " + " | ".join(txt) + " |")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+DATA = DEFAULT_DATA
+
+if __name__ == "__main__":
+    main()
