@@ -1,15 +1,19 @@
-"""Evaluation commands: ``memp eval replay``."""
+"""Evaluation commands: ``memp eval replay`` and ``memp eval retrieval``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from memp_cli.cli import app, output
+from memp_cli.cli import G, app, open_store, output
 from memp_cli.cli.commands import JsonOpt
 from memp_cli.cli.output import env, open_input
+from memp_cli.errors import ExitCode
+
+if TYPE_CHECKING:
+    from memp_cli.store import Store
 
 eval_app = typer.Typer(help="Measure memp on recorded runs.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
@@ -144,3 +148,176 @@ def replay_cmd(
     if plot_file is not None:
         plot(results, plot_file)
         output.info(f"wrote {plot_file}")
+
+
+def _ci(mean: float, low: float, high: float) -> str:
+    return f"{mean:.3f} [{low:.2f}, {high:.2f}]"
+
+
+@eval_app.command("retrieval")
+def retrieval_cmd(
+    queries: Annotated[
+        str,
+        typer.Option(
+            "--queries",
+            help="JSONL queries with a label or graded relevant ids (a trajectory file works: "
+            "task + task_type); - reads stdin.",
+        ),
+    ],
+    k: Annotated[int, typer.Option("-k", "--top", help="Rank cut for P@k, MRR and NDCG@k.", min=1)] = 10,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key", help="Retrieval key: query, avefact or random (default: the store's). Repeat to compare."
+        ),
+    ] = None,
+    embedder: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--embedder",
+            help="Embedder (default: the store's). Another one is evaluated on an index built in memory; "
+            "the store is not written. Repeat to compare.",
+        ),
+    ] = None,
+    lexical_weight: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Weight of BM25 in the query key's score, 0..1 (default: the store's). Repeat to compare.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="--key random: average over this many seeds.", min=1)] = 10,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the 95% intervals.", min=100)
+    ] = 2000,
+    exclude_seen: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-seen/--include-seen",
+            help="Leave out queries whose text is a stored memory's task (measure new tasks).",
+        ),
+    ] = True,
+    per_query: Annotated[bool, typer.Option("--per-query", help="Each query's metrics too.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score retrieval on labelled queries: P@1, P@k, MRR, NDCG@k, fail@1 per key and embedder.
+
+    A query is relevant to the memories of its label (task type; grade 2 when they also name its
+    object) or to graded ids (memories, or the trajectories and tasks they were built from). One
+    row per embedder x key x lexical weight, means with 95% bootstrap intervals; JSON lines with
+    --json or in a pipe. Bad lines are skipped with a warning (exit 3 after the results).
+
+    Example: memp eval retrieval --queries new_tasks.jsonl --key query --key random --embedder hash
+    """
+    from memp_cli.eval import retrieval as ev
+    from memp_cli.model.memory import Memory
+    from memp_cli.retrieve.retriever import KEYS
+
+    for kk in key or []:
+        if kk not in KEYS:
+            raise typer.BadParameter(f"{kk!r} is not one of {', '.join(KEYS)}", param_hint="--key")
+    store = open_store("eval retrieval")
+    stream, name = open_input(queries)
+    try:
+        parsed, bad = ev.read_queries(stream, name)
+    finally:
+        if stream is not env.stdin:
+            stream.close()
+    for i, e in enumerate(bad):
+        if i == 10:
+            output.warn(f"... and {len(bad) - i} more bad lines in {name}")
+            break
+        output.warn(f"skipped {e}".split("\n")[0])
+    memories = []
+    for m in store.iter_memories():
+        if isinstance(m, Memory):
+            memories.append(ev.MemoryInfo.of(m))
+        else:
+            output.warn(str(m).split("\n")[0] + " (left out)")
+    prepared = ev.judge(
+        parsed,
+        memories,
+        k=k,
+        exclude_seen=exclude_seen,
+        task_trajectories=lambda: _task_trajectories(store),
+        where=name,
+    )
+    for w in prepared.warnings:
+        output.warn(w)
+    c = prepared.counts()
+    output.info(
+        f"{len(prepared.judged)} queries of {len(parsed)} read: {c['seen']} seen "
+        f"({'left out' if exclude_seen else 'kept'}), {c['repeated']} repeated, "
+        f"{c['no_relevant']} without a relevant memory, {len(bad)} bad lines; {len(memories)} memories"
+    )
+    if not prepared.judged:
+        output.error("no query to evaluate")
+        raise typer.Exit(int(ExitCode.BAD_INPUT))
+    rc = store.config.retrieval
+    weights: list[float | None] = [*lexical_weight] if lexical_weight else [None]
+    settings = [
+        ev.Setting(e, kk, w)
+        for e in embedder or [G.embedder or store.config.embedder.name]
+        for kk in key or [rc.key]
+        for w in (weights if kk == "query" else [None])
+    ]
+    rows = []
+    for row in ev.run(
+        store, prepared.judged, settings, k=k, seeds=seeds, resamples=bootstrap, on_note=output.warn
+    ):
+        d = {**row.to_dict(per_query=per_query), "left_out": {**c, "bad_lines": len(bad)}}
+        if json_out or not env.stdout_isatty:
+            output.emit_json_lines([d])
+        rows.append(d)
+    if rows and not (json_out or not env.stdout_isatty):
+        _retrieval_tables(rows, k, rc.lexical_weight, per_query)
+    if bad:
+        output.error(f"{len(bad)} bad line{'s' if len(bad) != 1 else ''} skipped; the others were evaluated")
+        raise typer.Exit(int(ExitCode.BAD_INPUT))
+
+
+def _task_trajectories(store: Store) -> dict[str, list[str]]:
+    """task id -> ids of the stored trajectories of that task (read only when an id needs it)."""
+    out: dict[str, list[str]] = {}
+    for t in store.iter_trajectories():
+        if t.task_id:
+            out.setdefault(t.task_id, []).append(t.id)
+    return out
+
+
+def _retrieval_tables(rows: list[dict], k: int, store_weight: float, per_query: bool) -> None:
+    metrics = (("p1", "P@1"), ("pk", f"P@{k}"), ("mrr", "MRR"), ("ndcg", f"NDCG@{k}"), ("fail1", "fail@1"))
+    output.table(
+        ["embedder", "key", "w", *(title for _, title in metrics), "queries"],
+        (
+            [
+                r["embedder"],
+                r["key"],
+                "-"
+                if r["key"] != "query"
+                else f"{store_weight if r['lexical_weight'] is None else r['lexical_weight']:g}",
+                *(_ci(r[m], *r[f"{m}_ci95"]) for m, _ in metrics),
+                str(r["queries"]),
+            ]
+            for r in rows
+        ),
+        title="retrieval, mean [95% bootstrap interval] over queries (w: lexical weight)",
+    )
+    if per_query:
+        for r in rows:
+            output.table(
+                ["line", "query", "label", "relevant", *(title for _, title in metrics)],
+                (
+                    [
+                        str(q["line"]),
+                        q["query"],
+                        str(q["label"] or "-"),
+                        str(q["relevant"]),
+                        *(f"{q[m]:.2f}" for m, _ in metrics),
+                    ]
+                    for q in r["per_query"]
+                ),
+                title=f"{r['embedder']} / {r['key']}"
+                + (f" / w={r['lexical_weight']}" if r["lexical_weight"] is not None else ""),
+            )
