@@ -36,6 +36,10 @@ def _read(path: str) -> list:
     return out
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 @eval_app.command("replay")
 def replay_cmd(
     file: Annotated[str, typer.Argument(help="JSONL runs, in the order they happened; - reads stdin.")],
@@ -84,8 +88,9 @@ def replay_cmd(
 ) -> None:
     """Feed recorded runs in batches to a scratch store and measure each update policy (Mem^p).
 
-    Before each batch its tasks query the store (hit: a top-1 memory of the same task type);
-    after it the batch updates the store. One row per batch. Offline: the builtin distiller
+    Before each batch its tasks query the store (hit: a top-1 memory of the same task type;
+    also MRR and NDCG@10 of the top 10, grade 2 for the same type and object); after it the
+    batch updates the store. One row per batch; P@1 is the hit rate. Offline: the builtin distiller
     and reflector, no key.
 
     Example: memp eval replay runs.jsonl --batch-size 40 -u vanilla -u adjustment --prune both
@@ -129,15 +134,26 @@ def replay_cmd(
                 output.emit_json_lines(rows)
             else:
                 output.table(
-                    ["batch", "seen", "memories", "dups", "hit rate", "held-out", "reflected", "pruned"],
+                    [
+                        "batch",
+                        "seen",
+                        "memories",
+                        "dups",
+                        "P@1",
+                        "MRR",
+                        "NDCG@10",
+                        "held-out P@1",
+                        "held-out NDCG@10",
+                        "reflected",
+                        "pruned",
+                    ],
                     (
                         [
                             str(r["batch"]),
                             str(r["seen"]),
                             str(r["memories"]),
                             str(r["duplicates"]),
-                            "-" if r["hit_rate"] is None else f"{r['hit_rate']:.2f}",
-                            "-" if r["heldout_hit_rate"] is None else f"{r['heldout_hit_rate']:.2f}",
+                            *(_num(r[m]) for m in ("p1", "mrr", "ndcg10", "heldout_p1", "heldout_ndcg10")),
                             str(r["reflected"]),
                             str(r["pruned"]),
                         ]

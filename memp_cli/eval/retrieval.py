@@ -109,10 +109,18 @@ def parse_query(obj: Any, line: int = 0) -> Query:
         obj_word = obj["object"]
         if obj_word is not None and (not isinstance(obj_word, str) or not obj_word.strip()):
             raise ValueError('"object" must be a non-empty string or null')
+    elif label is not None:
+        obj_word = labelled(text, label).object
     else:
-        obj_word = target_object(text) if label in ALFWORLD_TYPES else None
+        obj_word = None
     extra = {k: v for k, v in obj.items() if k not in _KNOWN}
     return Query(text.strip(), label and label.strip(), obj_word, grades, line, extra)
+
+
+def labelled(text: str, label: str, line: int = 0) -> Query:
+    """A label query; its object is the ALFWorld target object of ``text`` when ``label`` is an
+    ALFWorld task type (:func:`memp_cli.eval.labels.target_object`), else None."""
+    return Query(text.strip(), label, target_object(text) if label in ALFWORLD_TYPES else None, line=line)
 
 
 def read_queries(stream: IO[bytes], name: str) -> tuple[list[Query], list[InputError]]:
