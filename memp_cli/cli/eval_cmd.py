@@ -167,7 +167,7 @@ def replay_cmd(
 
 
 def _ci(mean: float, low: float, high: float) -> str:
-    return f"{mean:.3f} [{low:.2f}, {high:.2f}]"
+    return f"{mean:.2f} [{low:.2f},{high:.2f}]"
 
 
 @eval_app.command("retrieval")
@@ -304,21 +304,25 @@ def _task_trajectories(store: Store) -> dict[str, list[str]]:
 
 def _retrieval_tables(rows: list[dict], k: int, store_weight: float, per_query: bool) -> None:
     metrics = (("p1", "P@1"), ("pk", f"P@{k}"), ("mrr", "MRR"), ("ndcg", f"NDCG@{k}"), ("fail1", "fail@1"))
+
+    def key_of(r: dict) -> str:
+        if r["key"] != "query":
+            return r["key"]
+        return f"query w={store_weight if r['lexical_weight'] is None else r['lexical_weight']:g}"
+
     output.table(
-        ["embedder", "key", "w", *(title for _, title in metrics), "queries"],
+        ["embedder", "key", *(title for _, title in metrics), "n"],
         (
             [
                 r["embedder"],
-                r["key"],
-                "-"
-                if r["key"] != "query"
-                else f"{store_weight if r['lexical_weight'] is None else r['lexical_weight']:g}",
-                *(_ci(r[m], *r[f"{m}_ci95"]) for m, _ in metrics),
+                key_of(r),
+                *(_ci(r[m], *r[f"{m}_ci95"]) for m, _ in metrics[:4]),
+                f"{r['fail1']:.2f}",
                 str(r["queries"]),
             ]
             for r in rows
         ),
-        title="retrieval, mean [95% bootstrap interval] over queries (w: lexical weight)",
+        title="retrieval: mean [95% bootstrap interval] over n queries; w: lexical weight",
     )
     if per_query:
         for r in rows:
