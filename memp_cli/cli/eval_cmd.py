@@ -263,7 +263,7 @@ def retrieval_cmd(
         output.warn(w)
     c = prepared.counts()
     output.info(
-        f"{len(prepared.judged)} queries of {len(parsed)} read: {c['seen']} seen "
+        f"{len(prepared.judged)} of {len(parsed)} queries evaluated: {c['seen']} seen "
         f"({'left out' if exclude_seen else 'kept'}), {c['repeated']} repeated, "
         f"{c['no_relevant']} without a relevant memory, {len(bad)} bad lines; {len(memories)} memories"
     )
@@ -271,7 +271,7 @@ def retrieval_cmd(
         output.error("no query to evaluate")
         raise typer.Exit(int(ExitCode.BAD_INPUT))
     rc = store.config.retrieval
-    weights: list[float | None] = [*lexical_weight] if lexical_weight else [None]
+    weights: list[float | None] = [*lexical_weight] if lexical_weight else [rc.lexical_weight]
     settings = [
         ev.Setting(e, kk, w)
         for e in embedder or [G.embedder or store.config.embedder.name]
@@ -287,7 +287,7 @@ def retrieval_cmd(
             output.emit_json_lines([d])
         rows.append(d)
     if rows and not (json_out or not env.stdout_isatty):
-        _retrieval_tables(rows, k, rc.lexical_weight, per_query)
+        _retrieval_tables(rows, k, per_query)
     if bad:
         output.error(f"{len(bad)} bad line{'s' if len(bad) != 1 else ''} skipped; the others were evaluated")
         raise typer.Exit(int(ExitCode.BAD_INPUT))
@@ -302,13 +302,13 @@ def _task_trajectories(store: Store) -> dict[str, list[str]]:
     return out
 
 
-def _retrieval_tables(rows: list[dict], k: int, store_weight: float, per_query: bool) -> None:
+def _retrieval_tables(rows: list[dict], k: int, per_query: bool) -> None:
     metrics = (("p1", "P@1"), ("pk", f"P@{k}"), ("mrr", "MRR"), ("ndcg", f"NDCG@{k}"), ("fail1", "fail@1"))
 
     def key_of(r: dict) -> str:
         if r["key"] != "query":
             return r["key"]
-        return f"query w={store_weight if r['lexical_weight'] is None else r['lexical_weight']:g}"
+        return f"query w={r['lexical_weight']:g}"
 
     output.table(
         ["embedder", "key", *(title for _, title in metrics), "n"],
