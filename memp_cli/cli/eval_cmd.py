@@ -245,6 +245,8 @@ def retrieval_cmd(
             output.warn(f"... and {len(bad) - i} more bad lines in {name}")
             break
         output.warn(f"skipped {e}".split("\n")[0])
+    if bad:
+        output.warn(f"hint: {ev.QUERY_HINT}")
     memories = []
     for m in store.iter_memories():
         if isinstance(m, Memory):
