@@ -96,9 +96,9 @@ def test_pruned_memory_leaves_every_index(store: Path) -> None:
     for key in ("query", "avefact"):
         assert [h["id"] for h in memp("query", task, "--json", "-k", "5", "--key", key).jsonl()] == [y]
     memp("restore", x)
-    assert sorted(h["id"] for h in memp("query", task, "--json", "-k", "5", "--no-collapse").jsonl()) == sorted(
-        [x, y]
-    )
+    assert sorted(
+        h["id"] for h in memp("query", task, "--json", "-k", "5", "--no-collapse").jsonl()
+    ) == sorted([x, y])
 
 
 def test_capacity_drops_lowest_utility(built: Path) -> None:

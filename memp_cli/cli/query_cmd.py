@@ -187,6 +187,18 @@ def query(
     queries in (a string, or {"task": ..., "id": ...}), one line out per query:
     {"query", "id", "results": [...]}.
 
+    Near-duplicates (same kind, and the same key text or key vectors at least [prune]
+    duplicate_similarity alike) are one hit, shown by its best-rated run (succeeded, then by
+    outcomes, then by score) and counted on it: "(+2 similar runs, 1 failed)", "duplicates" in
+    JSON. So k hits are k different procedures, and on equal scores a run that succeeded comes
+    first. --no-collapse: every run in its own place, as scored. A failed run is never shown as
+    a way to do a task: --format prompt gives it as a warning (what went wrong, its last steps),
+    or as a pitfall of the success it collapsed into.
+
+    --format prompt with a --max-tokens too small for even one memory writes nothing and exits
+    0 (a pipeline feeding an agent goes on without memory); a warning on stderr names the
+    smallest budget that fits one.
+
     --key avefact scores a memory by its keywords: the mean, over the query's keywords, of the
     cosine of the closest memory keyword; JSON hits then carry query_keywords and
     matched_keywords.
