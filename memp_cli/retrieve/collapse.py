@@ -75,10 +75,10 @@ def duplicate_groups(kinds: Sequence[str], vectors: np.ndarray, threshold: float
         sub = vectors[np.asarray(rows)]
         for start in range(0, len(rows), 1024):
             block = sub[start : start + 1024] @ sub.T
-            for bi, row in enumerate(block):
-                i = start + bi
-                for j in np.nonzero(row[i + 1 :] >= threshold)[0].tolist():
-                    a, b = find(rows[i]), find(rows[i + 1 + j])
+            for bi, j in zip(*np.nonzero(block >= threshold), strict=True):
+                i = start + int(bi)
+                if j > i:
+                    a, b = find(rows[i]), find(rows[int(j)])
                     if a != b:
                         parent[b] = a
     groups: dict[int, list[int]] = {}
@@ -170,8 +170,7 @@ def collapse(
         block = cands[i:j]
         i = j
         if len(groups) < k:  # a tie that may open a group: successes first
-            block = [c for c in block if load(c)]
-            block.sort(key=lambda c: -OUTCOME_RANK[c.memory.success] if c.memory else 0)
+            block = _successes_first(block, k - len(groups), load, lambda c: comp[c.order] in group_of)
         for c in block:
             g = group_of.get(comp[c.order])
             if g is None and len(groups) < k and c.memory is not None:
@@ -190,6 +189,30 @@ def collapse(
         _choose(g, rating)
         g.duplicates = _duplicates(g, vectors)
     return groups
+
+
+def _successes_first(
+    block: list[Candidate], slots: int, load: Callable[[Candidate], bool], linked: Callable[[Candidate], bool]
+) -> list[Candidate]:
+    """A tie block with the rows that may open a group ordered succeeded, unknown, failed.
+
+    Rows are read in ranked order only until ``slots`` procedures that succeeded are found:
+    nothing after them can open a group before them. Rows ``linked`` to an open group keep their
+    place (they join it); rows left unread follow, and open no group (as beyond the top k).
+    """
+    openers: list[Candidate] = []
+    rest: list[Candidate] = []
+    succeeded: set[tuple[str, str]] = set()
+    for c in block:
+        if linked(c) or len(succeeded) >= slots:
+            rest.append(c)
+        elif load(c):
+            assert c.memory is not None
+            openers.append(c)
+            if c.memory.success is True:
+                succeeded.add((c.memory.kind, normalized_key(c.memory)))
+    openers.sort(key=lambda c: -OUTCOME_RANK[c.memory.success] if c.memory is not None else 0)
+    return openers + rest
 
 
 def _choose(g: Group, rating: Callable[[str], float]) -> None:
