@@ -10,12 +10,15 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import DATA, FILES, memory_ids, memp, read_records
 
+from memp_cli.model.memory import Memory
+from memp_cli.retrieve.collapse import collapse
 from memp_cli.retrieve.render import PROMPT_HEADER, estimate_tokens
 
 RECORDS = read_records(FILES["native"])
@@ -239,3 +242,78 @@ def test_batch_prompt_names_the_query_that_did_not_fit(built: Path) -> None:
 def test_no_hits_is_not_a_budget_problem(built: Path, fmt: str) -> None:
     r = memp("query", EXAMINE, "--format", fmt, "--min-score", 0.999, "--max-tokens", 60)
     assert r.stdout == "" and "max-tokens" not in r.stderr
+
+
+# ------------------------------------------------------------------ the function itself
+
+
+def _mem(mid: str, task: str, success: bool | None, kind: str = "trajectory") -> Memory:
+    return Memory(id=mid, kind=kind, task=task, success=success, steps=[{"action": "a", "observation": ""}])
+
+
+def _collapse(
+    mems: list[Memory], scores: list[float], vecs: Sequence[Sequence[float]], k: int, **kw: Any
+) -> list[Any]:
+    import numpy as np
+
+    v = np.asarray(vecs, dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    read: list[int] = []
+
+    def load(pos: int) -> Memory | None:
+        read.append(pos)
+        return mems[pos] if mems[pos].task != "broken" else None
+
+    groups = collapse(
+        [(i, s, s, 0.0) for i, s in enumerate(scores)],
+        k,
+        kinds=[m.kind for m in mems],
+        vectors=v,
+        threshold=kw.get("threshold", 0.95),
+        read=load,
+        rating=kw.get("rating", lambda mid: 0.5),
+    )
+    shown: list[Any] = []
+    for g in groups:
+        rep = g.representative
+        assert rep is not None and rep.memory is not None
+        shown.append((rep.memory.id, round(rep.score, 3), [d.memory.id for d in g.duplicates]))
+    return [*shown, sorted(set(read))]
+
+
+def test_collapse_by_vector_shows_the_success_at_its_own_score() -> None:
+    """A failure and a success of one procedure (vectors alike, tasks worded apart): the success
+    shows it, at its own score, and the hits stay in score order."""
+    mems = [
+        _mem("f", "heat an egg, put it in the bin", False),
+        _mem("o", "cool a mug", True),
+        _mem("s", "heat some egg and put it in garbagecan", True),
+        _mem("p", "clean a pan", True),
+    ]
+    vecs: list[list[float]] = [[1, 0, 0, 0.1], [0, 1, 0, 0], [1, 0, 0, 0.12], [0, 0, 1, 0]]
+    *hits, read = _collapse(mems, [0.9, 0.7, 0.6, 0.5], vecs, 2)
+    assert hits == [("o", 0.7, []), ("s", 0.6, ["f"])]
+    assert 3 not in read  # "p" is beyond the top 2 and a duplicate of nothing shown: never read
+    *hits, _ = _collapse(mems, [0.9, 0.7, 0.6, 0.5], vecs, 2, threshold=0)  # vector test off
+    assert hits == [("f", 0.9, []), ("o", 0.7, [])]
+
+
+def test_collapse_skips_an_unreadable_run_and_fills_k() -> None:
+    mems = [_mem("a", "broken", True), _mem("b", "x", True), _mem("c", "x", False), _mem("d", "y", True)]
+    vecs = [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]]
+    *hits, _ = _collapse(mems, [0.9, 0.8, 0.8, 0.7], vecs, 2)
+    assert hits == [("b", 0.8, ["c"]), ("d", 0.7, [])]
+
+
+def test_collapse_rates_by_outcomes_only_between_equal_outcomes() -> None:
+    mems = [_mem("c", "x", None), _mem("a", "x", True), _mem("b", "x", True)]
+    vecs = [[1, 0], [1, 0], [1, 0]]
+    asked: list[str] = []
+
+    def rating(mid: str) -> float:
+        asked.append(mid)
+        return {"a": 0.2, "b": 0.9}.get(mid, 0.5)
+
+    *hits, _ = _collapse(mems, [0.9, 0.8, 0.8], vecs, 3, rating=rating)
+    assert hits == [("b", 0.8, ["c", "a"])]  # others best-ranked first
+    assert sorted(asked) == ["a", "b"]  # the unknown-outcome run is never rated against them

@@ -11,13 +11,14 @@ unless ``--no-collapse``):
   key texts are the same (ignoring case, spacing and punctuation) or their key vectors are at
   least ``threshold`` alike (``[prune] duplicate_similarity``, 0.95: the notion ``memp prune``
   merges by, :func:`duplicate_groups`; 0 turns the vector test off), linked transitively.
-- **One hit per procedure**: a group is placed where its best-scoring member ranks; it is shown
-  by its best-rated member: a run that succeeded before one of unknown outcome before one that
-  failed, then by outcomes (success rate with a uniform prior, from the ledger), then by score.
-  The others ride along as the hit's duplicates (counted and named, never shown in full), and
-  the top k is filled from further candidates, so k hits are k different procedures when the
-  candidates above the score floor hold that many. Duplicates are counted among those
-  candidates (the retriever's top list), not over the whole store.
+- **One hit per procedure**: the top k groups (by their best-scoring member) are each shown by
+  their best-rated member: a run that succeeded before one of unknown outcome before one that
+  failed, then by outcomes (success rate with a uniform prior, from the ledger), then by score;
+  the hits are ordered by the score of the run shown. The others ride along as the hit's
+  duplicates (counted and named, never shown in full), and the top k is filled from further
+  candidates, so k hits are k different procedures when the candidates above the score floor
+  hold that many. Duplicates are counted among those candidates (the retriever's top list),
+  not over the whole store.
 - **Ties go to success**: candidates with equal scores are taken in the order succeeded,
   unknown, failed (then as ranked), so of two equally relevant procedures the one with a
   successful run opens first.
@@ -186,8 +187,11 @@ def collapse(
             if load(c):
                 g.members.append(c)
     for g in groups:
+        g.members.sort(key=lambda c: c.order)
         _choose(g, rating)
         g.duplicates = _duplicates(g, vectors)
+    # by the score of the run shown (stable: a tie keeps successes first)
+    groups.sort(key=lambda g: -g.representative.score if g.representative is not None else 0.0)
     return groups
 
 

@@ -563,7 +563,9 @@ class Retriever:
             hit = self._hit(qi, query, rep.position, rep.memory, parts, len(hits) + 1, w_u)
             hit.duplicates = g.duplicates
             if hit.explain is not None:
-                hit.explain["collapse"] = {"similar": len(g.duplicates), "chosen_because": g.chosen_because}
+                hit.explain["collapse"] = {"similar": len(g.duplicates)}
+                if g.duplicates:
+                    hit.explain["collapse"]["chosen_because"] = g.chosen_because
             hits.append(hit)
         return hits
 
