@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memp_cli.backends.embedders import Embedder
+from memp_cli.config import PruneConfig
 from memp_cli.errors import InputError, MemoryFileError
 from memp_cli.index import Index, KeywordIndex, unit_rows
 from memp_cli.model.memory import Memory
+from memp_cli.retrieve.collapse import Duplicate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,6 +128,8 @@ class Hit:
     # the outcome term: the memory's success rate with a uniform prior (0.5 when unused)
     utility: float = 0.5
     explain: dict[str, Any] | None = None  # --explain: every part of the score
+    # near-duplicates collapsed into this hit (Retriever.collapse), best-ranked first
+    duplicates: list[Duplicate] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.memory
@@ -146,6 +150,7 @@ class Hit:
             "stats": vars(m.stats),
             "provenance": vars(m.provenance),
             "version": m.version,
+            "duplicates": [d.to_dict() for d in self.duplicates],
         }
         if self.explain is not None:
             d["explain"] = self.explain
@@ -180,6 +185,13 @@ class Retriever:
     usage: Mapping[str, Usage] | None = None
     utility_weight: float = 0.0
     explain: bool = False
+    # Near-duplicates collapse into one hit, shown by its best-rated member, and equal scores go
+    # to runs that succeeded (memp_cli.retrieve.collapse); off: the ranking exactly as scored.
+    collapse: bool = False
+    collapse_similarity: float = PruneConfig().duplicate_similarity
+    # Where the outcomes come from when ``usage`` is not given and collapse needs to rate two
+    # runs with the same outcome (read once, on first need).
+    usage_loader: Callable[[], Mapping[str, Usage]] | None = None
     # avefact: the keywords of each query of the last scored() call
     query_keywords: list[list[str]] = field(default_factory=list)
 
@@ -468,6 +480,8 @@ class Retriever:
 
     def search(self, queries: Sequence[str]) -> list[list[Hit]]:
         results = []
+        if self.utility_weight and self.usage is None and self.usage_loader is not None:
+            self.usage = self.usage_loader()
         w_u = self.utility_weight if self.usage is not None else 0.0
         for qi, rows in enumerate(self.scored(queries)):
             if w_u and self.key != "random":
@@ -476,27 +490,84 @@ class Retriever:
                     ((p, s + w_u * (self._utility(ids[p]) - 0.5), c, lx) for p, s, c, lx in rows),
                     key=lambda r: (-r[1], -r[2], ids[r[0]]),
                 )
+            if self.collapse and self.key != "random":
+                results.append(self._collapsed(qi, queries[qi], rows, w_u))
+                continue
             hits: list[Hit] = []
             for pos, score, cos, lex in rows:
                 if len(hits) >= self.k:
                     break
                 if self.key != "random" and score < self.min_score:
                     break
-                mid = self.index.state.ids[pos]
-                try:
-                    mem = self.index.store.read_memory(mid)
-                except MemoryFileError as e:
-                    self.warnings.append(str(e))
-                    continue
-                hit = Hit(mem, score, cos, lex, rank=len(hits) + 1, utility=self._utility(mid))
-                if self.key == "avefact":
-                    hit.query_keywords = self.query_keywords[qi]
-                    hit.matches = self._explain(qi, pos)
-                if self.explain:
-                    hit.explain = self._parts(queries[qi], hit, w_u)
-                hits.append(hit)
+                mem = self._read(pos)
+                if mem is not None:
+                    hits.append(self._hit(qi, queries[qi], pos, mem, (score, cos, lex), len(hits) + 1, w_u))
             results.append(hits)
         return results
+
+    def _read(self, pos: int) -> Memory | None:
+        """The memory at state position ``pos``; None (and a warning) when its file is broken."""
+        try:
+            return self.index.store.read_memory(self.index.state.ids[pos])
+        except MemoryFileError as e:
+            self.warnings.append(str(e))
+            return None
+
+    def _hit(
+        self,
+        qi: int,
+        query: str,
+        pos: int,
+        mem: Memory,
+        parts: tuple[float, float, float],
+        rank: int,
+        w_u: float,
+    ) -> Hit:
+        score, cos, lex = parts
+        hit = Hit(mem, score, cos, lex, rank=rank, utility=self._utility(mem.id))
+        if self.key == "avefact":
+            hit.query_keywords = self.query_keywords[qi]
+            hit.matches = self._explain(qi, pos)
+        if self.explain:
+            hit.explain = self._parts(query, hit, w_u)
+        return hit
+
+    def _collapsed(
+        self, qi: int, query: str, rows: list[tuple[int, float, float, float]], w_u: float
+    ) -> list[Hit]:
+        """The top k procedures among ``rows``: near-duplicates collapsed, successes first
+        (:mod:`memp_cli.retrieve.collapse`)."""
+        from memp_cli.retrieve.collapse import collapse
+
+        above = [r for r in rows if r[1] >= self.min_score]
+        state = self.index.state
+
+        def rating(mid: str) -> float:
+            if self.usage is None and self.usage_loader is not None:
+                self.usage = self.usage_loader()
+            return self._utility(mid)
+
+        hits: list[Hit] = []
+        for g in collapse(
+            above,
+            self.k,
+            kinds=[state.kinds[r[0]] for r in above],
+            vectors=self.index.vectors([state.labels[r[0]] for r in above]),
+            threshold=self.collapse_similarity,
+            read=self._read,
+            rating=rating,
+        ):
+            rep = g.representative
+            assert rep is not None and rep.memory is not None
+            parts = (rep.score, rep.similarity, rep.lexical)
+            hit = self._hit(qi, query, rep.position, rep.memory, parts, len(hits) + 1, w_u)
+            hit.duplicates = g.duplicates
+            if hit.explain is not None:
+                hit.explain["collapse"] = {"similar": len(g.duplicates)}
+                if g.duplicates:
+                    hit.explain["collapse"]["chosen_because"] = g.chosen_because
+            hits.append(hit)
+        return hits
 
     def _parts(self, query: str, hit: Hit, w_u: float) -> dict[str, Any]:
         """Every part of a hit's score, for ``memp query --explain``."""
