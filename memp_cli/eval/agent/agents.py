@@ -103,9 +103,12 @@ class BuiltinAgent:
             score += 1.0
         a, c = set(_words(step.action)), set(_words(cand))
         score += len(a & c) / max(len(a | c), 1)
-        obj = _object(cand)
-        if self._grounded and obj and _mentions(observation, obj):
-            score += 4.0 if _mentions(observation, cand) else 1.5
+        if self._grounded:
+            obj = _object(cand)
+            if _mentions(observation, cand):  # the text names this very action
+                score += 4.0
+            elif obj and _mentions(observation, obj):  # or what it acts on
+                score += 1.5
         if cand in self._taken:
             score -= 0.25
         return score
@@ -148,7 +151,7 @@ def parse_action(reply: str, actions: Sequence[str]) -> tuple[str, bool]:
     tagged = [ln for ln in lines if re.match(r"^[*_`>\s-]*action\s*[:：]", ln, re.I)]
     raw = tagged[-1] if tagged else (lines[-1] if lines else "")
     choice = re.sub(r"^[*_`>\s-]*action\s*[:：]\s*", "", raw, flags=re.I)
-    choice = choice.strip().strip("*_`'\"").strip().rstrip(".!").strip().strip("'\"`")
+    choice = choice.strip().strip("*_`'\">").strip().rstrip(".!").strip().strip("'\"`")
     norm = " ".join(_words(choice))
     by_norm = {" ".join(_words(a)): a for a in actions}
     if norm in by_norm:

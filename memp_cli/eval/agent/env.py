@@ -170,6 +170,9 @@ class TextWorldExpress:
 
     def close(self) -> None:
         self._env.close()
+        # TextWorldExpressEnv.__del__ closes again, writing to the dead JVM's stdin (a
+        # BrokenPipeError printed at exit): once is enough.
+        self._env.close = lambda: None
 
 
 ENVIRONMENTS = ("twx",)
