@@ -158,6 +158,7 @@ def test_memory_lets_the_builtin_agent_win_unseen_games(twx_store: Path, tmp_pat
             "won",
             "success_rate",
             "mean_steps",
+            "mean_steps_won",
             "mean_score",
             "with_memory",
         }
@@ -169,6 +170,8 @@ def test_memory_lets_the_builtin_agent_win_unseen_games(twx_store: Path, tmp_pat
     assert rows[(store, "simonsays")]["success_rate"] == 1.0
     assert rows[(store, "peckingorder")]["success_rate"] == 1.0
     assert rows[(store, "all")]["mean_steps"] > rows[("none", "all")]["mean_steps"]
+    assert rows[("none", "simonsays")]["mean_steps_won"] is None
+    assert rows[(store, "simonsays")]["mean_steps_won"] == 5.0  # Simon gives 5 instructions
 
     eps = [json.loads(line) for line in episodes.read_text().splitlines()]
     assert len(eps) == 12

@@ -251,7 +251,7 @@ def agent_cmd(
         return
     order = {g: i for i, g in enumerate(dict.fromkeys(r["game"] for r in rows))}
     output.table(
-        ["game", "memory", "games", "success", "mean steps", "mean score"],
+        ["game", "memory", "games", "success", "mean steps", "steps when won", "mean score"],
         (
             [
                 r["game"],
@@ -259,6 +259,7 @@ def agent_cmd(
                 str(r["episodes"]),
                 f"{r['success_rate']:.2f}",
                 f"{r['mean_steps']:.1f}",
+                "-" if r["mean_steps_won"] is None else f"{r['mean_steps_won']:.1f}",
                 f"{r['mean_score']:.2f}",
             ]
             for r in sorted(rows, key=lambda r: order[r["game"]])

@@ -126,6 +126,7 @@ class Summary:
     episodes: int = 0
     won: int = 0
     steps: int = 0
+    steps_won: int = 0
     score: float = 0.0
     with_memory: int = 0  # episodes whose agent was given at least one memory
 
@@ -137,7 +138,8 @@ class Summary:
             "episodes": self.episodes,
             "won": self.won,
             "success_rate": round(self.won / n, 4),
-            "mean_steps": round(self.steps / n, 2),
+            "mean_steps": round(self.steps / n, 2),  # a game lost at once counts its few steps
+            "mean_steps_won": round(self.steps_won / self.won, 2) if self.won else None,
             "mean_score": round(self.score / n, 4),
             "with_memory": self.with_memory,
         }
@@ -217,6 +219,7 @@ def summarize(episodes: Sequence[Episode]) -> list[Summary]:
             s.episodes += 1
             s.won += ep.won
             s.steps += len(ep.steps)
+            s.steps_won += len(ep.steps) if ep.won else 0
             s.score += ep.score
             s.with_memory += bool(ep.memories_used)
     return sorted(by.values(), key=lambda s: s.game == "all")
