@@ -1,4 +1,4 @@
-"""Evaluation commands: ``memp eval replay``."""
+"""Evaluation commands: ``memp eval replay`` and ``memp eval agent``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from memp_cli.cli import app, output
 from memp_cli.cli.commands import JsonOpt
 from memp_cli.cli.output import env, open_input
 
-eval_app = typer.Typer(help="Measure memp on recorded runs.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Measure memp: replay recorded runs, or let an agent play new games.", no_args_is_help=True
+)
 app.add_typer(eval_app, name="eval")
 
 
