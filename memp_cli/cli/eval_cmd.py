@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
@@ -201,10 +201,20 @@ def agent_cmd(
 
     Example: memp eval agent -m none -m .memp --game coin --game simonsays --games 20 --json
     """
+    from contextlib import ExitStack
+
     import orjson
 
     from memp_cli.cli import G, store_path
-    from memp_cli.eval.agent import NONE, AgentSettings, MemorySetting, Recall, open_environment, run
+    from memp_cli.eval.agent import (
+        NONE,
+        AgentSettings,
+        Episode,
+        MemorySetting,
+        Recall,
+        open_environment,
+        run,
+    )
 
     settings = AgentSettings(
         games=list(game or []),
@@ -223,24 +233,20 @@ def agent_cmd(
         else MemorySetting(m, Recall(Path(m), k=k, wait=G.wait, on_note=output.warn))
         for m in labels
     ]
-    out = open(episodes_file, "wb") if episodes_file is not None else None  # noqa: SIM115
+    out: list[IO[bytes]] = []
 
-    def played(ep: object) -> None:
-        from memp_cli.eval.agent import Episode
-
-        assert isinstance(ep, Episode)
+    def played(ep: Episode) -> None:
         end = f"won in {len(ep.steps)} steps" if ep.won else f"not won ({len(ep.steps)} steps)"
         output.info(f"agent: {ep.game} seed {ep.seed}, memory {ep.memory}: {end}")
-        if out is not None:
-            out.write(orjson.dumps(ep.to_trajectory()) + b"\n")
+        for f in out:
+            f.write(orjson.dumps(ep.to_trajectory()) + b"\n")
 
-    environment = open_environment(env_name)
-    try:
+    with ExitStack() as stack:
+        if episodes_file is not None:
+            out.append(stack.enter_context(episodes_file.open("wb")))
+        environment = open_environment(env_name)
+        stack.callback(environment.close)
         result = run(environment, settings, settings_list, on_episode=played, on_note=output.warn)
-    finally:
-        environment.close()
-        if out is not None:
-            out.close()
     rows = [s.to_dict() for s in result.summaries]
     if result.usage.calls:
         cost = "" if result.usage.cost_usd is None else f", ${result.usage.cost_usd:.4f}"

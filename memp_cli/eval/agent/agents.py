@@ -23,6 +23,7 @@ from typing import Protocol
 
 from memp_cli.backends.llm import LLMSettings, Usage, complete
 from memp_cli.model.memory import Memory
+from memp_cli.model.steps import omitted_count
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Actions that only show what is already known; exploration never picks them.
@@ -73,9 +74,10 @@ class BuiltinAgent:
 
     seed: int = 0
     name: str = "builtin"
-    _plan: list[_Step] = field(default_factory=list)
-    _grounded: bool = False
-    _taken: list[str] = field(default_factory=list)
+    _plan: list[_Step] = field(default_factory=list, init=False, repr=False)
+    _grounded: bool = field(default=False, init=False, repr=False)
+    _taken: list[str] = field(default_factory=list, init=False, repr=False)
+    _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
 
     def start(self, task: str, observation: str, memories: Sequence[Memory], prompt: str) -> None:
         self._rng = random.Random(self.seed)
@@ -87,7 +89,7 @@ class BuiltinAgent:
             before = ""
             for s in m.steps:
                 act = s.get("action", "")
-                if act and "steps omitted" not in act:
+                if act and omitted_count(s) is None:  # a "[... N steps omitted ...]" marker is no step
                     self._plan.append(_Step(act, before))
                     if before:
                         total += 1
@@ -171,11 +173,11 @@ class LLMAgent:
     name: str = "llm"
     usage: Usage = field(default_factory=Usage)
     invalid: int = 0  # replies that named no admissible action
-    _task: str = ""
-    _first: str = ""
-    _memory: str = ""
-    _history: list[tuple[str, str]] = field(default_factory=list)
-    _last: str | None = None
+    _task: str = field(default="", init=False, repr=False)
+    _first: str = field(default="", init=False, repr=False)
+    _memory: str = field(default="", init=False, repr=False)
+    _history: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False)
+    _last: str | None = field(default=None, init=False, repr=False)
 
     def start(self, task: str, observation: str, memories: Sequence[Memory], prompt: str) -> None:
         self._task, self._memory, self._first = task, prompt, " ".join(observation.split())
