@@ -1,9 +1,9 @@
-"""Evaluation commands: ``memp eval replay`` and ``memp eval retrieval``."""
+"""Evaluation commands: ``memp eval replay``, ``memp eval retrieval`` and ``memp eval agent``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,7 +15,9 @@ from memp_cli.errors import ExitCode
 if TYPE_CHECKING:
     from memp_cli.store import Store
 
-eval_app = typer.Typer(help="Measure memp on recorded runs.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Measure memp: replay recorded runs, or let an agent play new games.", no_args_is_help=True
+)
 app.add_typer(eval_app, name="eval")
 
 
@@ -343,3 +345,131 @@ def _retrieval_tables(rows: list[dict], k: int, per_query: bool) -> None:
                 title=f"{r['embedder']} / {r['key']}"
                 + (f" / w={r['lexical_weight']}" if r["lexical_weight"] is not None else ""),
             )
+
+
+@eval_app.command("agent")
+def agent_cmd(
+    memory: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--memory",
+            "-m",
+            help="none, or a store directory. Repeat to compare (default: none and the current store).",
+        ),
+    ] = None,
+    env_name: Annotated[
+        str, typer.Option("--env", help="The text environment: twx (TextWorldExpress).")
+    ] = "twx",
+    game: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--game", "-g", help="A game type (twx: coin, cookingworld, ...). Repeat; default: all."
+        ),
+    ] = None,
+    games: Annotated[int, typer.Option("--games", "-n", help="Unseen games per game type.", min=1)] = 5,
+    seed: Annotated[int, typer.Option(help="Picks the games and seeds the builtin agent.")] = 0,
+    max_steps: Annotated[int, typer.Option(help="Actions per game before it counts as failed.", min=1)] = 50,
+    model: Annotated[
+        str,
+        typer.Option(help="The agent: builtin (deterministic, offline) or a litellm model string."),
+    ] = "builtin",
+    api_base: Annotated[
+        str | None,
+        typer.Option(envvar="MEMP_API_BASE", help="With --model: the API base URL (a local server)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(envvar="MEMP_LLM_TIMEOUT", help="With --model: seconds per request.", min=1.0)
+    ] = 60.0,
+    k: Annotated[int, typer.Option("-k", "--k", help="Memories retrieved per game.", min=1)] = 1,
+    episodes_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--episodes", help="Write every game played as a trajectory (JSONL; memp ingest reads it)."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Let an agent play unseen games with and without memory: success rate and steps per game type.
+
+    Each memory setting plays the same games (test-fold seeds, never in a training run) with the
+    same agent seed. Before a game its task queries the store as memp query does, with the
+    store's embedder and [retrieval] settings; the top -k memories go to the agent. --model
+    builtin follows the retrieved steps, filling in the new game's objects, and explores at
+    random without memory; a litellm model gets a ReAct prompt with the memory block. Needs
+    pip install 'memp[agent]' and Java 17 (exit 4 without them).
+
+    Example: memp eval agent -m none -m .memp --game coin --game simonsays --games 20 --json
+    """
+    from contextlib import ExitStack
+
+    import orjson
+
+    from memp_cli.cli import G, store_path
+    from memp_cli.eval.agent import (
+        NONE,
+        AgentSettings,
+        Episode,
+        MemorySetting,
+        Recall,
+        open_environment,
+        run,
+    )
+
+    settings = AgentSettings(
+        games=list(game or []),
+        per_game=games,
+        seed=seed,
+        max_steps=max_steps,
+        model=model,
+        api_base=api_base,
+        timeout=timeout,
+        k=k,
+    )
+    labels = memory or [NONE, str(store_path())]
+    settings_list = [
+        MemorySetting(NONE)
+        if m == NONE
+        else MemorySetting(m, Recall(Path(m), k=k, wait=G.wait, on_note=output.warn))
+        for m in labels
+    ]
+    out: list[IO[bytes]] = []
+
+    def played(ep: Episode) -> None:
+        end = f"won in {len(ep.steps)} steps" if ep.won else f"not won ({len(ep.steps)} steps)"
+        output.info(f"agent: {ep.game} seed {ep.seed}, memory {ep.memory}: {end}")
+        for f in out:
+            f.write(orjson.dumps(ep.to_trajectory()) + b"\n")
+
+    with ExitStack() as stack:
+        if episodes_file is not None:
+            out.append(stack.enter_context(episodes_file.open("wb")))
+        environment = open_environment(env_name)
+        stack.callback(environment.close)
+        result = run(environment, settings, settings_list, on_episode=played, on_note=output.warn)
+    rows = [s.to_dict() for s in result.summaries]
+    if result.usage.calls:
+        cost = "" if result.usage.cost_usd is None else f", ${result.usage.cost_usd:.4f}"
+        output.info(
+            f"agent: {result.usage.calls} LLM calls, {result.usage.tokens_in} tokens in, "
+            f"{result.usage.tokens_out} out{cost}"
+        )
+    if json_out or not env.stdout_isatty:
+        output.emit_json_lines(rows)
+        return
+    order = {g: i for i, g in enumerate(dict.fromkeys(r["game"] for r in rows))}
+    output.table(
+        ["game", "memory", "games", "success", "mean steps", "steps when won", "mean score"],
+        (
+            [
+                r["game"],
+                r["memory"],
+                str(r["episodes"]),
+                f"{r['success_rate']:.2f}",
+                f"{r['mean_steps']:.1f}",
+                "-" if r["mean_steps_won"] is None else f"{r['mean_steps_won']:.1f}",
+                f"{r['mean_score']:.2f}",
+            ]
+            for r in sorted(rows, key=lambda r: order[r["game"]])
+        ),
+        title=f"eval agent: {env_name}, model {model}, max {max_steps} steps",
+    )
