@@ -72,6 +72,7 @@ from memp_cli import __version__ as memp_version  # noqa: E402
 from memp_cli import index as index_mod  # noqa: E402
 from memp_cli.config import RetrievalConfig  # noqa: E402
 from memp_cli.eval import metrics  # noqa: E402
+from memp_cli.eval import retrieval as ev  # noqa: E402
 from memp_cli.eval.labels import TaskLabel, grade, norm_task, target_object, task_type_of  # noqa: E402
 from memp_cli.index import lexical  # noqa: E402
 from memp_cli.index.lexical import LexicalIndex, term_hashes  # noqa: E402
@@ -109,11 +110,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def memory_meta(m: Memory) -> dict[str, Any]:
-    """What the metrics need of a memory: its task type (stored, else the rule), object, outcome."""
+    """What the metrics need of a memory: its task type (stored, else the rule), object, outcome,
+    and the library's view of it (``info``, graded by :func:`memp_cli.eval.retrieval.label_grade`)."""
     return {
         "type": m.task_type or task_type_of(m.task),
         "object": target_object(m.task),
         "success": m.success,
+        "info": ev.MemoryInfo.of(m, task_type_of),
     }
 
 
@@ -177,6 +180,11 @@ def label_of(d: dict[str, Any]) -> TaskLabel:
     return TaskLabel(d["type"], d["object"])
 
 
+def as_query(q: dict[str, Any]) -> ev.Query:
+    """A query record as the library grades it: its type as the label, its target object."""
+    return ev.Query(q["text"], q["type"], q["object"])
+
+
 def query_metrics(
     q: dict[str, Any],
     ranked: list[str],
@@ -184,21 +192,25 @@ def query_metrics(
     meta: dict[str, dict[str, Any]],
     ideal: dict[TaskLabel, float],
 ) -> dict[str, float]:
-    """P@1, P@3, MRR, NDCG@10 (graded: :func:`memp_cli.eval.labels.grade`), fail@1 and tied."""
+    """P@1, P@3, MRR, NDCG@10 and fail@1 (:func:`memp_cli.eval.retrieval.query_scores`, graded by
+    :func:`memp_cli.eval.retrieval.label_grade`, as ``memp eval retrieval``), and tied."""
     top = ranked[:K]
-    ql = label_of(q)
-    s = metrics.score_ranking([grade(ql, label_of(meta[mid])) for mid in top], ideal[ql], k=K, precision_k=3)
-    top1_failed = bool(top) and meta[top[0]]["success"] is False
-    tied_success = top1_failed and any(
+    query = as_query(q)
+    grades = {mid: ev.label_grade(query, meta[mid]["info"]) for mid in top}
+    failed = {mid for mid in top if meta[mid]["success"] is False}
+    p1, p3, mrr, ndcg, top1_failed = ev.query_scores(
+        top, grades, ideal[label_of(q)], failed, k=K, precision_k=3
+    )
+    tied_success = bool(top1_failed) and any(
         meta[mid]["success"] is True and abs(sc - scores[0]) < 1e-9
         for mid, sc in zip(top[1:], scores[1:], strict=True)
     )
     return {
-        "p1": s.p1,
-        "p3": s.pk,
-        "mrr": s.mrr,
-        "ndcg10": s.ndcg,
-        "top1_failed": float(top1_failed),
+        "p1": p1,
+        "p3": p3,
+        "mrr": mrr,
+        "ndcg10": ndcg,
+        "top1_failed": top1_failed,
         "top1_failed_tied": float(tied_success),
     }
 
@@ -206,11 +218,12 @@ def query_metrics(
 def ideal_dcgs(queries: list[dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[TaskLabel, float]:
     """Ideal DCG@10 of each query label over the whole store (the NDCG denominators)."""
     out: dict[TaskLabel, float] = {}
-    labels = [label_of(m) for m in meta.values()]
+    infos = [m["info"] for m in meta.values()]
     for q in queries:
         ql = label_of(q)
         if ql not in out:
-            out[ql] = metrics.ideal_dcg((grade(ql, ml) for ml in labels), K)
+            query = as_query(q)
+            out[ql] = metrics.ideal_dcg((ev.label_grade(query, i) for i in infos), K)
     return out
 
 

@@ -217,6 +217,7 @@ min_uses = {p.min_uses}
 min_success_rate = {p.min_success_rate}
 confidence = {p.confidence}
 # duplicate: same kind, key vectors at least this alike; the best-rated one is kept.
+# memp query shows such near-duplicates as one hit (their best-rated run) too.
 duplicate_similarity = {p.duplicate_similarity}
 # stale: not used for this many days. capacity: at most this many memories.
 stale_days = {p.stale_days}

@@ -22,7 +22,7 @@ from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.build.builtin.keywords import extract_keywords
 from memp_cli.errors import ExitCode
 from memp_cli.model.memory import Memory, load_memory_file
-from memp_cli.retrieve import retriever as retrieve
+from memp_cli.retrieve import avefact as retrieve
 from memp_cli.retrieve.retriever import Retriever
 from memp_cli.store import Store
 

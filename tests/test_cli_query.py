@@ -44,11 +44,18 @@ def test_query_default_output_is_json_when_not_a_terminal(built: Path) -> None:
 
 @pytest.mark.parametrize("k", [1, 5, 40, 100])
 def test_query_k(built: Path, k: int) -> None:
-    assert len(memp("query", HEAT, "-k", k).jsonl()) == min(k, 40)
+    """k runs as ranked with --no-collapse; k different procedures (30 distinct tasks in the 40
+    runs) with near-duplicates collapsed, every run counted once."""
+    assert len(memp("query", HEAT, "-k", k, "--no-collapse").jsonl()) == min(k, 40)
+    hits = memp("query", HEAT, "-k", k).jsonl()
+    assert len(hits) == min(k, 30)
+    runs = [i for h in hits for i in [h["id"], *(d["id"] for d in h["duplicates"])]]
+    assert len(runs) == len(set(runs)) and (k < 30 or len(runs) == 40)
 
 
 def test_query_min_score(built: Path) -> None:
     all_hits = memp("query", HEAT, "-k", 40).jsonl()
+    assert len(all_hits) > 5
     cut = all_hits[4]["score"] - 1e-6  # scores are printed rounded to 6 decimals
     hits = memp("query", HEAT, "-k", 40, "--min-score", cut).jsonl()
     assert len(hits) >= 5 and all(h["score"] >= cut for h in hits)
@@ -80,6 +87,9 @@ def test_query_random_key_is_reproducible_with_a_seed(built: Path) -> None:
 @pytest.mark.parametrize("budget", [50, 120, 400, 1500, 6000])
 def test_query_prompt_respects_max_tokens(built: Path, budget: int) -> None:
     r = memp("query", HEAT, "--format", "prompt", "--max-tokens", budget, "-k", 5)
+    if budget == 50:  # too small for any memory: nothing, and a warning that says so
+        assert r.stdout == "" and "--max-tokens 50 is too small for even one memory" in r.stderr
+        return
     assert r.stdout.startswith(PROMPT_HEADER)
     assert estimate_tokens(r.stdout) <= budget
     if budget >= 400:

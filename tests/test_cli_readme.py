@@ -12,6 +12,7 @@ folders of the sandbox. Lines that need an API key or a model server are skipped
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import re
 import shutil
@@ -54,6 +55,10 @@ def readme_command_lines(text: str) -> list[tuple[int, str]]:
 
 
 def skip_reason(cmd: str) -> str | None:
+    if "eval agent" in cmd and (
+        importlib.util.find_spec("textworld_express") is None or shutil.which("java") is None
+    ):
+        return "memp eval agent needs textworld-express and Java 17 (pip install 'memp[agent]')"
     if "ollama/" in cmd or re.search(r"--api-base http://localhost", cmd):
         return "needs a local model server (Ollama, vLLM)"
     if re.search(r"(OPENAI|ANTHROPIC)_API_KEY=", cmd) or (

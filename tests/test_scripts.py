@@ -576,7 +576,8 @@ def test_render_prompt_shrinks_a_memory_to_its_budget() -> None:
     assert short < whole
     packed = render_prompt([hit], max_tokens=header + short)
     assert "o o" in packed and len(packed) < len(render_prompt([hit], max_tokens=header + whole))
-    assert render_prompt([hit], max_tokens=header + short - 1) == PROMPT_HEADER + "\n"
+    # not even the shortest form fits: no block at all (not a header promising memories)
+    assert render_prompt([hit], max_tokens=header + short - 1) == ""
     t = MISC["scienceworld/boil/train/var0"]
     many = Memory(id="m2", kind="trajectory", task=t.task, steps=trim_steps(_steps(t), 10_000, 300))
     packed = render_prompt([Hit(many, 0.5, 0.5, 0.0)], max_tokens=300)

@@ -96,7 +96,9 @@ def test_pruned_memory_leaves_every_index(store: Path) -> None:
     for key in ("query", "avefact"):
         assert [h["id"] for h in memp("query", task, "--json", "-k", "5", "--key", key).jsonl()] == [y]
     memp("restore", x)
-    assert sorted(h["id"] for h in memp("query", task, "--json", "-k", "5").jsonl()) == sorted([x, y])
+    assert sorted(
+        h["id"] for h in memp("query", task, "--json", "-k", "5", "--no-collapse").jsonl()
+    ) == sorted([x, y])
 
 
 def test_capacity_drops_lowest_utility(built: Path) -> None:
@@ -147,14 +149,15 @@ def test_utility_term_ranks_the_succeeding_twin_first(store: Path) -> None:
     task = read_records(FILES["native"])[0]["task"]
     _feedback(x, "s")
     _feedback(y, "fff")
-    plain = memp("query", task, "--json", "-k", "2", "--utility-weight", "0").jsonl()
+    raw = ("--no-collapse",)  # the twins each in its place (collapsed, the better-rated shows both)
+    plain = memp("query", task, "--json", "-k", "2", "--utility-weight", "0", *raw).jsonl()
     assert plain[0]["score"] == plain[1]["score"]  # twins: only the outcome can tell them apart
-    ranked = memp("query", task, "--json", "-k", "2", "--utility-weight", "0.2").jsonl()
+    ranked = memp("query", task, "--json", "-k", "2", "--utility-weight", "0.2", *raw).jsonl()
     assert [h["id"] for h in ranked] == [x, y]
     assert ranked[0]["score"] > ranked[1]["score"]
     # the flip: y now succeeds more often (8 of 11: 0.69 with the prior, against 2/3 for x)
     _feedback(y, "ssssssss")
-    ranked = memp("query", task, "--json", "-k", "2", "--utility-weight", "0.2").jsonl()
+    ranked = memp("query", task, "--json", "-k", "2", "--utility-weight", "0.2", *raw).jsonl()
     assert [h["id"] for h in ranked] == [y, x]
 
 

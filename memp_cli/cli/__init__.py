@@ -88,7 +88,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Bring memories back from the trash, whole (a new version in their history).",
     ),
     "trash": ("memp_cli.cli.update_cmd", "The trash: forgotten and pruned memories."),
-    "eval": ("memp_cli.cli.eval_cmd", "Measure memp on recorded runs."),
+    "eval": ("memp_cli.cli.eval_cmd", "Measure memp: replay recorded runs, or let an agent play new games."),
 }
 
 # Root options that are not settings: they stay before the command.

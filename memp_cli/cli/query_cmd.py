@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -17,17 +17,13 @@ from memp_cli.cli import G, app, choice, open_store, output
 from memp_cli.cli.output import env, open_input
 from memp_cli.errors import InputError
 from memp_cli.model.memory import KINDS
-from memp_cli.retrieve.render import render_prompt
-from memp_cli.retrieve.retriever import (
-    EXACT_MAX_QUERIES,
-    KEYS,
-    Hit,
-    KeywordExtractor,
-    Retriever,
-    builtin_keywords,
-    llm_keywords,
-)
+from memp_cli.retrieve.avefact import KeywordExtractor, builtin_keywords, llm_keywords
+from memp_cli.retrieve.render import pack_prompt, similar_note
+from memp_cli.retrieve.retriever import EXACT_MAX_QUERIES, KEYS, Hit, Retriever
 from memp_cli.store import Store, store_embedder
+
+if TYPE_CHECKING:
+    from memp_cli.update.outcomes import Usage
 
 FORMATS = ("table", "json", "prompt")
 
@@ -132,7 +128,14 @@ def query(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", "--nl", help="Same as --format json.")] = False,
-    max_tokens: Annotated[int, typer.Option(help="With --format prompt: the token budget.", min=50)] = 1500,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            help="With --format prompt: the token budget (estimated, 4 characters a token). Too small "
+            "for even one memory: nothing is written, exit 0, and a warning names the budget that fits one.",
+            min=50,
+        ),
+    ] = 1500,
     seed: Annotated[int | None, typer.Option(help="Random seed for --key random.")] = None,
     model: Annotated[
         str | None,
@@ -156,15 +159,38 @@ def query(
     explain: Annotated[
         bool,
         typer.Option(
-            "--explain", help="Show every part of each hit's score: lexical, cosine, utility, matched terms."
+            "--explain",
+            help="Show every part of each hit's score: lexical, cosine, utility, matched terms, and "
+            "what collapse did.",
         ),
     ] = False,
+    collapse: Annotated[
+        bool,
+        typer.Option(
+            "--collapse/--no-collapse",
+            help="Collapse near-duplicates into one hit shown by its best-rated run (successes before "
+            "failures), so the k hits are k different procedures; --no-collapse: the ranking as "
+            "scored, every run in its own place.",
+        ),
+    ] = True,
 ) -> None:
     """Find the memories most relevant to a task.
 
     With TEXT: one result per line (--json), a table, or a prompt block. With -: JSON lines of
     queries in (a string, or {"task": ..., "id": ...}), one line out per query:
     {"query", "id", "results": [...]}.
+
+    Near-duplicates (same kind, and the same key text or key vectors at least [prune]
+    duplicate_similarity alike) are one hit, shown by its best-rated run (succeeded, then by
+    outcomes, then by score) and counted on it: "(+2 similar runs, 1 failed)", "duplicates" in
+    JSON. So k hits are k different procedures, and on equal scores a run that succeeded comes
+    first. --no-collapse: every run in its own place, as scored. A failed run is never shown as
+    a way to do a task: --format prompt gives it as a warning (what went wrong, its last steps),
+    or as a pitfall of the success it collapsed into.
+
+    --format prompt with a --max-tokens too small for even one memory writes nothing and exits
+    0 (a pipeline feeding an agent goes on without memory); a warning on stderr names the
+    smallest budget that fits one.
 
     --key avefact scores a memory by its keywords: the mean, over the query's keywords, of the
     cosine of the closest memory keyword; JSON hits then carry query_keywords and
@@ -219,16 +245,18 @@ def query(
         keyword_extractor=extractor,
         utility_weight=utility_weight,
         explain=explain,
+        collapse=collapse,
+        collapse_similarity=store.config.prune.duplicate_similarity,
     )
     if retriever.utility_weight > 0 or explain:
-        from memp_cli.update.outcomes import Ledger
-
-        retriever.usage = Ledger.of(store).usage()
+        retriever.usage = _usage(store)
+    else:  # collapse reads the outcomes only to choose between two runs with the same outcome
+        retriever.usage_loader = lambda: _usage(store)
     if text == "-":
         results = retriever.search([q for q, _ in batch]) if batch else []
         for i, ((q, qid), hits) in enumerate(zip(batch, results, strict=True)):
             if fmt == "prompt":
-                output.write(render_prompt(hits, max_tokens=max_tokens) + "\n")
+                output.write(_prompt(hits, max_tokens, f"query {i + 1}: ") + "\n")
             else:
                 line: dict[str, Any] = {"query": q, "id": qid}
                 if key == "avefact":
@@ -245,11 +273,33 @@ def query(
         output.warn(w.split("\n")[0])
 
 
+def _prompt(hits: list[Hit], max_tokens: int, where: str = "") -> str:
+    """The prompt block; on stderr, what did not fit in ``max_tokens``."""
+    packed = pack_prompt(hits, max_tokens=max_tokens)
+    if hits and not packed.shown:
+        output.warn(
+            f"{where}--max-tokens {max_tokens} is too small for even one memory: nothing was written "
+            f"(the best of the {len(hits)} found needs {packed.needed}); raise --max-tokens to at "
+            f"least {packed.needed}"
+        )
+    elif packed.shown < len(hits):
+        output.info(
+            f"{where}{len(hits) - packed.shown} of {len(hits)} memories did not fit in --max-tokens {max_tokens}"
+        )
+    return packed.text
+
+
+def _usage(store: Store) -> dict[str, Usage]:
+    from memp_cli.update.outcomes import Ledger
+
+    return Ledger.of(store).usage()
+
+
 def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: bool = False) -> None:
     if fmt == "json":
         output.emit_json_lines(h.to_dict() for h in hits)
     elif fmt == "prompt":
-        output.write(render_prompt(hits, max_tokens=max_tokens))
+        output.write(_prompt(hits, max_tokens))
     else:
         if not hits:
             output.info("no memory scored above --min-score")
@@ -257,7 +307,7 @@ def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: b
         ok = {True: "yes", False: "no", None: "?"}
         if explain:
             output.table(
-                ["#", "score", "id", "lexical", "cosine", "utility", "uses", "matched"],
+                ["#", "score", "id", "lexical", "cosine", "utility", "uses", "matched", "similar"],
                 (
                     [
                         str(h.rank),
@@ -269,6 +319,7 @@ def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: b
                         f"{(h.explain or {}).get('successes', 0)}/{(h.explain or {}).get('uses', 0)}",
                         ", ".join((h.explain or {}).get("matched_terms", []))
                         or ", ".join(f"{q}~{k}" for q, k, _ in h.matches or []),
+                        similar_note(h).strip(" ()"),
                     ]
                     for h in hits
                 ),
@@ -284,7 +335,7 @@ def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: b
                     h.memory.id,
                     h.memory.kind,
                     ok[h.memory.success],
-                    h.memory.task,
+                    h.memory.task + similar_note(h),
                     "; ".join(s.get("action", "") for s in h.memory.steps[:4])
                     or (h.memory.script or {}).get("title", ""),
                 ]

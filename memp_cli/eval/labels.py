@@ -15,6 +15,7 @@ from dataclasses import dataclass
 ALFWORLD_TYPES = ("clean", "heat", "cool", "puttwo", "examine", "put")
 
 _WORDS = re.compile(r"[a-z]+")
+_TOKENS = re.compile(r"[a-z0-9]+")
 
 _OBJECT_PATTERNS = (
     # put two X in Y / find two X and put them in Y
@@ -82,6 +83,18 @@ class TaskLabel:
 def task_label(text: str, task_type: str | None = None) -> TaskLabel:
     """The label of a task text: ``task_type`` when the data has one, else the ALFWorld rule."""
     return TaskLabel(task_type or task_type_of(text), target_object(text))
+
+
+def mentions(text: str, word: str) -> bool:
+    """Whether ``text`` has ``word`` as a token (``[a-z0-9]+``, case-insensitive), either one
+    with a plural ``s``/``es`` more than the other ("mug" ~ "mugs", "boxes" ~ "box")."""
+    w = word.lower().strip()
+    if not w:
+        return False
+    forms = {w, w + "s", w + "es"}
+    forms |= {w[:-2]} if w.endswith("es") else set()
+    forms |= {w[:-1]} if w.endswith("s") else set()
+    return not forms.isdisjoint(_TOKENS.findall(text.lower()))
 
 
 def grade(query: TaskLabel, item: TaskLabel) -> int:

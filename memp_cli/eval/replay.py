@@ -13,7 +13,10 @@ outcome is counted on it, and the batch updates the store by the chosen policy:
 With ``prune`` the store's prune rules run after each batch. A held-out set of tasks (never
 ingested) can be queried after each batch too, to see whether retrieval for new tasks holds.
 One row per batch: runs seen, memories, duplicates (memories whose keys repeat another's),
-hit rate, held-out hit rate, memories reflected and pruned, tokens and cost.
+hit rate, held-out hit rate, memories reflected and pruned, tokens and cost. The same queries
+are also scored as rankings of the top 10 (:mod:`memp_cli.eval.retrieval`, label = the task
+type, grade 2 when the memory's task also names the query's ALFWorld target object): P@1 (the
+hit rate), MRR and NDCG@10, for the batch and for the held-out tasks.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from memp_cli.ingest import ReadResult
 from memp_cli.model.trajectory import Trajectory
 
 UPDATES = ("vanilla", "validation", "adjustment")
+RANK_K = 10  # the rank cut of the per-batch MRR and NDCG
 
 
 @dataclass
@@ -63,6 +67,13 @@ class BatchRow:
     hits: int = 0
     heldout_queries: int = 0
     heldout_hits: int = 0
+    # means over the labelled queries of the batch (and of the held-out tasks): None when none
+    p1: float | None = None
+    mrr: float | None = None
+    ndcg10: float | None = None
+    heldout_p1: float | None = None
+    heldout_mrr: float | None = None
+    heldout_ndcg10: float | None = None
     reflected: int = 0
     pruned: int = 0
     tokens_in: int = 0
@@ -82,7 +93,20 @@ class BatchRow:
         d["hit_rate"] = None if self.hit_rate is None else round(self.hit_rate, 4)
         d["heldout_hit_rate"] = None if self.heldout_hit_rate is None else round(self.heldout_hit_rate, 4)
         d["cost_usd"] = round(self.cost_usd, 6)
+        for name in ("p1", "mrr", "ndcg10", "heldout_p1", "heldout_mrr", "heldout_ndcg10"):
+            d[name] = None if d[name] is None else round(d[name], 4)
         return d
+
+    def set_scores(self, scores: list[list[float]], *, heldout: bool = False) -> None:
+        """Means of per-query [P@1, P@k, MRR, NDCG, fail@1] rows (see :func:`_ask`)."""
+        if not scores:
+            return
+        n = len(scores)
+        p1, mrr, ndcg = (sum(r[i] for r in scores) / n for i in (0, 2, 3))
+        if heldout:
+            self.heldout_p1, self.heldout_mrr, self.heldout_ndcg10 = p1, mrr, ndcg
+        else:
+            self.p1, self.mrr, self.ndcg10 = p1, mrr, ndcg
 
 
 @dataclass
@@ -107,21 +131,40 @@ def duplicates(store: Any) -> int:
     return len(keys) - len(set(keys))
 
 
-def _top1(
-    store: Any, tasks: Sequence[str], utility_weight: float = 0.0
-) -> list[tuple[str, str | None] | None]:
-    """(memory id, its task type) of the best memory for each task, or None."""
+def _ask(
+    store: Any, tasks: Sequence[Trajectory], utility_weight: float = 0.0
+) -> tuple[list[tuple[str, str | None] | None], list[list[float]]]:
+    """Query the store with each task: (memory id, its task type) of the best memory, or None;
+    and, per labelled task that got an answer, its ranking scores
+    (:func:`memp_cli.eval.retrieval.query_scores` over the top :data:`RANK_K`)."""
+    from memp_cli.eval import retrieval as ev
+    from memp_cli.eval.metrics import ideal_dcg
     from memp_cli.index import sync
+    from memp_cli.model.memory import Memory
     from memp_cli.retrieve.retriever import Retriever
     from memp_cli.store import store_embedder
 
     if not tasks or not store.memory_ids():
-        return [None for _ in tasks]
+        return [None for _ in tasks], []
     emb = store_embedder(store)
     idx, _ = sync(store, emb)
     rc = store.config.retrieval
-    hits = Retriever.from_config(idx, emb, rc, k=1, utility_weight=utility_weight).search(list(tasks))
-    return [(h[0].memory.id, h[0].memory.task_type or None) if h else None for h in hits]
+    retriever = Retriever.from_config(idx, emb, rc, k=RANK_K, utility_weight=utility_weight)
+    found = retriever.search([t.task for t in tasks])
+    infos = [ev.MemoryInfo.of(m) for m in store.iter_memories() if isinstance(m, Memory)]
+    scores = []
+    for t, hits in zip(tasks, found, strict=True):
+        label = label_of(t)
+        if hits and label is not None:
+            q = ev.labelled(t.task, label)
+            grades = {m.id: g for m in infos if (g := ev.label_grade(q, m)) > 0}
+            failed = {h.memory.id for h in hits if h.memory.success is False}
+            ranked = [h.memory.id for h in hits]
+            scores.append(
+                ev.query_scores(ranked, grades, ideal_dcg(grades.values(), RANK_K), failed, k=RANK_K)
+            )
+    top = [(h[0].memory.id, h[0].memory.task_type or None) if h else None for h in found]
+    return top, scores
 
 
 def replay(
@@ -161,7 +204,8 @@ def _replay(
     for b, start in enumerate(range(0, len(stream), settings.batch_size), 1):
         batch = list(stream[start : start + settings.batch_size])
         row = BatchRow(b)
-        found = _top1(store, [t.task for t in batch], settings.utility_weight)
+        found, scores = _ask(store, batch, settings.utility_weight)
+        row.set_scores(scores)
         used: list[Trajectory] = []
         for t, top in zip(batch, found, strict=True):
             want = label_of(t)
@@ -189,9 +233,9 @@ def _replay(
         if settings.prune:
             row.pruned = len(prune_store(store))
         if heldout:
-            for t, top in zip(
-                heldout, _top1(store, [t.task for t in heldout], settings.utility_weight), strict=True
-            ):
+            held_found, held_scores = _ask(store, heldout, settings.utility_weight)
+            row.set_scores(held_scores, heldout=True)
+            for t, top in zip(heldout, held_found, strict=True):
                 want = label_of(t)
                 if top is not None and want is not None:
                     row.heldout_queries += 1

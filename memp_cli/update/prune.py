@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from memp_cli.config import PruneConfig
 from memp_cli.model.memory import Memory
+from memp_cli.retrieve.collapse import duplicate_groups
 from memp_cli.update.outcomes import Ledger, Outcome, Usage
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from memp_cli.index import Index
     from memp_cli.store.protocol import MemoryStore
 
@@ -88,40 +87,6 @@ def _rank_key(m: Memory, u: Usage) -> tuple[float, int, str, str]:
     return (utility(u), u.uses, m.provenance.updated or m.provenance.created, m.id)
 
 
-def duplicate_groups(memories: list[Memory], vectors: np.ndarray, threshold: float) -> list[list[int]]:
-    """Groups (positions into ``memories``) of the same kind whose key vectors are at least
-    ``threshold`` alike, linked transitively (single linkage). ``vectors``: unit rows."""
-    import numpy as np
-
-    parent = list(range(len(memories)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    by_kind: dict[str, list[int]] = {}
-    for i, m in enumerate(memories):
-        by_kind.setdefault(m.kind, []).append(i)
-    for rows in by_kind.values():
-        if len(rows) < 2:
-            continue
-        sub = vectors[np.asarray(rows)]
-        for start in range(0, len(rows), 1024):
-            block = sub[start : start + 1024] @ sub.T
-            for bi, row in enumerate(block):
-                i = start + bi
-                for j in np.nonzero(row[i + 1 :] >= threshold)[0].tolist():
-                    a, b = find(rows[i]), find(rows[i + 1 + j])
-                    if a != b:
-                        parent[b] = a
-    groups: dict[int, list[int]] = {}
-    for i in range(len(memories)):
-        groups.setdefault(find(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
-
-
 def plan(
     store: MemoryStore,
     index: Index,
@@ -160,7 +125,7 @@ def plan(
         if alive:
             labels = [index.state.labels[pos[m.id]] for m in alive]
             vecs = np.asarray(index.vectors(labels), dtype=np.float32)
-            for group in duplicate_groups(alive, vecs, rules.duplicate_similarity):
+            for group in duplicate_groups([m.kind for m in alive], vecs, rules.duplicate_similarity):
                 members = sorted(
                     (alive[i] for i in group), key=lambda m: _rank_key(m, use[m.id]), reverse=True
                 )
