@@ -121,6 +121,7 @@ def evaluate(root: Path, rankers: dict[str, dict[str, Any]], random_baseline: bo
             p1, nd = metrics.bootstrap_intervals(scores(r, qs))
             out[name][s] = {"p1": vars(p1), "ndcg10": vars(nd)}
     if random_baseline:
+        out["floor"] = floor(idx, emb, st, sets)
         out["random"] = {}
         for s, qs in sets.items():
             runs = [
@@ -133,6 +134,43 @@ def evaluate(root: Path, rankers: dict[str, dict[str, Any]], random_baseline: bo
                 "ndcg10": {"mean": float(mean[:, 1].mean())},
             }
     return out
+
+
+def floor(idx: Any, emb: Any, st: Any, sets: dict[str, list[tuple[str, TaskLabel]]]) -> dict[str, Any]:
+    """How the default floor ([retrieval] min_score) splits the best score of tasks of this
+    domain (every query set) from tasks of other domains asked of the same store."""
+    from memp_cli.retrieve.retriever import Retriever
+
+    r = Retriever.from_config(idx, emb, st.config.retrieval, k=1, min_score=-1.0)
+
+    def top1(tasks: list[str]) -> np.ndarray:
+        return np.array([hits[0].score if hits else -1.0 for hits in r.search(tasks)])
+
+    other: list[str] = []
+    for f, n in (
+        ("webshop_react_fixed100_499.jsonl", 150),
+        ("scienceworld_train.jsonl", 31),
+        ("travelplanner_train27q.jsonl", 81),
+    ):
+        tasks = [json.loads(line)["task"][:300] for line in (DATA / f).read_text().splitlines()]
+        other.extend(list(dict.fromkeys(tasks))[:n])
+    other += [
+        "what is the capital of france",
+        "write a haiku about autumn",
+        "fix the failing test in parser.py",
+    ]
+    own = top1([q for qs in sets.values() for q, _ in qs])
+    others = top1(other)
+    thresholds = sorted({st.config.retrieval.min_score, 0.2, 0.25, 0.3, 0.35})
+    return {
+        "min_score": st.config.retrieval.min_score,
+        "own_tasks": len(own),
+        "other_domain_tasks": len(others),
+        "kept": {
+            str(t): {"own": float((own >= t).mean()), "other_domain": float((others >= t).mean())}
+            for t in thresholds
+        },
+    }
 
 
 def main() -> None:
@@ -158,7 +196,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for store, res in result["stores"].items():
         for ranker, per in res.items():
-            if ranker in ("memories", "queries"):
+            if ranker in ("memories", "queries", "floor"):
                 continue
             label = (
                 ranker.replace("cosine", store.split("(")[1].rstrip(")")) if "cosine" in ranker else ranker
@@ -174,6 +212,13 @@ def main() -> None:
                 for c in cells
             ]
             print(f"| {store} | {label} | " + " | ".join(txt) + " |")
+    fl = result["stores"]["alfworld (minilm)"]["floor"]
+    print(
+        f"\nfloor (min_score {fl['min_score']}): share of tasks whose best memory is kept, "
+        f"{fl['own_tasks']} ALFWorld tasks vs {fl['other_domain_tasks']} tasks of other domains"
+    )
+    for t, kept in fl["kept"].items():
+        print(f"  {t}: ALFWorld {kept['own']:.3f}, other domains {kept['other_domain']:.3f}")
     print(f"wrote {path}", file=sys.stderr)
 
 

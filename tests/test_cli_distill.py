@@ -321,7 +321,7 @@ def test_memory_files_with_either_old_marker_keep_loading(store: Path) -> None:
     for mid in files:
         shown = json.loads(memp("show", mid, "--json").stdout)  # one line or pretty, either way
         assert len(shown["steps"]) == 5
-    prompt = memp("query", "heat an egg", "--format", "prompt").stdout
+    prompt = memp("query", "heat an egg", "--format", "prompt", "--no-collapse", "--min-score", -1).stdout
     # both markers read the same to an agent, and neither is shown as an action taken
     assert prompt.count("  [... 3 steps omitted ...]\n") == 2
     assert "> …" not in prompt and "> [..." not in prompt

@@ -33,7 +33,7 @@ def _path(store: Path, mid: str) -> Path:
 
 
 def _top(query: str) -> str:
-    return memp("query", query, "-k", 1).jsonl()[0]["id"]
+    return memp("query", query, "-k", 1, "--min-score", -1).jsonl()[0]["id"]
 
 
 # ---------------------------------------------------------------- memp edit
@@ -154,10 +154,10 @@ def test_keys_changed_by_hand_are_reembedded_on_the_next_query(built: Path) -> N
 
 
 def test_deleted_memory_file_leaves_the_results(built: Path) -> None:
-    top = memp("query", "heat", "-k", 40, "--no-collapse").jsonl()
+    top = memp("query", "heat", "-k", 40, "--no-collapse", "--min-score", -1).jsonl()
     victim = top[0]["id"]
     _path(built, victim).unlink()
-    hits = memp("query", "heat", "-k", 40, "--no-collapse").jsonl()
+    hits = memp("query", "heat", "-k", 40, "--no-collapse", "--min-score", -1).jsonl()
     assert victim not in {h["id"] for h in hits}
     assert len(hits) == 39
     (st,) = memp("stats", "--json").jsonl()
@@ -187,7 +187,7 @@ def test_broken_memory_file(built: Path) -> None:
     where = f"{path}:{line}: TOML syntax error"
 
     # The next query still works and warns with path:line.
-    r = memp("query", "heat", "-k", 40, "--no-collapse")
+    r = memp("query", "heat", "-k", 40, "--no-collapse", "--min-score", -1)
     assert len(r.jsonl()) == 39
     assert f"memp: warning: {where}" in r.stderr
 
@@ -215,9 +215,9 @@ def test_broken_file_fixed_in_place_comes_back(built: Path) -> None:
     path = _path(built, mid)
     good = path.read_bytes()
     _break(path)
-    assert len(memp("query", "heat", "-k", 40, "--no-collapse").jsonl()) == 39
+    assert len(memp("query", "heat", "-k", 40, "--no-collapse", "--min-score", -1).jsonl()) == 39
     path.write_bytes(good)  # in place: the directory's mtime does not change
-    hits = memp("query", "heat", "-k", 40, "--no-collapse").jsonl()
+    hits = memp("query", "heat", "-k", 40, "--no-collapse", "--min-score", -1).jsonl()
     assert len(hits) == 40 and mid in {h["id"] for h in hits}
     memp("doctor")
 

@@ -46,15 +46,15 @@ def test_query_default_output_is_json_when_not_a_terminal(built: Path) -> None:
 def test_query_k(built: Path, k: int) -> None:
     """k runs as ranked with --no-collapse; k different procedures (30 distinct tasks in the 40
     runs) with near-duplicates collapsed, every run counted once."""
-    assert len(memp("query", HEAT, "-k", k, "--no-collapse").jsonl()) == min(k, 40)
-    hits = memp("query", HEAT, "-k", k).jsonl()
+    assert len(memp("query", HEAT, "-k", k, "--no-collapse", "--min-score", -1).jsonl()) == min(k, 40)
+    hits = memp("query", HEAT, "-k", k, "--min-score", -1).jsonl()
     assert len(hits) == min(k, 30)
     runs = [i for h in hits for i in [h["id"], *(d["id"] for d in h["duplicates"])]]
     assert len(runs) == len(set(runs)) and (k < 30 or len(runs) == 40)
 
 
 def test_query_min_score(built: Path) -> None:
-    all_hits = memp("query", HEAT, "-k", 40).jsonl()
+    all_hits = memp("query", HEAT, "-k", 40, "--min-score", -1).jsonl()
     assert len(all_hits) > 5
     cut = all_hits[4]["score"] - 1e-6  # scores are printed rounded to 6 decimals
     hits = memp("query", HEAT, "-k", 40, "--min-score", cut).jsonl()
@@ -69,8 +69,9 @@ def test_query_kind(built: Path) -> None:
     assert memp("query", HEAT, "--kind", "script").stdout == ""
 
 
-def test_query_lexical_weight_zero_is_pure_cosine(built: Path) -> None:
-    hits = memp("query", HEAT, "--lexical-weight", "0", "-k", 5).jsonl()
+def test_query_weights_zero_is_pure_cosine(built: Path) -> None:
+    weights = ("--lexical-weight", "0", "--procedure-weight", "0", "--family-weight", "0")
+    hits = memp("query", HEAT, *weights, "-k", 5).jsonl()
     assert all(h["score"] == pytest.approx(h["similarity"], abs=1e-5) for h in hits)
 
 

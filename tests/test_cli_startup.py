@@ -143,7 +143,9 @@ def test_a_query_process_ends_fast_and_says_everything(built: Path) -> None:
     line still arrives, piped or not, and the exit codes are the usual ones."""
     from conftest import memp_subprocess
 
-    many = memp_subprocess("query", "put a mug in the fridge", "-k", "40", "--json", "--no-collapse")
+    many = memp_subprocess(
+        "query", "put a mug in the fridge", "-k", "40", "--json", "--no-collapse", "--min-score", "-1"
+    )
     assert len(many.jsonl()) == 40
     lines = memp_subprocess("query", "-", "--json", input='"put a mug"\n' * 50).jsonl()
     assert len(lines) == 50 and all(len(x["results"]) == 3 for x in lines)

@@ -209,7 +209,7 @@ def test_a_table_on_a_terminal(tiny: dict[str, str], tmp_path: Path) -> None:
     assert (
         "NDCG@3" in r.stdout
         and "1.00 [1.00,1.00]" in r.stdout
-        and "query w=1" in r.stdout
+        and "query w=0.25" in r.stdout
         and "heat" in r.stdout
     )
 
@@ -259,3 +259,20 @@ def test_parsing_and_grading() -> None:
     assert scores[:3] == [0.0, pytest.approx(1 / 3), 0.5]
     assert scores[3] == pytest.approx((3 / math.log2(3)) / (3 + 1 / math.log2(3)))
     assert scores[4] == 1.0
+
+
+def test_baselines_rank_by_one_signal(built: Path) -> None:
+    """--baselines adds, per embedder, BM25 alone, the cosine alone and random, beside the
+    store's own ranking; BM25 alone does not depend on the embedder."""
+    queries = FILES["native"].parent / "alfworld_valid_seen.jsonl"
+    common = ("--queries", queries, "--bootstrap", "200", "--seeds", "2", "--json")
+    rows = memp("eval", "retrieval", *common, "--baselines").jsonl()
+    assert [(r["key"], r["baseline"]) for r in rows] == [
+        ("query", None),
+        ("query", "bm25"),
+        ("query", "cosine"),
+        ("random", None),
+    ]
+    by = {r["baseline"] or r["key"]: r for r in rows}
+    assert by["random"]["p1"] < by["query"]["p1"]
+    assert by["bm25"]["p1"] != by["cosine"]["p1"] or by["bm25"]["ndcg"] != by["cosine"]["ndcg"]

@@ -494,7 +494,7 @@ def test_malformed_embedding_reply_exits_7(srv: LLMServer, remote_store: Path, r
     assert "memp: " in run.stderr and "test-embed" in run.stderr and "returned" in run.stderr
     assert "memory.toml" not in run.stdout
     # the memories were written; the next command embeds them once the endpoint answers
-    assert memp("query", "heat a mug", "--json").jsonl()
+    assert memp("query", "heat a mug", "--json", "--min-score", -1).jsonl()
 
 
 @pytest.mark.parametrize(

@@ -205,6 +205,14 @@ def retrieval_cmd(
             max=1.0,
         ),
     ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            "--baselines",
+            help="Also rank by each signal alone, per embedder: BM25 of the task text, the cosine, "
+            "and --key random.",
+        ),
+    ] = False,
     seeds: Annotated[int, typer.Option(help="--key random: average over this many seeds.", min=1)] = 10,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for the 95% intervals.", min=100)
@@ -276,12 +284,18 @@ def retrieval_cmd(
         raise typer.Exit(int(ExitCode.BAD_INPUT))
     rc = store.config.retrieval
     weights: list[float | None] = [*lexical_weight] if lexical_weight else [rc.lexical_weight]
+    embedders = embedder or [G.embedder or store.config.embedder.name]
     settings = [
-        ev.Setting(e, kk, w)
-        for e in embedder or [G.embedder or store.config.embedder.name]
+        ev.Setting(name, kk, w)
+        for name in embedders
         for kk in key or [rc.key]
         for w in (weights if kk == "query" else [None])
     ]
+    if baselines:
+        for name in embedders:
+            settings += [ev.Setting(name, "query", None, b) for b in ev.BASELINES]
+            if "random" not in (key or [rc.key]):
+                settings.append(ev.Setting(name, "random"))
     rows = []
     for row in ev.run(
         store, prepared.judged, settings, k=k, seeds=seeds, resamples=bootstrap, on_note=output.warn
@@ -312,6 +326,8 @@ def _retrieval_tables(rows: list[dict], k: int, per_query: bool) -> None:
     def key_of(r: dict) -> str:
         if r["key"] != "query":
             return r["key"]
+        if r.get("baseline"):
+            return f"{r['baseline']} alone"
         return f"query w={r['lexical_weight']:g}"
 
     output.table(

@@ -117,7 +117,16 @@ def query(
         typer.Option(help="Only this kind: trajectory, script, procedure.", callback=choice(KINDS)),
     ] = None,
     lexical_weight: Annotated[
-        float | None, typer.Option(help="Weight of BM25 in the fused score, 0..1.", min=0.0, max=1.0)
+        float | None,
+        typer.Option(help="Weight of BM25 of the task text beside the cosine, 0..1.", min=0.0, max=1.0),
+    ] = None,
+    procedure_weight: Annotated[
+        float | None,
+        typer.Option(help="Weight of the procedure match (the script title), 0..1.", min=0.0, max=1.0),
+    ] = None,
+    family_weight: Annotated[
+        float | None,
+        typer.Option(help="Weight of the procedure family's pooled score, 0..1.", min=0.0, max=1.0),
     ] = None,
     fmt: Annotated[
         str | None,
@@ -241,6 +250,8 @@ def query(
         key=key,
         kind=kind,
         lexical_weight=lexical_weight,
+        procedure_weight=procedure_weight,
+        family_weight=family_weight,
         seed=seed,
         keyword_extractor=extractor,
         utility_weight=utility_weight,

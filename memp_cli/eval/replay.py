@@ -135,7 +135,7 @@ def _ask(
     store: Any, tasks: Sequence[Trajectory], utility_weight: float = 0.0
 ) -> tuple[list[tuple[str, str | None] | None], list[list[float]]]:
     """Query the store with each task: (memory id, its task type) of the best memory, or None;
-    and, per labelled task that got an answer, its ranking scores
+    and, per labelled task (one that got nothing above the floor scores 0), its ranking scores
     (:func:`memp_cli.eval.retrieval.query_scores` over the top :data:`RANK_K`)."""
     from memp_cli.eval import retrieval as ev
     from memp_cli.eval.metrics import ideal_dcg
@@ -155,7 +155,7 @@ def _ask(
     scores = []
     for t, hits in zip(tasks, found, strict=True):
         label = label_of(t)
-        if hits and label is not None:
+        if label is not None:
             q = ev.labelled(t.task, label)
             grades = {m.id: g for m in infos if (g := ev.label_grade(q, m)) > 0}
             failed = {h.memory.id for h in hits if h.memory.success is False}
@@ -204,14 +204,15 @@ def _replay(
     for b, start in enumerate(range(0, len(stream), settings.batch_size), 1):
         batch = list(stream[start : start + settings.batch_size])
         row = BatchRow(b)
+        asked = bool(store.memory_ids())  # an empty store is not asked
         found, scores = _ask(store, batch, settings.utility_weight)
         row.set_scores(scores)
         used: list[Trajectory] = []
         for t, top in zip(batch, found, strict=True):
             want = label_of(t)
-            if top is not None and want is not None:
+            if asked and want is not None:  # nothing above the floor is a miss
                 row.queries += 1
-                row.hits += int(top[1] == want)
+                row.hits += int(top is not None and top[1] == want)
             # the run is taken to have used the memory it was given
             used.append(replace(t, memories_used=[top[0]], id="") if top is not None else t)
         store.ingest(ReadResult(i, u) for i, u in enumerate(used, 1))
@@ -233,13 +234,14 @@ def _replay(
         if settings.prune:
             row.pruned = len(prune_store(store))
         if heldout:
+            held_asked = bool(store.memory_ids())
             held_found, held_scores = _ask(store, heldout, settings.utility_weight)
             row.set_scores(held_scores, heldout=True)
             for t, top in zip(heldout, held_found, strict=True):
                 want = label_of(t)
-                if top is not None and want is not None:
+                if held_asked and want is not None:
                     row.heldout_queries += 1
-                    row.heldout_hits += int(top[1] == want)
+                    row.heldout_hits += int(top is not None and top[1] == want)
         row.seen = seen
         row.memories = len(store.memory_ids())
         row.duplicates = duplicates(store)

@@ -338,13 +338,23 @@ def open_for(
 
 
 # ------------------------------------------------------------------------------- runs
+# Baseline rankers (``memp eval retrieval --baselines``): Retriever overrides that keep one
+# signal of the query key's score, and no floor.
+BASELINES: dict[str, dict[str, float]] = {
+    "bm25": {"lexical_weight": 1.0, "procedure_weight": 0.0, "family_weight": 0.0, "min_score": -1.0},
+    "cosine": {"lexical_weight": 0.0, "procedure_weight": 0.0, "family_weight": 0.0, "min_score": -1.0},
+}
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One configuration, one row: ``lexical_weight`` None is the store's."""
+    """One configuration, one row: ``lexical_weight`` None is the store's; ``baseline`` a name
+    of :data:`BASELINES` (the query key with one signal only) or None (the store's ranking)."""
 
     embedder: str
     key: str
     lexical_weight: float | None = None
+    baseline: str | None = None
 
 
 @dataclass
@@ -360,6 +370,7 @@ class Row:
             "embedder": self.setting.embedder,
             "key": self.setting.key,
             "lexical_weight": self.setting.lexical_weight,
+            "baseline": self.setting.baseline,
             "k": self.k,
             "queries": len(self.judged),
         }
@@ -412,14 +423,18 @@ def run(
                     seed: int | None, s: Setting = s, idx: Index = idx, emb: Embedder = emb
                 ) -> Retriever:
                     nonlocal usage
+                    over: dict[str, Any] = {"lexical_weight": s.lexical_weight}
+                    if s.baseline is not None:
+                        over.update(BASELINES[s.baseline], utility_weight=0.0)
                     r = Retriever.from_config(
                         idx,
                         emb,
                         store.config.retrieval,
                         k=k,
                         key=s.key,
-                        lexical_weight=s.lexical_weight,
                         seed=seed,
+                        collapse=s.key != "random",  # what memp query returns
+                        **over,
                     )
                     if r.utility_weight > 0:  # as memp query ranks: with the outcomes
                         usage = usage if usage is not None else Ledger.of(store).usage()
