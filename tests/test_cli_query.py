@@ -280,7 +280,16 @@ def test_terminal_output_is_tables(built: Path, tty: None) -> None:
     r = memp("stats")
     assert "memp store" in r.stdout and "index.indexed" in r.stdout
     r = memp("query", HEAT, "--min-score", "0.999")
-    assert "no memory scored above --min-score" in r.stderr
+    assert r.stdout == "" and "no memory is a match: the best scored 0." in r.stderr
+    assert "below the floor 0.999" in r.stderr and "--min-score -1" in r.stderr
+
+
+def test_an_unrelated_task_gets_nothing_and_is_told_why(built: Path) -> None:
+    """The default floor: a task of another domain is not served ALFWorld memories."""
+    r = memp("query", "write a haiku about the autumn sea", "--json")
+    assert r.stdout == "" and "no memory is a match" in r.stderr and "floor 0.25" in r.stderr
+    assert memp("query", "write a haiku about the autumn sea", "--json", "--min-score", "-1").jsonl()
+    assert memp("query", HEAT, "--json").jsonl()[0]["task"] == HEAT
 
 
 def test_terminal_doctor_prints_findings(built: Path, tty: None) -> None:

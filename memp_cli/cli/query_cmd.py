@@ -279,6 +279,14 @@ def query(
         title = text
         if key == "avefact" and retriever.query_keywords:
             title += f" (keywords: {', '.join(retriever.query_keywords[0]) or 'none'})"
+        best = retriever.best_below[0] if retriever.best_below else None
+        if best is not None:
+            output.info(
+                f"no memory is a match: the best scored {best:.3f}, below the floor {retriever.min_score:g} "
+                "([retrieval] min_score); --min-score -1 shows the nearest anyway"
+            )
+        elif not hits and fmt == "table":
+            output.info("no memory found")
         _render(hits, fmt, max_tokens, title, explain=explain)
     for w in retriever.warnings:
         output.warn(w.split("\n")[0])
@@ -313,7 +321,6 @@ def _render(hits: list[Hit], fmt: str, max_tokens: int, text: str, *, explain: b
         output.write(_prompt(hits, max_tokens))
     else:
         if not hits:
-            output.info("no memory scored above --min-score")
             return
         ok = {True: "yes", False: "no", None: "?"}
         if explain:

@@ -141,6 +141,9 @@ class Retriever(AveFact):
     usage_loader: Callable[[], Mapping[str, Usage]] | None = None
     # avefact: the keywords of each query of the last scored() call
     query_keywords: list[list[str]] = field(default_factory=list)
+    # per query of the last search() that found nothing above min_score: the best score left
+    # out (None: it found something, or there was nothing to score)
+    best_below: list[float | None] = field(default_factory=list)
     # key query: per query of the last scored() call, per state position, the procedure and
     # family parts of the score (for --explain)
     details: list[dict[int, dict[str, float]]] = field(default_factory=list)
@@ -368,7 +371,10 @@ class Retriever(AveFact):
         return u.success_rate() if u is not None else 0.5
 
     def search(self, queries: Sequence[str]) -> list[list[Hit]]:
+        """The top k hits of each query above ``min_score``. :attr:`best_below` tells, per query
+        that got none, the best score the floor left out (None: nothing to leave out)."""
         results = []
+        self.best_below = []
         if self.utility_weight and self.usage is None and self.usage_loader is not None:
             self.usage = self.usage_loader()
         w_u = self.utility_weight if self.usage is not None else 0.0
@@ -380,18 +386,21 @@ class Retriever(AveFact):
                     key=lambda r: (-r[1], -r[2], ids[r[0]]),
                 )
             if self.collapse and self.key != "random":
-                results.append(self._collapsed(qi, queries[qi], rows, w_u))
-                continue
-            hits: list[Hit] = []
-            for pos, score, cos, lex in rows:
-                if len(hits) >= self.k:
-                    break
-                if self.key != "random" and score < self.min_score:
-                    break
-                mem = self._read(pos)
-                if mem is not None:
-                    hits.append(self._hit(qi, queries[qi], pos, mem, (score, cos, lex), len(hits) + 1, w_u))
+                hits = self._collapsed(qi, queries[qi], rows, w_u)
+            else:
+                hits = []
+                for pos, score, cos, lex in rows:
+                    if len(hits) >= self.k:
+                        break
+                    if self.key != "random" and score < self.min_score:
+                        break
+                    mem = self._read(pos)
+                    if mem is not None:
+                        hits.append(
+                            self._hit(qi, queries[qi], pos, mem, (score, cos, lex), len(hits) + 1, w_u)
+                        )
             results.append(hits)
+            self.best_below.append(rows[0][1] if rows and not hits and self.key != "random" else None)
         return results
 
     def _read(self, pos: int) -> Memory | None:
