@@ -577,8 +577,8 @@ def inprocess_retriever(store: Path, queries: list[str], reps: int) -> dict[str,
     idx = index_mod.load(st)
     assert idx is not None and idx.hnsw is not None
     rc = st.config.retrieval
-    r = Retriever(index=idx, embedder=emb, k=rc.k, lexical_weight=rc.lexical_weight, exact=False)
-    rx = Retriever(index=idx, embedder=emb, k=rc.k, lexical_weight=rc.lexical_weight, exact=True)
+    r = Retriever.from_config(idx, emb, rc, exact=False)
+    rx = Retriever.from_config(idx, emb, rc, exact=True)
     qv = emb.embed(queries)
     r.scored(queries[:3])
     rx.scored(queries[:3])

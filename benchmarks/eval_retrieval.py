@@ -93,6 +93,10 @@ LEXICAL_VARIANTS: dict[str, dict[str, Any]] = {
     "bigrams_idf1": {"bigrams": True, "idf_power": 1.0},
     "bigrams_idf0": {"bigrams": True, "idf_power": 0.0},
 }
+# This study is of the task-text fusion (cosine and BM25 of the key text). memp's default ranking
+# also matches each memory's procedure and pools families (benchmarks/eval_defaults.py measures
+# that); both are off here.
+TEXT_ONLY = {"procedure_weight": 0.0, "family_weight": 0.0}
 K = 10
 #: The former default ``[retrieval] lexical_weight`` (now 1.0), still shown for comparison.
 FORMER_DEFAULT = 0.5
@@ -323,7 +327,9 @@ def candidates(idx: index_mod.Index, embedder: Any, lex: LexicalIndex, texts: li
     """
     view = copy.copy(idx)
     view.lexical = lex
-    r = Retriever(index=view, embedder=embedder, k=K, min_score=-1.0, key="query", lexical_weight=0.5)
+    r = Retriever(
+        index=view, embedder=embedder, k=K, min_score=-1.0, key="query", lexical_weight=0.5, **TEXT_ONLY
+    )
     out = []
     for q, rows in zip(texts, r.scored(texts), strict=True):
         bound = lex.max_score(q) or 1.0
@@ -398,7 +404,9 @@ def check_fuse(
 ) -> None:
     """:func:`fuse` (``linear``) ranks exactly as ``Retriever.scored`` does at each of ``weights``."""
     for w in weights:
-        r = Retriever(index=idx, embedder=embedder, k=K, min_score=-1.0, key="query", lexical_weight=w)
+        r = Retriever(
+            index=idx, embedder=embedder, k=K, min_score=-1.0, key="query", lexical_weight=w, **TEXT_ONLY
+        )
         for c, rows in zip(cands, r.scored(texts), strict=True):
             s = fuse(c, "linear", w)
             mine = c.pos[np.lexsort((c.pos, -c.cos, -s))[:K]].tolist()
@@ -690,7 +698,13 @@ def main(argv: list[str] | None = None) -> int:
                 store_res: dict[str, Any] = {"memories": len(meta), "build_seconds": round(build_s, 1)}
                 check_search(
                     Retriever(
-                        index=idx, embedder=cached, k=K, min_score=-1.0, key="query", lexical_weight=0.5
+                        index=idx,
+                        embedder=cached,
+                        k=K,
+                        min_score=-1.0,
+                        key="query",
+                        lexical_weight=0.5,
+                        **TEXT_ONLY,
                     ),
                     sets["test"],
                 )
