@@ -5,11 +5,12 @@
 Stores are built by the real CLI in a temporary directory (`memp init`, `memp ingest`, `memp
 distill`: the builtin distiller, proceduralization) from ``alfworld_train_replay.jsonl``; a second
 store mixes in WebShop, TextWorldExpress and ScienceWorld runs (one store, four domains). Each
-ranking is memp's own ``Retriever`` (``Retriever.from_config`` with overrides), top 10, no floor:
+ranking is memp's own ``Retriever`` (``Retriever.from_config`` with overrides), top 10:
 
-- ``default``: the store's ``[retrieval]`` settings (what ``memp query`` does);
-- ``bm25 alone``: BM25 over the key text only (lexical_weight 1, no procedure, no family);
-- ``minilm alone`` / ``hash alone``: cosine only, in a store with that embedder;
+- ``default``: the store's ``[retrieval]`` settings, its floor, near-duplicates collapsed (what
+  ``memp query`` returns; a task that gets nothing above the floor scores 0);
+- ``bm25 alone``: BM25 over the key text only (lexical_weight 1, no procedure, no family, no floor);
+- ``minilm alone`` / ``hash alone``: cosine only, in a store with that embedder (no floor);
 - ``random``: ``--key random``, the mean of 10 seeds.
 
 Query sets (a query whose text is already a memory's task is dropped: we measure new tasks):
@@ -50,9 +51,9 @@ from memp_cli.eval.labels import TaskLabel, grade, norm_task, task_label
 PARAPHRASES = REPO / "benchmarks" / "data" / "alfworld_paraphrases.jsonl"
 OTHER_DOMAINS = ("webshop_react_fixed100_499.jsonl", "twx_train.jsonl", "scienceworld_train.jsonl")
 BASELINES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "bm25 alone": {"lexical_weight": 1.0, "procedure_weight": 0.0, "family_weight": 0.0},
-    "cosine alone": {"lexical_weight": 0.0, "procedure_weight": 0.0, "family_weight": 0.0},
+    "default": {"collapse": True},  # what memp query returns: its floor, near-duplicates collapsed
+    "bm25 alone": {"lexical_weight": 1.0, "procedure_weight": 0.0, "family_weight": 0.0, "min_score": -1.0},
+    "cosine alone": {"lexical_weight": 0.0, "procedure_weight": 0.0, "family_weight": 0.0, "min_score": -1.0},
 }
 K = 10
 SEEDS = 10
@@ -115,7 +116,7 @@ def evaluate(root: Path, rankers: dict[str, dict[str, Any]], random_baseline: bo
         return np.array(rows)
 
     for name, over in rankers.items():
-        r = Retriever.from_config(idx, emb, st.config.retrieval, k=K, min_score=-1.0, **over)
+        r = Retriever.from_config(idx, emb, st.config.retrieval, k=K, **over)
         out[name] = {}
         for s, qs in sets.items():
             p1, nd = metrics.bootstrap_intervals(scores(r, qs))
@@ -161,7 +162,7 @@ def floor(idx: Any, emb: Any, st: Any, sets: dict[str, list[tuple[str, TaskLabel
     ]
     own = top1([q for qs in sets.values() for q, _ in qs])
     others = top1(other)
-    thresholds = sorted({st.config.retrieval.min_score, 0.2, 0.25, 0.3, 0.35})
+    thresholds = sorted({st.config.retrieval.min_score, 0.1, 0.15, 0.2, 0.25, 0.3})
     return {
         "min_score": st.config.retrieval.min_score,
         "own_tasks": len(own),

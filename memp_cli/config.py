@@ -45,7 +45,7 @@ class RetrievalConfig:
     # At 0.25, 99% of held-out ALFWorld tasks (canonical and paraphrased) keep their best
     # memory in an ALFWorld store, and 81% of tasks of other domains (WebShop, ScienceWorld,
     # TravelPlanner, chat) get nothing (benchmarks/eval_defaults.py).
-    min_score: float = 0.25
+    min_score: float = 0.15
     key: str = "query"
     lexical_weight: float = 0.25
     procedure_weight: float = 0.5
@@ -168,7 +168,7 @@ ef_search = {i.ef_search}
 
 [retrieval]
 k = {r.k}
-# A memory scoring below min_score is not a match and is not returned (0.25: see the README).
+# A memory scoring below min_score is not a match and is not returned (0.15: see the README).
 min_score = {r.min_score}
 # query (the task text), avefact (task keywords) or random (baseline).
 key = {q(r.key)}

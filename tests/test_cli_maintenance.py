@@ -211,7 +211,7 @@ def test_changed_dim_is_caught_not_crashing(built: Path) -> None:
             "[retrieval] lexical_weight must be between 0.0 and 1.0",
         ),
         ('key = "query"', 'key = "magic"', "[retrieval] key must be one of query, avefact, random"),
-        ("min_score = 0.25", "min_score = true", "[retrieval] min_score must be a number, got True"),
+        ("min_score = 0.15", "min_score = true", "[retrieval] min_score must be a number, got True"),
         ("k = 3", "colour = 3", "unknown setting [retrieval] colour"),
         ("[retrieval]", "[retrieve]", "unknown setting or section 'retrieve'"),
         ("timeout = 60.0", 'timeout = "soon"', "[llm] timeout must be a number"),

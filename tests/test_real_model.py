@@ -174,7 +174,8 @@ def _check_outcome(store: Path, run: Any, rep: dict[str, Any], trajectories: lis
 
     memp("doctor")  # every memory file validates, the index agrees
     if written:
-        hits = memp("query", "--kind", "procedure", "--json", "-k", "5", "put an object somewhere").jsonl()
+        query = ("query", "--kind", "procedure", "--json", "-k", "5", "--min-score", "-1", "--no-collapse")
+        hits = memp(*query, "put an object somewhere").jsonl()
         assert {h["id"] for h in hits} == set(written)
         assert all(h["kind"] == "procedure" and h["provenance"]["model"] == MODEL for h in hits)
     return written

@@ -112,7 +112,7 @@ class Retriever(AveFact):
     index: Index
     embedder: Embedder
     k: int = 3
-    min_score: float = 0.25
+    min_score: float = 0.15
     key: str = "query"
     kind: str | None = None
     lexical_weight: float = 0.25
