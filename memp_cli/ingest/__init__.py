@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from memp_cli.errors import InputError
+from memp_cli.model.limits import MAX_JSON_DEPTH, depth_over
 from memp_cli.ingest import conversations, memp, native, openai
 from memp_cli.model.trajectory import RecordError, Trajectory
 
@@ -102,6 +103,17 @@ def read_jsonl(lines: Iterable[bytes], path: str, fmt: str = "auto") -> Iterator
                     path=path,
                     line=lineno,
                     hint="each line must hold one JSON object; fix or remove the line",
+                ),
+            )
+            continue
+        if depth_over(obj, MAX_JSON_DEPTH):
+            yield ReadResult(
+                lineno,
+                error=InputError(
+                    f"JSON nested more than {MAX_JSON_DEPTH} deep",
+                    path=path,
+                    line=lineno,
+                    hint="a trajectory record needs a few levels; fix or remove the line",
                 ),
             )
             continue

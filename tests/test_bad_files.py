@@ -1,0 +1,141 @@
+"""One bad file never takes the store down (issue 12): a memory file memp cannot use is
+reported by path and left out; the other memories keep working. Likewise one bad JSONL line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import memory_ids, memp, memp_subprocess, stored_trajectories
+
+from memp_cli.errors import ExitCode
+
+
+def _mem(store: Path, mid: str) -> Path:
+    return store / "memories" / f"{mid}.toml"
+
+
+def _replace(old: str, new: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        text = path.read_text(encoding="utf-8")
+        assert old in text
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    return edit
+
+
+def _append(extra: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        text = path.read_text(encoding="utf-8")
+        # top-level keys must come before the first table
+        head, sep, rest = text.partition("\n[")
+        path.write_text(head + "\n" + extra + "\n" + sep + rest, encoding="utf-8")
+
+    return edit
+
+
+def _deep(path: Path) -> None:
+    _append("deep = " + "[" * 500 + "]" * 500)(path)
+
+
+def _deep_but_parses(path: Path) -> None:
+    _append("deep = " + "[" * 300 + "]" * 300)(path)  # tomllib reads it; orjson/tomli_w cannot write it
+
+
+def _script(kind_script: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        _replace('kind = "trajectory"', 'kind = "procedure"')(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f'\n[script]\ntitle = "heat a thing"\n{kind_script}\n')
+
+    return edit
+
+
+def _directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _symlink_dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def _huge(path: Path) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n" + "# padding\n" * 200_000)
+
+
+CASES: dict[str, Callable[[Path], None]] = {
+    "deep_array": _deep,
+    "deep_array_that_parses": _deep_but_parses,
+    "directory": _directory,
+    "symlink_dev_zero": _symlink_dev_zero,
+    "too_big": _huge,
+    "script_steps_not_list": _script("steps = 5"),
+    "pitfalls_not_list": _script('steps = ["a"]\npitfalls = "hot"'),
+    "preconditions_not_strings": _script('steps = ["a"]\npreconditions = [1, 2]'),
+    "huge_stat": _replace("successes = 0", "successes = 99999999999999999999999"),
+    "huge_version": _replace("version = 1", "version = 99999999999999999999999"),
+    "many_keywords": _append("keywords_extra = 0"),  # replaced below
+}
+
+
+def _many_keywords(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    words = ", ".join(f'"w{i}"' for i in range(100_000))
+    lines = [f"keywords = [{words}]" if ln.startswith("keywords =") else ln for ln in text.splitlines()]
+    assert any(ln.startswith("keywords = [") for ln in lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+CASES["many_keywords"] = _many_keywords
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_bad_memory_file_is_left_out(built: Path, case: str) -> None:
+    ids = memory_ids(built)
+    mid = ids[4]
+    path = _mem(built, mid)
+    CASES[case](path)
+
+    r = memp("list", "--json", expect=ExitCode.BAD_INPUT)
+    listed = {m["id"] for m in r.jsonl()}
+    assert listed == set(ids) - {mid}
+    assert str(path) in r.stderr and "1 memory file could not be read" in r.stderr
+
+    r = memp("query", "heat", "-k", 40, "--no-collapse", "--min-score", -1, "--format", "prompt")
+    assert f"memp: warning: {path}" in r.stderr
+
+    r = memp("doctor", expect=ExitCode.STORE)
+    errors = [f for f in r.jsonl() if f["level"] == "error"]
+    assert errors and all(f["what"].startswith(str(path)) for f in errors), errors
+
+
+def test_a_fifo_is_left_out_without_blocking(built: Path) -> None:
+    mid = memory_ids(built)[4]
+    path = _mem(built, mid)
+    path.unlink()
+    os.mkfifo(path)
+    r = memp_subprocess("list", expect=ExitCode.BAD_INPUT, timeout=30)
+    assert str(path) in r.stderr and len(r.jsonl()) == 39
+    r = memp_subprocess("doctor", expect=ExitCode.STORE, timeout=30)
+    assert any(f["what"].startswith(str(path)) for f in r.jsonl())
+
+
+def test_a_deeply_nested_jsonl_line_is_one_bad_line(store: Path, tmp_path: Path) -> None:
+    good = {"task": "heat an egg", "steps": [{"action": "go to stove"}], "success": True}
+    lines = [
+        json.dumps(good),
+        "[" * 100_000,
+        json.dumps({**good, "task": "cool an egg", "extra": json.loads("[" * 600 + "]" * 600)}),
+        json.dumps({**good, "task": "wash an egg"}),
+    ]
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    r = memp("ingest", f, expect=ExitCode.BAD_INPUT)
+    assert f"{f}:2:" in r.stderr and f"{f}:3:" in r.stderr
+    assert {t["task"] for t in stored_trajectories(store)} == {"heat an egg", "wash an egg"}
