@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,7 +80,7 @@ CASES: dict[str, Callable[[Path], None]] = {
     "pitfalls_not_list": _script('steps = ["a"]\npitfalls = "hot"'),
     "preconditions_not_strings": _script('steps = ["a"]\npreconditions = [1, 2]'),
     "huge_stat": _replace("successes = 0", "successes = 99999999999999999999999"),
-    "huge_version": _replace("version = 1", "version = 99999999999999999999999"),
+    "huge_version": _replace("\nversion = 1", "\nversion = 99999999999999999999999"),
     "many_keywords": _append("keywords_extra = 0"),  # replaced below
 }
 
@@ -87,9 +88,9 @@ CASES: dict[str, Callable[[Path], None]] = {
 def _many_keywords(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     words = ", ".join(f'"w{i}"' for i in range(100_000))
-    lines = [f"keywords = [{words}]" if ln.startswith("keywords =") else ln for ln in text.splitlines()]
-    assert any(ln.startswith("keywords = [") for ln in lines)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    new, n = re.subn(r"^keywords = \[.*?^\]", f"keywords = [{words}]", text, count=1, flags=re.M | re.S)
+    assert n == 1
+    path.write_text(new, encoding="utf-8")
 
 
 CASES["many_keywords"] = _many_keywords

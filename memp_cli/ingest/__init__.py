@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 
 from memp_cli.errors import InputError
-from memp_cli.model.limits import MAX_JSON_DEPTH, depth_over
 from memp_cli.ingest import conversations, memp, native, openai
+from memp_cli.model.limits import MAX_JSON_DEPTH, depth_over
 from memp_cli.model.trajectory import RecordError, Trajectory
 
 SHAPES: tuple[ModuleType, ...] = (native, openai, conversations, memp)

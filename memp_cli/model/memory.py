@@ -9,8 +9,11 @@ statistics and provenance. ``keys`` are the texts embedded for retrieval
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +23,15 @@ from typing import Any
 import tomli_w
 
 from memp_cli.errors import MemoryFileError
+from memp_cli.model.limits import (
+    MAX_COUNT,
+    MAX_DEPTH,
+    MAX_KEY_CHARS,
+    MAX_KEYS,
+    MAX_KEYWORDS,
+    MAX_MEMORY_FILE_BYTES,
+    depth_over,
+)
 from memp_cli.model.tomlutil import line_of_key, parse_toml, update_toml
 
 SCHEMA_VERSION = 1
@@ -162,6 +174,8 @@ def _str_list(v: Any) -> bool:
 def memory_from_toml(text: str, path: Path | str) -> Memory:
     """Parse and validate one memory file; errors name ``path:line``."""
     data = parse_toml(text, path, MemoryFileError)
+    if depth_over(data):
+        raise _fail(f"tables or arrays nested more than {MAX_DEPTH} deep", path, text)
     sv = data.get("schema_version", SCHEMA_VERSION)
     _expect(
         isinstance(sv, int) and not isinstance(sv, bool),
@@ -201,7 +215,7 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     )
     version = data.get("version", 1)
     _expect(
-        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+        isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= MAX_COUNT,
         '"version" must be a positive whole number',
         path,
         text,
@@ -209,8 +223,22 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     )
     keys = data.get("keys", [])
     _expect(_str_list(keys), '"keys" must be a list of strings', path, text, "keys")
+    _expect(
+        len(keys) <= MAX_KEYS and all(len(k) <= MAX_KEY_CHARS for k in keys),
+        f'"keys" holds at most {MAX_KEYS} texts of at most {MAX_KEY_CHARS} characters each',
+        path,
+        text,
+        "keys",
+    )
     keywords = data.get("keywords", [])
     _expect(_str_list(keywords), '"keywords" must be a list of strings', path, text, "keywords")
+    _expect(
+        len(keywords) <= MAX_KEYWORDS and all(len(k) <= MAX_KEY_CHARS for k in keywords),
+        f'"keywords" holds at most {MAX_KEYWORDS} words, got {len(keywords)}',
+        path,
+        text,
+        "keywords",
+    )
     task_type = data.get("task_type", "")
     _expect(isinstance(task_type, str), '"task_type" must be a string', path, text, "task_type")
     success = data.get("success")
@@ -219,6 +247,17 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     )
     script = data.get("script", {})
     _expect(isinstance(script, dict), "[script] must be a table", path, text, "script")
+    title = script.get("title", "")
+    _expect(isinstance(title, str), "script.title must be a string", path, text, "title")
+    for k in ("steps", "preconditions", "pitfalls"):
+        if k in script:
+            _expect(
+                _str_list(script[k]),
+                f"script.{k} must be a list of strings",
+                path,
+                text,
+                "script" if k == "steps" else k,
+            )
     steps = data.get("steps", [])
     ok_steps = isinstance(steps, list) and all(
         isinstance(s, dict) and all(isinstance(v, str) for v in s.values()) for s in steps
@@ -243,8 +282,10 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
             continue
         want = type(getattr(stats, k))
         _expect(
-            isinstance(v, want) and not isinstance(v, bool) and (not isinstance(v, int) or v >= 0),
-            f"stats.{k} must be a {'non-negative whole number' if want is int else 'string'}",
+            isinstance(v, want)
+            and not isinstance(v, bool)
+            and (not isinstance(v, int) or 0 <= v <= MAX_COUNT),
+            f"stats.{k} must be a {'whole number from 0 to 2**53' if want is int else 'string'}",
             path,
             text,
             k,
@@ -293,11 +334,61 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     )
 
 
-def load_memory_file(path: Path) -> Memory:
+def read_memory_bytes(path: Path) -> bytes:
+    """A memory file's bytes, refusing (MemoryFileError) what is not a regular file of at most
+    MAX_MEMORY_FILE_BYTES: a directory, a FIFO (which would block), a device, a symlink (which
+    may point at /dev/zero) are never read."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise MemoryFileError("no such memory file", path=str(path)) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _not_regular(path, "a symbolic link") from None
+        raise MemoryFileError(f"cannot be read ({e.strerror})", path=str(path)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a device or socket"
+            )
+            raise _not_regular(path, kind)
+        if st.st_size > MAX_MEMORY_FILE_BYTES:
+            raise _too_big(path, st.st_size)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_MEMORY_FILE_BYTES + 1)
+        if len(raw) > MAX_MEMORY_FILE_BYTES:
+            raise _too_big(path, len(raw))  # grew while being read
+        return raw
+    except OSError as e:
+        raise MemoryFileError(f"cannot be read ({e.strerror})", path=str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def _not_regular(path: Path, kind: str) -> MemoryFileError:
+    return MemoryFileError(
+        f"is {kind}, not a regular file: left out",
+        path=str(path),
+        hint="a memory is a plain .toml file; move this away or replace it with the file itself",
+    )
+
+
+def _too_big(path: Path, size: int) -> MemoryFileError:
+    return MemoryFileError(
+        f"is {size} bytes, over the {MAX_MEMORY_FILE_BYTES} byte limit for a memory file: left out",
+        path=str(path),
+        hint="a memory is a few KiB; trim the file or restore it",
+    )
+
+
+def load_memory_file(path: Path) -> Memory:
+    raw = read_memory_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -323,7 +414,7 @@ def render_memory_file(path: Path, memory: Memory, *, base: str | None = None) -
     (default: the file there now) where the content did not change."""
     if base is None:
         try:
-            base = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            base = read_memory_bytes(path).decode("utf-8")
+        except (MemoryFileError, UnicodeDecodeError):
             base = None  # nothing to keep: a new file, or one the write will report on
     return memory.to_toml(previous=base)

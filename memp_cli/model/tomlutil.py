@@ -29,6 +29,12 @@ def parse_toml(text: str, path: Path | str, error: type[InputError] = InputError
             line=line,
             hint="fix the file by hand (or restore it), then run the command again",
         ) from None
+    except RecursionError:  # arrays or inline tables nested a few hundred deep
+        raise error(
+            "TOML nested too deep to read",
+            path=str(path),
+            hint="fix the file by hand (or restore it), then run the command again",
+        ) from None
 
 
 def line_of_key(text: str, key: str, section: str | None = None) -> int | None:
