@@ -123,8 +123,13 @@ def test_a_fifo_is_left_out_without_blocking(built: Path) -> None:
     os.mkfifo(path)
     r = memp_subprocess("list", expect=ExitCode.BAD_INPUT, timeout=30)
     assert str(path) in r.stderr and len(r.jsonl()) == 39
+    r = memp_subprocess("query", "heat", "--format", "prompt", timeout=30)
+    assert f"memp: warning: {path}: is a FIFO" in r.stderr
     r = memp_subprocess("doctor", expect=ExitCode.STORE, timeout=30)
-    assert any(f["what"].startswith(str(path)) for f in r.jsonl())
+    assert any(f["what"].startswith(f"{path}: is a FIFO") for f in r.jsonl())
+    for cmd in ("show", "edit"):  # the one bad memory itself: refused, not read
+        r = memp_subprocess(cmd, mid, expect=ExitCode.BAD_INPUT, timeout=30)
+        assert f"{path}: is a FIFO, not a regular file" in r.stderr
 
 
 def test_a_deeply_nested_jsonl_line_is_one_bad_line(store: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from memp_cli.cli.output import env, open_input
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.ingest import FORMATS, read_jsonl
-from memp_cli.model.memory import KINDS, Memory, memory_from_toml
+from memp_cli.model.memory import KINDS, Memory, memory_from_toml, read_memory_bytes
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
@@ -412,7 +412,7 @@ def show(
     if json_out:
         output.emit_json_lines([mem.to_dict()])
     else:
-        output.write(store.memory_path(memory_id).read_text(encoding="utf-8"))
+        output.write(read_memory_bytes(store.memory_path(memory_id)).decode("utf-8"))
 
 
 def _editor() -> list[str]:
@@ -431,7 +431,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
     path = store.memory_path(memory_id)
     if not path.exists():
         raise NotFoundError(f"no memory {memory_id!r} in {store.root}", hint="see `memp list`")
-    before = path.read_bytes()
+    before = read_memory_bytes(path)  # a FIFO or a symlink to /dev/zero is refused, not read
     try:
         old_version: int | None = store.load_memory(memory_id).version
     except MemoryFileError as e:  # a broken file is exactly what one may want to edit
@@ -459,7 +459,7 @@ def edit(memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id 
                     continue
                 raise typer.Exit(int(ExitCode.BAD_INPUT)) from None
         with store.lock:
-            if path.read_bytes() != before:
+            if read_memory_bytes(path) != before:
                 keep = Path(tempfile.mkstemp(prefix=f"memp-edit-{memory_id}-", suffix=".toml")[1])
                 keep.write_text(text, encoding="utf-8")
                 raise InputError(

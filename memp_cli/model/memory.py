@@ -285,7 +285,7 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
             isinstance(v, want)
             and not isinstance(v, bool)
             and (not isinstance(v, int) or 0 <= v <= MAX_COUNT),
-            f"stats.{k} must be a {'whole number from 0 to 2**53' if want is int else 'string'}",
+            f"stats.{k} must be a {'non-negative whole number (at most 2**53)' if want is int else 'string'}",
             path,
             text,
             k,
@@ -337,12 +337,12 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
 def read_memory_bytes(path: Path) -> bytes:
     """A memory file's bytes, refusing (MemoryFileError) what is not a regular file of at most
     MAX_MEMORY_FILE_BYTES: a directory, a FIFO (which would block), a device, a symlink (which
-    may point at /dev/zero) are never read."""
+    may point at /dev/zero) are never read. FileNotFoundError when there is no such file."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise MemoryFileError("no such memory file", path=str(path)) from None
+        raise
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _not_regular(path, "a symbolic link") from None
@@ -373,7 +373,7 @@ def read_memory_bytes(path: Path) -> bytes:
 
 def _not_regular(path: Path, kind: str) -> MemoryFileError:
     return MemoryFileError(
-        f"is {kind}, not a regular file: left out",
+        f"is {kind}, not a regular file",
         path=str(path),
         hint="a memory is a plain .toml file; move this away or replace it with the file itself",
     )
@@ -381,14 +381,17 @@ def _not_regular(path: Path, kind: str) -> MemoryFileError:
 
 def _too_big(path: Path, size: int) -> MemoryFileError:
     return MemoryFileError(
-        f"is {size} bytes, over the {MAX_MEMORY_FILE_BYTES} byte limit for a memory file: left out",
+        f"is {size} bytes, over the {MAX_MEMORY_FILE_BYTES} byte limit for a memory file",
         path=str(path),
         hint="a memory is a few KiB; trim the file or restore it",
     )
 
 
 def load_memory_file(path: Path) -> Memory:
-    raw = read_memory_bytes(path)
+    try:
+        raw = read_memory_bytes(path)
+    except FileNotFoundError:
+        raise MemoryFileError("no such memory file", path=str(path)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -415,6 +418,6 @@ def render_memory_file(path: Path, memory: Memory, *, base: str | None = None) -
     if base is None:
         try:
             base = read_memory_bytes(path).decode("utf-8")
-        except (MemoryFileError, UnicodeDecodeError):
+        except (MemoryFileError, OSError, UnicodeDecodeError):
             base = None  # nothing to keep: a new file, or one the write will report on
     return memory.to_toml(previous=base)

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from memp_cli.errors import InputError, NotFoundError
-from memp_cli.model.memory import now_iso, valid_id
+from memp_cli.errors import InputError, MemoryFileError, NotFoundError
+from memp_cli.model.memory import now_iso, read_memory_bytes, valid_id
 from memp_cli.store import appendlog
 from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir
 
@@ -135,9 +135,11 @@ class History:
         if not versions:
             return False
         try:
-            data = self.store.memory_path(memory_id).read_bytes()
+            data = read_memory_bytes(self.store.memory_path(memory_id))
         except FileNotFoundError:
             return False
+        except MemoryFileError:
+            return True  # not a file memp wrote (a FIFO, a symlink...): a person put it there
         last = versions[-1]
         return last.sha256 != sha256(data) or last.by in HUMAN
 
@@ -199,7 +201,9 @@ class History:
     def _notice(self, memory_id: str, last: Version | None) -> Version | None:
         path = self.store.memory_path(memory_id)
         try:
-            data = path.read_bytes()
+            data = read_memory_bytes(path)
+        except MemoryFileError:
+            return None  # a FIFO, a directory, a symlink, too big: nothing to keep as a version
         except FileNotFoundError:
             if last is not None and last.sha256 is not None:
                 return self._record(memory_id, last, HAND_EDIT, "deleted by hand", None, 0)
