@@ -127,6 +127,8 @@ def test_a_fifo_is_left_out_without_blocking(built: Path) -> None:
     assert f"memp: warning: {path}: is a FIFO" in r.stderr
     r = memp_subprocess("doctor", expect=ExitCode.STORE, timeout=30)
     assert any(f["what"].startswith(f"{path}: is a FIFO") for f in r.jsonl())
+    r = memp_subprocess("distill", "--policy", "trajectory", "--with-failures", timeout=30)
+    assert f"memp: warning: {path}: is a FIFO" in r.stderr
     for cmd in ("show", "edit"):  # the one bad memory itself: refused, not read
         r = memp_subprocess(cmd, mid, expect=ExitCode.BAD_INPUT, timeout=30)
         assert f"{path}: is a FIFO, not a regular file" in r.stderr

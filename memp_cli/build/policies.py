@@ -26,8 +26,8 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memp_cli.errors import InputError
-from memp_cli.model.memory import Memory, Provenance, load_memory_file
+from memp_cli.errors import InputError, MemoryFileError
+from memp_cli.model.memory import Memory, Provenance, load_memory_file, read_memory_bytes
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.protocol import MemoryStore
 
@@ -103,15 +103,15 @@ def built_with(path: Path) -> tuple[str, str, str]:
     to a full validated parse.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_memory_bytes(path).decode("utf-8")  # never a FIFO or /dev/zero
         m = _PROV_SECTION.search(text)
         if m:
             prov = tomllib.loads(m.group(1))
             got = (prov.get("policy", ""), prov.get("model", ""), prov.get("prompt_version", ""))
             if all(isinstance(x, str) for x in got):
                 return got
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        pass
+    except (OSError, MemoryFileError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        pass  # the full parse below names what is wrong
     mem = load_memory_file(path)
     return mem.provenance.policy, mem.provenance.model, mem.provenance.prompt_version
 
