@@ -82,6 +82,7 @@ CASES: dict[str, Callable[[Path], None]] = {
     "huge_stat": _replace("successes = 0", "successes = 99999999999999999999999"),
     "huge_version": _replace("\nversion = 1", "\nversion = 99999999999999999999999"),
     "many_keywords": _append("keywords_extra = 0"),  # replaced below
+    "key_too_long": _replace("keys = [\n", "keys = [\n    " + '"' + "x" * 20_000 + '",\n'),
 }
 
 
