@@ -13,6 +13,7 @@ import pytest
 from conftest import memory_ids, memp, memp_subprocess, stored_trajectories
 
 from memp_cli.errors import ExitCode
+from memp_cli.model.limits import MAX_MEMORY_FILE_BYTES
 
 
 def _mem(store: Path, mid: str) -> Path:
@@ -67,7 +68,7 @@ def _symlink_dev_zero(path: Path) -> None:
 
 def _huge(path: Path) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write("\n" + "# padding\n" * 200_000)
+        f.write("\n" + "#" * MAX_MEMORY_FILE_BYTES)
 
 
 CASES: dict[str, Callable[[Path], None]] = {
@@ -82,7 +83,7 @@ CASES: dict[str, Callable[[Path], None]] = {
     "huge_stat": _replace("successes = 0", "successes = 99999999999999999999999"),
     "huge_version": _replace("\nversion = 1", "\nversion = 99999999999999999999999"),
     "many_keywords": _append("keywords_extra = 0"),  # replaced below
-    "key_too_long": _replace("keys = [\n", "keys = [\n    " + '"' + "x" * 20_000 + '",\n'),
+    "many_keys": _replace("keys = [\n", "keys = [\n" + "".join(f'    "k{i}",\n' for i in range(101))),
 }
 
 
@@ -148,3 +149,16 @@ def test_a_deeply_nested_jsonl_line_is_one_bad_line(store: Path, tmp_path: Path)
     r = memp("ingest", f, expect=ExitCode.BAD_INPUT)
     assert f"{f}:2:" in r.stderr and f"{f}:3:" in r.stderr
     assert {t["task"] for t in stored_trajectories(store)} == {"heat an egg", "wash an egg"}
+
+
+def test_memp_reads_back_a_memory_of_a_very_long_task(store: Path, tmp_path: Path) -> None:
+    """The limits never refuse what memp itself writes: a task (and so its key) as long as an
+    agent's whole system prompt, with a long URL-like word among its keywords."""
+    task = "put a clean mug in the microwave " + "x" * 60_000 + " " + " ".join(["context"] * 20_000)
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"task": task, "steps": [{"action": "go to mug"}], "success": True}) + "\n")
+    memp("ingest", f)
+    memp("distill", "--policy", "trajectory")
+    (m,) = memp("list", "--json").jsonl()
+    assert memp("show", m["id"], "--json").jsonl()[0]["task"] == task
+    memp("doctor")

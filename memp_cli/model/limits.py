@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# A memory file larger than this is refused unread (memp writes a few KiB).
-MAX_MEMORY_FILE_BYTES = 1024 * 1024
+# A memory file larger than this is refused unread. memp writes a few KiB, but the task (and so
+# the key) of one ingested line may be as long as the line: the limit is that line's, so memp
+# never writes a memory it would then refuse to read.
+MAX_MEMORY_FILE_BYTES = 16 * 1024 * 1024
 # Tables and arrays nested deeper than this are refused; orjson cannot write more than 254.
 MAX_DEPTH = 32
 # A JSONL trajectory line nested deeper than this is one bad line (records are stored with
@@ -15,10 +17,10 @@ MAX_DEPTH = 32
 MAX_JSON_DEPTH = 128
 # Statistics and versions are whole numbers a JSON reader can hold exactly.
 MAX_COUNT = 2**53
-# A memory's retrieval texts: how many, and how long each.
+# A memory's retrieval texts: how many (memp writes one key and at most 6 keywords). Their
+# length is bounded by the file's: a task, and so its key, may be long.
 MAX_KEYWORDS = 1000
 MAX_KEYS = 100
-MAX_KEY_CHARS = 10_000
 
 
 def depth_over(value: Any, limit: int = MAX_DEPTH) -> bool:

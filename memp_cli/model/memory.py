@@ -26,7 +26,6 @@ from memp_cli.errors import MemoryFileError
 from memp_cli.model.limits import (
     MAX_COUNT,
     MAX_DEPTH,
-    MAX_KEY_CHARS,
     MAX_KEYS,
     MAX_KEYWORDS,
     MAX_MEMORY_FILE_BYTES,
@@ -224,8 +223,8 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     keys = data.get("keys", [])
     _expect(_str_list(keys), '"keys" must be a list of strings', path, text, "keys")
     _expect(
-        len(keys) <= MAX_KEYS and all(len(k) <= MAX_KEY_CHARS for k in keys),
-        f'"keys" holds at most {MAX_KEYS} texts of at most {MAX_KEY_CHARS} characters each',
+        len(keys) <= MAX_KEYS,
+        f'"keys" holds at most {MAX_KEYS} texts, got {len(keys)}',
         path,
         text,
         "keys",
@@ -233,7 +232,7 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     keywords = data.get("keywords", [])
     _expect(_str_list(keywords), '"keywords" must be a list of strings', path, text, "keywords")
     _expect(
-        len(keywords) <= MAX_KEYWORDS and all(len(k) <= MAX_KEY_CHARS for k in keywords),
+        len(keywords) <= MAX_KEYWORDS,
         f'"keywords" holds at most {MAX_KEYWORDS} words, got {len(keywords)}',
         path,
         text,
