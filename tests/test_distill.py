@@ -788,3 +788,42 @@ def test_bad_text_in_one_reply_of_a_batch(store: Path, srv: LLMServer, bad: str)
     assert script["steps"][0] == "find the {object}" + ("[31m" if bad == "\x1b[31m" else "")
     raw = (store / "memories" / f"{mid}.toml").read_text()
     assert not any(c in raw for c in "\x00\x1b\x7f\x9b") and "\\u00" not in raw
+
+
+def test_a_memory_that_cannot_be_encoded_fails_its_trajectory_only(
+    store: Path, srv: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write path's own guard (whatever let the text through): one unencodable memory is
+    one failed trajectory; the rest of the batch is written, and no partial file is left."""
+    _ingest(WEB)
+    real = runner.script_memory
+    victim = TRAJ[-1]
+
+    def poisoned(t: Any, *args: Any, **kw: Any) -> Any:
+        mem = real(t, *args, **kw)
+        if t.id == victim.id:
+            mem.task += "\ud800"
+        return mem
+
+    monkeypatch.setattr(runner, "script_memory", poisoned)
+    failures: list[runner.Failure] = []
+    rep = distill(Store.open(store), "script", model=MODEL, api_base=srv.url, on_failure=failures.append)
+    assert (rep.read, rep.written, rep.failed, rep.pending) == (4, 3, 1, 1)
+    assert [f.trajectory for f in failures] == [victim.id]
+    assert "cannot be written as a TOML file" in failures[0].reason
+    assert "surrogates not allowed" in failures[0].reason
+    assert not (store / "memories" / f"{failures[0].memory}.toml").exists()
+    assert not [p for p in store.rglob(f"{TMP_PREFIX}*")]
+
+
+def test_save_memories_writes_nothing_when_one_memory_cannot_be_encoded(store: Path) -> None:
+    from memp_cli.errors import MemoryFileError
+    from memp_cli.model.memory import Memory
+
+    s = Store.open(store)
+    good = Memory(id="good-one", kind="script", task="t", script={"title": "x", "steps": ["a"]})
+    bad = Memory(id="bad-one", kind="script", task="t\udc80", script={"title": "x", "steps": ["a"]})
+    with s.lock, pytest.raises(MemoryFileError, match="bad-one cannot be written"):
+        s.save_memories([good, bad], event="test")
+    assert memory_ids(store) == []
+    assert not [p for p in store.rglob(f"{TMP_PREFIX}*")]
