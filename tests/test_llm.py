@@ -583,3 +583,13 @@ def test_a_huge_reason_is_cut(srv: LLMServer) -> None:
         llm.complete_json(MSGS, settings(srv), validate=validate_name)
     assert len(info.value.reason) <= llm.reply.MAX_REASON_CHARS
     assert len(srv.requests[1]["messages"][-1]["content"]) < 500
+
+
+def test_the_reply_shown_in_the_error_is_printable_and_redacted(srv: LLMServer) -> None:
+    reply = f"my key is {KEY} \x1b[2J and \ud800"
+    srv.script([reply, reply])
+    with pytest.raises(llm.LLMReplyError) as info:
+        llm.complete_json(MSGS, settings(srv), validate=validate_name)
+    shown = str(info.value)
+    assert KEY not in shown and "\x1b" not in shown and "\ufffd" in shown
+    shown.encode("utf-8")

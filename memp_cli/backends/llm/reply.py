@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from memp_cli.backends.llm.cache import ResponseCache
 from memp_cli.backends.llm.client import complete, json_response_format
-from memp_cli.backends.llm.errors import LLMReplyError
+from memp_cli.backends.llm.errors import LLMReplyError, redact
 from memp_cli.backends.llm.types import LLMSettings, Usage
 
 T = TypeVar("T")
@@ -176,7 +176,7 @@ def complete_json(
         value = _check(second.text, validate, second.finish_reason, settings.max_tokens)
     except ValueError as err:
         raw = second.text
-        shown = _printable(raw if len(raw) <= 500 else raw[:500] + "...")
+        shown = redact(_printable(raw if len(raw) <= 500 else raw[:500] + "..."))
         raise LLMReplyError(
             f"model {settings.model!r} did not return valid JSON after a repair attempt: {err}\n"
             f"  reply: {shown}",
