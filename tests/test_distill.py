@@ -721,3 +721,109 @@ def test_a_kill_at_any_write_point_of_distill(
         assert memp("doctor", expect=None).code == 0, where
         assert memp("query", "a pair of shoes", "--json", expect=None).code == 0, where
     assert kill_at > 8  # the runs had write points: memories, journal, index (and cache)
+
+
+def _bad_text_reply(body: dict[str, Any], bad: str) -> str:
+    """The valid script for the request, with ``bad`` in its title and a step (JSON-escaped,
+    as a model or a proxy may send it: ``"\\ud800"`` is valid JSON but not UTF-8 text)."""
+    obj = json.loads(script_reply(body))
+    obj["title"] += bad
+    obj["steps"][0] += bad
+    return json.dumps(obj)  # ensure_ascii: the lone surrogate travels as the escape \ud800
+
+
+def test_a_reply_with_a_lone_surrogate_costs_its_trajectory_only_and_is_not_cached(
+    store: Path, srv: LLMServer
+) -> None:
+    """Issue 12: a lone surrogate in a reply made distill exit 1 with UnicodeEncodeError, the
+    batch unwritten, and the reply cached so every rerun failed the same way."""
+    _ingest(WEB)
+    first = '{"title": "x \\ud800 secret-ish", "steps": ["a"]}'  # the escape as text, twice
+    srv.script([first, first])  # the reply, then the repair: both bad
+    r = _llm(srv, "--policy", "script", "--concurrency", "1", "--json", expect=ExitCode.LLM)
+    rep = _summary(r)
+    assert (rep["read"], rep["written"], rep["failed"], rep["pending"]) == (4, 3, 1, 1)
+    (failure,) = rep["failures"]
+    bad = BY_TASK[task_of(srv.requests[0])]
+    assert failure["trajectory"] == bad.id
+    assert "lone surrogate" in failure["reason"] and '"title"' in failure["reason"]
+    assert f"trajectory {bad.id} failed, left pending" in r.stderr
+    assert not (store / "memories" / f"{failure['memory']}.toml").exists()
+    assert len(memory_ids(store)) == 3
+    for p in (store / "memories").glob("*.toml"):
+        p.read_bytes().decode("utf-8")  # every written file is UTF-8
+    assert not list((store / "memories").glob(f"{TMP_PREFIX}*"))
+    # Not cached: a rerun asks again (here a good reply) and finishes the job.
+    srv.clear()
+    rep = _summary(_llm(srv, "--policy", "script", "--json"))
+    assert (rep["read"], rep["written"], rep["skipped"], rep["calls"]) == (1, 1, 3, 1)
+    assert [task_of(b) for b in srv.requests] == [bad.task]
+
+
+def test_a_lone_surrogate_repaired_by_the_model_is_written(store: Path, srv: LLMServer) -> None:
+    _ingest(WEB)
+    srv.script(['{"title": "x \\udfff", "steps": ["a"]}'])  # then the default (good) reply
+    rep = _summary(_llm(srv, "--policy", "script", "--concurrency", "1", "--json"))
+    assert (rep["written"], rep["failed"], rep["calls"]) == (4, 0, 5)
+    assert "lone surrogate" in srv.requests[1]["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "\x7f", "\x9b", "\ud800"])
+def test_bad_text_in_one_reply_of_a_batch(store: Path, srv: LLMServer, bad: str) -> None:
+    """NUL, ESC (terminal escapes), DEL and C1 controls are dropped from the script: TOML could
+    hold them escaped, but a memory is read by people and shown in terminals. A lone surrogate
+    cannot be written as UTF-8 at all: that reply is rejected (and repaired, here in vain)."""
+    _ingest(WEB)
+    body = {"messages": [{"role": "user", "content": "Task: buy a {thing}\n"}]}
+    srv.script([_bad_text_reply(body, bad)] * 2)
+    expect = ExitCode.LLM if bad == "\ud800" else 0
+    rep = _summary(_llm(srv, "--policy", "script", "--concurrency", "1", "--json", expect=expect))
+    assert (rep["written"], rep["failed"]) == ((3, 1) if expect else (4, 0))
+    mid = memory_id("script", BY_TASK[task_of(srv.requests[0])].id)
+    if expect:
+        assert not (store / "memories" / f"{mid}.toml").exists()
+        return
+    script = _load(store, mid)["script"]
+    assert script["title"] == "general: buy a {thing}" + ("[31m" if bad == "\x1b[31m" else "")
+    assert script["steps"][0] == "find the {object}" + ("[31m" if bad == "\x1b[31m" else "")
+    raw = (store / "memories" / f"{mid}.toml").read_text()
+    assert not any(c in raw for c in "\x00\x1b\x7f\x9b") and "\\u00" not in raw
+
+
+def test_a_memory_that_cannot_be_encoded_fails_its_trajectory_only(
+    store: Path, srv: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write path's own guard (whatever let the text through): one unencodable memory is
+    one failed trajectory; the rest of the batch is written, and no partial file is left."""
+    _ingest(WEB)
+    real = runner.script_memory
+    victim = TRAJ[-1]
+
+    def poisoned(t: Any, *args: Any, **kw: Any) -> Any:
+        mem = real(t, *args, **kw)
+        if t.id == victim.id:
+            mem.task += "\ud800"
+        return mem
+
+    monkeypatch.setattr(runner, "script_memory", poisoned)
+    failures: list[runner.Failure] = []
+    rep = distill(Store.open(store), "script", model=MODEL, api_base=srv.url, on_failure=failures.append)
+    assert (rep.read, rep.written, rep.failed, rep.pending) == (4, 3, 1, 1)
+    assert [f.trajectory for f in failures] == [victim.id]
+    assert "cannot be written as a TOML file" in failures[0].reason
+    assert "surrogates not allowed" in failures[0].reason
+    assert not (store / "memories" / f"{failures[0].memory}.toml").exists()
+    assert not [p for p in store.rglob(f"{TMP_PREFIX}*")]
+
+
+def test_save_memories_writes_nothing_when_one_memory_cannot_be_encoded(store: Path) -> None:
+    from memp_cli.errors import MemoryFileError
+    from memp_cli.model.memory import Memory
+
+    s = Store.open(store)
+    good = Memory(id="good-one", kind="script", task="t", script={"title": "x", "steps": ["a"]})
+    bad = Memory(id="bad-one", kind="script", task="t\udc80", script={"title": "x", "steps": ["a"]})
+    with s.lock, pytest.raises(MemoryFileError, match="bad-one cannot be written"):
+        s.save_memories([good, bad], event="test")
+    assert memory_ids(store) == []
+    assert not [p for p in store.rglob(f"{TMP_PREFIX}*")]

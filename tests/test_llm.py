@@ -531,3 +531,65 @@ def test_chat_llm_failure_still_exits_8(srv: LLMServer, remote_store: Path) -> N
     srv.script([("status", 401)] * 2)
     run = memp("distill", "--model", "openai/test-model", "--api-base", srv.url, expect=ExitCode.LLM)
     assert "--model" in run.stderr
+
+
+# --------------------------------------------------------------------------- text a reply may not hold
+
+
+@pytest.mark.parametrize(
+    ("reply", "where"),
+    [
+        ('{"name": "a\\ud800b"}', '"name"'),  # the JSON escape: valid JSON, not text
+        ('{"name": "a\ud800b"}', '"name"'),  # the character itself (sent escaped over HTTP)
+        ('{"name": "ok", "more": [{"x": "\\udc00"}]}', '"more" item 1."x"'),
+        ('{"name": "ok", "\\udfff": 1}', "a key of the reply"),
+        ('\ud800 {"name": "ok"}', "the reply"),  # outside the object: the text cannot be cached
+    ],
+)
+def test_a_lone_surrogate_is_repaired_and_never_cached(
+    srv: LLMServer, tmp_path: Path, reply: str, where: str
+) -> None:
+    cache = llm.ResponseCache(tmp_path)
+    srv.script([reply, reply])
+    with pytest.raises(llm.LLMReplyError) as info:
+        llm.complete_json(MSGS, settings(srv), validate=validate_name, cache=cache)
+    assert info.value.reason.startswith(where) and "lone surrogate" in info.value.reason
+    assert "lone surrogate" in srv.requests[1]["messages"][-1]["content"]
+    assert list(tmp_path.rglob("*.json")) == []
+    str(info.value).encode("utf-8")  # the message can be printed
+
+
+def test_a_cached_reply_with_a_lone_surrogate_is_asked_again(srv: LLMServer, tmp_path: Path) -> None:
+    """A cache written before the fix may hold such a reply: it is a miss, then overwritten."""
+    cache = llm.ResponseCache(tmp_path)
+    key = cache.key(MSGS, settings(srv))
+    cache.put(key, '{"name": "\\ud800"}', llm.Usage())
+    srv.script(['{"name": "good"}'])
+    value, usage = llm.complete_json(MSGS, settings(srv), validate=validate_name, cache=cache)
+    assert value == "good" and usage.calls == 1 and len(srv.requests) == 1
+    hit = cache.get(key)
+    assert hit is not None and hit[0] == '{"name": "good"}'
+
+
+def test_control_characters_are_dropped_from_every_string(srv: LLMServer) -> None:
+    srv.script(['{"name": "de\\u0000p\\u001b[2Jl\\u007fo\\u0085y\\tnow\\n"}'])
+    value, _ = llm.complete_json(MSGS, settings(srv), validate=validate_name)
+    assert value == "de" + "p[2Jloy\tnow\n"
+
+
+def test_a_huge_reason_is_cut(srv: LLMServer) -> None:
+    srv.script(['{"name": 1, "' + "k" * 5000 + '\\ud800": 2}'] * 2)
+    with pytest.raises(llm.LLMReplyError) as info:
+        llm.complete_json(MSGS, settings(srv), validate=validate_name)
+    assert len(info.value.reason) <= llm.reply.MAX_REASON_CHARS
+    assert len(srv.requests[1]["messages"][-1]["content"]) < 500
+
+
+def test_the_reply_shown_in_the_error_is_printable_and_redacted(srv: LLMServer) -> None:
+    reply = f"my key is {KEY} \x1b[2J and \ud800"
+    srv.script([reply, reply])
+    with pytest.raises(llm.LLMReplyError) as info:
+        llm.complete_json(MSGS, settings(srv), validate=validate_name)
+    shown = str(info.value)
+    assert KEY not in shown and "\x1b" not in shown and "\ufffd" in shown
+    shown.encode("utf-8")

@@ -94,6 +94,8 @@ def test_a_model_revises_the_script(store: Path, server: LLMServer) -> None:
         json.dumps({"diagnosis": "", "script": REVISED}),  # no diagnosis
         json.dumps({"diagnosis": "x", "script": {"title": "t", "steps": []}}),  # no steps
         json.dumps({"diagnosis": "x", "memory": "m000000000000", "script": REVISED}),  # another memory
+        json.dumps({"diagnosis": "heat \ud800 it", "script": REVISED}),  # a lone surrogate (issue 12)
+        json.dumps({"diagnosis": "x", "script": {**REVISED, "steps": ["\udc00"]}}),
     ],
 )
 def test_a_bad_reply_changes_nothing(store: Path, server: LLMServer, reply: str) -> None:

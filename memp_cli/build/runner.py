@@ -511,6 +511,11 @@ def _run_llm(
                     job.t, script, store, policy=policy, model=settings.model, prompt_version=prompt.version
                 )
                 mem.id = job.mid  # the run's memory, whichever policy built it first
+                bad = _unwritable(mem)
+                if bad is not None:  # costs this trajectory only, never the batch
+                    not_written += 1
+                    _count_failure(job, bad, report, on_failure)
+                    continue
                 batch.append(mem)
             writer.write(batch)
             if not_written:
@@ -562,11 +567,7 @@ def _failed(
     else:
         reason = f"unexpected {type(err).__name__}: {err}"
         consecutive += 1
-    report.failed += 1
-    failure = Failure(job.t.id, job.mid, reason)
-    report.failures.append(failure)
-    if on_failure:
-        on_failure(failure)
+    _count_failure(job, reason, report, on_failure)
     if report.error is None and consecutive >= UNREACHABLE_AFTER:
         report.stopped = f"{consecutive} calls in a row failed: the model looks unreachable"
         report.error = LLMError(
@@ -575,6 +576,28 @@ def _failed(
         )
         stop.set()
     return consecutive
+
+
+def _count_failure(job: _Job, reason: str, report: DistillReport, on_failure: FailureFn | None) -> None:
+    report.failed += 1
+    failure = Failure(job.t.id, job.mid, reason)
+    report.failures.append(failure)
+    if on_failure:
+        on_failure(failure)
+
+
+def _unwritable(mem: Memory) -> str | None:
+    """Why ``mem`` cannot be a memory file (e.g. a lone surrogate, which is not UTF-8), or None.
+
+    Checked before the batch is written: one such memory fails its trajectory, not the batch.
+    """
+    from memp_cli.backends.llm.errors import short
+
+    try:
+        mem.to_toml().encode("utf-8")
+    except (UnicodeError, ValueError, TypeError) as e:
+        return f"the memory cannot be written as a TOML file: {short(e, 200)}"
+    return None
 
 
 def _add_usage(report: DistillReport, usage: Any) -> None:

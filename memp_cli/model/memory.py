@@ -408,7 +408,22 @@ def write_memory_file(path: Path, memory: Memory, *, base: str | None = None, du
     """
     from memp_cli.store.fsutil import atomic_write  # fsutil's package imports this module
 
-    atomic_write(path, render_memory_file(path, memory, base=base), durable=durable)
+    atomic_write(path, encode_memory_file(path, memory, base=base), durable=durable)
+
+
+def encode_memory_file(path: Path, memory: Memory, *, base: str | None = None) -> bytes:
+    """The bytes ``memory`` is written as at ``path`` (see :func:`render_memory_file`).
+
+    Raises :class:`MemoryFileError` when the memory cannot be a TOML file, e.g. a string
+    holds a lone surrogate (not UTF-8 text): checked before anything is written.
+    """
+    try:
+        return render_memory_file(path, memory, base=base).encode("utf-8")
+    except (UnicodeError, ValueError, TypeError) as e:
+        reason = f"{type(e).__name__}: {e}"
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise MemoryFileError(f"memory {memory.id} cannot be written as a TOML file ({reason})") from None
 
 
 def render_memory_file(path: Path, memory: Memory, *, base: str | None = None) -> str:

@@ -28,7 +28,7 @@ import orjson
 
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.model.memory import Memory, load_memory_file, now_iso, render_memory_file, valid_id
+from memp_cli.model.memory import Memory, encode_memory_file, load_memory_file, now_iso, valid_id
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import appendlog
 from memp_cli.store.fsutil import (
@@ -315,7 +315,7 @@ class Store:
 
         _stamp([memory])
         path = self.memory_path(memory.id)
-        data = render_memory_file(path, memory, base=base).encode("utf-8")
+        data = encode_memory_file(path, memory, base=base)
         ver = History(self).write(memory.id, data, by=f"memp {self.command}", why=why, trajectory=trajectory)
         if trajectory is not None:
             fields["trajectory"] = trajectory
@@ -354,12 +354,17 @@ class Store:
         history = History(self)
         by = f"memp {self.command}"
 
-        def one(m: Memory) -> None:
-            data = render_memory_file(self.memory_path(m.id), m).encode("utf-8")
+        def render(m: Memory) -> bytes:
+            return encode_memory_file(self.memory_path(m.id), m)
+
+        def one(m: Memory, data: bytes) -> None:
             history.write(m.id, data, by=by, why=why)
 
         with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
-            done = [pool.submit(one, m) for m in memories]
+            # Every file is rendered before any is written: a memory that cannot be encoded
+            # (MemoryFileError) fails the call with nothing written, never half a batch.
+            texts = list(pool.map(render, memories))
+            done = [pool.submit(one, m, data) for m, data in zip(memories, texts, strict=True)]
         for f in done:
             f.result()  # the first failure, if any, once every write has ended
         self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)

@@ -9,13 +9,19 @@ from typing import Any, TypeVar
 
 from memp_cli.backends.llm.cache import ResponseCache
 from memp_cli.backends.llm.client import complete, json_response_format
-from memp_cli.backends.llm.errors import LLMReplyError
+from memp_cli.backends.llm.errors import LLMReplyError, redact
 from memp_cli.backends.llm.types import LLMSettings, Usage
 
 T = TypeVar("T")
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+# Control characters other than tab and newlines: C0, DEL and C1. TOML could hold them
+# escaped, but a memory is read by people and printed to terminals (ESC starts a terminal
+# escape sequence), and no procedure step needs one: they are dropped from every string.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+MAX_REASON_CHARS = 300  # a reason is shown and sent back in the repair request: never huge
 
 
 def extract_json(text: str) -> Any:
@@ -43,14 +49,51 @@ def extract_json(text: str) -> Any:
     raise ValueError(f"the JSON does not parse: {first_error}")
 
 
+def clean_strings(obj: Any, where: str = "the reply") -> Any:
+    """``obj`` (parsed JSON) with control characters dropped from every string (keys too).
+
+    Raises ValueError naming the place of a lone surrogate (``"\\ud800"`` is valid JSON but
+    not text: it cannot be encoded as UTF-8, so neither cached, written to TOML nor printed).
+    Rejecting the reply (and so asking the model to repair it) is the only faithful choice:
+    what the model meant there is unknown.
+    """
+    if isinstance(obj, str):
+        m = _SURROGATE.search(obj)
+        if m is not None:
+            raise ValueError(
+                f"{where} contains a lone surrogate (U+{ord(m.group()):04X}, at character {m.start()}), "
+                "which is not text: reply with valid UTF-8 text only"
+            )
+        return _CONTROL.sub("", obj)
+    if isinstance(obj, list):
+        return [clean_strings(v, f"{where} item {i}") for i, v in enumerate(obj, 1)]
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            key = clean_strings(k, f"a key of {where}")
+            out[key] = clean_strings(v, f'"{key}"' if where == "the reply" else f'{where}."{key}"')
+        return out
+    return obj
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to send, print or log: lone surrogates become U+FFFD, controls go."""
+    return _CONTROL.sub("", _SURROGATE.sub("\ufffd", text))
+
+
 def _check(text: str, validate: Callable[[Any], T], finish_reason: str | None, max_tokens: int | None) -> T:
     try:
         obj = extract_json(text)
         if not isinstance(obj, dict):
             raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+        obj = clean_strings(obj)
+        if _SURROGATE.search(text):  # outside the object's strings: the text cannot be cached
+            raise ValueError("the reply contains a lone surrogate, which is not text")
         return validate(obj)
     except (ValueError, TypeError) as err:
         reason = str(err) or type(err).__name__
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
         if finish_reason == "length":
             reason += f" (the reply was cut off at max_tokens={max_tokens})"
         raise ValueError(reason) from None
@@ -114,7 +157,7 @@ def complete_json(
 
     repair = [
         *messages,
-        {"role": "assistant", "content": first.text},
+        {"role": "assistant", "content": _printable(first.text)},  # a surrogate cannot be sent
         {
             "role": "user",
             "content": f"Your reply was not valid: {reason}. "
@@ -133,7 +176,7 @@ def complete_json(
         value = _check(second.text, validate, second.finish_reason, settings.max_tokens)
     except ValueError as err:
         raw = second.text
-        shown = raw if len(raw) <= 500 else raw[:500] + "..."
+        shown = redact(_printable(raw if len(raw) <= 500 else raw[:500] + "..."))
         raise LLMReplyError(
             f"model {settings.model!r} did not return valid JSON after a repair attempt: {err}\n"
             f"  reply: {shown}",
