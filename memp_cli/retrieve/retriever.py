@@ -144,8 +144,8 @@ class Retriever(AveFact):
     # per query of the last search() that found nothing above min_score: the best score left
     # out (None: it found something, or there was nothing to score)
     best_below: list[float | None] = field(default_factory=list)
-    # key query: per query of the last scored() call, per state position, the procedure and
-    # family parts of the score (for --explain)
+    # key query with explain: per query of the last scored() call, per state position, the
+    # procedure and family parts of the score (what --explain shows)
     details: list[dict[int, dict[str, float]]] = field(default_factory=list)
 
     @classmethod
@@ -209,35 +209,32 @@ class Retriever(AveFact):
         labels, sims = found
         out = []
         self.details = []
+        sides = ((idx.lexical, self.lexical_weight), (idx.procedure, self.procedure_weight))
         for qi, q in enumerate(queries):
             cand: dict[int, float] = dict(zip(labels[qi].tolist(), sims[qi].tolist(), strict=True))
-            key_lex = self._bm25(idx.lexical, q, self.lexical_weight, cand, allowed, n_cand)
-            proc = self._bm25(idx.procedure, q, self.procedure_weight, cand, allowed, n_cand)
-            missing = [lab for lab in {**key_lex, **proc} if lab not in cand]
+            # Both BM25 sides first (their top lists join the candidates), then every
+            # candidate's cosine and both BM25 scores.
+            parts = [
+                self._bm25(lex, q, allowed, n_cand) if lex is not None and weight > 0 else None
+                for lex, weight in sides
+            ]
+            missing = {lab for part in parts if part for lab in part[0] if lab not in cand}
             if missing:
-                extra_cos = idx.vectors(missing) @ qvecs[qi]
-                cand.update({lab: float(c) for lab, c in zip(missing, extra_cos.tolist(), strict=True)})
-            for part, lex, weight in (
-                (key_lex, idx.lexical, self.lexical_weight),
-                (proc, idx.procedure, self.procedure_weight),
-            ):
-                if lex is not None and weight > 0:
+                labs = list(missing)
+                extra_cos = idx.vectors(labs) @ qvecs[qi]
+                cand.update({lab: float(c) for lab, c in zip(labs, extra_cos.tolist(), strict=True)})
+            for part, (lex, _) in zip(parts, sides, strict=True):
+                if part is not None and lex is not None:
                     self._complete(part, lex, q, cand)
+            key_lex, proc = (part[0] if part else {} for part in parts)
             out.append(self._fuse(cand, key_lex, proc))
         return out
 
     def _bm25(
-        self,
-        lex: LexicalIndex | None,
-        query: str,
-        weight: float,
-        cand: Mapping[int, float],
-        allowed: np.ndarray | None,
-        n_cand: int,
-    ) -> dict[int, float]:
-        """BM25 / its bound for ``query``: the best ``n_cand`` allowed labels (candidates too)."""
-        if lex is None or weight <= 0:
-            return {}
+        self, lex: LexicalIndex, query: str, allowed: np.ndarray | None, n_cand: int
+    ) -> tuple[dict[int, float], float]:
+        """BM25 / its bound for the best ``n_cand`` allowed labels of ``query``, and the bound
+        (the largest BM25 a document could reach for it)."""
         top_l, top_s = lex.top(query, n_cand * (4 if allowed is not None else 1))
         bound = lex.max_score(query) or 1.0
         out: dict[int, float] = {}
@@ -245,18 +242,20 @@ class Retriever(AveFact):
             if allowed is not None and not allowed[self.index.position_of_label(lab)]:
                 continue
             out[lab] = s / bound
-        return out
+        return out, bound
 
     @staticmethod
-    def _complete(part: dict[int, float], lex: LexicalIndex, query: str, cand: Mapping[int, float]) -> None:
-        """Fill ``part`` (a _bm25 result) with the BM25 / bound of every other candidate."""
+    def _complete(
+        part: tuple[dict[int, float], float], lex: LexicalIndex, query: str, cand: Mapping[int, float]
+    ) -> None:
+        """Fill a :meth:`_bm25` result with the BM25 / bound of every other candidate."""
         import numpy as np
 
-        rest = np.array([lab for lab in cand if lab not in part], dtype=np.int64)
+        scores, bound = part
+        rest = np.array([lab for lab in cand if lab not in scores], dtype=np.int64)
         if len(rest):
-            bound = lex.max_score(query) or 1.0
             extra = lex.score_labels(query, rest) / bound
-            part.update({int(lab): float(s) for lab, s in zip(rest, extra, strict=True)})
+            scores.update({int(lab): float(s) for lab, s in zip(rest, extra, strict=True)})
 
     def _fuse(
         self, cand: Mapping[int, float], key_lex: Mapping[int, float], proc: Mapping[int, float]
@@ -266,6 +265,7 @@ class Retriever(AveFact):
         w, p, f = self.lexical_weight, self.procedure_weight, self.family_weight
         if idx.procedure is None:
             p = 0.0  # an index from before format 4 (a sync upgrades it)
+        pos_of = {lab: idx.position_of_label(lab) for lab in cand}
         base: dict[int, float] = {}
         for lab, cos in cand.items():
             task = (1 - w) * cos + w * key_lex.get(lab, 0.0)
@@ -273,29 +273,23 @@ class Retriever(AveFact):
         score = base
         pooled: dict[int, float] = {}
         if f > 0:
-            families = idx.state.families
+            families, ids = idx.state.families, idx.state.ids
             best: dict[str, list[float]] = {}
             fam_of: dict[int, str] = {}
             for lab, b in sorted(base.items(), key=lambda kv: -kv[1]):
-                pos = idx.position_of_label(lab)
-                fam = (families[pos] if pos < len(families) else "") or idx.state.ids[pos]
-                fam_of[lab] = fam
+                pos = pos_of[lab]
+                fam = fam_of[lab] = (families[pos] if pos < len(families) else "") or ids[pos]
                 top = best.setdefault(fam, [])
                 if len(top) < FAMILY_POOL:
                     top.append(b)
             pooled = {lab: sum(best[fam_of[lab]]) / FAMILY_POOL for lab in base}
             score = {lab: (1 - f) * b + f * pooled[lab] for lab, b in base.items()}
-        rows = [
-            (idx.position_of_label(lab), sc, cand[lab], key_lex.get(lab, 0.0)) for lab, sc in score.items()
-        ]
+        rows = [(pos_of[lab], sc, cand[lab], key_lex.get(lab, 0.0)) for lab, sc in score.items()]
         # Ties go to the closer embedding, then the smaller id.
         rows.sort(key=lambda r: (-r[1], -r[2], idx.state.ids[r[0]]))
-        self.details.append(
-            {
-                idx.position_of_label(lab): {"procedure": proc.get(lab, 0.0), "family": pooled.get(lab, 0.0)}
-                for lab in base
-            }
-        )
+        if self.explain:
+            parts = {lab: {"procedure": proc.get(lab, 0.0), "family": pooled.get(lab, 0.0)} for lab in base}
+            self.details.append({pos_of[lab]: part for lab, part in parts.items()})
         return rows
 
     def _hnsw_candidates(
