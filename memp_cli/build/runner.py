@@ -37,7 +37,7 @@ from memp_cli.build.policies import (
     trajectory_memory,
 )
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
-from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import StoreLock
 from memp_cli.store.protocol import MemoryStore
@@ -511,7 +511,7 @@ def _run_llm(
                     job.t, script, store, policy=policy, model=settings.model, prompt_version=prompt.version
                 )
                 mem.id = job.mid  # the run's memory, whichever policy built it first
-                bad = _unwritable(mem)
+                bad = encoding_problem(mem)
                 if bad is not None:  # costs this trajectory only, never the batch
                     not_written += 1
                     _count_failure(job, bad, report, on_failure)
@@ -584,20 +584,6 @@ def _count_failure(job: _Job, reason: str, report: DistillReport, on_failure: Fa
     report.failures.append(failure)
     if on_failure:
         on_failure(failure)
-
-
-def _unwritable(mem: Memory) -> str | None:
-    """Why ``mem`` cannot be a memory file (e.g. a lone surrogate, which is not UTF-8), or None.
-
-    Checked before the batch is written: one such memory fails its trajectory, not the batch.
-    """
-    from memp_cli.backends.llm.errors import short
-
-    try:
-        mem.to_toml().encode("utf-8")
-    except (UnicodeError, ValueError, TypeError) as e:
-        return f"the memory cannot be written as a TOML file: {short(e, 200)}"
-    return None
 
 
 def _add_usage(report: DistillReport, usage: Any) -> None:

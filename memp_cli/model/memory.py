@@ -419,11 +419,27 @@ def encode_memory_file(path: Path, memory: Memory, *, base: str | None = None) -
     """
     try:
         return render_memory_file(path, memory, base=base).encode("utf-8")
-    except (UnicodeError, ValueError, TypeError) as e:
-        reason = f"{type(e).__name__}: {e}"
-        if len(reason) > 300:
-            reason = reason[:297] + "..."
-        raise MemoryFileError(f"memory {memory.id} cannot be written as a TOML file ({reason})") from None
+    except _UNENCODABLE as e:
+        raise MemoryFileError(f"memory {memory.id} cannot be written as a TOML file ({_why(e)})") from None
+
+
+# What rendering or encoding a memory raises when a value cannot be TOML text (a lone surrogate).
+_UNENCODABLE = (UnicodeError, ValueError, TypeError)
+
+
+def _why(err: BaseException) -> str:
+    reason = f"{type(err).__name__}: {err}"
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def encoding_problem(memory: Memory) -> str | None:
+    """Why ``memory`` cannot be written as a TOML file, or None: checked before a batch is
+    written, so one such memory fails its own trajectory, not the batch."""
+    try:
+        memory.to_toml().encode("utf-8")
+    except _UNENCODABLE as e:
+        return f"the memory cannot be written as a TOML file ({_why(e)})"
+    return None
 
 
 def render_memory_file(path: Path, memory: Memory, *, base: str | None = None) -> str:
