@@ -47,13 +47,15 @@ from _common import REPO, machine, write_result
 
 from memp_cli.eval import metrics
 from memp_cli.eval.labels import TaskLabel, grade, norm_task, task_label
+from memp_cli.eval.retrieval import BASELINES as SIGNALS
 
 PARAPHRASES = REPO / "benchmarks" / "data" / "alfworld_paraphrases.jsonl"
 OTHER_DOMAINS = ("webshop_react_fixed100_499.jsonl", "twx_train.jsonl", "scienceworld_train.jsonl")
 BASELINES: dict[str, dict[str, Any]] = {
     "default": {"collapse": True},  # what memp query returns: its floor, near-duplicates collapsed
-    "bm25 alone": {"lexical_weight": 1.0, "procedure_weight": 0.0, "family_weight": 0.0, "min_score": -1.0},
-    "cosine alone": {"lexical_weight": 0.0, "procedure_weight": 0.0, "family_weight": 0.0, "min_score": -1.0},
+    # memp eval retrieval --baselines: one signal of the query key, no floor
+    "bm25 alone": SIGNALS["bm25"],
+    "cosine alone": SIGNALS["cosine"],
 }
 K = 10
 SEEDS = 10
