@@ -89,6 +89,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "trash": ("memp_cli.cli.update_cmd", "The trash: forgotten and pruned memories."),
     "eval": ("memp_cli.cli.eval_cmd", "Measure memp: replay recorded runs, or let an agent play new games."),
+    "mcp": (
+        "memp_cli.cli.mcp_cmd",
+        "Serve the store to agents over MCP (stdio): query, show, list, feedback, record.",
+    ),
 }
 
 # Root options that are not settings: they stay before the command.
