@@ -30,9 +30,20 @@ HELP_FORBIDDEN = {
     "orjson",
     "rich",
     "tokenizers",
+    "mcp",
 }
 # Never on the query path: the LLM client, the build side, the other commands, rich (JSON out).
-QUERY_FORBIDDEN = {"litellm", "memp_cli.build", "memp_cli.cli.commands", "memp_cli.cli.maintenance", "rich"}
+QUERY_FORBIDDEN = {
+    "litellm",
+    "memp_cli.build",
+    "memp_cli.cli.commands",
+    "memp_cli.cli.maintenance",
+    "rich",
+    "mcp",
+    "memp_cli.integrations",
+}
+# The MCP SDK (seconds to import) is for `memp mcp` alone: not even its --help loads it.
+SDK = {"mcp", "mcp_types", "memp_cli.integrations.mcp_server"}
 
 _PROBE = """
 import contextlib, io, json, os, sys
@@ -151,3 +162,13 @@ def test_a_query_process_ends_fast_and_says_everything(built: Path) -> None:
     assert len(lines) == 50 and all(len(x["results"]) == 3 for x in lines)
     r = memp_subprocess("--store", built / "nope", "query", "x", expect=4)
     assert "no memp store" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["list", "--json"], ["stats", "--json"], ["feedback", "--success", "mnope"], ["mcp", "--help"]],
+    ids=["list", "stats", "feedback", "mcp-help"],
+)
+def test_only_memp_mcp_imports_the_mcp_sdk(built: Path, args: list[str]) -> None:
+    mods = _top(imported_by(*args, code=4 if args[0] == "feedback" else 0))
+    assert not mods & SDK, sorted(mods & SDK)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from memp_cli.cli import G, app, store_path
+from memp_cli.cli import G, app, open_store
 from memp_cli.errors import NotFoundError
 
 # Modules whose absence means "the mcp extra is not installed" (the SDK and what it brings).
@@ -38,6 +38,7 @@ def mcp(
 
     Example: claude mcp add memp -- memp --store ~/agent/.memp mcp
     """
+    root = open_store("mcp").root.absolute()  # no store, a broken memp.toml: say so before the slow import
     try:
         from memp_cli.integrations.mcp_server import serve
     except ImportError as e:
@@ -46,4 +47,4 @@ def mcp(
         raise NotFoundError(
             f"memp mcp needs the MCP Python SDK, which is not installed ({e.name})", hint=INSTALL_HINT
         ) from None
-    serve(store_path().absolute(), embedder=G.embedder, lock_timeout=lock_timeout if G.wait else 0.0)
+    serve(root, embedder=G.embedder, lock_timeout=lock_timeout if G.wait else 0.0)
