@@ -243,6 +243,14 @@ def test_reads_go_on_while_a_writer_holds_the_lock_and_writes_give_up_in_time(
             assert (await c.call("feedback", {"memory_ids": [mid], "success": True}))["recorded"] == 1
             assert (await c.call("record", {"trajectory": NEW_RUN}))["added"] == 1
 
+        async def no_wait(c: Client) -> None:
+            t0 = time.monotonic()
+            assert "gave up after waiting 0 s" in await c.error(
+                "feedback", {"memory_ids": [mid], "success": True}
+            )
+            assert time.monotonic() - t0 < 5
+
+        run_session(tmp_path, no_wait, "--no-wait", "mcp")
         run_session(tmp_path, body, "mcp", "--lock-timeout", "0.5")
     finally:
         holder.kill()
@@ -267,6 +275,13 @@ def test_bad_arguments_are_tool_errors_and_the_server_goes_on(built: Path, tmp_p
         ]:
             assert says in await c.error(tool, args), (tool, args)
         assert len((await c.call("query", {"task": TASK}))["results"]) == 3
+        # a memory file broken by hand: named with its line, as the CLI names it
+        broken = built / "memories" / "mbroken.toml"
+        broken.write_text('schema_version = 1\nid = "mbroken"\nkind = [\n', encoding="utf-8")
+        assert "mbroken.toml:" in await c.error("show", {"memory_id": "mbroken"})
+        listed = await c.call("list", {"limit": 0})
+        assert len(listed["memories"]) == len(memory_ids(built)) - 1
+        assert len(listed["broken"]) == 1 and "mbroken.toml" in listed["broken"][0]
 
     run_session(tmp_path, body)
 

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from memp_cli.cli import G, app, open_store
+from memp_cli.cli import G, app, open_store, output
+from memp_cli.cli.output import env
 from memp_cli.errors import NotFoundError
 
 # Modules whose absence means "the mcp extra is not installed" (the SDK and what it brings).
@@ -47,4 +48,6 @@ def mcp(
         raise NotFoundError(
             f"memp mcp needs the MCP Python SDK, which is not installed ({e.name})", hint=INSTALL_HINT
         ) from None
+    if env.stdin_isatty:
+        output.info("memp mcp speaks MCP on stdin/stdout: an MCP client starts it (see memp mcp --help)")
     serve(root, embedder=G.embedder, lock_timeout=lock_timeout if G.wait else 0.0)

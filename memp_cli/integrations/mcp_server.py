@@ -72,7 +72,7 @@ class MempTools:
         self.root = root
         self.embedder_name = embedder
         self.lock_timeout = lock_timeout
-        self._embedder: tuple[tuple[Any, ...], Embedder] | None = None
+        self._embedder: tuple[tuple[str | None, str], Embedder] | None = None
         self._read_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
@@ -98,8 +98,7 @@ class MempTools:
     def _store_embedder(self, store: Store) -> Embedder:
         """The store's embedder, built once while its settings stay the same (a local model
         loads once per server, not once per query)."""
-        cfg = store.config.embedder
-        key = (self.embedder_name, cfg.name, cfg.dim, cfg.model_path, cfg.api_base)
+        key = (self.embedder_name, repr(store.config.embedder))  # a dataclass: all its settings
         if self._embedder is None or self._embedder[0] != key:
             self._embedder = (key, store_embedder(store, self.embedder_name))
         return self._embedder[1]
