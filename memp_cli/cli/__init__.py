@@ -89,6 +89,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "trash": ("memp_cli.cli.update_cmd", "The trash: forgotten and pruned memories."),
     "eval": ("memp_cli.cli.eval_cmd", "Measure memp: replay recorded runs, or let an agent play new games."),
+    "hook": (
+        "memp_cli.cli.hook_cmd",
+        "Ingest the session a coding agent's hook event names (JSON on stdin); always exits 0.",
+    ),
 }
 
 # Root options that are not settings: they stay before the command.

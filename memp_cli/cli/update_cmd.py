@@ -396,9 +396,11 @@ def cycle(
     """
     from memp_cli.cli.output import open_input
     from memp_cli.ingest import read_jsonl
+    from memp_cli.ingest.transcripts import inbox
     from memp_cli.update.cycle import run_cycle
 
     store = open_store("cycle")
+    inbox.drain(store, output.warn)  # sessions a hook queued while the store was busy
     streams = [open_input(p) for p in files or []]
     try:
         rep = run_cycle(
