@@ -179,7 +179,20 @@ def test_a_session_without_a_tool_call_is_not_stored_and_says_why(store: Path, i
     path.write_text(ts.jsonl([r for r in recs if "tool_result" not in json.dumps(r)]), encoding="utf-8")
     r = memp("ingest", path)
     assert "not stored: the session has no tool call" in r.stderr
+    only_meta = isolated / "meta.jsonl"  # Claude Code leaves files with a summary line only
+    only_meta.write_text(ts.jsonl(ts.claude_code()[:1]), encoding="utf-8")
+    r = memp("ingest", only_meta, "--format", "claude-code")
+    assert "not stored: the session has no request from the user" in r.stderr
     assert stored_trajectories(store) == []
+
+
+def test_pretty_printed_json_of_another_shape_is_not_taken_for_a_gemini_session(
+    store: Path, isolated: Path
+) -> None:
+    path = isolated / "runs.json"
+    path.write_text(json.dumps({"task": "x", "steps": ["look"]}, indent=2), encoding="utf-8")
+    r = memp("ingest", path, expect=ExitCode.BAD_INPUT)
+    assert f"{path}:1: not valid JSON" in r.stderr  # read line by line, as before
 
 
 def test_later_requests_are_observations_and_injected_context_is_not_the_task(

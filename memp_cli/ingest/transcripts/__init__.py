@@ -20,7 +20,8 @@ How a session becomes a trajectory, for every format:
 - the assistant's text and reasoning (thinking blocks, reasoning summaries, Gemini thoughts)
   before a call are that step's thought; the text after the last call (the final answer) is a
   last step with a thought and no action;
-- a session without a tool call is not stored (nothing to learn a procedure from), and says so;
+- a session without a request or without a tool call is not stored (nothing to learn a procedure
+  from), and the summary says so: not an error (Claude Code leaves such files behind);
 - a session has no outcome: ``success`` is what the caller says (``--success/--failure``) or
   None (unknown, which never counts as a success);
 - the trajectory id is derived from the format and the session id (and a sub-agent's id), so
@@ -132,12 +133,16 @@ class Session:
         self._thought.clear()
         return thought
 
-    def trajectory(self, success: bool | None) -> Trajectory | None:
-        """The session as a trajectory; None when it has no tool call. RecordError without a task."""
+    def not_stored(self) -> str | None:
+        """Why the session gives no trajectory (an empty session is not bad input), or None."""
         if not self.task:
-            raise RecordError("no request from the user in this session")
+            return "the session has no request from the user"
         if not any(s.action for s in self.steps):
-            return None
+            return "the session has no tool call (nothing to learn a procedure from)"
+        return None
+
+    def trajectory(self, success: bool | None) -> Trajectory:
+        """The session as a trajectory (see :meth:`not_stored` first)."""
         steps = list(self.steps)
         if self._thought:
             steps.append(Step(action="", thought=self._take_thought()))
@@ -239,8 +244,8 @@ def sniff(lines: Iterable[bytes]) -> tuple[str | None, Iterator[bytes]]:
     again = itertools.chain(head, it)
     formats = _formats()
     first = next((h for h in head if h.strip()), b"")
-    if first.strip() in (b"{", b"\xef\xbb\xbf{"):  # a pretty-printed JSON file: Gemini's older .json
-        return "gemini-cli", again
+    if first.strip() in (b"{", b"\xef\xbb\xbf{") and any(b'"sessionId"' in h for h in head):
+        return "gemini-cli", again  # a pretty-printed ConversationRecord: Gemini's older .json
     for item in json_records(head, ""):
         if isinstance(item, InputError) or not isinstance(item[1], dict):
             continue
@@ -339,7 +344,6 @@ def _results(
     errors: list[ReadResult] = []
     try:
         module.build(_records(lines, path, errors), session)
-        t = session.trajectory(success)
     except RecordError as e:
         yield from errors
         yield ReadResult(0, error=InputError(str(e), path=path))
@@ -347,7 +351,6 @@ def _results(
     finally:
         info.records, info.unknown = session.records, session.unknown
     yield from errors
-    if t is None:
-        info.not_stored = "the session has no tool call (nothing to learn a procedure from)"
-        return
-    yield ReadResult(0, trajectory=t)
+    info.not_stored = session.not_stored()
+    if info.not_stored is None:
+        yield ReadResult(0, trajectory=session.trajectory(success))
