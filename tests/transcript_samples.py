@@ -43,7 +43,14 @@ def claude_code(*, unknown: int = 0, sidechain: bool = False) -> list[dict[str, 
     recs: list[dict[str, Any]] = [
         {"type": "summary", "summary": "Date parser test fix", "leafUuid": "u9"},
         _claude("user", "u0", "<command-name>/clear</command-name>"),
-        _claude("user", "u1", TASKS["claude-code"]),
+        _claude(
+            "user",
+            "u1",
+            [
+                {"type": "text", "text": "<system-reminder>The date is 2026-11-30.</system-reminder>"},
+                {"type": "text", "text": TASKS["claude-code"]},
+            ],
+        ),
         _claude(
             "assistant",
             "u2",

@@ -13,7 +13,8 @@ Huntehhh/claude-code-chat docs/claude-cli-jsonl-format.md, for Claude Code 2.0-2
   records, a block each;
 - user blocks: ``text``, ``image``, ``tool_result`` (``tool_use_id``, ``content`` a string or
   blocks, ``is_error``); ``isMeta`` records and ``isCompactSummary`` records are context Claude
-  Code injects, not requests; slash commands show as ``<command-name>...`` text;
+  Code injects, not requests; nor are slash commands (``<command-name>...``), ``!`` shell lines
+  (``<bash-input>``) and reminders (``<system-reminder>``) in user text;
 - other record types: ``summary``, ``system``, ``file-history-snapshot``, ``queue-operation``,
   ``custom-title`` (read and ignored); any other type is skipped and counted.
 
@@ -35,7 +36,16 @@ from memp_cli.ingest.transcripts import Session, content_text
 NAME = "claude-code"
 
 IGNORED = {"summary", "system", "file-history-snapshot", "queue-operation", "custom-title"}
-_NOT_REQUESTS = ("<command-", "<local-command-", "Caveat: The messages below")
+# Text Claude Code puts in user records that the user did not ask: slash commands and their
+# output, `!` shell input/output, context reminders, the caveat before local command output.
+_NOT_REQUESTS = (
+    "<command-",
+    "<local-command-",
+    "<bash-",
+    "<system-reminder>",
+    "<user-memory-input>",
+    "Caveat: The messages below",
+)
 
 
 def detect(obj: dict[str, Any]) -> bool:
