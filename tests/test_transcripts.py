@@ -232,3 +232,10 @@ def test_unknown_outcomes_never_count_as_successes(store_dir: Path, isolated: Pa
     memp("ingest", "-", input=json.dumps(run) + "\n")
     stats_after = memp("show", mid, "--json").jsonl()[0]["stats"]
     assert (stats_after["retrieved"], stats_after["successes"], stats_after["failures"]) == (1, 0, 0)
+
+
+def test_cycle_ingests_transcripts_too(store: Path, isolated: Path) -> None:
+    d = memp("cycle", ts.write(isolated, "codex"), ts.write(isolated, "claude-code"), "--json").jsonl()[0]
+    assert d["ingest"]["added"] == 2
+    assert d["distill"]["written"] == 0  # outcome unknown: the default policy builds successes only
+    assert {t["source"] for t in stored_trajectories(store)} == {"codex", "claude-code"}
