@@ -115,6 +115,14 @@ def test_unknown_record_types_are_skipped_and_counted(store: Path, isolated: Pat
     }
     assert f"2 records of unknown type skipped ({kind[fmt]} x2)" in r.stderr
     assert _only(store)["task"] == ts.TASKS[fmt]
+    row = memp("ingest", ts.write(isolated, fmt, unknown=3), "--json").jsonl()[0]
+    assert row["transcript"] == {
+        "format": fmt,
+        "records": len(ts.SAMPLES[fmt](unknown=3)),
+        "unknown": {kind[fmt]: 3},
+        "not_stored": None,
+    }
+    assert (row["added"], row["duplicates"]) == (0, 1)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

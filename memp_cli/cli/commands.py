@@ -149,7 +149,8 @@ def ingest(
             f"{report.duplicates} already stored, {report.bad} bad line{'s' if report.bad != 1 else ''}"
         )
         if json_out:
-            output.emit_json_lines([{"file": name, **report.to_dict()}])
+            extra = {"transcript": session.to_dict()} if session is not None else {}
+            output.emit_json_lines([{"file": name, **report.to_dict(), **extra}])
     if bad_total:
         output.error(f"{bad_total} bad line{'s' if bad_total != 1 else ''} skipped; the good ones are stored")
         raise typer.Exit(int(ExitCode.BAD_INPUT))

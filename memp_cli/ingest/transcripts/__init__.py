@@ -264,6 +264,14 @@ class SessionRead:
     unknown: Counter[str] = field(default_factory=Counter)
     not_stored: str | None = None  # why the session gave no trajectory (no tool call)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.fmt,
+            "records": self.records,
+            "unknown": dict(sorted(self.unknown.items())),
+            "not_stored": self.not_stored,
+        }
+
     def summary(self, name: str) -> str | None:
         """One line for stderr, or None when there is nothing to say."""
         parts = []
