@@ -247,3 +247,15 @@ def test_cycle_ingests_transcripts_too(store: Path, isolated: Path) -> None:
     assert d["ingest"]["added"] == 2
     assert d["distill"]["written"] == 0  # outcome unknown: the default policy builds successes only
     assert {t["source"] for t in stored_trajectories(store)} == {"codex", "claude-code"}
+
+
+def test_a_resumed_claude_session_is_known_by_its_own_id(store: Path, isolated: Path) -> None:
+    """A resumed session's file starts with the history it resumed, under the old session's id."""
+    recs = ts.claude_code()
+    for r in recs[:4]:
+        if "sessionId" in r:
+            r["sessionId"] = "0ld5e551-0000-4000-8000-000000000000"
+    path = isolated / "resumed.jsonl"
+    path.write_text(ts.jsonl(recs), encoding="utf-8")
+    memp("ingest", path)
+    assert _only(store)["extra"]["session_id"] == ts.CLAUDE_SESSION

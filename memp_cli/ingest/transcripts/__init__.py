@@ -56,7 +56,9 @@ from memp_cli.model.trajectory import RecordError, Step, Trajectory
 
 MAX_FIELD_CHARS = 2000
 MAX_TASK_CHARS = 4000
-SNIFF_LINES = 20  # records looked at to recognise a transcript in `--format auto`
+SNIFF_LINES = (
+    8  # lines looked at to recognise a transcript in `--format auto` (the first one recognised decides)
+)
 
 
 @dataclass

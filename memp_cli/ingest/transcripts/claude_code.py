@@ -75,9 +75,10 @@ def build(records: Iterator[tuple[int, Any]], s: Session) -> None:
             sub_agent = obj.get("isSidechain") is True
         if obj.get("isSidechain") is True and not sub_agent:
             continue
-        if s.session_id is None and isinstance(obj.get("sessionId"), str):
-            s.session_id = obj["sessionId"]
-            s.cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
+        if isinstance(obj.get("sessionId"), str):  # the last: a resumed session's copied history
+            s.session_id = obj["sessionId"]  # may carry the id of the session it resumed
+            if s.cwd is None and isinstance(obj.get("cwd"), str):
+                s.cwd = obj["cwd"]
         if sub_agent and s.agent_id is None:
             agent = obj.get("agentId")
             stem = name.removeprefix("agent-").removesuffix(".jsonl")
