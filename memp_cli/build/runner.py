@@ -76,6 +76,7 @@ class DistillReport:
     versioned: int = 0  # of ``written``: new versions of memories built with another model/prompt
     skipped: int = 0  # already built with the same policy, model and prompt version
     filtered: int = 0  # left out by --only-success
+    unlabeled: int = 0  # of ``filtered``: runs of unknown outcome (neither built nor lessons)
     forgotten: int = 0  # in the trash (forgotten, pruned, deleted by hand): never rebuilt
     kept_edits: int = 0  # edited by hand: kept, not rebuilt (unless replace_edits)
     failed: int = 0
@@ -266,6 +267,7 @@ def _plan(
                 continue
         if only_success and t.success is not True:
             report.filtered += 1
+            report.unlabeled += t.success is None
             continue
         if limit is not None and len(jobs) >= limit:
             report.pending += 1

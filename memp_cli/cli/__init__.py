@@ -93,6 +93,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "memp_cli.cli.mcp_cmd",
         "Serve the store to agents over MCP (stdio): query, show, list, feedback, record.",
     ),
+    "hook": (
+        "memp_cli.cli.hook_cmd",
+        "Ingest the session a coding agent's hook event names (JSON on stdin); always exits 0.",
+    ),
 }
 
 # Root options that are not settings: they stay before the command.

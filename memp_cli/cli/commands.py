@@ -21,12 +21,15 @@ from memp_cli.cli import G, app, choice, open_store, output, store_path
 from memp_cli.cli.output import env, open_input
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.ingest import FORMATS, read_jsonl
+from memp_cli.ingest import FORMATS
+from memp_cli.ingest.transcripts import FORMATS as TRANSCRIPT_FORMATS
 from memp_cli.model.memory import KINDS, Memory, memory_from_toml, read_memory_bytes
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
 TERMINAL_LIST_LIMIT = 50  # rows `memp list` prints in a table unless --limit says otherwise
+
+INGEST_FORMATS = (*FORMATS, *TRANSCRIPT_FORMATS)
 
 JsonOpt = Annotated[bool, typer.Option("--json", "--nl", help="Output JSON lines on stdout.")]
 
@@ -88,29 +91,47 @@ def ingest(
     files: Annotated[list[str], typer.Argument(help="JSONL trajectory files; - reads standard input.")],
     fmt: Annotated[
         str,
-        typer.Option("--format", "-f", help=f"Record shape: {', '.join(FORMATS)}.", callback=choice(FORMATS)),
+        typer.Option(
+            "--format",
+            "-f",
+            help=f"Record shape: {', '.join(INGEST_FORMATS)}.",
+            callback=choice(INGEST_FORMATS),
+        ),
     ] = "auto",
     strict: Annotated[
         bool, typer.Option(help="Abort on the first bad line; nothing of that file is stored.")
     ] = False,
+    success: Annotated[
+        bool | None,
+        typer.Option(
+            "--success/--failure", help="Outcome of transcript sessions (they record none; default unknown)."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Store trajectories from JSONL (one run per line).
 
     Shapes: native {task, steps, success}, OpenAI {messages}, Mem^p {query, trajectory, reward},
-    AgentInstruct {conversations}. Ingesting the same run twice stores it once.
+    AgentInstruct {conversations}. Ingesting the same run twice stores it once. Coding-agent
+    transcripts (claude-code, codex, gemini-cli; recognised by auto) are one session per file.
 
     Example: cat runs/*.jsonl | memp ingest -
     """
+    from memp_cli.ingest.transcripts import inbox, read_input
+
     store = open_store("ingest")
+    inbox.drain(store, output.warn)
     bad_total = 0
     for path in files:
         stream, name = open_input(path)
         try:
-            report = store.ingest(read_jsonl(stream, name, fmt), strict=strict)
+            results, session = read_input(stream, name, fmt, success=success)
+            report = store.ingest(results, strict=strict)
         finally:
             if stream is not env.stdin:
                 stream.close()
+        if session is not None and (note := session.summary(name)):
+            output.info(note)
         for i, e in enumerate(report.errors):
             if i == MAX_SHOWN_ERRORS:
                 output.warn(f"... and {len(report.errors) - i} more bad lines in {name}")
@@ -128,7 +149,8 @@ def ingest(
             f"{report.duplicates} already stored, {report.bad} bad line{'s' if report.bad != 1 else ''}"
         )
         if json_out:
-            output.emit_json_lines([{"file": name, **report.to_dict()}])
+            extra = {"transcript": session.to_dict()} if session is not None else {}
+            output.emit_json_lines([{"file": name, **report.to_dict(), **extra}])
     if bad_total:
         output.error(f"{bad_total} bad line{'s' if bad_total != 1 else ''} skipped; the good ones are stored")
         raise typer.Exit(int(ExitCode.BAD_INPUT))
@@ -200,6 +222,10 @@ def distill_cmd(
     """
     t0 = time.perf_counter()
     store = open_store("distill")
+    if not dry_run:
+        from memp_cli.ingest.transcripts import inbox
+
+        inbox.drain(store, output.warn)  # sessions a hook queued while the store was busy
     pol = resolve_policy(store, policy)
     if pol == "trajectory" and (model or api_base):
         output.warn("--model and --api-base do not apply to the trajectory policy (no LLM); ignored")
@@ -298,7 +324,8 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         made = f"wrote {r.written} memories" + (f" ({r.versioned} as new versions)" if r.versioned else "")
     lines = [
         f"distill ({what}): {r.read} trajectories to build, {made}, {r.skipped} already built, "
-        f"{r.filtered} failed runs not built (lessons for memp reflect), {r.failed} failed"
+        f"{r.filtered - r.unlabeled} failed runs not built (lessons for memp reflect), {r.failed} failed"
+        + (f", {r.unlabeled} runs of unknown outcome not built" if r.unlabeled else "")
         + (f", {r.pending} still pending" if r.pending else "")
         + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
         + (f", {r.kept_edits} edited by hand (kept)" if r.kept_edits else "")

@@ -395,15 +395,16 @@ def cycle(
     Example: MEMP_STORE=/data/memp memp cycle /logs/today.jsonl
     """
     from memp_cli.cli.output import open_input
-    from memp_cli.ingest import read_jsonl
+    from memp_cli.ingest.transcripts import inbox, read_input
     from memp_cli.update.cycle import run_cycle
 
     store = open_store("cycle")
+    inbox.drain(store, output.warn)  # sessions a hook queued while the store was busy
     streams = [open_input(p) for p in files or []]
     try:
         rep = run_cycle(
             store,
-            (read_jsonl(s, name) for s, name in streams),
+            (read_input(s, name, "auto")[0] for s, name in streams),  # transcripts too
             model=model,
             prune=not no_prune,
             on_step=lambda name: output.info(f"cycle: {name}..."),
