@@ -81,7 +81,8 @@ def test_a_busy_store_queues_the_session_within_a_bounded_time_and_the_next_writ
     assert len(inbox.pending(store)) == 1
     assert stored_trajectories(store) == []
     # The next writer (here distill) ingests the queued session first, then empties the inbox.
-    memp("distill", "--with-failures")
+    r = memp("distill", "--with-failures")
+    assert "inbox: 1 queued session read, 1 added" in r.stderr
     assert [t["task"] for t in stored_trajectories(store)] == [ts.TASKS["claude-code"]]
     assert len(memory_ids(store)) == 1
     assert inbox.pending(store) == []
@@ -144,3 +145,13 @@ def test_a_broken_store_exits_0_with_one_line(isolated: Path, store_dir: Path) -
         "hook", "claude-code", input=event(ts.write(isolated, "claude-code"), isolated), expect=0
     )
     assert run.stdout == "" and run.stderr.count("\n") == 1 and "memp.toml" in run.stderr
+
+
+def test_a_broken_inbox_entry_costs_one_line_never_the_session(store: Path, isolated: Path) -> None:
+    (store / "inbox").mkdir()
+    (store / "inbox" / "0123456789abcdef.json").write_text("{torn", encoding="utf-8")
+    r = memp("hook", "claude-code", input=event(ts.write(isolated, "claude-code"), isolated))
+    assert r.code == 0 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "not an inbox entry" in r.stderr
+    assert len(stored_trajectories(store)) == 1
+    assert inbox.pending(store) == []

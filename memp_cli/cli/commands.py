@@ -53,6 +53,17 @@ def report_sync(report: index_mod.SyncReport, store: Store, embedder: str, n: in
         output.info(f"index: {report.embedded} embedded ({embedder}), {n} memories indexed")
 
 
+def drain(store: Store) -> None:
+    """Ingest the sessions a hook queued while the store was busy (the store's inbox)."""
+    from memp_cli.ingest.transcripts import inbox
+
+    d = inbox.drain(store, output.warn)
+    if d.sessions:
+        output.info(
+            f"inbox: {d.sessions} queued session{'s' if d.sessions != 1 else ''} read, {d.added} added"
+        )
+
+
 @app.command()
 def init(
     directory: Annotated[
@@ -117,10 +128,10 @@ def ingest(
 
     Example: cat runs/*.jsonl | memp ingest -
     """
-    from memp_cli.ingest.transcripts import inbox, read_input
+    from memp_cli.ingest.transcripts import read_input
 
     store = open_store("ingest")
-    inbox.drain(store, output.warn)
+    drain(store)
     bad_total = 0
     for path in files:
         stream, name = open_input(path)
@@ -223,9 +234,7 @@ def distill_cmd(
     t0 = time.perf_counter()
     store = open_store("distill")
     if not dry_run:
-        from memp_cli.ingest.transcripts import inbox
-
-        inbox.drain(store, output.warn)  # sessions a hook queued while the store was busy
+        drain(store)
     pol = resolve_policy(store, policy)
     if pol == "trajectory" and (model or api_base):
         output.warn("--model and --api-base do not apply to the trajectory policy (no LLM); ignored")

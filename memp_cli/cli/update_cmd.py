@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from memp_cli.cli import app, open_store, output
-from memp_cli.cli.commands import JsonOpt, sync_index
+from memp_cli.cli.commands import JsonOpt, drain, sync_index
 from memp_cli.cli.output import env
 from memp_cli.errors import ExitCode, InputError
 
@@ -395,11 +395,11 @@ def cycle(
     Example: MEMP_STORE=/data/memp memp cycle /logs/today.jsonl
     """
     from memp_cli.cli.output import open_input
-    from memp_cli.ingest.transcripts import inbox, read_input
+    from memp_cli.ingest.transcripts import read_input
     from memp_cli.update.cycle import run_cycle
 
     store = open_store("cycle")
-    inbox.drain(store, output.warn)  # sessions a hook queued while the store was busy
+    drain(store)  # sessions a hook queued while the store was busy
     streams = [open_input(p) for p in files or []]
     try:
         rep = run_cycle(

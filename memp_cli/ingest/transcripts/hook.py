@@ -106,18 +106,23 @@ def _run(
         return None
     try:
         trouble: list[str] = []
-        inbox.drain(store, trouble.append)
         try:
             f = open(transcript, "rb")  # noqa: SIM115 (a context manager below)
         except OSError as e:
-            return f"{transcript}: {e.strerror or e}"
-        with f:
-            results, _ = read_session(f, transcript, fmt, success=success)
-            report = store.ingest(results)
-        if report.bad:
-            first = str(report.errors[0]).split("\n")[0]
-            more = f" (and {report.bad - 1} more)" if report.bad > 1 else ""
-            trouble.append(f"{first}{more}")
+            trouble.append(f"{transcript}: {e.strerror or e}")
+        else:
+            with f:
+                results, _ = read_session(f, transcript, fmt, success=success)
+                report = store.ingest(results)
+            if report.bad:
+                first = str(report.errors[0]).split("\n")[0]
+                more = f" (and {report.bad - 1} more)" if report.bad > 1 else ""
+                trouble.append(f"{first}{more}")
+        # Then what earlier hooks queued: a broken entry costs a line, never this session.
+        try:
+            inbox.drain(store, trouble.append)
+        except MempError as e:
+            trouble.append(str(e).split("\n")[0])
         return "; ".join(trouble) or None
     finally:
         store.lock.release()
