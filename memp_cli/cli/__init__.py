@@ -89,6 +89,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "trash": ("memp_cli.cli.update_cmd", "The trash: forgotten and pruned memories."),
     "eval": ("memp_cli.cli.eval_cmd", "Measure memp: replay recorded runs, or let an agent play new games."),
+    "export": ("memp_cli.cli.export_cmd", "Write the store's procedures where agents read them."),
 }
 
 # Root options that are not settings: they stay before the command.

@@ -1,0 +1,1 @@
+"""memp where agents live: Agent Skills export, MCP server, coding-agent hooks."""
