@@ -40,6 +40,7 @@ from memp_cli.integrations.skillspec import (
     MAX_NAME,
     SKILL_FILE,
     clean_text,
+    clean_value,
     field_problems,
     parse_frontmatter,
     render_frontmatter,
@@ -183,8 +184,9 @@ def _title(m: Memory) -> str:
 
 
 def _common_title(members: Sequence[Memory]) -> str:
-    """The family's most frequent script title (ties: the first in sorted order)."""
-    counts = Counter(t for m in members if (t := _title(m)))
+    """The most frequent script title of the family's runs that did not fail (ties: the first
+    in sorted order)."""
+    counts = Counter(t for m in members if m.success is not False and (t := _title(m)))
     if not counts:
         return ""
     return min(counts, key=lambda t: (-counts[t], t))
@@ -220,11 +222,12 @@ def plan_skills(
 
 
 def _name(skills: Sequence[Skill]) -> None:
-    """Each skill's name: the slug of its family's common title (else of the family), made
-    unique in family order with a numbered suffix."""
+    """Each skill's name: the slug of its family's common title (when it has a word besides its
+    variables), else of the family, else a hash; made unique in family order (a suffix)."""
     taken: set[str] = set()
     for s in sorted(skills, key=lambda s: s.family):
-        base = slug(_common_title(s.members)) or slug(s.family)
+        title = _common_title(s.members)
+        base = (slug(title) if slug(_VARIABLE.sub(" ", title)) else "") or slug(s.family)
         if not base:
             base = "memp-skill-" + hashlib.sha256(s.family.encode("utf-8", "replace")).hexdigest()[:8]
         name, n = base, 1
@@ -274,7 +277,7 @@ def describe(skill: Skill) -> str:
     of the family and its record; at most 1024 characters."""
     m, st = skill.memory, skill.stats
     title = _common_title(skill.members) or _line(m.task, 150)
-    others = sorted({_title(x) for x in skill.members} - {title, ""})[:2]
+    others = sorted({_title(x) for x in skill.members if x.success is not False} - {title, ""})[:2]
     also = "".join(f'; also "{t}"' for t in others)
     steps = "; ".join(_procedure(m))
     record = f"{st.successes} of {st.outcomes} outcomes succeeded" if st.outcomes else "no outcomes yet"
@@ -490,7 +493,8 @@ def sync_skills(directory: Path, skills: Sequence[Skill]) -> ExportReport:
     for s in skills:
         folder = directory / s.name
         data = s.text.encode("utf-8")
-        entry = ExportEntry(s.name, "written", s.family, s.memory.id, round(s.stats.success_rate, 4))
+        family = clean_value(s.family)  # as in the metadata: one line
+        entry = ExportEntry(s.name, "written", family, s.memory.id, round(s.stats.success_rate, 4))
         if folder.exists() or folder.is_symlink():
             why = _owned(folder, manifest.get(s.name))
             if why:
@@ -504,7 +508,7 @@ def sync_skills(directory: Path, skills: Sequence[Skill]) -> ExportReport:
                 entry.action = "unchanged"
         if entry.action == "written":
             atomic_write(folder / SKILL_FILE, data)
-        kept[s.name] = {"sha256": _sha256(data), "family": s.family}
+        kept[s.name] = {"sha256": _sha256(data), "family": family}
         report.entries.append(entry)
     for name in sorted(set(manifest) - wanted):
         folder = directory / name
