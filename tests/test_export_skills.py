@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import _ENV_VARS, REPO, memp
 
 from memp_cli.integrations.skills import MANIFEST, plan_skills, slug
 from memp_cli.integrations.skillspec import (
@@ -24,7 +25,6 @@ from memp_cli.integrations.skillspec import (
     parse_frontmatter,
 )
 from memp_cli.model.memory import Memory, Provenance, Stats, load_memory_file, write_memory_file
-from tests.conftest import _ENV_VARS, REPO, memp
 
 EXAMPLES = REPO / "examples" / "alfworld" / "train.jsonl"
 
