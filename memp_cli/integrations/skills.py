@@ -282,7 +282,8 @@ def describe(skill: Skill) -> str:
     steps = "; ".join(_procedure(m))
     record = f"{st.successes} of {st.outcomes} outcomes succeeded" if st.outcomes else "no outcomes yet"
     tasks = "; ".join(f'"{t}"' for t in _spread(skill.members, m, EXAMPLE_TASKS))
-    head = f'How to do "{title}" tasks{also}, learned from {st.memories} past runs ({record}).'
+    runs = f"{st.memories} past run{'s' if st.memories != 1 else ''}"
+    head = f'How to do "{title}" tasks{also}, learned from {runs} ({record}).'
     use = f" Use when a task is like: {tasks}."
     how = f" Steps: {cut(steps, 300)}."
     text = " ".join((head + use + how).split())
