@@ -295,6 +295,19 @@ def test_best_rated_memory_gives_the_procedure() -> None:
     assert "A run of this task failed (memory `x1`" in s.text
 
 
+def test_a_script_without_steps_borrows_the_example_of_a_successful_run() -> None:
+    script_only = mem("s1", "f", True, kind="script", stats=Stats(retrieved=3, successes=3))
+    script_only.steps = []
+    failed = mem("s2", "f", False)
+    failed.steps = [{"action": "do the wrong thing", "observation": "nothing happens"}]
+    ran = mem("s3", "f", True)
+    ran.steps = [{"action": "find the thing", "observation": "found it"}]
+    (s,) = plan_skills([script_only, failed, ran])
+    assert s.memory.id == "s1"
+    example = s.text.split("## Example")[1]
+    assert "find the thing" in example and "wrong thing" not in example
+
+
 def test_max_keeps_the_best_by_evidence(proc: Path, tmp_path: Path) -> None:
     mems = memories(proc)
     wins = Counter(m.family() for m in mems if m.success is True)

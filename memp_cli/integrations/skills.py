@@ -395,7 +395,9 @@ def render_skill(skill: Skill) -> str:
     pitfalls = _pitfalls(skill)
     if pitfalls:
         out += ["", "## Pitfalls", "", *pitfalls]
-    example = _example(m)
+    # the best memory's own run, else (a script without steps) a run of the family that succeeded
+    shown = m if m.steps else next((x for x in skill.members if x.steps and x.success is True), m)
+    example = _example(shown)
     if example:
         out += ["", "## Example", "", *example]
     outcome = {True: "succeeded", False: "failed", None: "outcome unknown"}[m.success]
