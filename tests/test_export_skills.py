@@ -308,6 +308,15 @@ def test_a_script_without_steps_borrows_the_example_of_a_successful_run() -> Non
     assert "find the thing" in example and "wrong thing" not in example
 
 
+def test_a_large_family_stays_a_small_file() -> None:
+    ms = [mem(f"m{i:04d}", "fam", i % 3 != 0, task=f"put object{i} in place{i % 7}") for i in range(150)]
+    (s,) = plan_skills(ms)
+    versions = reference_split(s.text)["metadata"]["memp-versions"]
+    assert versions.endswith(" (+50 more)") and len(versions.split()) == 100 + 2
+    assert s.stats.memories == 150 and len(s.text) < 8000
+    assert s.text.count('"put object') >= 3  # a spread of the family's tasks, not one
+
+
 def test_max_keeps_the_best_by_evidence(proc: Path, tmp_path: Path) -> None:
     mems = memories(proc)
     wins = Counter(m.family() for m in mems if m.success is True)

@@ -58,6 +58,8 @@ DEFAULT_MIN_SUCCESS = 0.5
 EXAMPLE_TASKS = 4  # tasks quoted in a description
 EXAMPLE_STEPS = 12  # steps of the concrete example
 FAILED_PITFALLS = 3  # failed runs named among the pitfalls (the rest are counted)
+SPREAD_POOL = 400  # tasks of a family the description's examples are picked from
+MAX_IDS = 100  # memory ids listed in a skill's metadata (the rest are counted)
 MAX_LIST = 60  # procedure steps, preconditions or pitfalls listed: the body stays < 500 lines
 # Succeeded first, then unknown, then failed (as memp query's collapse ranks them).
 _OUTCOME_RANK = {True: 2, None: 1, False: 0}
@@ -98,6 +100,7 @@ class Skill:
     memory: Memory
     members: list[Memory]
     stats: FamilyStats
+    title: str = ""  # the family's common script title ("" without one)
     text: str = ""
 
 
@@ -207,11 +210,12 @@ def plan_skills(
     chosen: list[Skill] = []
     for family, members in families.items():
         members.sort(key=lambda m: m.id)
-        best = _best(members, _common_title(members))
+        title = _common_title(members)
+        best = _best(members, title)
         stats = _stats(members)
         if best.success is False or stats.success_rate < min_success:
             continue  # a failed run is never a procedure; rate > 0 needs a success
-        chosen.append(Skill("", family, best, members, stats))
+        chosen.append(Skill("", family, best, members, stats, title))
     chosen.sort(key=lambda s: (-s.stats.successes, -s.stats.success_rate, s.family))
     if max_skills is not None:
         chosen = chosen[:max_skills]
@@ -226,7 +230,7 @@ def _name(skills: Sequence[Skill]) -> None:
     variables), else of the family, else a hash; made unique in family order (a suffix)."""
     taken: set[str] = set()
     for s in sorted(skills, key=lambda s: s.family):
-        title = _common_title(s.members)
+        title = s.title
         base = (slug(title) if slug(_VARIABLE.sub(" ", title)) else "") or slug(s.family)
         if not base:
             base = "memp-skill-" + hashlib.sha256(s.family.encode("utf-8", "replace")).hexdigest()[:8]
@@ -249,18 +253,20 @@ def _line(text: Any, limit: int = 300) -> str:
 
 def _spread(members: Sequence[Memory], first: Memory, n: int) -> list[str]:
     """Up to ``n`` tasks of the family that differ most: greedily the one adding the most new
-    words (ties: sorted order), starting from ``first``'s task."""
+    words (ties: sorted order), starting from ``first``'s task. Linear in the family's size."""
     tasks = sorted({_line(m.task, 120) for m in members if m.success is not False} - {""})
+    if len(tasks) > SPREAD_POOL:  # an even, deterministic sample of a large family
+        tasks = [tasks[i * len(tasks) // SPREAD_POOL] for i in range(SPREAD_POOL)]
     picked = [_line(first.task, 120)]
     seen = set(picked[0].lower().split())
-    pool = [t for t in tasks if t != picked[0]]
+    pool = {t: set(t.lower().split()) for t in tasks if t != picked[0]}
+    order = {t: i for i, t in enumerate(tasks)}
     while pool and len(picked) < n:
-        t = max(pool, key=lambda t: (len(set(t.lower().split()) - seen), -tasks.index(t)))
-        if not set(t.lower().split()) - seen:
+        t = max(pool, key=lambda t: (len(pool[t] - seen), -order[t]))
+        if not pool[t] - seen:
             break
         picked.append(t)
-        seen |= set(t.lower().split())
-        pool.remove(t)
+        seen |= pool.pop(t)
     return picked
 
 
@@ -276,7 +282,7 @@ def describe(skill: Skill) -> str:
     """The description an agent decides by: what the procedure does, its steps, example tasks
     of the family and its record; at most 1024 characters."""
     m, st = skill.memory, skill.stats
-    title = _common_title(skill.members) or _line(m.task, 150)
+    title = skill.title or _line(m.task, 150)
     others = sorted({_title(x) for x in skill.members if x.success is not False} - {title, ""})[:2]
     also = "".join(f'; also "{t}"' for t in others)
     steps = "; ".join(_procedure(m))
@@ -299,7 +305,7 @@ def _metadata(skill: Skill) -> dict[str, str]:
         "memp-memory": m.id,
         "memp-version": str(m.version),
         "memp-kind": m.kind,
-        "memp-versions": " ".join(f"{x.id}@{x.version}" for x in skill.members),
+        "memp-versions": _versions(skill.members),
         "memp-success-rate": f"{st.success_rate:.2f}",
         "memp-runs": str(st.memories),
         "memp-runs-succeeded": str(st.runs_succeeded),
@@ -313,6 +319,12 @@ def _metadata(skill: Skill) -> dict[str, str]:
         "memp-prompt-version": m.provenance.prompt_version,
     }
     return {k: v for k, v in meta.items() if v}
+
+
+def _versions(members: Sequence[Memory]) -> str:
+    """``id@version`` of the family's memories, sorted; past MAX_IDS, a count of the rest."""
+    shown = " ".join(f"{x.id}@{x.version}" for x in members[:MAX_IDS])
+    return shown + (f" (+{len(members) - MAX_IDS} more)" if len(members) > MAX_IDS else "")
 
 
 def _variables(skill: Skill, procedure: Sequence[str]) -> list[str]:
@@ -373,14 +385,10 @@ def render_skill(skill: Skill) -> str:
     trimmed example and where it came from (well under 500 lines)."""
     m, st = skill.memory, skill.stats
     procedure = _procedure(m)
-    title = _common_title(skill.members) or _line(m.task, 150)
-    out = [
-        render_frontmatter(skill.name, describe(skill), _metadata(skill)).rstrip("\n"),
-        "",
-        f"# {title}",
-        "",
-    ]
-    out += [describe(skill), "", "## Procedure", ""]
+    title = skill.title or _line(m.task, 150)
+    description = describe(skill)
+    out = [render_frontmatter(skill.name, description, _metadata(skill)).rstrip("\n"), "", f"# {title}", ""]
+    out += [description, "", "## Procedure", ""]
     if not (m.script and m.script.get("steps")):
         out += ["The actions of a run that succeeded; put the names of your own task in their place.", ""]
     elif _title(m) != title:
