@@ -20,7 +20,9 @@ app.add_typer(export_app, name="export")
 def skills_cmd(
     directory: Annotated[
         Path,
-        typer.Argument(help="The skills folder, e.g. .claude/skills, .agents/skills or ~/.gemini/skills."),
+        typer.Argument(
+            metavar="DIR", help="The skills folder: .claude/skills, .agents/skills, ~/.gemini/skills..."
+        ),
     ],
     check: Annotated[
         bool, typer.Option("--check", help="Only validate every skill folder in DIR against the spec.")
