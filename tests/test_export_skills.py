@@ -338,8 +338,10 @@ def test_kind_selects_the_memories_considered(built: Path, tmp_path: Path) -> No
         assert "The actions of a run that succeeded" in body or "outcome unknown" in body
     removed = memp("export", "skills", out, "--kind", "script").jsonl()
     assert {r["action"] for r in removed} == {"removed"}
-    run = memp("export", "skills", out, "--kind", "recipe", expect=3)
-    assert "unknown kind 'recipe'" in run.stderr
+    run = memp("export", "skills", out, "--kind", "recipe", expect=2)
+    assert "'recipe' is not one of trajectory, script, procedure" in run.stderr
+    run = memp("export", "skills", "--check", out, "--kind", "script", expect=2)
+    assert "--check validates DIR as it is" in run.stderr
 
 
 # ------------------------------------------------------------------ hostile text

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import UsageError
 
 from memp_cli.cli import app, open_store, output
 from memp_cli.cli.commands import JsonOpt
@@ -60,16 +61,19 @@ def skills_cmd(
     Example: memp export skills .claude/skills --max 20
     """
     if check:
+        if max_skills is not None or kind:
+            raise UsageError(
+                "--check validates DIR as it is: --max and --kind choose what to export; give one"
+            )
         _check(directory, json_out)
         return
-    from memp_cli.errors import InputError
     from memp_cli.integrations.skills import export_skills
     from memp_cli.model.memory import KINDS
 
     kinds = tuple(dict.fromkeys(kind)) if kind else KINDS
     for k in kinds:
         if k not in KINDS:
-            raise InputError(f"unknown kind {k!r}", hint=f"choose among {', '.join(KINDS)}")
+            raise typer.BadParameter(f"{k!r} is not one of {', '.join(KINDS)}", param_hint="--kind")
     store = open_store("export")
     report = export_skills(store, directory, min_success=min_success, max_skills=max_skills, kinds=kinds)
     for w in report.warnings:
