@@ -97,6 +97,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "memp_cli.cli.hook_cmd",
         "Ingest the session a coding agent's hook event names (JSON on stdin); always exits 0.",
     ),
+    "export": ("memp_cli.cli.export_cmd", "Write the store's procedures where agents read them."),
 }
 
 # Root options that are not settings: they stay before the command.
