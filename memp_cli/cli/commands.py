@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,12 +23,22 @@ from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.ingest import FORMATS, read_jsonl
 from memp_cli.model.memory import KINDS, Memory, memory_from_toml, read_memory_bytes
+from memp_cli.redact import shown
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
 TERMINAL_LIST_LIMIT = 50  # rows `memp list` prints in a table unless --limit says otherwise
 
 JsonOpt = Annotated[bool, typer.Option("--json", "--nl", help="Output JSON lines on stdout.")]
+
+
+def redacted_note(counts: Mapping[str, int]) -> str:
+    """``, 3 secrets redacted (2 openai-key, 1 password)``: counts by kind, never a value."""
+    n = sum(counts.values())
+    if not n:
+        return ""
+    kinds = ", ".join(f"{c} {k}" for k, c in sorted(counts.items(), key=lambda kc: (-kc[1], kc[0])))
+    return f", {n} secret{'s' if n != 1 else ''} redacted ({kinds})"
 
 
 def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
@@ -93,6 +103,13 @@ def ingest(
     strict: Annotated[
         bool, typer.Option(help="Abort on the first bad line; nothing of that file is stored.")
     ] = False,
+    no_redact: Annotated[
+        bool,
+        typer.Option(
+            "--no-redact",
+            help="Store secrets (API keys, tokens, passwords) as they are, not [REDACTED:kind].",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Store trajectories from JSONL (one run per line).
@@ -107,7 +124,7 @@ def ingest(
     for path in files:
         stream, name = open_input(path)
         try:
-            report = store.ingest(read_jsonl(stream, name, fmt), strict=strict)
+            report = store.ingest(read_jsonl(stream, name, fmt), strict=strict, redact=not no_redact)
         finally:
             if stream is not env.stdin:
                 stream.close()
@@ -118,7 +135,9 @@ def ingest(
             output.warn(f"skipped {e}".split("\n")[0])
         bad_total += report.bad
         for mid in report.unknown_memories:
-            output.warn(f"{name}: memories_used names {mid!r}, which is not in {store.root}: not counted")
+            output.warn(
+                f"{name}: memories_used names {shown(mid)}, which is not in {store.root}: not counted"
+            )
         if report.outcomes:
             output.info(
                 f"{name}: {report.outcomes} memory outcome{'s' if report.outcomes != 1 else ''} counted"
@@ -126,6 +145,7 @@ def ingest(
         output.info(
             f"{name}: {report.read} trajectories read, {report.added} added, "
             f"{report.duplicates} already stored, {report.bad} bad line{'s' if report.bad != 1 else ''}"
+            + redacted_note(report.redacted)
         )
         if json_out:
             output.emit_json_lines([{"file": name, **report.to_dict()}])
