@@ -310,6 +310,15 @@ def redact_trajectory(t: Trajectory, r: Redactor, counts: Counter[str] | None = 
     return t
 
 
+def redact_all(trajectories: Iterable[Trajectory], r: Redactor | None) -> int:
+    """Redact these trajectories in place (nothing when ``r`` is None); the number of secrets."""
+    counts: Counter[str] = Counter()
+    if r is not None:
+        for t in trajectories:
+            redact_trajectory(t, r, counts)
+    return sum(counts.values())
+
+
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """A pattern from ``memp.toml``; ValueError (with the reason) when it is not a valid regex
     or matches the empty string (it would hide nothing and run forever)."""

@@ -204,6 +204,13 @@ def distill_cmd(
         bool,
         typer.Option("--dry-run", help="Show what would be sent to the model and its size; write nothing."),
     ] = False,
+    no_redact: Annotated[
+        bool,
+        typer.Option(
+            "--no-redact",
+            help="Send and store secrets found in the trajectories as they are (stored with ingest --no-redact).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build memories from ingested trajectories that have none yet.
@@ -241,6 +248,7 @@ def distill_cmd(
             dry_run=dry_run,
             progress=progress,
             on_failure=on_failure,
+            redact=not no_redact,
         )
     for w in report.warnings:
         output.warn(w)
@@ -322,6 +330,7 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         + (f", {r.pending} still pending" if r.pending else "")
         + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
         + (f", {r.kept_edits} edited by hand (kept)" if r.kept_edits else "")
+        + (f", {r.redacted} secret{'s' if r.redacted != 1 else ''} redacted" if r.redacted else "")
     ]
     if r.dry_run:
         if r.model and r.model != BUILTIN_MODEL:

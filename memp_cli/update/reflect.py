@@ -402,6 +402,7 @@ def reflect(
     if use_llm:
         from memp_cli.backends.llm import LLMSettings, ResponseCache
         from memp_cli.build.prompting import load_prompt
+        from memp_cli.redact import for_config
 
         cfg = store.config.llm
         settings = LLMSettings(
@@ -409,6 +410,7 @@ def reflect(
             api_base=api_base or cfg.api_base or None,
             timeout=cfg.timeout,
             max_tokens=cfg.max_tokens,
+            redactor=for_config(store.config),
         )
         prompt = load_prompt("reflect", store.prompts_dir)
         cache = ResponseCache(store.cache_dir / "llm")
