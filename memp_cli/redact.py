@@ -112,7 +112,7 @@ BUILTIN: tuple[Pattern, ...] = (
     ),
     _p(
         "aws-secret-key",
-        r"(?:aws_?secret_?(?:access_?)?key|secretaccesskey)[\"']?\s*(?:=|:)\s*[\"']?"
+        r"(?:aws_?secret_?(?:access_?)?key|secretaccesskey)[\"']?(?:\s*[=:]\s*|\s+)[\"']?"
         r"(?P<v>[a-z0-9/+=]{40})(?![a-z0-9/+=])",
         *("awssecret", "aws_secret", "secretaccesskey"),
         nocase=True,
@@ -133,7 +133,7 @@ BUILTIN: tuple[Pattern, ...] = (
     ),
     _p(
         "url-password",
-        r"://[^\s/:@\"'<>]{0,256}:(?P<v>" + _NOT_MARK + r"[^\s/@\"'<>]{1,256})@",
+        r"://[^\s/:@\"'<>\[\]]{0,256}:(?P<v>" + _NOT_MARK + r"[^\s/@\"'<>]{1,256})@",
         "://",
         token=False,
     ),
