@@ -380,3 +380,32 @@ def test_a_password_in_the_api_base_is_masked_in_errors_and_the_journal(
     assert "Pw-Very-Secret-77" not in r.stdout + r.stderr
     assert "alice:***@127.0.0.1:9" in r.stderr
     assert "Pw-Very-Secret-77" not in (store / "journal.jsonl").read_text()
+
+
+def test_every_llm_call_redacts_what_it_sends_keys_and_caches(tmp_path: Path, server: LLMServer) -> None:
+    from memp_cli.backends.llm import LLMSettings, ResponseCache, complete
+
+    cache = ResponseCache(tmp_path / "cache")
+    server.script([f"done with {GITHUB}"])
+    messages = [{"role": "user", "content": f"use {OPENAI} and Authorization: Bearer {BEARER}"}]
+    settings = LLMSettings(MODEL, api_base=server.url)
+    reply = complete(messages, settings, cache=cache)
+    sent = json.dumps(server.requests)
+    assert OPENAI not in sent and BEARER not in sent and "[REDACTED:openai-key]" in sent
+    assert GITHUB not in reply.text and "[REDACTED:github-token]" in reply.text
+    assert [p.read_text() for p in (tmp_path / "cache").rglob("*.json") if GITHUB in p.read_text()] == []
+    assert messages[0]["content"].startswith(f"use {OPENAI}")  # the caller's messages are not changed
+    again = complete(messages, LLMSettings(MODEL, api_base=server.url), cache=cache)
+    assert again.cached and again.cache_key == reply.cache_key
+    server.script(["raw"])
+    complete(messages, LLMSettings(MODEL, api_base=server.url, redactor=None))
+    assert OPENAI in json.dumps(server.requests[-1])
+
+
+def test_distill_redacts_runs_stored_with_no_redact(store: Path, tmp_path: Path, server: LLMServer) -> None:
+    memp("ingest", "--no-redact", _leaky_runs(tmp_path / "runs.jsonl"))
+    r = memp("distill", "--model", MODEL, "--api-base", server.url, "--policy", "proceduralization")
+    assert "secrets redacted" in r.stderr
+    assert [s for s in SECRETS if s in json.dumps(server.requests)] == []
+    leaks = {path.split("/")[0] for path, _ in _leaks_in_files(store)}
+    assert leaks == {"trajectories"}  # what was stored as asked, until `memp scrub`
