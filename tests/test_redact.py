@@ -318,6 +318,8 @@ def test_no_redact_keeps_them_and_scrub_removes_them_everywhere(
     memp("forget", mid)  # a forgotten memory keeps its secret in the trash
     assert any(GITHUB in p.read_text() for p in (store / "trash").iterdir())
 
+    with (store / "journal.jsonl").open("a") as f:  # as an older memp might have journaled it
+        f.write(json.dumps({"event": "distill", "note": f"key {OPENAI}"}) + "\n")
     dry = memp("scrub", "--dry-run", "--json", expect=int(ExitCode.STORE))
     found = dry.jsonl()
     assert {f["path"].split("/")[0] for f in found} >= {
@@ -326,6 +328,7 @@ def test_no_redact_keeps_them_and_scrub_removes_them_everywhere(
         "history",
         "trash",
         "cache",
+        "journal.jsonl",
     }
     assert all(set(f) == {"path", "line", "kind"} and f["line"] >= 0 for f in found)
     assert [s for s in SECRETS if s in dry.stdout + dry.stderr] == []
