@@ -189,10 +189,14 @@ def _memories(store: Store, r: Redactor, report: ScrubReport) -> None:
         new_text = _Text(r, report, rel).text(text)
         try:
             mem = memory_from_toml(new_text, path)
-        except MemoryFileError:  # broken by hand: its text is scrubbed all the same
-            if new_text != text:
-                _write(store, path, new_text.encode(), report)
-            continue
+        except MemoryFileError:
+            try:
+                mem = memory_from_toml(text, path)
+            except MemoryFileError:  # broken by hand: its text is scrubbed all the same
+                if new_text != text:
+                    _write(store, path, new_text.encode(), report)
+                continue
+            new_text = ""  # a marker broke the TOML (a secret in a key?): written afresh, by value
         data = mem.to_dict()
         clean = _Text(r, report, rel).value(data)  # a secret in an escaped form (\" in a string)
         if clean is not data:
