@@ -14,6 +14,7 @@ from typing import Any
 
 from memp_cli.errors import ConfigError, InputError, MempError
 from memp_cli.model.tomlutil import line_of_key, parse_toml
+from memp_cli.redact import shown
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "memp.toml"
@@ -88,6 +89,14 @@ class PruneConfig:
 
 
 @dataclass
+class RedactConfig:
+    """Secrets replaced before anything is stored or sent (memp_cli/redact.py)."""
+
+    enabled: bool = True
+    patterns: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     schema_version: int = SCHEMA_VERSION
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -97,6 +106,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    redact: RedactConfig = field(default_factory=RedactConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -107,6 +117,7 @@ _SECTIONS: dict[str, type] = {
     "distill": DistillConfig,
     "update": UpdateConfig,
     "prune": PruneConfig,
+    "redact": RedactConfig,
 }
 
 _RANGES: dict[tuple[str, str], tuple[float, float]] = {
@@ -222,6 +233,13 @@ duplicate_similarity = {p.duplicate_similarity}
 # stale: not used for this many days. capacity: at most this many memories.
 stale_days = {p.stale_days}
 max_memories = {p.max_memories}
+
+[redact]
+# Secrets (API keys, tokens, passwords, private keys: the README's table) are replaced by
+# [REDACTED:kind] before a trajectory is stored or a prompt sent. More patterns: Python regular
+# expressions; a group named secret marks the part to hide, e.g. 'ticket=(?P<secret>\\w+)'.
+enabled = {str(cfg.redact.enabled).lower()}
+patterns = [{", ".join(q(x) for x in cfg.redact.patterns)}]
 """
 
 
@@ -249,7 +267,7 @@ def validate_config(cfg: Config, *, path: Path | None = None, text: str = "") ->
         from memp_cli.backends.embedders import REGISTRY
 
         names = ", ".join(f"{k}<model>" if k.endswith("/") else k for k in REGISTRY)
-        raise _fail("embedder", "name", f"must be one of {names}, got {name!r}", text, path)
+        raise _fail("embedder", "name", f"must be one of {names}, got {shown(name)}", text, path)
     if name in _EMBEDDER_DIM and dim != _EMBEDDER_DIM[name]:
         raise _fail(
             "embedder", "dim", f"must be {_EMBEDDER_DIM[name]} for the {name} embedder, got {dim}", text, path
@@ -283,23 +301,39 @@ def _check(section: str, key: str, value: Any, default: Any, text: str, path: Pa
 
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise fail(f"must be true or false, got {value!r}")
+            raise fail(f"must be true or false, got {shown(value)}")
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(f"must be a whole number, got {value!r}")
+            raise fail(f"must be a whole number, got {shown(value)}")
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f"must be a number, got {value!r}")
+            raise fail(f"must be a number, got {shown(value)}")
         value = float(value)
     elif isinstance(default, str) and not isinstance(value, str):
-        raise fail(f"must be a string, got {value!r}")
+        raise fail(f"must be a string, got {shown(value)}")
+    elif isinstance(default, list):
+        return _check_patterns(value, fail)
     rng = _RANGES.get((section, key))
     if rng and not (rng[0] <= value <= rng[1]):
         raise fail(f"must be between {rng[0]} and {rng[1]}, got {value!r}")
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
-        raise fail(f"must be one of {', '.join(choices)}, got {value!r}")
+        raise fail(f"must be one of {', '.join(choices)}, got {shown(value)}")
     return value
+
+
+def _check_patterns(value: Any, fail: Any) -> list[str]:
+    """``[redact] patterns``: a list of regular expressions that compile and match something."""
+    from memp_cli.redact import compile_pattern
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fail("must be a list of strings (regular expressions)")
+    for i, pattern in enumerate(value, 1):
+        try:
+            compile_pattern(pattern)
+        except ValueError as e:
+            raise fail(f"pattern {i} {e}") from None
+    return list(value)
 
 
 def load_config(path: Path) -> Config:

@@ -39,6 +39,7 @@ from memp_cli.build.policies import (
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
+from memp_cli.redact import for_config, redact_all
 from memp_cli.store.fsutil import StoreLock
 from memp_cli.store.protocol import MemoryStore
 
@@ -87,6 +88,7 @@ class DistillReport:
     tokens_out: int = 0
     cost_usd: float | None = None  # None while no call had a price litellm knows
     estimated_tokens: int = 0  # --dry-run: prompt tokens the run would send
+    redacted: int = 0  # secrets replaced in the trajectories built (memp_cli/redact.py)
     seconds: float = 0.0
     stopped: str | None = None  # why the run stopped early, if it did
     ids: list[str] = field(default_factory=list)
@@ -132,6 +134,7 @@ def distill(
     on_failure: FailureFn | None = None,
     mock_response: str | None = None,
     max_retries: int = 4,
+    redact: bool = True,
 ) -> DistillReport:
     """Write a memory for each trajectory that has none for ``policy`` (and model, prompt) yet.
 
@@ -142,7 +145,7 @@ def distill(
     ``progress(done, total)`` and ``on_failure(failure)`` are called from this thread.
     An LLM failure for one trajectory is counted and the run continues; a settings
     problem (no key, unknown model) stops it: ``report.error`` holds that error.
-    ``mock_response`` is handed to litellm (tests: no network).
+    ``mock_response``: for litellm (tests). ``redact=False``: secrets stay (``--no-redact``).
     """
     t0 = time.perf_counter()
     pol = resolve_policy(store, policy)
@@ -175,6 +178,7 @@ def distill(
                 jobs = _plan(
                     store, pol, use_model, prompt_version, only_success, limit, report, replace_edits
                 )
+        report.redacted = redact_all([job.t for job in jobs], rd := for_config(cfg, enabled=redact))
         if dry_run:
             _dry_run(store, jobs, pol, use_model, prompt, api_base, timeout, mock_response, report)
         elif jobs:
@@ -186,6 +190,7 @@ def distill(
                 _run_local(store, jobs, pol, use_model, prompt_version, writer)
             else:
                 settings = _settings(store, use_model, api_base, timeout, max_retries)
+                settings.redactor = rd
                 _run_llm(store, jobs, pol, prompt, settings, concurrency, mock_response, writer, on_failure)
         report.pending += report.failed
         report.seconds = time.perf_counter() - t0

@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "stats": ("memp_cli.cli.commands", "Counts: trajectories, memories by kind, index state, size on disk."),
     "doctor": ("memp_cli.cli.maintenance", "Check that config, memory files, trajectories and index agree."),
+    "scrub": (
+        "memp_cli.cli.maintenance",
+        "Remove secrets already stored: trajectories, memories and their history, trash, cache, journal, index.",
+    ),
     "query": ("memp_cli.cli.query_cmd", "Find the memories most relevant to a task."),
     "index": ("memp_cli.cli.maintenance", "The derived vector and lexical index."),
     "model": ("memp_cli.cli.maintenance", "The local embedding model (all-MiniLM-L6-v2)."),

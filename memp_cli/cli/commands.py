@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +24,7 @@ from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError
 from memp_cli.ingest import FORMATS
 from memp_cli.ingest.transcripts import FORMATS as TRANSCRIPT_FORMATS
 from memp_cli.model.memory import KINDS, Memory, memory_from_toml, read_memory_bytes
+from memp_cli.redact import shown
 from memp_cli.store import Store, store_embedder
 
 MAX_SHOWN_ERRORS = 20
@@ -32,6 +33,15 @@ TERMINAL_LIST_LIMIT = 50  # rows `memp list` prints in a table unless --limit sa
 INGEST_FORMATS = (*FORMATS, *TRANSCRIPT_FORMATS)
 
 JsonOpt = Annotated[bool, typer.Option("--json", "--nl", help="Output JSON lines on stdout.")]
+
+
+def redacted_note(counts: Mapping[str, int]) -> str:
+    """``, 3 secrets redacted (2 openai-key, 1 password)``: counts by kind, never a value."""
+    n = sum(counts.values())
+    if not n:
+        return ""
+    kinds = ", ".join(f"{c} {k}" for k, c in sorted(counts.items(), key=lambda kc: (-kc[1], kc[0])))
+    return f", {n} secret{'s' if n != 1 else ''} redacted ({kinds})"
 
 
 def sync_index(store: Store, what: str = "memories") -> index_mod.Index:
@@ -118,6 +128,13 @@ def ingest(
             "--success/--failure", help="Outcome of transcript sessions (they record none; default unknown)."
         ),
     ] = None,
+    no_redact: Annotated[
+        bool,
+        typer.Option(
+            "--no-redact",
+            help="Store secrets (API keys, tokens, passwords) as they are, not [REDACTED:kind].",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Store trajectories from JSONL (one run per line).
@@ -137,7 +154,7 @@ def ingest(
         stream, name = open_input(path)
         try:
             results, session = read_input(stream, name, fmt, success=success)
-            report = store.ingest(results, strict=strict)
+            report = store.ingest(results, strict=strict, redact=not no_redact)
         finally:
             if stream is not env.stdin:
                 stream.close()
@@ -150,7 +167,9 @@ def ingest(
             output.warn(f"skipped {e}".split("\n")[0])
         bad_total += report.bad
         for mid in report.unknown_memories:
-            output.warn(f"{name}: memories_used names {mid!r}, which is not in {store.root}: not counted")
+            output.warn(
+                f"{name}: memories_used names {shown(mid)}, which is not in {store.root}: not counted"
+            )
         if report.outcomes:
             output.info(
                 f"{name}: {report.outcomes} memory outcome{'s' if report.outcomes != 1 else ''} counted"
@@ -158,6 +177,7 @@ def ingest(
         output.info(
             f"{name}: {report.read} trajectories read, {report.added} added, "
             f"{report.duplicates} already stored, {report.bad} bad line{'s' if report.bad != 1 else ''}"
+            + redacted_note(report.redacted)
         )
         if json_out:
             extra = {"transcript": session.to_dict()} if session is not None else {}
@@ -217,6 +237,13 @@ def distill_cmd(
         bool,
         typer.Option("--dry-run", help="Show what would be sent to the model and its size; write nothing."),
     ] = False,
+    no_redact: Annotated[
+        bool,
+        typer.Option(
+            "--no-redact",
+            help="Send and store secrets found in the trajectories as they are (stored with ingest --no-redact).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build memories from ingested trajectories that have none yet.
@@ -256,6 +283,7 @@ def distill_cmd(
             dry_run=dry_run,
             progress=progress,
             on_failure=on_failure,
+            redact=not no_redact,
         )
     for w in report.warnings:
         output.warn(w)
@@ -338,6 +366,7 @@ def _distill_summary(r: DistillReport, seconds: float) -> list[str]:
         + (f", {r.pending} still pending" if r.pending else "")
         + (f", {r.forgotten} in the trash (not rebuilt)" if r.forgotten else "")
         + (f", {r.kept_edits} edited by hand (kept)" if r.kept_edits else "")
+        + (f", {r.redacted} secret{'s' if r.redacted != 1 else ''} redacted" if r.redacted else "")
     ]
     if r.dry_run:
         if r.model and r.model != BUILTIN_MODEL:

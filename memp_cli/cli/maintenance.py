@@ -1,4 +1,4 @@
-"""Maintenance commands: index, doctor, model."""
+"""Maintenance commands: index, doctor, scrub, model."""
 
 from __future__ import annotations
 
@@ -82,6 +82,57 @@ def doctor(
         output.info("all good")
     if open_:
         raise typer.Exit(int(ExitCode.STORE))
+
+
+@app.command()
+def scrub(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say where secrets are; change nothing.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", "--nl", help="Each secret's place as JSON lines.")
+    ] = False,
+) -> None:
+    """Remove secrets already stored: trajectories, memories and their history, trash, cache, journal, index.
+
+    Finds what the redaction patterns (built-in and memp.toml [redact] patterns) match in
+    everything the store keeps, and rewrites those files with [REDACTED:kind] in place of each
+    value: memory files get a new version by "memp scrub" (their comments kept) and no earlier
+    version keeps the value; cached replies holding one are deleted; the index is rebuilt.
+    Prints each place as file, line and kind, never the value. Exits 0 when the store is clean
+    (or was made clean); with --dry-run, 5 when secrets were found.
+
+    Example: memp scrub --dry-run
+    """
+    from memp_cli.redact import redactor
+    from memp_cli.store.scrub import scrub as run_scrub
+
+    store = open_store("scrub")
+
+    def reindex() -> None:
+        emb = store_embedder(store, G.embedder)
+        index_mod.sync(store, emb, rebuild=True)
+
+    report = run_scrub(store, redactor(tuple(store.config.redact.patterns)), dry_run=dry_run, reindex=reindex)
+    if json_out or not env.stdout_isatty:
+        output.emit_json_lines(f.to_dict() for f in report.found)
+    else:
+        for f in report.found:
+            output.stdout_console().print(f"{f.path}:{f.line}: {f.kind}", highlight=False, markup=False)
+    for path in report.skipped:
+        output.warn(f"{path}: not readable as text, not scrubbed")
+    n, files = len(report.found), len(report.files)
+    what = f"{n} secret{'s' if n != 1 else ''} in {files} file{'s' if files != 1 else ''}"
+    if not n:
+        output.info("no secrets found")
+    elif dry_run:
+        output.info(f"{what}; nothing changed (run `memp scrub` to remove them)")
+        raise typer.Exit(int(ExitCode.STORE))
+    else:
+        output.info(
+            f"scrubbed {what}: {len(report.memories)} memory files rewritten, "
+            f"{report.cache_deleted} cached replies deleted" + (", index rebuilt" if report.reindexed else "")
+        )
 
 
 @model_app.command("fetch")

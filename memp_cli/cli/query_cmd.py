@@ -225,11 +225,18 @@ def query(
     extractor: KeywordExtractor = builtin_keywords
     if key == "avefact" and model and model != "builtin":
         from memp_cli.backends.llm import LLMSettings
+        from memp_cli.redact import for_config
 
         llm_cfg = store.config.llm
         base = api_base or (llm_cfg.api_base if model == llm_cfg.model else "") or None
         extractor = llm_keywords(
-            LLMSettings(model=model, api_base=base, timeout=llm_cfg.timeout, max_tokens=256),
+            LLMSettings(
+                model=model,
+                api_base=base,
+                timeout=llm_cfg.timeout,
+                max_tokens=256,
+                redactor=for_config(store.config),
+            ),
             cache_dir=store.cache_dir / "llm",
             prompts_dir=store.prompts_dir,
         )

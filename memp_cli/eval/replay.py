@@ -115,7 +115,10 @@ class ReplayResult:
     rows: list[BatchRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": vars(self.settings), "rows": [r.to_dict() for r in self.rows]}
+        from memp_cli.redact import mask_url  # a password in the endpoint is not printed
+
+        settings = {**vars(self.settings), "api_base": mask_url(self.settings.api_base)}
+        return {"settings": settings, "rows": [r.to_dict() for r in self.rows]}
 
 
 def label_of(t: Trajectory) -> str | None:

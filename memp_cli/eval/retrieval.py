@@ -41,6 +41,7 @@ import orjson
 from memp_cli.errors import InputError
 from memp_cli.eval import metrics
 from memp_cli.eval.labels import ALFWORLD_TYPES, mentions, norm_task, target_object
+from memp_cli.redact import shown
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,7 +103,7 @@ def parse_query(obj: Any, line: int = 0) -> Query:
         grades = {}
         for rid, g in relevant.items():
             if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= 10:
-                raise ValueError(f'"relevant" grade of {rid!r} must be a whole number 0..10, got {g!r}')
+                raise ValueError(f'"relevant" grade of {rid!r} must be a whole number 0..10, got {shown(g)}')
             grades[str(rid)] = g
     obj_word: str | None
     if "object" in obj:

@@ -7,6 +7,7 @@ from typing import Any
 from memp_cli.ingest.dialogue import ROLES, TASK_MARKERS, dialogue_to_trajectory
 from memp_cli.ingest.fields import text_field
 from memp_cli.model.trajectory import RecordError, Trajectory
+from memp_cli.redact import shown
 
 NAME = "conversations"
 
@@ -25,7 +26,7 @@ def parse(obj: dict[str, Any]) -> Trajectory:
             raise RecordError(f'turn {i} must be an object with "from" and "value"')
         role = ROLES.get(str(m["from"]).lower())
         if role is None:
-            raise RecordError(f"turn {i} has unknown speaker {m['from']!r}")
+            raise RecordError(f"turn {i} has unknown speaker {shown(m['from'])}")
         turns.append((role, text_field(m.get("value"), f'turn {i} "value"')))
     # AgentInstruct puts an instruction preamble and a canned "OK" exchange before
     # the real task: take the last user turn that names a task before the first

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from memp_cli.model.trajectory import RecordError
+from memp_cli.redact import shown
 
 
 def text_field(value: Any, what: str) -> str:
@@ -26,10 +27,10 @@ def outcome(obj: dict[str, Any]) -> tuple[bool | None, float | None]:
         if success in (0, 1):
             success = bool(success)
         else:
-            raise RecordError(f'"success" must be true, false or null, got {success!r}')
+            raise RecordError(f'"success" must be true, false or null, got {shown(success)}')
     if reward is not None:
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-            raise RecordError(f'"reward" must be a number or null, got {reward!r}')
+            raise RecordError(f'"reward" must be a number or null, got {shown(reward)}')
         reward = float(reward)
         if reward != reward:  # NaN
             raise RecordError('"reward" is NaN')

@@ -10,6 +10,7 @@ from typing import Any
 
 from memp_cli.ingest.dialogue import ROLES, dialogue_to_trajectory
 from memp_cli.model.trajectory import RecordError, Trajectory
+from memp_cli.redact import shown
 
 NAME = "openai"
 
@@ -38,7 +39,7 @@ def parse(obj: dict[str, Any]) -> Trajectory:
             raise RecordError(f'message {i} must be an object with "role" and "content"')
         role = ROLES.get(str(m["role"]).lower())
         if role is None:
-            raise RecordError(f"message {i} has unknown role {m['role']!r}")
+            raise RecordError(f"message {i} has unknown role {shown(m['role'])}")
         text = _content_text(m.get("content"))
         if role == "assistant" and not text and m.get("tool_calls"):
             calls = m["tool_calls"]

@@ -32,6 +32,7 @@ from memp_cli.model.limits import (
     depth_over,
 )
 from memp_cli.model.tomlutil import line_of_key, parse_toml, update_toml
+from memp_cli.redact import shown
 
 SCHEMA_VERSION = 1
 KINDS = ("trajectory", "script", "procedure")
@@ -201,13 +202,13 @@ def memory_from_toml(text: str, path: Path | str) -> Memory:
     stem = Path(path).stem
     _expect(
         stem == mid,
-        f'"id" is {mid!r} but the file is named {Path(path).name}: they must agree',
+        f'"id" is {shown(mid)} but the file is named {Path(path).name}: they must agree',
         path,
         text,
         "id",
     )
     kind = data.get("kind")
-    _expect(kind in KINDS, f'"kind" must be one of {", ".join(KINDS)}, got {kind!r}', path, text, "kind")
+    _expect(kind in KINDS, f'"kind" must be one of {", ".join(KINDS)}, got {shown(kind)}', path, text, "kind")
     task = data.get("task")
     _expect(
         isinstance(task, str) and bool(task.strip()), '"task" must be a non-empty string', path, text, "task"

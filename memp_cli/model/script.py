@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from memp_cli.redact import shown
+
 MAX_SCRIPT_STEPS = 40
 MAX_TEXT_CHARS = 2000
 MAX_LIST_ITEMS = 40
@@ -208,7 +210,7 @@ def script_from_reply(obj: Any) -> Script:
         for name, value in raw_vars.items():
             clean = str(name).strip().strip("{}").strip()
             if not _VAR_NAME_RE.match(clean):
-                raise ValueError(f'"variables" has an invalid name {name!r}')
+                raise ValueError(f'"variables" has an invalid name {shown(name)}')
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ValueError(f'"variables" value for {clean!r} must be a string')
             variables[clean] = _check_len(str(value), f'"variables" value for {clean!r}')

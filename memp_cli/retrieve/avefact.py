@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.index import Index, KeywordIndex
+from memp_cli.redact import redact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,7 +130,9 @@ class AveFact:
         out: list[list[tuple[int, float, float, float]]] = []
         for q, kws in zip(queries, self.query_keywords, strict=True):
             if not kws:
-                self._warn(f"no keywords found in the query {q[:60]!r}: nothing to match with --key avefact")
+                self._warn(
+                    f"no keywords found in the query {redact(q)[:60]!r}: nothing to match with --key avefact"
+                )
                 out.append([])
                 continue
             qv = np.stack([self._kw_vecs[w] for w in kws]).astype(np.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +60,8 @@ class IngestReport:
     # Outcomes of memories named in "memories_used": newly counted, and ids the store lacks.
     outcomes: int = 0
     unknown_memories: list[str] = field(default_factory=list)
+    # Secrets replaced by [REDACTED:kind] (memp_cli/redact.py), by kind: counts, never values.
+    redacted: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class IngestReport:
             "segment": self.segment,
             "outcomes": self.outcomes,
             "unknown_memories": self.unknown_memories,
+            "redacted": sum(self.redacted.values()),
         }
 
 
@@ -179,16 +183,22 @@ class Store:
                             f"{seg}:{lineno}: damaged trajectory record ({e})", hint="run `memp doctor`"
                         ) from None
 
-    def ingest(self, results: Iterable[ReadResult], *, strict: bool = False) -> IngestReport:
+    def ingest(
+        self, results: Iterable[ReadResult], *, strict: bool = False, redact: bool = True
+    ) -> IngestReport:
         """Store the parsed trajectories of one input as one new segment.
 
         The segment is written to a temp file and renamed into place when the
         input is done: a killed ingest stores nothing, a finished one all.
         With ``strict`` the first bad line aborts and nothing is stored.
+        Every trajectory, whatever format it was read from, has its secrets redacted here
+        (``[redact]`` in memp.toml; ``redact=False``: ``--no-redact``), as have error messages.
         """
+        from memp_cli.redact import for_config, redact_trajectory
         from memp_cli.update.outcomes import Outcome, outcome_of, record
 
         report = IngestReport()
+        redactor = for_config(self.config, enabled=redact)
         used: list[Outcome] = []
         with self.lock:
             seen = self.trajectory_ids()
@@ -199,6 +209,8 @@ class Store:
                 with atomic_output(target) as tmp, open(tmp, "wb") as out:
                     for r in results:
                         if r.error is not None:
+                            if redactor is not None:  # a message quoting the input quotes no secret
+                                r.error.message = redactor.text(r.error.message)
                             report.bad += 1
                             report.errors.append(r.error)
                             if strict:
@@ -215,6 +227,8 @@ class Store:
                             report.duplicates += 1
                             continue
                         seen.add(t.id)
+                        if redactor is not None:
+                            redact_trajectory(t, redactor, report.redacted)
                         out.write(orjson.dumps(t.to_dict()) + b"\n")
                         report.added += 1
                     if report.added == 0:
@@ -224,7 +238,12 @@ class Store:
             else:
                 report.segment = name
                 self.journal(
-                    "ingest", segment=name, added=report.added, duplicates=report.duplicates, bad=report.bad
+                    "ingest",
+                    segment=name,
+                    added=report.added,
+                    duplicates=report.duplicates,
+                    bad=report.bad,
+                    redacted=dict(report.redacted),
                 )
             # After the segment: a kill in between leaves outcomes uncounted, and ingesting the
             # same input again counts them (a counted (memory, run) pair is never counted twice).

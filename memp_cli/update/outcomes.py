@@ -24,6 +24,7 @@ import orjson
 
 from memp_cli.errors import InputError
 from memp_cli.model.memory import now_iso, valid_id
+from memp_cli.redact import shown
 from memp_cli.store import appendlog
 
 if TYPE_CHECKING:
@@ -189,7 +190,9 @@ class Ledger:
         fresh: list[Outcome] = []
         for o in outcomes:
             if o.outcome not in OUTCOMES:
-                raise InputError(f"unknown outcome {o.outcome!r}", hint=f"use one of {', '.join(OUTCOMES)}")
+                raise InputError(
+                    f"unknown outcome {shown(o.outcome)}", hint=f"use one of {', '.join(OUTCOMES)}"
+                )
             if o.trajectory is not None:
                 if (o.memory, o.trajectory) in counted:
                     continue

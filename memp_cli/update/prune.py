@@ -204,12 +204,14 @@ def llm_merges(
     from memp_cli.build.prompting import load_prompt, merge_messages
     from memp_cli.errors import LLMError, MemoryFileError
     from memp_cli.model.script import SCRIPT_JSON_SCHEMA, script_from_reply
+    from memp_cli.redact import for_config
 
     out = MergedScripts(model=model)
     cfg = store.config.llm
     settings = llm.LLMSettings(
         model=model, api_base=api_base or cfg.api_base or None, timeout=cfg.timeout, max_tokens=cfg.max_tokens
     )
+    settings.redactor = for_config(store.config)
     prompt = load_prompt("merge", store.prompts_dir)
     cache = llm.ResponseCache(store.cache_dir / "llm")
     for keeper, dropped in merge_groups(decisions).items():

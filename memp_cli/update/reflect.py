@@ -29,6 +29,7 @@ from memp_cli.errors import MemoryFileError, NotFoundError
 from memp_cli.model.memory import Memory, now_iso
 from memp_cli.model.script import SCRIPT_JSON_SCHEMA, Script, script_from_reply
 from memp_cli.model.trajectory import Trajectory
+from memp_cli.redact import for_config, redact_all
 from memp_cli.store import appendlog
 
 if TYPE_CHECKING:
@@ -409,6 +410,7 @@ def reflect(
             api_base=api_base or cfg.api_base or None,
             timeout=cfg.timeout,
             max_tokens=cfg.max_tokens,
+            redactor=for_config(store.config),
         )
         prompt = load_prompt("reflect", store.prompts_dir)
         cache = ResponseCache(store.cache_dir / "llm")
@@ -420,6 +422,7 @@ def reflect(
             runs[t.id] = t
         if t.success is True:
             successes.append(t)
+    redactor = for_config(store.config)  # a run stored with `ingest --no-redact` shapes no memory
     for p in todo:
         failed = runs.get(p.trajectory_id)
         if failed is None:
@@ -433,6 +436,7 @@ def reflect(
             )
             continue
         success = similar_success(failed, successes, set(mem.provenance.trajectories))
+        redact_all([failed] if success is None else [failed, success], redactor)
         if use_llm:
             from memp_cli.errors import LLMError
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from memp_cli.errors import ModelError
+from memp_cli.redact import mask_url
 
 if TYPE_CHECKING:
     from memp_cli.backends.embedders import EmbedderSpec
@@ -79,7 +80,7 @@ class LiteLLMEmbedder:
         return out
 
     def __repr__(self) -> str:
-        return f"LiteLLMEmbedder({self.model!r}, dim={self._dim}, api_base={self.api_base!r})"
+        return f"LiteLLMEmbedder({self.model!r}, dim={self._dim}, api_base={mask_url(self.api_base or '')!r})"
 
 
 def create(spec: EmbedderSpec) -> LiteLLMEmbedder:

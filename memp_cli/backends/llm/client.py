@@ -39,6 +39,7 @@ from memp_cli.backends.llm.cache import ResponseCache
 from memp_cli.backends.llm.errors import LLMConfigError, short
 from memp_cli.backends.llm.types import Completion, LLMSettings, Usage
 from memp_cli.errors import LLMError, MempError, ModelError
+from memp_cli.redact import mask_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -247,7 +248,7 @@ _EMBEDDING = _Call(
 def _config_error(
     kind: str, err: BaseException, *, call: _Call, model: str, api_base: str | None
 ) -> MempError:
-    where = f" at {api_base}" if api_base else ""
+    where = f" at {mask_url(api_base)}" if api_base else ""
     msg = f"{call.what} to model {model!r}{where} failed: {short(err)}"
     m, b = call.model_setting, call.base_setting
     detail = kind
@@ -304,7 +305,7 @@ def _with_retries(
                 if wait > 0:
                     sleeper(wait)
     assert last is not None
-    where = f" at {api_base}" if api_base else ""
+    where = f" at {mask_url(api_base)}" if api_base else ""
     tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
     raise call.error(
         f"{call.what} to model {model!r}{where} failed after {tries}: {short(last)}",
@@ -354,6 +355,7 @@ def complete(
     first); the key is in ``Completion.cache_key``. ``mock_response`` goes to litellm's own
     mock (no network) and is part of the cache key.
     """
+    messages = outgoing(messages, settings)
     key = None
     if cache is not None:
         key = cache.key(messages, settings, response_format=response_format, mock_response=mock_response)
@@ -399,9 +401,16 @@ def complete(
             hint="check --model and --api-base point to a chat-completions endpoint",
         ) from None
     usage = _usage_of(resp)
+    if settings.redactor is not None:
+        text = settings.redactor.text(text)
     if cache is not None and key is not None and cache_put:
         cache.put(key, text, usage, model=settings.model)
     return Completion(text=text, usage=usage, cached=False, finish_reason=finish, cache_key=key)
+
+
+def outgoing(messages: list[dict[str, str]], settings: LLMSettings) -> list[dict[str, str]]:
+    """The messages as sent (and as the cache keys them): secrets redacted by ``settings.redactor``."""
+    return messages if settings.redactor is None else settings.redactor.messages(messages)
 
 
 def json_response_format(model: str, schema: dict[str, Any] | None = None) -> dict[str, Any] | None:

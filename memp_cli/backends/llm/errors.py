@@ -7,6 +7,7 @@ import re
 
 from memp_cli.backends.llm.types import Usage
 from memp_cli.errors import LLMError
+from memp_cli.redact import redact as redact_secrets
 
 
 class LLMReplyError(LLMError):
@@ -50,7 +51,7 @@ def redact(text: str) -> str:
     for name, value in os.environ.items():
         if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
             text = text.replace(value, "***")
-    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
+    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", redact_secrets(text))
 
 
 _ERR_PREFIX = re.compile(r"^(?:litellm\.)?[A-Za-z]*(?:Error|Exception|Timeout):\s*")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from memp_cli.backends.llm.cache import ResponseCache
-from memp_cli.backends.llm.client import complete, json_response_format
+from memp_cli.backends.llm.client import complete, json_response_format, outgoing
 from memp_cli.backends.llm.errors import LLMReplyError, redact
 from memp_cli.backends.llm.types import LLMSettings, Usage
 
@@ -205,4 +205,5 @@ def json_cache_key(
 ) -> str:
     """The :class:`ResponseCache` key :func:`complete_json` uses for this request."""
     response_format = json_response_format(settings.model, schema) if json_mode else None
+    messages = outgoing(messages, settings)  # as complete() keys them
     return ResponseCache.key(messages, settings, response_format=response_format, mock_response=mock_response)

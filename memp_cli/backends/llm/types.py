@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from memp_cli.redact import Redactor, redactor
+
 
 @dataclass
 class LLMSettings:
@@ -13,6 +15,9 @@ class LLMSettings:
     max_retries: int = 4
     temperature: float = 0.0
     max_tokens: int | None = 1024
+    # Secrets are replaced in every message before it is sent, keyed or cached, and in the
+    # reply (memp_cli/redact.py; a store's own patterns: redact.for_config). None: --no-redact.
+    redactor: Redactor | None = field(default_factory=redactor, repr=False, compare=False)
 
 
 @dataclass
