@@ -39,7 +39,7 @@ from memp_cli.build.policies import (
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
-from memp_cli.store.fsutil import StoreLock
+from memp_cli.store.fsutil import StoreLock, make_dirs
 from memp_cli.store.protocol import MemoryStore
 
 BATCH = 500  # memories written under one lock acquisition, at most
@@ -163,7 +163,7 @@ def distill(
 
     run_lock: StoreLock | None = None
     if not dry_run:
-        store.cache_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(store.cache_dir)
         run_lock = StoreLock(store.cache_dir / "distill.lock", wait=store.lock.wait)
         run_lock.acquire()  # another distill on this store: wait, or LockedError (exit 6)
     try:

@@ -36,7 +36,8 @@ from memp_cli.store.fsutil import (
     StoreLock,
     atomic_output,
     atomic_write,
-    refused_as_store_error,
+    make_dirs,
+    register_store,
 )
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
@@ -75,6 +76,7 @@ class IngestReport:
 class Store:
     def __init__(self, root: Path, config: Config, *, wait: bool = True) -> None:
         self.root = root
+        register_store(root)  # no write follows a link inside it (the root may be one)
         self.config = config
         self.memories_dir = root / "memories"
         self.trajectories_dir = root / "trajectories"
@@ -101,10 +103,10 @@ class Store:
             )
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} exists and is not a directory")
-        with refused_as_store_error():
-            root.mkdir(parents=True, exist_ok=True)
-            for sub in ("memories", "trajectories", "index"):
-                (root / sub).mkdir(exist_ok=True)
+        make_dirs(root)
+        register_store(root)
+        for sub in ("memories", "trajectories", "index"):
+            make_dirs(root / sub)
         atomic_write(root / ".gitignore", "index/\ncache/\n.lock\n")
         atomic_write(root / CONFIG_NAME, render_config(config))
         store = cls(root, config)
@@ -125,9 +127,9 @@ class Store:
             )
         config = load_config(root / CONFIG_NAME)
         store = cls(root, config, wait=wait)
-        with refused_as_store_error():
-            for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
-                sub.mkdir(exist_ok=True)
+        for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
+            if not os.path.lexists(sub):  # a link there is reported by the first write (and doctor)
+                make_dirs(sub)
         return store
 
     # ---------------------------------------------------------------- journal
