@@ -9,6 +9,7 @@ whose own path is a link keeps working: that link is the user's choice.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -56,11 +57,19 @@ def test_linked_index_dir_is_not_emptied_by_rebuild(built: Path, tmp_path: Path)
 def test_linked_index_dir_and_doctor_fix(built: Path, tmp_path: Path) -> None:
     victim = _victim(tmp_path)
     shutil.copytree(built / "index", victim, dirs_exist_ok=True)
+    (victim / ".tmp-0123").write_text("someone's temp file")
+    (victim / "files-9.json").write_text("not of this generation")
     before = _snapshot(victim)
     shutil.rmtree(built / "index")
     (built / "index").symlink_to(victim)
-    memp("doctor", "--fix", expect=None)
+    r = memp("doctor", "--fix", "--json", expect=STORE)
     assert _snapshot(victim) == before
+    found = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [f["fixed"] for f in found] == [False] * len(found)  # --fix fixes nothing while a link is in
+    links = [f for f in found if "symbolic link" in f["what"]]
+    assert [f["what"].split(";")[0] for f in links] == [
+        f"{built / 'index'}: a symbolic link (to {victim}) inside the store"
+    ]
 
 
 @pytest.mark.parametrize("name", [".lock", "journal.jsonl"])
@@ -193,8 +202,6 @@ def test_atomic_write_refuses_a_linked_parent_in_a_store(tmp_path: Path) -> None
 
 # ------------------------------------------------------------------- doctor
 def _doctor(expect: int) -> list[dict[str, object]]:
-    import json
-
     r = memp("doctor", "--json", expect=expect)
     return [json.loads(line) for line in r.stdout.splitlines()]
 

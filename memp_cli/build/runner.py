@@ -199,11 +199,13 @@ def distill(
 def _settings(
     store: MemoryStore, model: str, api_base: str | None, timeout: float | None, max_retries: int
 ) -> Any:
-    from memp_cli.backends.llm import LLMSettings
+    from memp_cli.backends.llm.types import LLMSettings, choose_api_base
 
+    base, source = choose_api_base(api_base, store.config.llm.api_base)
     return LLMSettings(
         model=model,
-        api_base=api_base or store.config.llm.api_base or None,
+        api_base=base,
+        api_base_from=source,
         timeout=timeout if timeout is not None else store.config.llm.timeout,
         max_retries=max_retries,
         max_tokens=store.config.llm.max_tokens,

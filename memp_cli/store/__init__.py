@@ -404,4 +404,7 @@ def store_embedder(store: MemoryStore, name: str | None = None) -> Any:
         if not model_path.is_absolute():
             model_path = store.root / model_path
     dim = cfg.dim if chosen == cfg.name else None
-    return get_embedder(chosen, dim=dim, model_path=model_path, api_base=cfg.api_base or None)
+    from memp_cli.backends.llm.types import choose_api_base
+
+    base, source = choose_api_base(None, cfg.api_base, "MEMP_EMBEDDER_API_BASE")
+    return get_embedder(chosen, dim=dim, model_path=model_path, api_base=base, api_base_from=source)

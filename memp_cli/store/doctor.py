@@ -34,10 +34,12 @@ class Finding:
 def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Finding]:
     findings: list[Finding] = []
     add = findings.append
+    links = link_findings(store)
+    fix = fix and not links  # nothing is written while a link could lead it out of the store
 
     # Stray temp files from killed writers.
     for d in (store.root, store.memories_dir, store.trajectories_dir, store.index_dir):
-        for p in d.glob(f"{TMP_PREFIX}*"):
+        for p in [] if d.is_symlink() else d.glob(f"{TMP_PREFIX}*"):
             f = Finding(
                 "warning",
                 f"{p}: leftover temporary file from an interrupted write",
@@ -123,7 +125,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
                 )
 
     findings.extend(_index_findings(store, n_mem, fix=fix, embedder=embedder))
-    findings.extend(link_findings(store))
+    findings.extend(links)
     findings.extend(permission_findings(store))
     return findings
 
@@ -260,7 +262,8 @@ def link_findings(store: Store) -> list[Finding]:
                     "error",
                     f"{path}: a symbolic link (to {target}) inside the store; memp writes no file through it",
                     f"if you did not make it, remove it (`rm {quote(str(path))}`; its target stays as it is) "
-                    "and memp makes a real one; to keep a store elsewhere, link the whole store instead",
+                    "and memp makes a real one; to keep a store elsewhere, link the whole store instead "
+                    "(`memp doctor --fix` fixes nothing while a link is inside the store)",
                 )
             )
     return sorted(out, key=lambda f: f.what)
