@@ -84,7 +84,9 @@ def test_store_api_base_gets_no_key_even_with_model_on_the_command_line(
     assert srv.requests  # the calls still go (a keyless local server keeps working)
     assert _auth(srv) == {f"Bearer {UNCONFIRMED_KEY}"}
     assert KEY not in json.dumps(srv.headers)
-    warning = f"memp: warning: LLM calls ({MODEL}) went to {srv.url}, named only by [llm] api_base in memp.toml"
+    warning = (
+        f"memp: warning: LLM calls ({MODEL}) went to {srv.url}, named only by [llm] api_base in memp.toml"
+    )
     assert warning in r.stderr
     assert f"MEMP_API_BASE={srv.url}" in r.stderr and f"--api-base {srv.url}" in r.stderr
 
