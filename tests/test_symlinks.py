@@ -256,3 +256,17 @@ def test_doctor_warns_of_a_shared_group_only(built: Path) -> None:
     what = str(f["what"])
     assert f"writable by group {shared.gr_name}" in what and str(built / "memp.toml") in what
     assert f"chmod -R g-w {built}" in str(f["fix"])
+
+
+def test_rebuild_removes_old_generations_but_no_foreign_file(built: Path, tmp_path: Path) -> None:
+    index = built / "index"
+    (index / "notes.txt").write_text("mine")
+    outside = tmp_path / "outside.npy"
+    outside.write_text("x")
+    (index / "vectors-999.npy").symlink_to(outside)  # a link with an index name: left (doctor says)
+    (index / ".tmp-hnsw-7.bin").write_text("left by a killed writer")
+    old = sorted(p.name for p in index.glob("files-*.json"))
+    memp("index", "rebuild")
+    names = {p.name for p in index.iterdir()}
+    assert "notes.txt" in names and not set(old) & names and ".tmp-hnsw-7.bin" not in names
+    assert (index / "vectors-999.npy").is_symlink() and outside.read_text() == "x"

@@ -23,7 +23,8 @@ STATE_NAME = "state.json"
 #: Every name memp gives a file of the index directory (any generation, any format since 2, a
 #: temp file): what a sync may remove there, and nothing else.
 INDEX_FILE_NAME = re.compile(
-    r"(state|lexical)\.json|\.tmp-[\w-]+|(files|hnsw|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy)"
+    r"(state|lexical)\.json|\.tmp-[\w.-]+"
+    r"|(files|hnsw|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy)"
 )
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
