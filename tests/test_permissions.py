@@ -97,6 +97,24 @@ def test_group_writable_umask_gives_group_writable_files(
     assert set(dirs.values()) == {0o775}
 
 
+def test_umask_000_makes_nothing_others_can_write(tmp_path: Path, umask: Callable[[int], None]) -> None:
+    """A umask that lets everyone write is no choice to respect: memp's own folders and files
+    lose group and other write (0755, 0644), and doctor finds nothing to flag."""
+    umask(0)
+    s = _full_store(tmp_path / "s")
+    s.journal("extra")  # an append log made under umask 0 too
+    with StoreLock(s.cache_dir / "distill.lock"):
+        pass
+    files, dirs = _modes(s.root)
+    assert {"cache", "history"} <= set(dirs) and "cache/distill.lock" in files
+    assert {n: oct(m) for n, m in files.items() if m & 0o022} == {}
+    assert {n: oct(m) for n, m in dirs.items() if m & 0o022} == {}
+    assert set(dirs.values()) == {0o755}
+    from memp_cli.store.doctor import permission_findings
+
+    assert permission_findings(Store.open(s.root)) == []
+
+
 def test_atomic_writers_follow_the_umask(tmp_path: Path, umask: Callable[[int], None]) -> None:
     umask(0o077)
     atomic_write(tmp_path / "a" / "x.toml", "x = 1\n")

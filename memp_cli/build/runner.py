@@ -40,7 +40,7 @@ from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.redact import for_config, redact_all
-from memp_cli.store.fsutil import StoreLock
+from memp_cli.store.fsutil import StoreLock, make_dirs
 from memp_cli.store.protocol import MemoryStore
 
 BATCH = 500  # memories written under one lock acquisition, at most
@@ -167,7 +167,7 @@ def distill(
 
     run_lock: StoreLock | None = None
     if not dry_run:
-        store.cache_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(store.cache_dir)
         run_lock = StoreLock(store.cache_dir / "distill.lock", wait=store.lock.wait)
         run_lock.acquire()  # another distill on this store: wait, or LockedError (exit 6)
     try:
@@ -205,11 +205,13 @@ def distill(
 def _settings(
     store: MemoryStore, model: str, api_base: str | None, timeout: float | None, max_retries: int
 ) -> Any:
-    from memp_cli.backends.llm import LLMSettings
+    from memp_cli.backends.llm.types import LLMSettings, choose_api_base
 
+    base, source = choose_api_base(api_base, store.config.llm.api_base)
     return LLMSettings(
         model=model,
-        api_base=api_base or store.config.llm.api_base or None,
+        api_base=base,
+        api_base_from=source,
         timeout=timeout if timeout is not None else store.config.llm.timeout,
         max_retries=max_retries,
         max_tokens=store.config.llm.max_tokens,

@@ -187,6 +187,13 @@ class MempGroup(TyperGroup):
     # -- errors
 
     def invoke(self, ctx: _click.Context) -> Any:
+        _say_endpoints(quiet=True)  # calls made before this command (in-process callers) are not its
+        try:
+            return self._invoke(ctx)
+        finally:
+            _say_endpoints()
+
+    def _invoke(self, ctx: _click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MempError as e:
@@ -217,6 +224,16 @@ class MempGroup(TyperGroup):
             if env.traceback:
                 raise
             _unexpected(e)
+
+
+def _say_endpoints(*, quiet: bool = False) -> None:
+    """The run summary says where LLM and embedding calls went (a warning for an endpoint only
+    memp.toml named: it got no API key); nothing when no call was made."""
+    endpoints = sys.modules.get("memp_cli.backends.llm.endpoints")  # never imported just for this
+    if endpoints is not None:
+        for ep in endpoints.endpoints_used():
+            if not quiet:
+                (output.info if ep.confirmed else output.warn)(ep.note())
 
 
 def _unexpected(e: BaseException) -> NoReturn:

@@ -224,15 +224,16 @@ def query(
         output.warn("--model and --api-base only apply to --key avefact; ignored")
     extractor: KeywordExtractor = builtin_keywords
     if key == "avefact" and model and model != "builtin":
-        from memp_cli.backends.llm import LLMSettings
+        from memp_cli.backends.llm.types import LLMSettings, choose_api_base
         from memp_cli.redact import for_config
 
         llm_cfg = store.config.llm
-        base = api_base or (llm_cfg.api_base if model == llm_cfg.model else "") or None
+        base, source = choose_api_base(api_base, llm_cfg.api_base if model == llm_cfg.model else "")
         extractor = llm_keywords(
             LLMSettings(
                 model=model,
                 api_base=base,
+                api_base_from=source,
                 timeout=llm_cfg.timeout,
                 max_tokens=256,
                 redactor=for_config(store.config),

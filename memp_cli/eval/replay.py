@@ -224,12 +224,14 @@ def _replay(
             store,
             settings.policy,
             model=settings.model,
+            api_base=settings.api_base or None,  # the caller's (a flag), not only the store's
             only_success=settings.update != "vanilla",
         )
         row.tokens_in, row.tokens_out = rep.tokens_in, rep.tokens_out
         row.cost_usd = rep.cost_usd or 0.0
         if settings.update == "adjustment":
-            refl = run_reflect(store, pending(store, unattributed=True), model=settings.model)
+            todo = pending(store, unattributed=True)
+            refl = run_reflect(store, todo, model=settings.model, api_base=settings.api_base or None)
             row.reflected = refl.written
             row.tokens_in += refl.tokens_in
             row.tokens_out += refl.tokens_out

@@ -6,6 +6,8 @@ See :mod:`memp_cli.index` for the files and what reads them.
 
 from __future__ import annotations
 
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,12 @@ if TYPE_CHECKING:
     from memp_cli.store.protocol import MemoryStore
 
 STATE_NAME = "state.json"
+#: Every name memp gives a file of the index directory (any generation, any format since 2, a
+#: temp file): what a sync may remove there, and nothing else.
+INDEX_FILE_NAME = re.compile(
+    r"(state|lexical)\.json|\.tmp-[\w.-]+"
+    r"|(files|hnsw|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy)"
+)
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
 #    in state.json (format 2 kept it in lexical.json under a generation counter of its own).
@@ -212,7 +220,11 @@ def leftover_files(store: MemoryStore, state: State | None) -> list[Path]:
     """Files in the index directory that no complete generation names (``memp doctor``)."""
     keep = generation_files(store, state) if state is not None else {STATE_NAME}
     try:
-        return sorted(p for p in store.index_dir.iterdir() if p.name not in keep and p.is_file())
+        return sorted(
+            p
+            for p in store.index_dir.iterdir()
+            if p.name not in keep and INDEX_FILE_NAME.fullmatch(p.name) and stat.S_ISREG(p.lstat().st_mode)
+        )
     except FileNotFoundError:
         return []
 

@@ -18,6 +18,7 @@ from memp_cli.index.keywords import KeywordIndex, load_keywords, memory_keywords
 from memp_cli.index.reader import Index, read_lexical
 from memp_cli.index.state import (
     EMBED_BATCH,
+    INDEX_FILE_NAME,
     INDEX_VERSION,
     KW_VERSION,
     STATE_NAME,
@@ -38,7 +39,7 @@ from memp_cli.index.state import (
 )
 from memp_cli.index.vectors import import_hnswlib, load_hnsw, load_vectors, save_hnsw, save_npy, unit_rows
 from memp_cli.model.memory import Memory
-from memp_cli.store.fsutil import atomic_write
+from memp_cli.store.fsutil import atomic_write, remove_owned
 
 if TYPE_CHECKING:
     import hnswlib
@@ -487,7 +488,4 @@ def write_generation(
     state.kw_version = KW_VERSION
     state.version = INDEX_VERSION
     atomic_write(state_path(store), state.to_json())
-    for p in store.index_dir.iterdir():
-        if p.name not in written:
-            with contextlib.suppress(OSError):
-                p.unlink()
+    remove_owned(store.index_dir, written, INDEX_FILE_NAME)

@@ -37,7 +37,8 @@ from memp_cli.store.fsutil import (
     StoreLock,
     atomic_output,
     atomic_write,
-    refused_as_store_error,
+    make_dirs,
+    register_store,
 )
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
@@ -79,6 +80,7 @@ class IngestReport:
 class Store:
     def __init__(self, root: Path, config: Config, *, wait: bool = True) -> None:
         self.root = root
+        register_store(root)  # no write follows a link inside it (the root may be one)
         self.config = config
         self.memories_dir = root / "memories"
         self.trajectories_dir = root / "trajectories"
@@ -105,10 +107,10 @@ class Store:
             )
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} exists and is not a directory")
-        with refused_as_store_error():
-            root.mkdir(parents=True, exist_ok=True)
-            for sub in ("memories", "trajectories", "index"):
-                (root / sub).mkdir(exist_ok=True)
+        make_dirs(root)
+        register_store(root)
+        for sub in ("memories", "trajectories", "index"):
+            make_dirs(root / sub)
         atomic_write(root / ".gitignore", "index/\ncache/\n.lock\n")
         atomic_write(root / CONFIG_NAME, render_config(config))
         store = cls(root, config)
@@ -129,9 +131,9 @@ class Store:
             )
         config = load_config(root / CONFIG_NAME)
         store = cls(root, config, wait=wait)
-        with refused_as_store_error():
-            for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
-                sub.mkdir(exist_ok=True)
+        for sub in (store.memories_dir, store.trajectories_dir, store.index_dir):
+            if not os.path.lexists(sub):  # a link there is reported by the first write (and doctor)
+                make_dirs(sub)
         return store
 
     # ---------------------------------------------------------------- journal
@@ -421,4 +423,7 @@ def store_embedder(store: MemoryStore, name: str | None = None) -> Any:
         if not model_path.is_absolute():
             model_path = store.root / model_path
     dim = cfg.dim if chosen == cfg.name else None
-    return get_embedder(chosen, dim=dim, model_path=model_path, api_base=cfg.api_base or None)
+    from memp_cli.backends.llm.types import choose_api_base
+
+    base, source = choose_api_base(None, cfg.api_base, "MEMP_EMBEDDER_API_BASE")
+    return get_embedder(chosen, dim=dim, model_path=model_path, api_base=base, api_base_from=source)

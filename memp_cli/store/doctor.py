@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import orjson
@@ -12,7 +17,7 @@ from memp_cli import index as index_mod
 from memp_cli.errors import MemoryFileError, MempError
 from memp_cli.model.memory import valid_id
 from memp_cli.store import Store
-from memp_cli.store.fsutil import TMP_PREFIX
+from memp_cli.store.fsutil import TMP_PREFIX, unlink_own
 
 
 @dataclass
@@ -29,10 +34,12 @@ class Finding:
 def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Finding]:
     findings: list[Finding] = []
     add = findings.append
+    links = link_findings(store)
+    fix = fix and not links  # nothing is written while a link could lead it out of the store
 
     # Stray temp files from killed writers.
     for d in (store.root, store.memories_dir, store.trajectories_dir, store.index_dir):
-        for p in d.glob(f"{TMP_PREFIX}*"):
+        for p in [] if d.is_symlink() else d.glob(f"{TMP_PREFIX}*"):
             f = Finding(
                 "warning",
                 f"{p}: leftover temporary file from an interrupted write",
@@ -40,7 +47,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
             )
             if fix:
                 with contextlib.suppress(OSError):
-                    p.unlink()
+                    unlink_own(p)
                     f.fixed = True
             add(f)
 
@@ -118,6 +125,8 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
                 )
 
     findings.extend(_index_findings(store, n_mem, fix=fix, embedder=embedder))
+    findings.extend(links)
+    findings.extend(permission_findings(store))
     return findings
 
 
@@ -188,7 +197,7 @@ def _index_findings(store: Store, n_mem: int, *, fix: bool, embedder: Any) -> li
                 with store.lock:
                     for p in leftover:
                         with contextlib.suppress(OSError):
-                            p.unlink()
+                            unlink_own(p)
                 f.fixed = True
             out.append(f)
     return out
@@ -214,3 +223,115 @@ def _vector_problem(idx: index_mod.Index) -> str | None:
         path = idx.store.index_dir / f"vectors-{idx.state.generation}.npy"
         return f"{path}: the vectors file does not match the vector index"
     return None
+
+
+# ------------------------------------------------------------ links and permissions
+def _walk(store: Store) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every path inside the store (not the root), by lstat: links are not followed."""
+    stack = [store.root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield Path(e.path), st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(Path(e.path))
+
+
+def link_findings(store: Store) -> list[Finding]:
+    """A symbolic link anywhere inside the store (error): memp refuses to write through one, and
+    one made by someone else can lead memp's writes (or a memory's contents) out of the store.
+    The store's own path may be a link: that is the user's choice, and not reported."""
+    out: list[Finding] = []
+    for path, st in _walk(store):
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            out.append(
+                Finding(
+                    "error",
+                    f"{path}: a symbolic link (to {target}) inside the store; memp writes no file through it",
+                    f"if you did not make it, remove it (`rm {quote(str(path))}`; its target stays as it is) "
+                    "and memp makes a real one; to keep a store elsewhere, link the whole store instead "
+                    "(`memp doctor --fix` fixes nothing while a link is inside the store)",
+                )
+            )
+    return sorted(out, key=lambda f: f.what)
+
+
+def _private_group(gid: int, uid: int) -> bool:
+    """Whether group ``gid`` is the owner's own (a user private group: named as the owner and
+    with no other member), so that group write lets nobody else in."""
+    import grp
+    import pwd
+
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+
+
+def permission_findings(store: Store) -> list[Finding]:
+    """Store folders and files others can write: by everyone is an error (anyone on the machine
+    can edit settings or plant a link), by a shared group a warning (intended for a store a
+    group shares, e.g. under umask 002; a private group is not reported)."""
+    root = store.root
+    by_all: list[Path] = []
+    by_group: list[Path] = []
+    try:
+        items = [(root, os.stat(root)), *_walk(store)]
+    except OSError:
+        return []
+    for path, st in items:
+        if stat.S_ISLNK(st.st_mode):
+            continue  # a link's own mode means nothing (and is reported above)
+        if st.st_mode & stat.S_IWOTH:
+            by_all.append(path)
+        elif st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid, st.st_uid):
+            by_group.append(path)
+    out: list[Finding] = []
+
+    def some(paths: list[Path]) -> str:
+        shown = ", ".join(str(p) for p in paths[:3])
+        return f"{len(paths)} path{'s' if len(paths) != 1 else ''} (e.g. {shown})"
+
+    if by_all:
+        out.append(
+            Finding(
+                "error",
+                f"{some(by_all)} in the store are writable by everyone: anyone on this machine can "
+                "edit its settings or plant links in it",
+                f"run `chmod -R go-w {quote(str(root))}` (memp itself makes none, even under umask 000)",
+            )
+        )
+    if by_group:
+        gid = os.stat(by_group[0]).st_gid if by_group[0].exists() else -1
+        out.append(
+            Finding(
+                "warning",
+                f"{some(by_group)} in the store are writable by group {_group_name(gid)}: its members "
+                "can edit settings or plant links",
+                f"fine for a store your group shares; otherwise run `chmod -R g-w {quote(str(root))}`",
+            )
+        )
+    return out
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

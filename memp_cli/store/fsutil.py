@@ -7,9 +7,20 @@ a killed process leaves at most a stray ``.tmp-*`` file that ``memp doctor``
 removes.
 
 New files and directories get the usual modes less the process umask (0644 and 0755 under umask
-022, 0664 and 0775 under 002), as any program's files do, so a group can share a store. A write
-the file system refuses (no permission, read-only file system) raises :class:`StoreError` naming
-the file or directory, through :func:`refused_as_store_error`.
+022, 0664 and 0775 under 002), as any program's files do, so a group can share a store. A umask
+that leaves them writable by everyone (000, 001...) is taken for no choice at all: what memp
+creates then loses group and other write (0644 and 0755), so nobody else on the machine can plant
+a link or edit the settings. A write the file system refuses (no permission, read-only file
+system) raises :class:`StoreError` naming the file or directory, through
+:func:`refused_as_store_error`.
+
+Symbolic links: the store's own path may be a link (``.memp -> /data/memp``, or ``--store`` naming
+one): that is the user's choice. A link *inside* a store is never written through: every write
+here first checks with ``lstat`` that no directory between the store root and the file is a link,
+lock files and append logs are opened with ``O_NOFOLLOW`` and must be regular files, and
+:func:`remove_owned` removes only regular files of the store's own directory whose names it
+owns. Otherwise :class:`StoreLinkError` (exit 5) names the link and its target, and nothing is
+touched. Which paths are a store's is known from :func:`register_store` (called by ``Store``).
 """
 
 from __future__ import annotations
@@ -18,9 +29,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
+import shlex
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from memp_cli.errors import LockedError, StoreError
@@ -30,6 +44,78 @@ TMP_PREFIX = ".tmp-"
 #: default ACL), as for any program's files. tempfile.mkstemp would ask for 0o600.
 FILE_MODE = 0o666
 _REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: The roots of the stores this process opened (as given, absolute, and resolved).
+_ROOTS: set[str] = set()
+
+
+class StoreLinkError(StoreError):
+    """A symbolic link inside a store where memp would write (exit 5, as any store problem)."""
+
+    def __init__(self, link: Path, *, what: str = "") -> None:
+        try:
+            target = os.readlink(link)
+        except OSError:
+            target = "?"
+        self.link = link
+        super().__init__(
+            f"{link} is a symbolic link (to {target}) inside the store: memp does not write through "
+            f"links inside a store{f' ({what})' if what else ''}, and left it and its target untouched",
+            hint=f"if you did not make it, remove the link (`rm {shlex.quote(str(link))}`; its target "
+            "stays as it is) and run the command again (memp makes a real one); `memp doctor` lists "
+            "every link in the store",
+        )
+
+
+def register_store(root: Path) -> None:
+    """Make ``root`` a store for the checks below: what lies under it must not be a link."""
+    _ROOTS.add(os.path.abspath(root))
+    with contextlib.suppress(OSError):
+        _ROOTS.add(os.path.realpath(root))
+
+
+def _store_root(path: str) -> str | None:
+    best = None
+    for root in _ROOTS:
+        if path.startswith(root.rstrip(os.sep) + os.sep) and (best is None or len(root) > len(best)):
+            best = root
+    return best
+
+
+def check_no_links(path: Path, *, last: bool = True) -> None:
+    """Raise StoreLinkError if a directory between the store root and ``path`` (and ``path``
+    itself when ``last``) is a symbolic link. No check for a path in no registered store."""
+    full = os.path.abspath(path)
+    root = _store_root(full)
+    if root is None:
+        return
+    parts = full[len(root) :].strip(os.sep).split(os.sep)
+    if not last:
+        parts = parts[:-1]
+    here = root
+    for part in parts:
+        here = os.path.join(here, part)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return  # memp makes the rest: real directories
+        except NotADirectoryError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreLinkError(Path(here))
+
+
+def _tighten(fd: int | None = None, path: Path | None = None) -> None:
+    """A file or directory memp just made that everyone may write (umask 000) loses group and
+    other write: the umask left no choice to respect."""
+    st = os.fstat(fd) if fd is not None else os.lstat(path)  # type: ignore[arg-type]
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o002:
+        if fd is not None:
+            os.fchmod(fd, mode & ~0o022)
+        else:
+            os.chmod(path, mode & ~0o022)  # type: ignore[arg-type]
 
 
 def refused_write_error(path: Path, err: OSError) -> StoreError:
@@ -61,26 +147,119 @@ def refused_as_store_error(where: Path | None = None) -> Iterator[None]:
 
 
 def make_dirs(directory: Path) -> None:
+    """Make ``directory`` and its missing parents (never through a link inside a store)."""
+    check_no_links(directory)
+    missing: list[Path] = []
+    here = directory
+    while not os.path.lexists(here) and here != here.parent:
+        missing.append(here)
+        here = here.parent
     with refused_as_store_error():
-        directory.mkdir(parents=True, exist_ok=True)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o777)
+            except FileExistsError:
+                continue  # made meanwhile by another process
+            _tighten(path=d)
+        if not directory.is_dir():
+            directory.mkdir()  # raises the error that says what is there
 
 
 def _new_temp(directory: Path) -> tuple[int, Path]:
     """Create and open an unused ``.tmp-*`` file in ``directory`` (mode: FILE_MODE less the umask)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC
     with refused_as_store_error(directory):
         for _ in range(100):
             tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             try:
-                return os.open(tmp, flags, FILE_MODE), tmp
+                fd = os.open(tmp, flags, FILE_MODE)
             except FileExistsError:
                 continue
+            _tighten(fd)
+            return fd, tmp
     raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(directory))
 
 
 def _replace(tmp: Path, path: Path) -> None:
+    check_no_links(path, last=False)  # again: the link may have been made since the temp file
     with refused_as_store_error(path.parent):
         os.replace(tmp, path)
+
+
+def open_own(path: Path, flags: int, *, what: str = "") -> int:
+    """Open (creating it if needed) one of the store's own files for writing: never through a
+    link (``O_NOFOLLOW``, and no link among its directories in the store), and only a regular
+    file (a FIFO or a device is refused before anything is written). ``flags`` must not hold
+    O_TRUNC: a file is cut only once it is known to be memp's."""
+    make_dirs(path.parent)
+    with refused_as_store_error():
+        while True:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, FILE_MODE)
+                _tighten(fd)
+                return fd
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+                break
+            except FileNotFoundError:
+                continue  # removed meanwhile: make it
+            except OSError as e:
+                if e.errno == errno.ELOOP or os.path.islink(path):
+                    raise StoreLinkError(path, what=what) from None
+                raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(
+            f"{path} is not a regular file: memp writes only its own files there"
+            + (f" ({what})" if what else ""),
+            hint=f"move it away (`mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bak')}`) and "
+            "run the command again; memp makes a new one",
+        )
+    return fd
+
+
+def remove_owned(directory: Path, keep: Collection[str], owned: re.Pattern[str]) -> list[str]:
+    """Remove the files of ``directory`` not in ``keep`` whose names ``owned`` matches in full,
+    and only regular files: never what a link leads to. The directory itself must be a real
+    one of the store (StoreLinkError otherwise, and nothing is removed). Returns the names
+    removed."""
+    check_no_links(directory)
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(directory):
+            raise StoreLinkError(directory) from None
+        raise
+    removed: list[str] = []
+    try:
+        for name in os.listdir(fd):
+            if name in keep or not owned.fullmatch(name):
+                continue
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    removed.append(name)
+    finally:
+        os.close(fd)
+    return removed
+
+
+def unlink_own(path: Path) -> None:
+    """Remove one of the store's files (a link is removed, never its target; a link among its
+    directories is refused). FileNotFoundError when there is none."""
+    check_no_links(path, last=False)
+    os.unlink(path)
+
+
+def rename_own(src: Path, dst: Path) -> None:
+    """``os.replace`` within a store, with no link among the directories of either path."""
+    check_no_links(src, last=False)
+    check_no_links(dst, last=False)
+    os.replace(src, dst)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -154,8 +333,7 @@ class StoreLock:
         if self._depth:
             self._depth += 1
             return
-        with refused_as_store_error():
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = open_own(self.path, os.O_RDWR, what="a lock file")
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:
@@ -167,8 +345,8 @@ class StoreLock:
                     raise
                 if not self.wait or (deadline is not None and time.monotonic() >= deadline):
                     holder = ""
-                    with contextlib.suppress(OSError):
-                        holder = Path(self.path).read_text().strip()
+                    with contextlib.suppress(OSError, UnicodeDecodeError):
+                        holder = os.pread(fd, 200, 0).decode().strip()
                     os.close(fd)
                     raise LockedError(
                         f"the store is locked by another memp process{f' ({holder})' if holder else ''}",

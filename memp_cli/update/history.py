@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import hashlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,7 @@ import orjson
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError
 from memp_cli.model.memory import now_iso, read_memory_bytes, valid_id
 from memp_cli.store import appendlog
-from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir
+from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir, rename_own
 
 if TYPE_CHECKING:
     from memp_cli.store.protocol import MemoryStore
@@ -267,7 +269,6 @@ _RENAME_EXCHANGE = 2
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
     import ctypes
-    import errno
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -287,12 +288,13 @@ def swap_in(path: Path, data: bytes, *, durable: bool = True) -> bytes | None:
     """Put ``data`` at ``path`` atomically and return the exact bytes it replaced (None when
     there was no file). With RENAME_EXCHANGE the replaced inode itself is read back, so a hand
     edit saved a moment before (in place or by rename) is never lost unseen; elsewhere a hard
-    link to the old file is taken just before the rename."""
+    link to the old file is taken just before the rename. A symbolic link replaced is not read
+    (its target is not the store's): None, as for no file."""
     tmp = path.parent / f"{TMP_PREFIX}swap-{secrets.token_hex(6)}"
     atomic_write(tmp, data, durable=durable)
     try:
         if path.exists() and _exchange(tmp, path):
-            old = tmp.read_bytes()
+            old = _own_bytes(tmp)
             tmp.unlink()
             if durable:
                 fsync_dir(path.parent)
@@ -301,19 +303,33 @@ def swap_in(path: Path, data: bytes, *, durable: bool = True) -> bytes | None:
         try:
             os.link(path, backup)
         except FileNotFoundError:
-            os.replace(tmp, path)
+            rename_own(tmp, path)
             if durable:
                 fsync_dir(path.parent)
             return None
-        os.replace(tmp, path)
+        rename_own(tmp, path)
         if durable:
             fsync_dir(path.parent)
-        old = backup.read_bytes()
+        old = _own_bytes(backup)
         backup.unlink()
         return old
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _own_bytes(path: Path) -> bytes | None:
+    """The bytes of a regular file, never read through a link (None for a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read()
 
 
 def resolve(history: History, memory_id: str, spec: str | None, default: int) -> int:

@@ -207,9 +207,12 @@ def llm_merges(
     from memp_cli.redact import for_config
 
     out = MergedScripts(model=model)
+    from memp_cli.backends.llm.types import choose_api_base
+
     cfg = store.config.llm
+    base, source = choose_api_base(api_base, cfg.api_base)
     settings = llm.LLMSettings(
-        model=model, api_base=api_base or cfg.api_base or None, timeout=cfg.timeout, max_tokens=cfg.max_tokens
+        model=model, api_base=base, api_base_from=source, timeout=cfg.timeout, max_tokens=cfg.max_tokens
     )
     settings.redactor = for_config(store.config)
     prompt = load_prompt("merge", store.prompts_dir)

@@ -402,12 +402,15 @@ def reflect(
     settings = prompt = cache = None
     if use_llm:
         from memp_cli.backends.llm import LLMSettings, ResponseCache
+        from memp_cli.backends.llm.types import choose_api_base
         from memp_cli.build.prompting import load_prompt
 
         cfg = store.config.llm
+        base, source = choose_api_base(api_base, cfg.api_base)
         settings = LLMSettings(
             model=str(model),
-            api_base=api_base or cfg.api_base or None,
+            api_base=base,
+            api_base_from=source,
             timeout=cfg.timeout,
             max_tokens=cfg.max_tokens,
             redactor=for_config(store.config),

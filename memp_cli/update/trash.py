@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.errors import NotFoundError, StoreError
-from memp_cli.model.memory import now_iso, valid_id
-from memp_cli.store.fsutil import atomic_write, fsync_dir
+from memp_cli.model.memory import now_iso, read_memory_bytes, valid_id
+from memp_cli.store.fsutil import atomic_write, fsync_dir, make_dirs, rename_own, unlink_own
 from memp_cli.update.history import History
 
 if TYPE_CHECKING:
@@ -101,7 +101,8 @@ def forget(
     # Metadata first, then the move: a kill between them leaves a memory in place with a
     # stray .json, which the next forget overwrites and restore ignores.
     _write_entry(store, entry)
-    os.replace(path, store.trash_dir / f"{memory_id}.toml")
+    make_dirs(store.trash_dir)
+    rename_own(path, store.trash_dir / f"{memory_id}.toml")
     fsync_dir(store.trash_dir)
     fsync_dir(path.parent)
     history.record_deleted(memory_id, by=by, why=why)
@@ -125,11 +126,11 @@ def restore(store: MemoryStore, memory_id: str, *, by: str = "memp restore") -> 
     """Bring a memory back from the trash (caller holds the store lock)."""
     check_restorable(store, [memory_id])
     src = store.trash_dir / f"{memory_id}.toml"
-    data = src.read_bytes()
+    data = read_memory_bytes(src)  # a link in the trash is refused, never read through
     History(store).write(memory_id, data, by=by, why="restored from the trash")
-    src.unlink()
+    unlink_own(src)
     with contextlib.suppress(FileNotFoundError):
-        (store.trash_dir / f"{memory_id}.json").unlink()
+        unlink_own(store.trash_dir / f"{memory_id}.json")
     fsync_dir(store.trash_dir)
 
 
@@ -166,7 +167,7 @@ def empty(store: MemoryStore, ids: list[str] | None = None) -> list[str]:
     for mid in targets:
         for suffix in (".toml", ".json"):
             with contextlib.suppress(FileNotFoundError):
-                (store.trash_dir / f"{mid}{suffix}").unlink()
+                unlink_own(store.trash_dir / f"{mid}{suffix}")
         removed.append(mid)
     if removed:
         fsync_dir(store.trash_dir)

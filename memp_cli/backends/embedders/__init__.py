@@ -13,6 +13,7 @@ A backend is one module with a ``create(spec) -> Embedder`` function plus one li
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class EmbedderSpec:
     dim: int | None = None
     model_path: str | Path | None = None
     api_base: str | None = None
+    api_base_from: str = ""  # "store": named only by memp.toml, so no key is sent (llm/endpoints.py)
 
 
 Factory = Callable[[EmbedderSpec], Embedder]
@@ -83,6 +85,7 @@ def get_embedder(
     dim: int | None = None,
     model_path: str | Path | None = None,
     api_base: str | None = None,
+    api_base_from: str = "",
 ) -> Embedder:
     """Build the embedder registered under ``name``.
 
@@ -92,4 +95,5 @@ def get_embedder(
     key, model = lookup(name)
     module, _, function = REGISTRY[key].partition(":")
     create: Factory = getattr(importlib.import_module(module), function)
-    return create(EmbedderSpec(name, model, dim=dim, model_path=model_path, api_base=api_base))
+    spec = EmbedderSpec(name, model, dim=dim, model_path=model_path, api_base=api_base)
+    return create(dataclasses.replace(spec, api_base_from=api_base_from))

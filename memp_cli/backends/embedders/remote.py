@@ -27,6 +27,7 @@ class LiteLLMEmbedder:
         *,
         dim: int | None = None,
         api_base: str | None = None,
+        api_base_from: str = "",
         timeout: float = 60.0,
         max_retries: int = 4,
     ) -> None:
@@ -40,6 +41,7 @@ class LiteLLMEmbedder:
         self.model = model
         self.name = f"litellm/{model}"
         self.api_base = api_base
+        self.api_base_from = api_base_from
         self.timeout = timeout
         self.max_retries = max_retries
         self._dim = dim
@@ -61,6 +63,7 @@ class LiteLLMEmbedder:
             texts,
             self.model,
             api_base=self.api_base,
+            api_base_from=self.api_base_from,
             timeout=self.timeout,
             max_retries=self.max_retries,
         )
@@ -84,4 +87,4 @@ class LiteLLMEmbedder:
 
 
 def create(spec: EmbedderSpec) -> LiteLLMEmbedder:
-    return LiteLLMEmbedder(spec.model, dim=spec.dim, api_base=spec.api_base)
+    return LiteLLMEmbedder(spec.model, dim=spec.dim, api_base=spec.api_base, api_base_from=spec.api_base_from)

@@ -36,6 +36,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from memp_cli.backends.llm.cache import ResponseCache
+from memp_cli.backends.llm.endpoints import UNCONFIRMED_HINT, UNCONFIRMED_KEY, endpoint_kwargs
 from memp_cli.backends.llm.errors import LLMConfigError, short
 from memp_cli.backends.llm.types import Completion, LLMSettings, Usage
 from memp_cli.errors import LLMError, MempError, ModelError
@@ -374,7 +375,9 @@ def complete(
         "max_retries": 0,
         "drop_params": True,
     }
-    if settings.api_base:
+    if mock_response is None:
+        kwargs.update(endpoint_kwargs("LLM", settings.model, settings.api_base, settings.api_base_from))
+    elif settings.api_base:
         kwargs["api_base"] = settings.api_base
     if settings.max_tokens is not None:
         kwargs["max_tokens"] = settings.max_tokens
@@ -383,14 +386,19 @@ def complete(
     if mock_response is not None:
         kwargs["mock_response"] = mock_response
 
-    resp = _with_retries(
-        lambda: ll.completion(**kwargs),
-        call=_CHAT,
-        model=settings.model,
-        api_base=settings.api_base,
-        max_retries=settings.max_retries,
-        sleep=sleep,
-    )
+    try:
+        resp = _with_retries(
+            lambda: ll.completion(**kwargs),
+            call=_CHAT,
+            model=settings.model,
+            api_base=settings.api_base,
+            max_retries=settings.max_retries,
+            sleep=sleep,
+        )
+    except LLMConfigError as e:
+        if e.kind == "auth" and kwargs.get("api_key") == UNCONFIRMED_KEY:
+            raise LLMConfigError(e.message, kind=e.kind, hint=UNCONFIRMED_HINT) from None
+        raise
     try:
         choice = resp.choices[0]
         text = choice.message.content or ""
@@ -435,11 +443,13 @@ def embed(
     model: str,
     *,
     api_base: str | None = None,
+    api_base_from: str = "",
     timeout: float = 60.0,
     max_retries: int = 4,
     sleep: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` through litellm: float32 rows, L2-normalised, in input order.
+    ``api_base_from``: as :attr:`LLMSettings.api_base_from` (FROM_STORE: no key sent).
 
     Every failure is the embedder's: :class:`ModelError` (exit 7), see memp_cli/errors.py.
     """
@@ -453,8 +463,7 @@ def embed(
     for start in range(0, len(texts), EMBED_BATCH):
         batch = [t if t.strip() else " " for t in texts[start : start + EMBED_BATCH]]
         kwargs: dict[str, Any] = {"model": model, "input": batch, "timeout": timeout, "max_retries": 0}
-        if api_base:
-            kwargs["api_base"] = api_base
+        kwargs.update(endpoint_kwargs("embedding", model, api_base, api_base_from))
         resp = _with_retries(
             functools.partial(ll.embedding, **kwargs),
             call=_EMBEDDING,

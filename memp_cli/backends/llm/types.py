@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from memp_cli.redact import Redactor, redactor
+
+#: Where an ``api_base`` came from. Only one named by a store file (memp.toml) is unconfirmed:
+#: a store may come from someone else, so the provider's key is not sent there (see client.py).
+FROM_STORE = "store"
+
+
+def choose_api_base(
+    given: str | None, stored: str | None, env_var: str = "MEMP_API_BASE"
+) -> tuple[str | None, str]:
+    """The endpoint to call and where it came from: ``given`` (a flag, or its environment
+    variable read by the CLI), else ``env_var`` in the environment, else the store's setting."""
+    if given:
+        return given, "flag"
+    if os.environ.get(env_var):
+        return os.environ[env_var], "env"
+    if stored:
+        return stored, FROM_STORE
+    return None, ""
 
 
 @dataclass
 class LLMSettings:
     model: str
     api_base: str | None = None
+    api_base_from: str = ""  # FROM_STORE: named only by memp.toml (unconfirmed); else the caller's
     timeout: float = 60.0
     max_retries: int = 4
     temperature: float = 0.0
