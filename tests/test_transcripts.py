@@ -259,3 +259,37 @@ def test_a_resumed_claude_session_is_known_by_its_own_id(store: Path, isolated: 
     path.write_text(ts.jsonl(recs), encoding="utf-8")
     memp("ingest", path)
     assert _only(store)["extra"]["session_id"] == ts.CLAUDE_SESSION
+
+
+KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7dEf0hIj3kLm6n"
+TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+
+
+def _session_with_secrets(folder: Path) -> Path:
+    """A Claude session whose Bash command carries a token and whose tool result has a key
+    straddling the transcript field limit (MAX_FIELD_CHARS), where the field is cut."""
+    from memp_cli.ingest.transcripts import MAX_FIELD_CHARS
+
+    recs = ts.claude_code()
+    recs[5]["message"]["content"][0]["input"]["command"] = f'curl -H "Authorization: token {TOKEN}" https://x'
+    recs[6]["message"]["content"][0]["content"] = (
+        "x " * ((MAX_FIELD_CHARS - 40) // 2) + "key " + KEY + " tail"
+    )
+    path = folder / "secret-session.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("redact", [True, False], ids=["redact", "no-redact"])
+def test_secrets_in_a_transcript_are_not_stored_whole_or_in_part(
+    store: Path, isolated: Path, redact: bool
+) -> None:
+    path = _session_with_secrets(isolated)
+    memp("ingest", path, *([] if redact else ["--no-redact"]))
+    stored = json.dumps(stored_trajectories(store))
+    if redact:
+        assert TOKEN[:12] not in stored and "[REDACTED:" in stored
+    else:
+        assert TOKEN in stored  # the user's choice, kept whole
+    # The field limit falls inside the key: no prefix of it is kept, with or without redaction.
+    assert KEY[:12] not in stored

@@ -51,11 +51,29 @@ import orjson
 from memp_cli.errors import InputError
 from memp_cli.ingest import MAX_LINE_BYTES, ReadResult, read_jsonl
 from memp_cli.model.limits import MAX_JSON_DEPTH, depth_over
-from memp_cli.model.text import cut
+from memp_cli.model.text import cut as plain_cut
 from memp_cli.model.trajectory import RecordError, Step, Trajectory
+from memp_cli.redact import redactor
 
 MAX_FIELD_CHARS = 2000
 MAX_TASK_CHARS = 4000
+# How far past a field's limit a secret the limit splits is looked for (a PEM block fits).
+SECRET_WINDOW = 8192
+
+
+def cut(text: str, limit: int) -> str:
+    """:func:`memp_cli.model.text.cut`, moved back to the start of a secret the limit would split
+    (an API key, a token, a private key block: the built-in patterns), so a cut field never keeps
+    the first part of one, where redaction would no longer recognise it (``--no-redact`` too)."""
+    if len(text) <= limit:
+        return text
+    end = limit - 1
+    for hit in redactor().find(text[: end + SECRET_WINDOW]):
+        if hit.start < end < hit.end:
+            return plain_cut(text[: hit.start], limit)
+    return plain_cut(text, limit)
+
+
 SNIFF_LINES = (
     8  # lines looked at to recognise a transcript in `--format auto` (the first one recognised decides)
 )
