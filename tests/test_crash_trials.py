@@ -451,12 +451,14 @@ def test_kill_9_trials(name: str, kills: int, tmp_path: Path, monkeypatch: pytes
     seed = sum(map(ord, name))  # fixed per command: the same kill points on every run
     if name == "distill-llm":
         from llm_server import serve
-        from test_distill import MODEL, script_reply
+        from test_distill import KEY, MODEL, script_reply
 
         with serve(default=script_reply) as server:
             server.delay = 0.02  # a slow model: kills land between replies, too
             args = ["--policy", "script", "--model", MODEL, "--api-base", server.url, "--concurrency", "2"]
-            run_trials(name, _distill_scenario(tmp_path, args=args), tmp_path, kills, seed, monkeypatch)
+            sc = _distill_scenario(tmp_path, env={"OPENAI_API_KEY": KEY}, args=args)
+            run_trials(name, sc, tmp_path, kills, seed, monkeypatch)
+            assert server.requests  # the model was asked
         return
     sc = {
         "ingest": _ingest_scenario,

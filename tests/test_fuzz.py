@@ -220,13 +220,19 @@ def llm_reply(draw: st.DrawFn) -> str:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three runs, distilled (builtin); the LLM distill then writes memories of another policy."""
+    """Three memories edited by hand (distill keeps them), and three runs left for the LLM."""
     root = tmp_path_factory.mktemp("fuzz-llm") / ".memp"
     memp("--store", root, "init", "--embedder", "hash")
+    lines = read_lines(FILES["native"])
     runs = root.parent / "runs.jsonl"
-    runs.write_text("".join(line + "\n" for line in read_lines(FILES["native"])[:3]))
+    runs.write_text("".join(line + "\n" for line in lines[:3]))
     memp("--store", root, "ingest", runs)
     memp("--store", root, "distill", "--policy", "trajectory", "--with-failures")
+    for p in (root / "memories").glob("*.toml"):
+        p.write_text(p.read_text() + "# mine\n")
+    memp("--store", root, "index", "sync")  # the edits become versions "hand edit"
+    runs.write_text("".join(line + "\n" for line in lines[3:6]))
+    memp("--store", root, "ingest", runs)
     return root
 
 
@@ -240,9 +246,10 @@ def llm_server() -> Iterator[Any]:
 
 @FUZZ
 @given(reply=llm_reply())
-def test_fuzz_llm_reply(small: Path, llm_server: Any, reply: str) -> None:
-    from test_distill import MODEL
+def test_fuzz_llm_reply(small: Path, llm_server: Any, reply: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_distill import KEY, MODEL
 
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
     for store in Copy(small)():
         llm_server.clear()
         llm_server.default = lambda body: reply
@@ -252,6 +259,8 @@ def test_fuzz_llm_reply(small: Path, llm_server: Any, reply: str) -> None:
             "--json", expect=None,
         )  # fmt: skip
         _check(run)
+        assert llm_server.requests and "OPENAI_API_KEY" not in run.stderr, run  # the model answered
+        assert run.code in (ExitCode.OK, ExitCode.LLM), run  # a bad reply fails its trajectory only
         now = _files(store, "memories")
         assert {k: now.get(k) for k in memories} == memories  # the memories there before: untouched
         listed = memp("--store", store, "list", "--json")
