@@ -410,7 +410,8 @@ def _reflect_scenario(work: Path) -> Scenario:
     def check(store: Path, before: dict[str, bytes], reference: dict[str, bytes], where: str) -> None:
         _kept(store, before, where, but=targets)
         _same_memories(store, reference, where)
-        _journal_once(store, where, "reflect")
+        reflected = [(e["ids"][0], e["trajectory"]) for e in journal(store) if e["event"] == "reflect"]
+        assert len(reflected) == len(set(reflected)), (where, "a run reflected on twice")
 
     return Scenario(["reflect"], root, check)
 
