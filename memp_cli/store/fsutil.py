@@ -3,8 +3,8 @@
 Every file memp writes goes through :func:`atomic_write`: the bytes land in a
 temporary file in the same directory, are fsynced, and replace the target by
 ``os.replace``. A reader sees the old file or the new one, never half of one;
-a killed process leaves at most a stray ``.tmp-*`` file that ``memp doctor``
-removes.
+a killed process leaves at most a stray ``.tmp-*`` file that the next writer (see
+:class:`StoreLock` and store/recovery.py) or ``memp doctor --fix`` removes.
 
 New files and directories get the usual modes less the process umask (0644 and 0755 under umask
 022, 0664 and 0775 under 002), as any program's files do, so a group can share a store. A write
@@ -140,7 +140,9 @@ class StoreLock:
 
     Readers never take it: every file is replaced atomically, so they always
     see a consistent version. The kernel drops the lock when a process dies,
-    so a killed writer never leaves the store locked.
+    so a killed writer never leaves the store locked. The lock file names its holder
+    (``pid N``) and is emptied on release: a holder still named when the lock is next taken
+    was killed holding it, and ``on_recover(pid)`` runs (lock held) to tie up what it left.
     """
 
     def __init__(
