@@ -1,7 +1,7 @@
 """Run ``memp ARGS...`` and kill it with SIGKILL (a real ``kill -9``) at its N-th write point.
 
     MEMP_KILL_AT=N python tests/killpoint.py ARGS...    # dies at write point N (if it gets there)
-    MEMP_KILL_COUNT=FILE python tests/killpoint.py ARGS...    # counts them, writes the count to FILE
+    MEMP_KILL_COUNT=FILE python tests/killpoint.py ARGS...    # lists them in FILE, one a line
 
 A *write point* is a call that changes what is on disk or makes it durable: ``os.write`` (the
 journal, the outcome ledger, histories: :mod:`memp_cli.store.appendlog`), ``os.fsync`` (every
@@ -28,12 +28,15 @@ POINTS = ("write", "fsync", "replace", "rename", "unlink", "remove")
 def install(kill_at: int, count_file: str | None, where_file: str | None = None) -> None:
     lock = threading.Lock()
     count = [0]
+    seen: list[str] = []  # each write point, when counting
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def point(*args: Any, **kwargs: Any) -> Any:
             with lock:
                 count[0] += 1
                 n = count[0]
+                if count_file:
+                    seen.append(f"{name} {_what(name, args)}")
                 if kill_at and n >= kill_at:
                     if where_file:  # which point it was, for the report (not an os.write)
                         with open(where_file, "w") as f:
@@ -50,7 +53,7 @@ def install(kill_at: int, count_file: str | None, where_file: str | None = None)
 
         def save() -> None:
             with real_write(count_file, "w") as f:
-                f.write(str(count[0]))
+                f.write("".join(line + "\n" for line in seen))
 
         atexit.register(save)
 

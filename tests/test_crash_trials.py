@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,12 @@ def run_killed_where(
 
 
 def count_points(store: Path, args: list[str], env: dict[str, str] | None = None) -> int:
-    """The write points of a clean run of memp ARGS (on ``store``, which it changes)."""
+    """The number of write points of a clean run of memp ARGS (on ``store``, which it changes)."""
+    return len(list_points(store, args, env))
+
+
+def list_points(store: Path, args: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The write points of a clean run of memp ARGS, in order (``fsync trajectories/.tmp-...``)."""
     out = store.parent / "points.txt"
     proc = subprocess.run(
         [sys.executable, str(KILLPOINT), "--store", str(store), *args],
@@ -70,9 +76,9 @@ def count_points(store: Path, args: list[str], env: dict[str, str] | None = None
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    n = int(out.read_text())
+    points = out.read_text().splitlines()
     out.unlink()
-    return n
+    return points
 
 
 def pick_points(total: int, k: int, seed: int) -> list[int]:
@@ -159,10 +165,17 @@ def distilled_store(root: Path, *, distill: bool = True) -> Path:
 # ------------------------------------------------------------------- the next writer cleans up
 
 
-def _kill_until(store: Path, template: Path, args: list[str], found: Any, limit: int = 400) -> int:
-    """Kill memp ARGS at write point 1, 2, ... (on a fresh copy of ``template`` each time) until
-    ``found(store)`` holds after the kill: the write point it took."""
-    for n in range(1, limit):
+def _kill_until(
+    store: Path, template: Path, args: list[str], found: Any, at: Callable[[str], bool], after: bool = False
+) -> int:
+    """Kill memp ARGS at the first write point ``at`` accepts (``fsync trajectories/.tmp-...``),
+    else the next ones, on a fresh copy of ``template`` each time, until ``found(store)`` holds
+    after the kill: the write point it took."""
+    clean = store.parent / "count"
+    shutil.copytree(template, clean)
+    points = list_points(clean, args)
+    shutil.rmtree(clean)
+    for n in [i + after for i, p in enumerate(points, 1) if at(p)][:5]:  # after: once it is done
         shutil.rmtree(store, ignore_errors=True)
         shutil.copytree(template, store)
         if run_killed(store, args, n) == 0:
@@ -182,7 +195,13 @@ def test_the_next_writer_removes_the_temp_segment_of_a_killed_ingest(tmp_path: P
     def left_a_segment(s: Path) -> bool:
         return any(p.parent.name == "trajectories" and p.stat().st_size for p in temp_files(s))
 
-    _kill_until(store, template, ["ingest", str(data)], left_a_segment)
+    _kill_until(
+        store,
+        template,
+        ["ingest", str(data)],
+        left_a_segment,
+        lambda p: p.startswith("fsync trajectories/.tmp-"),
+    )
     (tmp,) = temp_files(store)
     assert tmp.stat().st_size > data.stat().st_size / 2  # the segment, about as large as the input
     before = len(stored_trajectories(store))
@@ -209,7 +228,9 @@ def test_the_next_writer_journals_the_memories_a_killed_distill_wrote(tmp_path: 
     def unjournaled(s: Path) -> bool:
         return bool(set(memory_ids(s)) - journaled_ids(s))
 
-    _kill_until(store, template, ["distill"], unjournaled)
+    # just after a memory file is put in place (a new file: replace; an old one: exchange, then unlink)
+    swapped = re.compile(r"^(replace memories/m\w+\.toml|unlink memories/\.tmp-swap-)")
+    _kill_until(store, template, ["distill"], unjournaled, lambda p: bool(swapped.match(p)), after=True)
     missing = set(memory_ids(store)) - journaled_ids(store)
     doctor = memp("--store", store, "doctor", expect=None)
     assert doctor.code == 0, doctor  # a reader changes nothing
@@ -235,7 +256,13 @@ def test_a_kill_after_the_journal_line_journals_nothing_twice(tmp_path: Path) ->
         ids = set(memory_ids(s))
         return bool(ids) and (s / ".pending").exists() and not ids - journaled_ids(s)
 
-    _kill_until(store, template, ["distill"], journaled_but_pending)
+    _kill_until(
+        store,
+        template,
+        ["distill"],
+        journaled_but_pending,
+        lambda p: p.startswith("unlink ") and p.endswith("/.pending"),
+    )
     r = memp("--store", store, "index", "sync")
     assert not (store / ".pending").exists()
     assert not [e for e in journal(store) if e["event"] == "recovered"], r

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.model.memory import now_iso, valid_id
+from memp_cli.store.fsutil import refused_as_store_error
 
 if TYPE_CHECKING:
     from memp_cli.store import Store
@@ -41,7 +42,8 @@ def pending(store: Store, event: str, ids: list[str]) -> Iterator[None]:
     journal line). Not fsynced: it is for a killed process, whose written data the kernel keeps."""
     path = store.root / PENDING_NAME
     rec = {"pid": os.getpid(), "command": store.command, "event": event, "started": now_iso(), "ids": ids}
-    path.write_bytes(orjson.dumps(rec))
+    with refused_as_store_error(store.root):
+        path.write_bytes(orjson.dumps(rec))
     yield
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
