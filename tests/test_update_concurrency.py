@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FILES, memory_ids, memp, read_records, subprocess_env
+from conftest import DATA, FILES, memory_ids, memp, read_records, stored_trajectories, subprocess_env
 
 from memp_cli.build.policies import memory_id
 from memp_cli.ingest import parse_record
@@ -81,14 +81,17 @@ def test_cycle_and_hand_edits_at_once(store: Path) -> None:
                 continue
             n += 1
             data = text + f"# hand edit {n}\n".encode()
-            if n % 2:  # in place, as some editors save
-                with open(path, "r+b") as f:
-                    f.write(data)
-                    f.truncate()
-            else:  # by rename, as most editors save
-                tmp = path.with_name(f".edit-{mid}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+            try:
+                if n % 2:  # in place, as some editors save
+                    with open(path, "r+b") as f:
+                        f.write(data)
+                        f.truncate()
+                else:  # by rename, as most editors save
+                    tmp = path.with_name(f".edit-{mid}")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+            except FileNotFoundError:
+                continue  # pruned by the cycle since it was read: no edit was made
             last[mid] = data
         time.sleep(0.002)
     out, err = proc.communicate(timeout=120)
@@ -110,3 +113,74 @@ def test_cycle_and_hand_edits_at_once(store: Path) -> None:
             lost.append(mid)
     assert n > len(targets), (n, summary)
     assert not lost, {m: [v.by for v in h.versions(m)] for m in lost}
+
+
+@pytest.mark.slow
+def test_two_distills_an_ingest_and_hand_edits_at_once(store: Path) -> None:
+    """Two LLM distills of the same runs, an ingest and hand edits, all at once: every process
+    ends well, no memory is written twice, no hand edit is lost silently, the store is sound."""
+    from llm_server import serve
+    from test_distill import KEY, MODEL, script_reply
+
+    memp("ingest", FILES["native"])
+    memp("distill")  # builtin memories, edited by hand below while the rest runs
+    targets = memory_ids(store)[:6]
+    memp("ingest", DATA / "distill_alfworld.jsonl")  # runs for the LLM distills
+    stored = len(stored_trajectories(store))
+    env = {**subprocess_env(), "OPENAI_API_KEY": KEY, "MEMP_STORE": str(store)}
+    with serve(default=script_reply) as server:
+        server.delay = 0.05
+        distill = [sys.executable, "-m", "memp_cli", "distill", "--policy", "script", "--model", MODEL,
+                   "--api-base", server.url, "--concurrency", "2", "--json"]  # fmt: skip
+        procs = [
+            subprocess.Popen(distill, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+            subprocess.Popen(distill, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+            subprocess.Popen(
+                [sys.executable, "-m", "memp_cli", "ingest", str(FILES["native_webshop"])],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+        ]
+        last: dict[str, bytes] = {}
+        n = 0
+        deadline = time.monotonic() + 120
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            for mid in targets:
+                path = store / "memories" / f"{mid}.toml"
+                n += 1
+                data = path.read_bytes() + f"# hand edit {n}\n".encode()
+                if n % 2:  # in place, as some editors save
+                    with open(path, "r+b") as f:
+                        f.write(data)
+                        f.truncate()
+                else:  # by rename, as most editors save
+                    tmp = path.with_name(f".edit-{mid}")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+                last[mid] = data
+            time.sleep(0.005)
+        outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()
+    assert n > 2 * len(targets)
+    s = Store.open(store)
+    h = History(s)
+    with s.lock:
+        for mid in targets:
+            h.notice(mid)
+    for mid, data in last.items():  # the last edit of each: the file, or a version of it
+        current = (store / "memories" / f"{mid}.toml").read_bytes()
+        assert current == data or _sha(data) in {v.sha256 for v in h.versions(mid)}, mid
+        assert b"# hand edit" in current
+    pids = {procs[0].pid, procs[1].pid}
+    written = [
+        m for e in s.read_journal() if e["event"] == "distill.write" and e["pid"] in pids for m in e["ids"]
+    ]
+    assert len(written) == len(set(written))  # two distills of the same runs: each memory written once
+    # the LLM rebuilt every builtin memory but those edited by hand, and built the new ones
+    assert set(written) == set(memory_ids(store)) - set(targets)
+    assert len(written) > 30 - len(targets)
+    assert len(memp("list", "--json").jsonl()) == len(memory_ids(store))
+    assert memp("doctor", expect=None).code == 0
+    assert len(stored_trajectories(store)) == stored + 10  # the ingest's 10 WebShop runs

@@ -90,10 +90,7 @@ def sync(
     :class:`IndexVersionError`. ``progress(done, total)``: after each batch of embedded texts.
     """
     with store.lock:
-        index, report = _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True)
-        if report.updated_ids:
-            store.notice_edits(report.updated_ids)  # a hand edit becomes a version of its memory
-        return index, report
+        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True)
 
 
 def build_in_memory(
@@ -206,6 +203,8 @@ def _sync(
                 hnsw.mark_deleted(lab)
     both = _build_lexical(state, table)
     if persist:
+        if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
+            store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
         write_generation(store, state, hnsw, kw, table, vectors, both)
         store.journal(
             "index.sync",

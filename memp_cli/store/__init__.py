@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from memp_cli.store.fsutil import (
     make_dirs,
     register_store,
 )
+from memp_cli.store.recovery import pending
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
     from memp_cli.ingest import ReadResult
@@ -92,7 +94,7 @@ class Store:
         self.history_dir = root / "history"
         self.trash_dir = root / "trash"
         self.reflections_path = root / "reflections.jsonl"
-        self.lock = StoreLock(root / ".lock", wait=wait)
+        self.lock = StoreLock(root / ".lock", wait=wait, on_recover=self._recover)
         self.command = "memp"
 
     # ------------------------------------------------------------------ setup
@@ -135,6 +137,12 @@ class Store:
             if not os.path.lexists(sub):  # a link there is reported by the first write (and doctor)
                 make_dirs(sub)
         return store
+
+    def _recover(self, killed_pid: int) -> None:
+        """The last writer was killed holding the lock: tie up what it left (store/recovery.py)."""
+        from memp_cli.store.recovery import recover
+
+        recover(self, killed_pid, _note)
 
     # ---------------------------------------------------------------- journal
     def journal(self, event: str, **fields: Any) -> None:
@@ -337,17 +345,20 @@ class Store:
         _stamp([memory])
         path = self.memory_path(memory.id)
         data = encode_memory_file(path, memory, base=base)
-        ver = History(self).write(memory.id, data, by=f"memp {self.command}", why=why, trajectory=trajectory)
         if trajectory is not None:
             fields["trajectory"] = trajectory
-        self.journal(
-            event,
-            ids=[memory.id],
-            kind=memory.kind,
-            version=memory.version,
-            history=ver.v if ver else None,
-            **fields,
-        )
+        with pending(self, event, [memory.id]):
+            ver = History(self).write(
+                memory.id, data, by=f"memp {self.command}", why=why, trajectory=trajectory
+            )
+            self.journal(
+                event,
+                ids=[memory.id],
+                kind=memory.kind,
+                version=memory.version,
+                history=ver.v if ver else None,
+                **fields,
+            )
 
     def notice_edits(self, memory_ids: list[str]) -> None:
         """Record the current content of these memory files as versions where it is not the
@@ -381,14 +392,21 @@ class Store:
         def one(m: Memory, data: bytes) -> None:
             history.write(m.id, data, by=by, why=why)
 
+        ids = [m.id for m in memories]
         with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
             # Every file is rendered before any is written: a memory that cannot be encoded
             # (MemoryFileError) fails the call with nothing written, never half a batch.
             texts = list(pool.map(render, memories))
-            done = [pool.submit(one, m, data) for m, data in zip(memories, texts, strict=True)]
-        for f in done:
-            f.result()  # the first failure, if any, once every write has ended
-        self.journal(event, ids=[m.id for m in memories], count=len(memories), **fields)
+            with pending(self, event, ids):  # a kill before the journal line: the next writer journals
+                done = [pool.submit(one, m, data) for m, data in zip(memories, texts, strict=True)]
+                for f in done:
+                    f.result()  # the first failure, if any, once every write has ended
+                self.journal(event, ids=ids, count=len(memories), **fields)
+
+
+def _note(msg: str) -> None:
+    sys.stderr.write(f"memp: warning: {msg}\n")
+    sys.stderr.flush()
 
 
 def _stamp(memories: list[Memory]) -> None:

@@ -3,8 +3,8 @@
 Every file memp writes goes through :func:`atomic_write`: the bytes land in a
 temporary file in the same directory, are fsynced, and replace the target by
 ``os.replace``. A reader sees the old file or the new one, never half of one;
-a killed process leaves at most a stray ``.tmp-*`` file that ``memp doctor``
-removes.
+a killed process leaves at most a stray ``.tmp-*`` file that the next writer (see
+:class:`StoreLock` and store/recovery.py) or ``memp doctor --fix`` removes.
 
 New files and directories get the usual modes less the process umask (0644 and 0755 under umask
 022, 0664 and 0775 under 002), as any program's files do, so a group can share a store. A umask
@@ -34,7 +34,7 @@ import secrets
 import shlex
 import stat
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from memp_cli.errors import LockedError, StoreError
@@ -319,15 +319,26 @@ class StoreLock:
 
     Readers never take it: every file is replaced atomically, so they always
     see a consistent version. The kernel drops the lock when a process dies,
-    so a killed writer never leaves the store locked.
+    so a killed writer never leaves the store locked. The lock file names its holder
+    (``pid N``) and is emptied on release: a holder still named when the lock is next taken
+    was killed holding it, and ``on_recover(pid)`` runs (lock held) to tie up what it left.
     """
 
-    def __init__(self, path: Path, *, wait: bool = True, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        on_recover: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
         self.wait = wait
         self.timeout = timeout
         self._fd: int | None = None
         self._depth = 0
+        # Called (lock held) when the last holder was killed holding it: see _killed_holder.
+        self.on_recover = on_recover
 
     def acquire(self) -> None:
         if self._depth:
@@ -353,16 +364,25 @@ class StoreLock:
                         hint="wait for it to finish, or run again without --no-wait to wait for the lock",
                     ) from None
                 time.sleep(0.05)
+        killed = _killed_holder(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
         self._fd = fd
         self._depth = 1
+        if killed is not None and self.on_recover is not None:
+            try:
+                self.on_recover(killed)
+            except BaseException:
+                self.release()
+                raise
 
     def release(self) -> None:
         if not self._depth:
             return
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)  # released, not killed: the next holder has nothing to tidy
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -373,3 +393,17 @@ class StoreLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _killed_holder(fd: int) -> int | None:
+    """The pid the lock file still names once the lock is ours: a holder that released it emptied
+    the file, so one that is named was killed holding it (kill -9, a crash; the kernel dropped its
+    lock). None when the file is empty, names this process, or says nothing memp wrote."""
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    head, _, pid = text.strip().partition(" ")
+    if head != "pid" or not pid.isdigit() or int(pid) == os.getpid():
+        return None
+    return int(pid)

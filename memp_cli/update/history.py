@@ -200,7 +200,9 @@ class History:
         self._append(memory_id, ver)
         return ver
 
-    def _notice(self, memory_id: str, last: Version | None) -> Version | None:
+    def _notice(
+        self, memory_id: str, last: Version | None, by: str | None = None, why: str = ""
+    ) -> Version | None:
         path = self.store.memory_path(memory_id)
         try:
             data = read_memory_bytes(path)
@@ -214,15 +216,16 @@ class History:
         if last is not None and last.sha256 == digest:
             return None
         self._put_object(data)
-        return self._record(
-            memory_id, last, HAND_EDIT if last is not None else BEFORE_HISTORY, "", digest, len(data)
-        )
+        if by is None:
+            by = HAND_EDIT if last is not None else BEFORE_HISTORY
+        return self._record(memory_id, last, by, why, digest, len(data))
 
-    def notice(self, memory_id: str) -> Version | None:
+    def notice(self, memory_id: str, *, by: str | None = None, why: str = "") -> Version | None:
         """Record the file's current content if it is not the last version (a hand edit, or
         a memory from before history): returns the version recorded, if any. A file missing
-        after a version with content is recorded as deleted by hand."""
-        return self._notice(memory_id, self._last(memory_id))
+        after a version with content is recorded as deleted by hand. ``by``/``why``: who wrote
+        the content when it is known (a killed memp process, found by the next writer)."""
+        return self._notice(memory_id, self._last(memory_id), by, why)
 
     def write(
         self,
