@@ -37,6 +37,7 @@ from memp_cli.build.policies import (
     trajectory_memory,
 )
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
+from memp_cli.index.state import built_stamps
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store.fsutil import StoreLock
@@ -225,6 +226,9 @@ def _plan(
     from memp_cli.update.history import History
 
     existing = set(store.memory_ids())
+    # What each memory was built with, as the index saw it (while its stat is the same).
+    known = built_stamps(store)
+    stamps = store.memory_stamps() if known else {}
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
     gone = trash.trashed_ids(store)
@@ -248,8 +252,10 @@ def _plan(
             continue
         if mid in existing:
             path = store.memory_path(mid)
+            k = known.get(mid)
             try:
-                if not needs_rebuild(built_with(path), policy, model, prompt_version):
+                built = k[2] if k is not None and stamps.get(mid) == k[:2] else built_with(path)
+                if not needs_rebuild(built, policy, model, prompt_version):
                     report.skipped += 1
                     continue
                 version = load_memory_file(path).version + 1
