@@ -20,6 +20,7 @@ from memp_cli.build import runner
 from memp_cli.index import lexical
 from memp_cli.index.lexical import LexicalIndex
 from memp_cli.model.memory import Memory
+from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import Store
 
 EMB = HashEmbedder(256)
@@ -174,8 +175,20 @@ def test_distill_plans_from_the_index_not_the_memory_files(
         return real(path)
 
     monkeypatch.setattr(runner, "built_with", built_with)
+    parsed: list[str] = []
+    real_parse = Trajectory.from_stored.__func__  # type: ignore[attr-defined]
+
+    def from_stored(cls: Any, d: dict[str, Any]) -> Trajectory:
+        parsed.append(d["id"])
+        return real_parse(cls, d)
+
+    monkeypatch.setattr(Trajectory, "from_stored", classmethod(from_stored))
     report = runner.distill(st, None)
     assert report.written == 0 and report.skipped > 0 and opened == []
+    # the runs whose memory is current are counted without being parsed; the rest (failed runs,
+    # not built under the default update policy) are read as before
+    assert (report.total, report.skipped, report.filtered) == (40, 30, 10)
+    assert len(parsed) == report.filtered
     # a memory file changed since the index saw it is read
     mid = st.memory_ids()[0]
     path = st.memory_path(mid)

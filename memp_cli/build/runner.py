@@ -240,7 +240,17 @@ def _plan(
     gone.update(hand_deleted)
     history = History(store)
     jobs: list[_Job] = []
-    for t in store.iter_trajectories():
+
+    def current(tid: str) -> bool:  # its memory is built, current and unchanged: counted unparsed
+        mid, k = memory_id(policy, tid), known.get(memory_id(policy, tid))
+        if k is None or mid in gone or mid not in existing or stamps.get(mid) != k[:2]:
+            return False
+        if needs_rebuild(k[2], policy, model, prompt_version):
+            return False
+        report.total, report.skipped = report.total + 1, report.skipped + 1
+        return True
+
+    for t in store.iter_trajectories(current if known else None):
         report.total += 1
         # One memory per run, whatever the policy: a run's memory built with another policy
         # (an older store may hold one per policy; its own id is preferred) gets a new version.
