@@ -660,7 +660,11 @@ py-modules = ["llm_memp_hash"]
 """
 
 
-def llm_compare(llm_bin: Path, n: int, distinct: int, reps: int, force: bool) -> dict[str, Any]:
+def llm_compare(
+    llm_bin: Path, n: int, distinct: int, reps: int, force: bool, store: Path | None = None
+) -> dict[str, Any]:
+    """``llm similar`` over the ``n`` task texts of ``C.store_tasks(n, distinct)`` beside ``memp
+    query`` on ``store`` (default: the hash store of bench_query, the same texts)."""
     import subprocess
 
     venv_py = llm_bin.parent / "python"
@@ -718,8 +722,11 @@ def llm_compare(llm_bin: Path, n: int, distinct: int, reps: int, force: bool) ->
     else:
         info.update(_load_build(work))
     info["db_mb"] = C.mb(db.stat().st_size)
-    sinfo = build_hash_store(n, distinct, False)
-    store = Path(sinfo["path"])
+    if store is None:
+        sinfo = build_hash_store(n, distinct, False)
+        store = Path(sinfo["path"])
+    else:
+        sinfo = {"index_mb": C.mb(C.dir_size(store / "index"))}
     queries = real_queries()
 
     def llm_argv(i: int) -> list[str]:

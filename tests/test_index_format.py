@@ -210,6 +210,7 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
             f"keywords-{g}.bin",
             f"keywords-{g}.json",
             f"files-{g}.json",
+            f"built-{g}.json",
             *(f"lexical-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
             *(f"procedure-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
             "state.json",
@@ -218,7 +219,7 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
         assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 4
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 5
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)
         assert idx is not None and idx.hnsw is not None
@@ -286,7 +287,12 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
     assert new is not None and new.generation > state.generation
     assert _index_files(st) == sorted(
         [f"{p}-{new.generation}.{e}" for p, e in (("hnsw", "bin"), ("vectors", "npy"), ("files", "json"))]
-        + [f"keywords-{new.generation}.bin", f"keywords-{new.generation}.json", "state.json"]
+        + [
+            f"built-{new.generation}.json",
+            f"keywords-{new.generation}.bin",
+            f"keywords-{new.generation}.json",
+            "state.json",
+        ]
     )
 
 
@@ -327,7 +333,7 @@ def _old_format(built: Path) -> bytes:
 def test_index_from_an_older_memp_is_rebuilt_by_query(built: Path) -> None:
     _old_format(built)
     r = memp("doctor", expect=ExitCode.STORE)
-    assert "older format (1, now 4)" in r.stdout
+    assert "older format (1, now 5)" in r.stdout
     q = memp("query", HEAT, "-k", 1)
     assert "older format" in q.stderr and "rebuilt the index" in q.stderr
     assert q.jsonl()[0]["task"] == HEAT

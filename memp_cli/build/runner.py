@@ -37,6 +37,7 @@ from memp_cli.build.policies import (
     trajectory_memory,
 )
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
+from memp_cli.index.state import built_stamps
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.redact import for_config, redact_all
@@ -233,6 +234,9 @@ def _plan(
     from memp_cli.update.history import History
 
     existing = set(store.memory_ids())
+    # What each memory was built with, as the index saw it (while its stat is the same).
+    known = built_stamps(store)
+    stamps = store.memory_stamps() if known else {}
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
     gone = trash.trashed_ids(store)
@@ -244,7 +248,17 @@ def _plan(
     gone.update(hand_deleted)
     history = History(store)
     jobs: list[_Job] = []
-    for t in store.iter_trajectories():
+
+    def current(tid: str) -> bool:  # its memory is built, current and unchanged: counted unparsed
+        mid, k = memory_id(policy, tid), known.get(memory_id(policy, tid))
+        if k is None or mid in gone or mid not in existing or stamps.get(mid) != k[:2]:
+            return False
+        if needs_rebuild(k[2], policy, model, prompt_version):
+            return False
+        report.total, report.skipped = report.total + 1, report.skipped + 1
+        return True
+
+    for t in store.iter_trajectories(current if known else None):
         report.total += 1
         # One memory per run, whatever the policy: a run's memory built with another policy
         # (an older store may hold one per policy; its own id is preferred) gets a new version.
@@ -256,8 +270,10 @@ def _plan(
             continue
         if mid in existing:
             path = store.memory_path(mid)
+            k = known.get(mid)
             try:
-                if not needs_rebuild(built_with(path), policy, model, prompt_version):
+                built = k[2] if k is not None and stamps.get(mid) == k[:2] else built_with(path)
+                if not needs_rebuild(built, policy, model, prompt_version):
                     report.skipped += 1
                     continue
                 version = load_memory_file(path).version + 1

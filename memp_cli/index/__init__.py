@@ -11,6 +11,10 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
 - ``files-<gen>.json``: what only :func:`sync` (and the freshness check of a small store)
   reads, per memory in the same order: key hash, file mtime and size, and the text the
   BM25 index was built from.
+- ``built-<gen>.json``: per memory (same order) its file's stat and what it was built with
+  (policy, model, prompt version), so ``memp distill`` plans a big store without opening every
+  memory file (:func:`~memp_cli.index.state.built_stamps`; an entry counts only while the stat
+  is the same).
 - ``hnsw-<gen>.bin``: the hnswlib graph (cosine space): long-lived processes and batches.
 - ``vectors-<gen>.npy``: the same unit vectors as a float32 matrix, row = label (rows of
   labels no memory has are zeros; ``state.labels`` lists the live ones). A one-shot query
@@ -31,8 +35,12 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
 are embedded, changed ones (by mtime/size, then key hash) re-embedded,
 deleted ones removed, broken ones reported and left out. A memory's keywords
 are re-read whenever its file changes; only keyword strings new to the store
-are embedded. An index in format 2 (BM25 under its own ``lexical.json``) is
-read, and rewritten in this format by the next sync without embedding; an older
+are embedded. The BM25 arrays of a new generation are the last one's with the memories read
+again dropped and added (:meth:`~memp_cli.index.lexical.LexicalIndex.updated`, the same arrays
+as a full build): only what changed is tokenized. An index in format 4 is rewritten in this
+format by the next sync, which reads the memory files again (no embedding). An index in
+format 2 (BM25 under its own ``lexical.json``) is read, and rewritten in this format by the
+next sync without embedding; an older
 one is rebuilt by the next sync; one written by a newer memp is left alone (an
 error says to upgrade).
 

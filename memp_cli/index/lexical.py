@@ -344,6 +344,60 @@ class LexicalIndex:
             bigrams=bigrams,
         )
 
+    def updated(self, drop: np.ndarray, docs: Iterable[tuple[int, str]]) -> LexicalIndex:
+        """This index without the documents labelled ``drop`` and with ``docs`` added (labels
+        not in it after the drop): the same arrays :meth:`build` makes of the result's documents,
+        but only ``docs`` are tokenized. The kept postings stay in (term, document) order when
+        terms and documents are renumbered, so the new ones are merged in, not sorted with them:
+        a sync of a few new memories costs array copies, not the store's texts again."""
+        add = LexicalIndex.build(docs, k1=self.k1, b=self.b, idf_power=self.idf_power, bigrams=self.bigrams)
+        keep_doc = ~np.isin(self._labels, np.asarray(drop, dtype=np.int64))
+        labels = np.concatenate([self._labels[keep_doc], add._labels])
+        order = np.argsort(labels, kind="stable")
+        labels = labels[order]
+        if len(labels) > 1 and bool((labels[1:] == labels[:-1]).any()):
+            raise ValueError("an added document's label is already in the lexical index")
+        doclen = np.concatenate([self._doclen[keep_doc], add._doclen])[order]
+        # Each side's postings as (term hash, document label, tf), in (term, label) order.
+        keep_post = keep_doc[self._doc_idx]
+        old_t = np.repeat(np.arange(len(self._terms), dtype=np.int64), np.diff(self._indptr))[keep_post]
+        old_lab, old_tf = self._labels[self._doc_idx[keep_post]], self._tf[keep_post]
+        present = np.zeros(len(self._terms), dtype=bool)
+        present[old_t] = True
+        terms = np.union1d(self._terms[present], add._terms)  # a term whose documents all left goes
+        old_hash = self._terms[old_t]
+        add_hash = np.repeat(add._terms, np.diff(add._indptr))
+        add_lab, add_tf = add._labels[add._doc_idx], add._tf
+        width = max(len(labels), 1)
+        old_key = np.searchsorted(terms, old_hash).astype(np.int64) * width + np.searchsorted(labels, old_lab)
+        add_key = np.searchsorted(terms, add_hash).astype(np.int64) * width + np.searchsorted(labels, add_lab)
+        # Merge two sorted key sequences: each added key goes after the kept keys below it.
+        total = len(old_key) + len(add_key)
+        at_add = np.searchsorted(old_key, add_key) + np.arange(len(add_key))
+        is_add = np.zeros(total, dtype=bool)
+        is_add[at_add] = True
+        keys = np.empty(total, dtype=np.int64)
+        tf = np.empty(total, dtype=np.float32)
+        keys[at_add], keys[~is_add] = add_key, old_key
+        tf[at_add], tf[~is_add] = add_tf, old_tf
+        post_term = keys // width
+        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(post_term, minlength=len(terms)), out=indptr[1:])
+        n = len(labels)
+        return LexicalIndex(
+            terms=terms.astype(np.uint64, copy=False),
+            indptr=indptr,
+            doc_idx=(keys - post_term * width).astype(np.int32),
+            tf=tf,
+            doclen=doclen,
+            labels=labels,
+            avgdl=float(doclen.sum(dtype=np.float64) / n) if n else 0.0,
+            k1=self.k1,
+            b=self.b,
+            idf_power=self.idf_power,
+            bigrams=self.bigrams,
+        )
+
     # ------------------------------------------------------------ save / load
 
     def save(self, directory: Path, stem: str) -> dict[str, Any]:

@@ -33,7 +33,11 @@ INDEX_FILE_NAME = re.compile(
 #    ``procedure``), the procedure texts in files-<gen>.json, and each memory's procedure
 #    family in state.json (``family_codes`` into ``family_names``). A sync upgrades a format 3
 #    index by re-reading the memory files, without embedding anything.
-INDEX_VERSION = 4
+# 5: ``built-<gen>.json``: what each memory was built with (policy, model, prompt version) and
+#    its file's stat, so `memp distill` plans without opening every memory file; the BM25 arrays
+#    of a sync are the last generation's updated with the memories read again. A sync upgrades a
+#    format 4 index by re-reading the memory files, without embedding anything.
+INDEX_VERSION = 5
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
 # Format of the keyword files; a state with another kw_version (0: none yet, an
@@ -155,16 +159,37 @@ class FileTable:
     sizes: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # the BM25 text (key text + keywords)
     procedures: list[str] = field(default_factory=list)  # the procedure BM25 text
+    # "policy\tmodel\tprompt_version" of the memory's provenance ("" unknown: an index from
+    # before format 5, or its built file is damaged; a sync reads such memories again). Kept in
+    # ``built-<gen>.json`` (:meth:`built_json`), which distill reads without the texts.
+    built: list[str] = field(default_factory=list)
 
-    def append(self, key_hash: str, mtime: int, size: int, text: str, procedure: str) -> None:
+    def append(self, key_hash: str, mtime: int, size: int, text: str, procedure: str, built: str) -> None:
         self.key_hashes.append(key_hash)
         self.mtimes.append(mtime)
         self.sizes.append(size)
         self.texts.append(text)
         self.procedures.append(procedure)
+        self.built.append(built)
 
     def to_json(self, generation: int) -> bytes:
-        return orjson.dumps({"index_version": INDEX_VERSION, "generation": generation, **vars(self)})
+        d = {"index_version": INDEX_VERSION, "generation": generation, **vars(self)}
+        del d["built"]
+        return orjson.dumps(d)
+
+    def built_json(self, generation: int) -> bytes:
+        names = sorted(set(self.built))
+        code = {b: i for i, b in enumerate(names)}
+        return orjson.dumps(
+            {
+                "index_version": INDEX_VERSION,
+                "generation": generation,
+                "names": names,
+                "codes": [code[b] for b in self.built],
+                "mtimes": self.mtimes,
+                "sizes": self.sizes,
+            }
+        )
 
 
 def state_path(store: MemoryStore) -> Path:
@@ -192,6 +217,10 @@ def files_path(store: MemoryStore, generation: int) -> Path:
     return store.index_dir / f"files-{generation}.json"
 
 
+def built_path(store: MemoryStore, generation: int) -> Path:
+    return store.index_dir / f"built-{generation}.json"
+
+
 def lexical_stem(generation: int, field: str = "lexical") -> str:
     """The BM25 arrays of a generation are ``<index>/lexical-<gen>.<name>.npy``, those of the
     procedure field ``<index>/procedure-<gen>.<name>.npy``."""
@@ -207,6 +236,8 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
 
     gen = state.generation
     names = {STATE_NAME, files_path(store, gen).name, *(p.name for p in kw_paths(store, gen))}
+    if state.version >= 5:
+        names.add(built_path(store, gen).name)
     if state.ids:
         names |= {hnsw_path(store, gen).name, vectors_path(store, gen).name}
         if state.lexical is not None:
@@ -238,7 +269,7 @@ def load_files(store: MemoryStore, state: State) -> FileTable:
             raise ValueError("another index version or generation")
         if state.version < 4:
             d["procedures"] = list(d["texts"])  # stale: a sync re-reads the memory files
-        table = FileTable(**d)
+        table = FileTable(**d, built=load_built(store, state, n))
         if not (
             len(table.key_hashes) == len(table.mtimes) == len(table.sizes) == len(table.texts) == n
             and len(table.procedures) == n
@@ -249,6 +280,42 @@ def load_files(store: MemoryStore, state: State) -> FileTable:
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
         raise StoreError(f"{path}: damaged index file table ({e})", hint=REBUILD_HINT) from None
     return table
+
+
+def load_built(store: MemoryStore, state: State, n: int) -> list[str]:
+    """Per memory what it was built with (see :attr:`FileTable.built`); all unknown ("") when
+    the file is missing, damaged or from before format 5 (a sync reads those memories again)."""
+    if state.version < 5:
+        return [""] * n
+    try:
+        d = orjson.loads(built_path(store, state.generation).read_bytes())
+        if d["index_version"] != state.version or d["generation"] != state.generation:
+            raise ValueError("another index version or generation")
+        names = d["names"]
+        out = [names[c] for c in d["codes"]]
+        if len(out) != n or not all(isinstance(x, str) for x in names):
+            raise ValueError("another length")
+        return out
+    except (OSError, orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return [""] * n
+
+
+def built_stamps(store: MemoryStore) -> dict[str, tuple[int, int, tuple[str, str, str]]]:
+    """What the last index generation knows of each memory file: id -> (mtime_ns, size,
+    (policy, model, prompt_version)), without reading the texts; {} when it cannot say (no
+    index, another format, damaged). A caller trusts an entry only while the file's stat is the same."""
+    try:
+        state = read_state(store)
+        if state is None or state.version < 5:
+            return {}
+        d = orjson.loads(built_path(store, state.generation).read_bytes())
+        if d["index_version"] != state.version or d["generation"] != state.generation:
+            return {}
+        built = [tuple(x.split("\t")) if isinstance(x, str) else () for x in d["names"]]
+        rows = zip(state.ids, d["mtimes"], d["sizes"], d["codes"], strict=True)
+        return {mid: (mt, sz, built[c]) for mid, mt, sz, c in rows if len(built[c]) == 3}
+    except (OSError, StoreError, orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return {}
 
 
 def kw_paths(store: MemoryStore, generation: int) -> tuple[Path, Path]:

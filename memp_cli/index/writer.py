@@ -25,6 +25,7 @@ from memp_cli.index.state import (
     FileTable,
     IndexVersionError,
     State,
+    built_path,
     check_embedder,
     files_path,
     hnsw_path,
@@ -201,7 +202,9 @@ def _sync(
         for lab in removed_labels:
             with contextlib.suppress(RuntimeError):
                 hnsw.mark_deleted(lab)
-    both = _build_lexical(state, table)
+    both = _update_lexical(store, old, state, table, kw_src) if old is not None else None
+    if both is None:
+        both = _build_lexical(state, table)
     if persist:
         if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
             store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
@@ -284,13 +287,15 @@ def _plan(
             i is not None
             and old is not None
             and old.version >= 4
+            and old_table.built[i]
             and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size)
         ):
             state.ids.append(mid)
             state.labels.append(old.labels[i])
             state.kinds.append(old.kinds[i])
             state.families.append(old.families[i])
-            table.append(old_table.key_hashes[i], mtime, size, old_table.texts[i], old_table.procedures[i])
+            old_row = (old_table.texts[i], old_table.procedures[i], old_table.built[i])
+            table.append(old_table.key_hashes[i], mtime, size, *old_row)
             kw_src.append(i)
             continue
         try:
@@ -321,7 +326,7 @@ def _plan(
         state.labels.append(label)
         state.kinds.append(mem.kind)
         state.families.append(mem.family())
-        table.append(khash, mtime, size, _lexical_text(mem), mem.procedure_text())
+        table.append(khash, mtime, size, _lexical_text(mem), mem.procedure_text(), built_key(mem))
         kw_src.append(memory_keywords(mem))
     if old is not None:
         gone = set(old.ids) - set(files)
@@ -371,6 +376,12 @@ def _embed(
         raise
 
 
+def built_key(mem: Memory) -> str:
+    """What :attr:`FileTable.built` records of a memory: its policy, model and prompt version."""
+    p = mem.provenance
+    return f"{p.policy}\t{p.model}\t{p.prompt_version}"
+
+
 def _lexical_text(mem: Memory) -> str:
     return mem.key_text() + ("\n" + " ".join(mem.keywords) if mem.keywords else "")
 
@@ -407,9 +418,8 @@ def _checkpoint(
     )
     part_table = FileTable()
     for p in keep:
-        part_table.append(
-            table.key_hashes[p], table.mtimes[p], table.sizes[p], table.texts[p], table.procedures[p]
-        )
+        row = (table.texts[p], table.procedures[p], table.built[p])
+        part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], *row)
     # A pending memory that was in the index before (its keys changed) leaves it until re-embedded.
     for lab in [state.labels[p] for p in pending] + removed_labels:
         vectors[lab] = 0.0
@@ -434,6 +444,44 @@ def _build_lexical(state: State, table: FileTable) -> tuple[LexicalIndex, Lexica
         LexicalIndex.build(list(zip(state.labels, table.texts, strict=True))),
         LexicalIndex.build(list(zip(state.labels, table.procedures, strict=True))),
     )
+
+
+def _update_lexical(
+    store: MemoryStore, old: State, state: State, table: FileTable, kw_src: list[list[str] | int]
+) -> tuple[LexicalIndex, LexicalIndex] | None:
+    """The two BM25 indexes of the new generation from the old one's (:meth:`LexicalIndex.updated`:
+    the memories read again are dropped and added, nothing else is tokenized again); None when
+    the old ones cannot be used (another format, damaged, other BM25 parameters): build them."""
+    import numpy as np
+
+    from memp_cli.index import lexical
+
+    if not state.ids or old.version != INDEX_VERSION or not old.ids:
+        return None
+    try:
+        sides = (read_lexical(store, old), read_lexical(store, old, "procedure"))
+    except StoreError:
+        return None
+    copied = [lab for lab, src in zip(state.labels, kw_src, strict=True) if isinstance(src, int)]
+    read = [p for p, src in enumerate(kw_src) if not isinstance(src, int)]
+    out = []
+    for lex, texts in zip(sides, (table.texts, table.procedures), strict=True):
+        if lex is None or (lex.k1, lex.b, lex.idf_power, lex.bigrams) != (
+            lexical.K1,
+            lexical.B,
+            lexical.IDF_POWER,
+            lexical.BIGRAMS,
+        ):
+            return None
+        try:
+            drop = np.setdiff1d(lex.labels, np.array(copied, dtype=np.int64))
+            new = lex.updated(drop, [(state.labels[p], texts[p]) for p in read])
+        except ValueError:
+            return None
+        if len(new) != len(state.ids):
+            return None
+        out.append(new)
+    return out[0], out[1]
 
 
 def write_generation(
@@ -476,6 +524,8 @@ def write_generation(
     wrote(jpath)
     atomic_write(files_path(store, gen), table.to_json(gen))
     wrote(files_path(store, gen))
+    atomic_write(built_path(store, gen), table.built_json(gen))
+    wrote(built_path(store, gen))
     state.lexical = state.procedure = None
     if lex is not None and state.ids:
         from memp_cli.index.lexical import array_paths

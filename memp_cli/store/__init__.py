@@ -20,7 +20,7 @@ import re
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,11 +180,14 @@ class Store:
                             continue
         return ids
 
-    def iter_trajectories(self) -> Iterator[Trajectory]:
+    def iter_trajectories(self, skip: Callable[[str], bool] | None = None) -> Iterator[Trajectory]:
+        """Every stored run, parsed; ``skip(id)`` true passes over a run without parsing it."""
         for seg in self.segments():
             with open(seg, "rb") as f:
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
+                        continue
+                    if skip is not None and (m := _SEGMENT_ID.match(line)) and skip(m.group(1).decode()):
                         continue
                     try:
                         yield Trajectory.from_stored(orjson.loads(line))

@@ -14,7 +14,7 @@ which a file store keeps beside its memories.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,7 +65,7 @@ class MemoryStore(Protocol):
     # trajectories
     def ingest(self, results: Iterable[ReadResult], *, strict: bool = False) -> IngestReport: ...
 
-    def iter_trajectories(self) -> Iterator[Trajectory]: ...
+    def iter_trajectories(self, skip: Callable[[str], bool] | None = None) -> Iterator[Trajectory]: ...
 
     # memories
     def memory_ids(self) -> list[str]: ...
