@@ -435,3 +435,35 @@ def test_arrays_are_plain_npy_without_pickle(tmp_path: Path) -> None:
     )
     assert np.isin(want, vocab).all()
     assert manifest["n_terms"] == vocab.shape[0] == LexicalIndex.build(_docs()).vocab_size
+
+
+def test_a_query_scores_its_postings_once_for_top_score_labels_and_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retrieval asks one index for the query's top documents, then the scores of other
+    candidates, then the bound: the postings are walked once per query text, not each time
+    (at 100k memories the walks were most of a query's time)."""
+    ix = LexicalIndex.build(_docs())
+    walks: list[str] = []
+    real_terms, real_scores = LexicalIndex._find_terms, LexicalIndex._score_postings
+
+    def terms_counted(self: LexicalIndex, query: str) -> dict[int, int]:
+        walks.append(query)
+        return real_terms(self, query)
+
+    def scores_counted(self: LexicalIndex, query: str) -> tuple[np.ndarray, np.ndarray]:
+        walks.append(query)
+        return real_scores(self, query)
+
+    monkeypatch.setattr(LexicalIndex, "_find_terms", terms_counted)
+    monkeypatch.setattr(LexicalIndex, "_score_postings", scores_counted)
+    labels, scores = ix.top("put a clean mug in the microwave", 3)
+    again = ix.score_labels("put a clean mug in the microwave", labels)
+    assert np.array_equal(again, scores)
+    ix.max_score("put a clean mug in the microwave")
+    assert walks == ["put a clean mug in the microwave"] * 2  # its terms once, its postings once
+    ix.top("heat an egg", 3)
+    assert walks[-1] == "heat an egg" and len(walks) == 4
+    # The remembered result is the same arrays each time, and nobody can change them.
+    first = ix.scores("heat an egg")
+    assert ix.scores("heat an egg")[1] is first[1] and not first[1].flags.writeable

@@ -60,9 +60,9 @@ import hashlib
 import itertools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -236,6 +236,11 @@ class LexicalIndex:
         self._tf = tf
         self._doclen = doclen
         self._labels = labels
+        # The last few queries' terms and scores: a retrieval asks one index for a query's top
+        # documents, the scores of other candidates and the bound, and each would walk the same
+        # postings again (most of a query's time at 100k memories). Arrays are made read-only.
+        self._recent_terms: dict[str, dict[int, int]] = {}
+        self._recent_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.avgdl = float(avgdl)
         self.k1 = float(k1)
         self.b = float(b)
@@ -493,6 +498,9 @@ class LexicalIndex:
 
     def _query_terms(self, query: str) -> dict[int, int]:
         """Term id -> number of occurrences in the query, for terms in the index."""
+        return _remembered(self._recent_terms, query, self._find_terms)
+
+    def _find_terms(self, query: str) -> dict[int, int]:
         counts: dict[int, int] = {}
         for h in term_hashes(query, bigrams=self.bigrams):
             counts[h] = counts.get(h, 0) + 1
@@ -510,7 +518,11 @@ class LexicalIndex:
         return idf if self.idf_power == 1.0 else idf**self.idf_power
 
     def scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(labels, bm25)`` for every document sharing a term with ``query``, by label asc."""
+        """``(labels, bm25)`` for every document sharing a term with ``query``, by label asc
+        (read-only arrays: the last few queries' are remembered)."""
+        return _remembered(self._recent_scores, query, self._score_postings)
+
+    def _score_postings(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         terms = self._query_terms(query)
         if not terms:
             return _empty()
@@ -547,7 +559,10 @@ class LexicalIndex:
                 dense = np.bincount(all_idx, weights=all_w, minlength=n)
                 pos = np.flatnonzero(dense)  # every contribution is > 0
                 acc = dense[pos]
-        return self._labels[pos].astype(np.int64, copy=False), acc.astype(np.float32)
+        out_labels = self._labels[pos].astype(np.int64)  # a copy: frozen below, not the index's
+        out_scores = acc.astype(np.float32)
+        out_labels.flags.writeable = out_scores.flags.writeable = False
+        return out_labels, out_scores
 
     def score_labels(self, query: str, labels: np.ndarray) -> np.ndarray:
         """BM25 (float32) of ``query`` for each of ``labels``; 0 for no shared term or unknown label."""
@@ -589,6 +604,22 @@ class LexicalIndex:
         if float(up) < bound:
             up = np.nextafter(up, np.float32(np.inf))
         return float(up)
+
+
+RECENT = 4  # queries remembered per index (a batch of queries is scored side by side)
+
+_T = TypeVar("_T")
+
+
+def _remembered(recent: dict[str, _T], query: str, compute: Callable[[str], _T]) -> _T:
+    """``compute(query)``, remembered for the last :data:`RECENT` queries (oldest goes first)."""
+    hit = recent.get(query)
+    if hit is None:
+        hit = compute(query)
+        if len(recent) >= RECENT:
+            del recent[next(iter(recent))]
+        recent[query] = hit
+    return hit
 
 
 def array_paths(directory: Path, stem: str) -> dict[str, Path]:
