@@ -436,19 +436,7 @@ def list_cmd(
     if limit is None and len(rows) < matching:
         output.info(f"showing {len(rows)} of {matching}; --limit 0 for all")
     if not as_table:
-        output.emit_json_lines(
-            {
-                "id": m.id,
-                "kind": m.kind,
-                "task": m.task,
-                "task_type": m.task_type or None,
-                "success": m.success,
-                "stats": vars(m.stats),
-                "version": m.version,
-                "updated": m.provenance.updated,
-            }
-            for m in rows
-        )
+        output.emit_json_lines(m.list_row() for m in rows)
     else:
         ok = {True: "yes", False: "no", None: "?"}
         output.table(

@@ -207,7 +207,7 @@ class MempTools:
                 break
             rows.append(m)
         add_usage(store, rows)
-        return {"memories": [list_row(m) for m in rows], "more": more, "broken": broken}
+        return {"memories": [m.list_row() for m in rows], "more": more, "broken": broken}
 
     # ------------------------------------------------------------------ write tools
     def feedback(self, memory_ids: list[str], success: bool, trajectory: str | None = None) -> dict[str, Any]:
@@ -251,20 +251,6 @@ class MempTools:
         else:
             out["notes"].append("this run was already stored: nothing added")
         return out
-
-
-def list_row(m: Memory) -> dict[str, Any]:
-    """One memory as a line of ``memp list --json`` (tests/test_mcp.py checks they agree)."""
-    return {
-        "id": m.id,
-        "kind": m.kind,
-        "task": m.task,
-        "task_type": m.task_type or None,
-        "success": m.success,
-        "stats": vars(m.stats),
-        "version": m.version,
-        "updated": m.provenance.updated,
-    }
 
 
 def tool_error(e: BaseException) -> ToolError:

@@ -92,6 +92,19 @@ class Memory:
         """The text embedded and matched lexically for the ``query`` key."""
         return "\n".join(self.keys) if self.keys else self.task
 
+    def list_row(self) -> dict[str, Any]:
+        """The memory as one line of ``memp list --json`` (and the MCP ``list`` tool)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "task": self.task,
+            "task_type": self.task_type or None,
+            "success": self.success,
+            "stats": vars(self.stats),
+            "version": self.version,
+            "updated": self.provenance.updated,
+        }
+
     def procedure_text(self) -> str:
         """The procedure this memory is an instance of, as retrieval matches it: the script's
         title with its ``{variables}`` dropped (``"put a hot {object} in {receptacle}"`` ->
