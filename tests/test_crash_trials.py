@@ -248,6 +248,57 @@ def test_the_next_writer_journals_the_memories_a_killed_distill_wrote(tmp_path: 
     assert len(written) == len(set(written))
 
 
+def test_a_rerun_with_nothing_left_to_write_still_journals_what_the_killed_one_wrote(tmp_path: Path) -> None:
+    """Killed after its last memory file was in place, before the journal line: the rerun finds
+    every memory built and has nothing to write, yet it ties up (a user reruns the command that
+    was killed, not some other writer)."""
+    template = distilled_store(tmp_path / "template", distill=False)
+    store = tmp_path / "s"
+    clean = tmp_path / "reference"
+    shutil.copytree(template, clean)
+    memp("--store", clean, "distill")
+
+    def all_written_some_unjournaled(s: Path) -> bool:
+        return set(memory_ids(s)) == set(memory_ids(clean)) and bool(set(memory_ids(s)) - journaled_ids(s))
+
+    def journal_line(p: str) -> bool:  # distill's own line, written once its memories are in place
+        return p.startswith("write ") and p.endswith("/journal.jsonl")
+
+    _kill_until(store, template, ["distill"], all_written_some_unjournaled, journal_line)
+    missing = set(memory_ids(store)) - journaled_ids(store)
+    r = memp("--store", store, "distill", "--json")
+    assert r.jsonl()[-1]["written"] == 0, r  # nothing left to build
+    (rec,) = [e for e in journal(store) if e["event"] == "recovered"]
+    assert set(rec["ids"]) == missing, r
+    assert_store_sound(store, "after a rerun with nothing to write")
+
+
+def test_an_earlier_batch_line_of_the_killed_process_is_not_taken_for_the_killed_batchs(
+    tmp_path: Path,
+) -> None:
+    """A distill writes batches; journal times are to the second. Killed in a batch that started
+    the second its previous batch was journaled: that line (same pid, same event) names other
+    memories, so the killed batch's are still journaled by the next writer (found by the LLM
+    distill trials, where replies come in batches)."""
+    from memp_cli.store import Store
+    from memp_cli.update.history import History
+
+    store = distilled_store(tmp_path / "s")
+    ids = memory_ids(store)
+    earlier, killed = ids[:2], ids[2:4]
+    started = History(Store.open(store)).versions(killed[0])[-1].time
+    pid = 4242
+    kept = [e for e in journal(store) if e["event"] != "distill.write"]
+    kept.append({"time": started, "event": "distill.write", "command": "distill", "pid": pid, "ids": earlier})
+    (store / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in kept))
+    pending = {"pid": pid, "command": "distill", "event": "distill.write", "started": started, "ids": killed}
+    (store / ".pending").write_text(json.dumps(pending))
+    (store / ".lock").write_text(f"pid {pid}")
+    r = memp("--store", store, "index", "sync")
+    (rec,) = [e for e in journal(store) if e["event"] == "recovered"]
+    assert rec["ids"] == killed and rec["killed_pid"] == pid, r
+
+
 def test_a_kill_after_the_journal_line_journals_nothing_twice(tmp_path: Path) -> None:
     template = distilled_store(tmp_path / "template", distill=False)
     store = tmp_path / "s"

@@ -140,7 +140,12 @@ def _journaled(store: Store, rec: dict[str, Any]) -> bool:
             continue
         if str(e.get("time", "")) < rec["started"]:
             return False
-        if e.get("pid") == rec["pid"] and e.get("event") == rec["event"]:
+        # The same process's line for these memories: an earlier batch of the same command
+        # (same pid and event, times equal to the second) names other memories.
+        ids = e.get("ids")
+        if not isinstance(ids, list) or e.get("pid") != rec["pid"] or e.get("event") != rec["event"]:
+            continue
+        if set(rec["ids"]) & {i for i in ids if isinstance(i, str)}:
             return True
     return False
 
