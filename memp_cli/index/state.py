@@ -24,7 +24,7 @@ STATE_NAME = "state.json"
 #: temp file): what a sync may remove there, and nothing else.
 INDEX_FILE_NAME = re.compile(
     r"(state|lexical)\.json|\.tmp-[\w.-]+"
-    r"|(files|hnsw|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy)"
+    r"|(files|built|hnsw|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy)"
 )
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
