@@ -74,49 +74,54 @@ class ReadResult:
     error: InputError | None = None
 
 
-def read_jsonl(lines: Iterable[bytes], path: str, fmt: str = "auto") -> Iterator[ReadResult]:
-    """Parse JSONL lines; yield a trajectory or an error (with path:line) per line.
-
-    Blank lines are skipped silently. Bytes that are not UTF-8, JSON that does
-    not parse, and records of the wrong shape each give an error for their line.
-    """
+def json_lines(
+    lines: Iterable[bytes], path: str, *, json_hint: str, depth_hint: str | None = None
+) -> Iterator[tuple[int, Any] | InputError]:
+    """``(line number, value)`` per non-blank JSON line, or an InputError naming ``path:line``
+    (a line over the size limit, JSON that does not parse, JSON nested too deep). A UTF-8 byte
+    order mark on the first line is dropped. ``json_hint`` / ``depth_hint``: what to do, as the
+    caller's format puts it. Shared by the line formats and the transcripts."""
     for lineno, raw in enumerate(lines, 1):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte order mark, as some Windows tools write
         if not raw.strip():
             continue
         if len(raw) > MAX_LINE_BYTES:
-            yield ReadResult(
-                lineno,
-                error=InputError(
-                    f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit", path=path, line=lineno
-                ),
+            yield InputError(
+                f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit", path=path, line=lineno
             )
             continue
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            yield ReadResult(
-                lineno,
-                error=InputError(
-                    f"not valid JSON ({e.args[0] if e.args else e})",
-                    path=path,
-                    line=lineno,
-                    hint="each line must hold one JSON object; fix or remove the line",
-                ),
+            yield InputError(
+                f"not valid JSON ({e.args[0] if e.args else e})", path=path, line=lineno, hint=json_hint
             )
             continue
         if depth_over(obj, MAX_JSON_DEPTH):
-            yield ReadResult(
-                lineno,
-                error=InputError(
-                    f"JSON nested more than {MAX_JSON_DEPTH} deep",
-                    path=path,
-                    line=lineno,
-                    hint="a trajectory record needs a few levels; fix or remove the line",
-                ),
+            yield InputError(
+                f"JSON nested more than {MAX_JSON_DEPTH} deep", path=path, line=lineno, hint=depth_hint
             )
             continue
+        yield lineno, obj
+
+
+def read_jsonl(lines: Iterable[bytes], path: str, fmt: str = "auto") -> Iterator[ReadResult]:
+    """Parse JSONL lines; yield a trajectory or an error (with path:line) per line.
+
+    Blank lines are skipped silently. Bytes that are not UTF-8, JSON that does
+    not parse, and records of the wrong shape each give an error for their line.
+    """
+    for item in json_lines(
+        lines,
+        path,
+        json_hint="each line must hold one JSON object; fix or remove the line",
+        depth_hint="a trajectory record needs a few levels; fix or remove the line",
+    ):
+        if isinstance(item, InputError):
+            yield ReadResult(item.line or 0, error=item)
+            continue
+        lineno, obj = item
         try:
             yield ReadResult(lineno, trajectory=parse_record(obj, fmt))
         except RecordError as e:

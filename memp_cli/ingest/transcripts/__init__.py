@@ -49,8 +49,7 @@ from typing import Any
 import orjson
 
 from memp_cli.errors import InputError
-from memp_cli.ingest import MAX_LINE_BYTES, ReadResult, read_jsonl
-from memp_cli.model.limits import MAX_JSON_DEPTH, depth_over
+from memp_cli.ingest import ReadResult, json_lines, read_jsonl
 from memp_cli.model.text import cut as plain_cut
 from memp_cli.model.trajectory import RecordError, Step, Trajectory
 from memp_cli.redact import redactor
@@ -230,30 +229,9 @@ FORMATS = ("claude-code", "codex", "gemini-cli")
 
 def json_records(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, Any] | InputError]:
     """(line number, value) per JSON line, or an InputError naming ``path:line``."""
-    for lineno, raw in enumerate(lines, 1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if not raw.strip():
-            continue
-        if len(raw) > MAX_LINE_BYTES:
-            yield InputError(
-                f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit", path=path, line=lineno
-            )
-            continue
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            yield InputError(
-                f"not valid JSON ({e.args[0] if e.args else e})",
-                path=path,
-                line=lineno,
-                hint="a transcript holds one JSON record per line; the other lines were read",
-            )
-            continue
-        if depth_over(obj, MAX_JSON_DEPTH):
-            yield InputError(f"JSON nested more than {MAX_JSON_DEPTH} deep", path=path, line=lineno)
-            continue
-        yield lineno, obj
+    return json_lines(
+        lines, path, json_hint="a transcript holds one JSON record per line; the other lines were read"
+    )
 
 
 def sniff(lines: Iterable[bytes]) -> tuple[str | None, Iterator[bytes]]:
