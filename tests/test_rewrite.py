@@ -13,7 +13,7 @@ from conftest import DATA, memp
 from llm_server import LLMServer, serve
 
 from memp_cli.backends import llm
-from memp_cli.build.runner import memory_id
+from memp_cli.build.policies import memory_id
 from memp_cli.ingest import parse_record
 from memp_cli.model.memory import Memory, Provenance, memory_from_toml, write_memory_file
 from memp_cli.model.tomlutil import update_toml

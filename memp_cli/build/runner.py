@@ -28,14 +28,13 @@ from typing import Any
 from memp_cli.build.policies import (
     BUILTIN_MODEL,
     BUILTIN_VERSION,
-    POLICIES,
     built_with,
-    memory_id,
     needs_rebuild,
     resolve_policy,
     script_memory,
     trajectory_memory,
 )
+from memp_cli.build.settled import Settled
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.index.state import built_stamps
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
@@ -249,21 +248,18 @@ def _plan(
     history = History(store)
     jobs: list[_Job] = []
 
+    settled = Settled(policy, model, prompt_version, only_success, existing, gone, known, stamps)
+
     def current(tid: str) -> bool:  # its memory is built, current and unchanged: counted unparsed
-        mid, k = memory_id(policy, tid), known.get(memory_id(policy, tid))
-        if k is None or mid in gone or mid not in existing or stamps.get(mid) != k[:2]:
-            return False
-        if needs_rebuild(k[2], policy, model, prompt_version):
+        if not settled.current(tid):
             return False
         report.total, report.skipped = report.total + 1, report.skipped + 1
         return True
 
-    for t in store.iter_trajectories(current if known else None):
+    # A segment of settled runs comes from the trajectory ledger, unparsed (outlines).
+    for t in store.iter_trajectories(current if known else None, settled=settled, record=not report.dry_run):
         report.total += 1
-        # One memory per run, whatever the policy: a run's memory built with another policy
-        # (an older store may hold one per policy; its own id is preferred) gets a new version.
-        ids = [memory_id(policy, t.id)] + [memory_id(p, t.id) for p in POLICIES if p != policy]
-        mid = next((m for m in ids if m in existing or m in gone), ids[0])
+        mid = settled.memory_of(t.id)  # one memory per run, whatever the policy
         version = 1
         if mid in gone:
             report.forgotten += 1

@@ -16,7 +16,6 @@ never need the lock and never see a half-written file.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import sys
 from collections import Counter
@@ -32,7 +31,7 @@ from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, val
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.model.memory import Memory, encode_memory_file, load_memory_file, now_iso, valid_id
 from memp_cli.model.trajectory import Trajectory
-from memp_cli.store import appendlog
+from memp_cli.store import appendlog, ledger
 from memp_cli.store.fsutil import (
     TMP_PREFIX,
     StoreLock,
@@ -41,6 +40,7 @@ from memp_cli.store.fsutil import (
     make_dirs,
     register_store,
 )
+from memp_cli.store.ledger import SettledFn
 from memp_cli.store.recovery import pending
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # the record parsers stay off the query path
 
 DEFAULT_STORE = ".memp"
 SAVE_THREADS = 8  # memory files written (and fsynced) at once by save_memories
-_SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
 
 
 @dataclass
@@ -170,7 +169,7 @@ class Store:
         for seg in self.segments():
             with open(seg, "rb") as f:
                 for line in f:
-                    m = _SEGMENT_ID.match(line)
+                    m = ledger.SEGMENT_ID.match(line)
                     if m:
                         ids.add(m.group(1).decode())
                     elif line.strip():
@@ -180,21 +179,24 @@ class Store:
                             continue
         return ids
 
-    def iter_trajectories(self, skip: Callable[[str], bool] | None = None) -> Iterator[Trajectory]:
-        """Every stored run, parsed; ``skip(id)`` true passes over a run without parsing it."""
+    def iter_trajectories(
+        self,
+        skip: Callable[[str], bool] | None = None,
+        *,
+        settled: SettledFn | None = None,
+        record: bool = True,
+    ) -> Iterator[Trajectory]:
+        """Every stored run, parsed; ``skip(id)`` true passes over a run without parsing it.
+        ``settled(id, success)`` (no side effect): a segment whose runs it all calls settled
+        may come from the trajectory ledger unparsed, as outlines (id and outcome only; see
+        :func:`memp_cli.store.ledger.runs`), and the segments read are entered in the ledger
+        (``record`` False: not, the ledger is left as it is)."""
+        if settled is not None:
+            yield from ledger.runs(self, skip, settled, record=record)
+            return
         for seg in self.segments():
             with open(seg, "rb") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    if skip is not None and (m := _SEGMENT_ID.match(line)) and skip(m.group(1).decode()):
-                        continue
-                    try:
-                        yield Trajectory.from_stored(orjson.loads(line))
-                    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-                        raise StoreError(
-                            f"{seg}:{lineno}: damaged trajectory record ({e})", hint="run `memp doctor`"
-                        ) from None
+                yield from ledger.read_segment(seg, f, skip)
 
     def ingest(
         self, results: Iterable[ReadResult], *, strict: bool = False, redact: bool = True

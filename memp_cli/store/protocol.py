@@ -65,7 +65,13 @@ class MemoryStore(Protocol):
     # trajectories
     def ingest(self, results: Iterable[ReadResult], *, strict: bool = False) -> IngestReport: ...
 
-    def iter_trajectories(self, skip: Callable[[str], bool] | None = None) -> Iterator[Trajectory]: ...
+    def iter_trajectories(
+        self,
+        skip: Callable[[str], bool] | None = None,
+        *,
+        settled: Callable[[str, bool | None], bool] | None = None,
+        record: bool = True,
+    ) -> Iterator[Trajectory]: ...
 
     # memories
     def memory_ids(self) -> list[str]: ...

@@ -1,0 +1,78 @@
+"""Which stored runs distill's plan settles without their content (:mod:`memp_cli.build.runner`).
+
+A run is *settled* when the plan will not build it whatever its task and steps: its memory is
+forgotten (in the trash, or deleted by hand), it is left out by ``only_success`` (a failed run,
+or one of unknown outcome), or its memory is current (built with this policy, model and prompt
+version as the index saw it, and its file unchanged since). The plan then needs only the run's
+id and outcome, which the trajectory ledger (:mod:`memp_cli.store.ledger`) has: a segment of
+settled runs is not parsed. Anything else (a memory the index does not know, edited or broken,
+built with another model...) is not settled, and its segment is read as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from memp_cli.build.policies import POLICIES, memory_id, needs_rebuild
+
+OWN_CACHE = 1 << 18  # ids remembered at most (a segment's worth, about 30 MB)
+Stamps = Mapping[str, tuple[int, int]]
+Known = Mapping[str, tuple[int, int, tuple[str, str, str]]]
+
+
+class Settled:
+    def __init__(
+        self,
+        policy: str,
+        model: str,
+        prompt_version: str,
+        only_success: bool,
+        existing: Collection[str],
+        gone: Collection[str],
+        known: Known,
+        stamps: Stamps,
+    ) -> None:
+        self.policy, self.model, self.prompt_version = policy, model, prompt_version
+        self.only_success = only_success
+        self.existing, self.gone, self.known, self.stamps = existing, gone, known, stamps
+        self.others = [p for p in POLICIES if p != policy]
+        self._own: dict[str, str] = {}  # run -> its memory id under this policy (a sha256 each)
+
+    def own(self, tid: str) -> str:
+        """``memory_id(policy, tid)``, remembered: the plan asks it of a run up to four times."""
+        mid = self._own.get(tid)
+        if mid is None:
+            if len(self._own) >= OWN_CACHE:
+                self._own.clear()
+            mid = self._own[tid] = memory_id(self.policy, tid)
+        return mid
+
+    def memory_of(self, tid: str) -> str:
+        """The run's memory: one per run, whatever the policy. A memory of it built with
+        another policy (an older store may hold one per policy; this policy's id is preferred)
+        is the one to keep (it gets a new version)."""
+        own = self.own(tid)
+        if own in self.existing or own in self.gone:
+            return own
+        for p in self.others:
+            mid = memory_id(p, tid)
+            if mid in self.existing or mid in self.gone:
+                return mid
+        return own
+
+    def current(self, tid: str) -> bool:
+        """The run's memory under this policy is built, current and unchanged (the index says)."""
+        return self._current(self.own(tid))
+
+    def _current(self, mid: str) -> bool:
+        k = self.known.get(mid)
+        if k is None or mid in self.gone or mid not in self.existing or self.stamps.get(mid) != k[:2]:
+            return False
+        return not needs_rebuild(k[2], self.policy, self.model, self.prompt_version)
+
+    def __call__(self, tid: str, success: bool | None) -> bool:
+        """Whether the plan builds nothing of this run, whatever its content."""
+        if self.only_success and success is not True:
+            return True  # filtered, or (already built) skipped, kept or forgotten
+        mid = self.memory_of(tid)
+        return mid in self.gone or self._current(mid)

@@ -1,0 +1,242 @@
+"""The trajectory ledger, ``cache/trajectories.json``: what each segment holds (its runs' ids and
+outcomes, in order), so that what needs no more than those (distill's plan, ``memp stats``)
+does not parse a segment it has seen.
+
+A segment is written once by ingest and never changed in place (scrub replaces it by an atomic
+rename, a new file). An entry names a segment and the ``(size, mtime_ns, inode, ctime_ns)`` it
+had when it was read, and is used only while the segment still has exactly that stat (no tool
+sets a ctime: a segment rewritten in place with its size and mtime put back is read again).
+
+Derived data, never needed: a missing, damaged or foreign ledger (a link, not a regular file,
+too large, another format) is ignored and rebuilt from the segments; a write that fails is
+skipped. It holds no trajectory content (ids are content hashes, outcomes one letter), so a
+secret that reached a segment never reaches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from memp_cli.errors import StoreError
+from memp_cli.model.trajectory import Trajectory
+from memp_cli.store.fsutil import atomic_write, check_no_links
+
+if TYPE_CHECKING:
+    from memp_cli.store import Store
+
+LEDGER_NAME = "trajectories.json"
+LEDGER_VERSION = 1
+MAX_LEDGER_BYTES = 1 << 30  # ~40 bytes a run: far more than any store holds
+SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
+_CODES = {"s": True, "f": False, "u": None}
+OUTCOME_NAMES = {True: "success", False: "failure", None: "unknown"}
+
+SkipFn = Callable[[str], bool]
+SettledFn = Callable[[str, "bool | None"], bool]
+Stat = tuple[int, int, int, int]
+
+
+def _code(success: Any) -> str | None:
+    """The ledger's letter for an outcome; None for a value that is none of True, False, None
+    (such a segment is not entered: its runs are parsed every time, as they were)."""
+    return "s" if success is True else "f" if success is False else "u" if success is None else None
+
+
+def _stat(st: os.stat_result) -> Stat:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+@dataclass
+class Entry:
+    stat: Stat
+    ids: list[str]
+    codes: str  # one of "sfu" per run
+
+
+@dataclass
+class _Rows:
+    """The runs of a segment as it is read; ``ok`` False once one cannot be entered."""
+
+    ids: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def add(self, t: Trajectory) -> None:
+        code = _code(t.success)
+        if code is None or not isinstance(t.id, str):
+            self.ok = False
+        else:
+            self.ids.append(t.id)
+            self.codes.append(code)
+
+    def add_line(self, line: bytes) -> None:
+        """A run the reader passes over unparsed: parsed here (as it would be) to enter it."""
+        try:
+            self.add(Trajectory.from_stored(orjson.loads(line)))
+        except Exception:  # any run that does not parse keeps its segment out of the ledger
+            self.ok = False
+
+
+def read_segment(
+    seg: Path, f: IO[bytes], skip: SkipFn | None = None, rows: _Rows | None = None
+) -> Iterator[Trajectory]:
+    """The runs of one open segment, parsed (``skip(id)`` true: passed over unparsed); a damaged
+    line raises StoreError naming it. ``rows`` gets every run's id and outcome."""
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        if skip is not None and (m := SEGMENT_ID.match(line)) and skip(m.group(1).decode()):
+            if rows is not None and rows.ok:
+                rows.add_line(line)
+            continue
+        try:
+            t = Trajectory.from_stored(orjson.loads(line))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            raise StoreError(
+                f"{seg}:{lineno}: damaged trajectory record ({e})", hint="run `memp doctor`"
+            ) from None
+        if rows is not None:
+            rows.add(t)
+        yield t
+
+
+class Ledger:
+    """The ledger of one store, read once; :meth:`save` writes it back if it changed."""
+
+    def __init__(self, store: Store) -> None:
+        self.path = store.cache_dir / LEDGER_NAME
+        self.entries, self.changed = _load(self.path)
+        self.seen: set[str] = set()
+
+    def entry(self, seg: Path) -> Entry | None:
+        """The segment's entry while its stat is the one entered, else None."""
+        self.seen.add(seg.name)
+        e = self.entries.get(seg.name)
+        if e is None:
+            return None
+        try:
+            if _stat(os.stat(seg)) == e.stat:
+                return e
+        except OSError:
+            pass
+        del self.entries[seg.name]
+        self.changed = True
+        return None
+
+    def read(self, seg: Path, skip: SkipFn | None = None) -> Iterator[Trajectory]:
+        """The segment's runs, parsed as :meth:`Store.iter_trajectories` does; once all are
+        read (and the segment did not change meanwhile), entered."""
+        rows = _Rows()
+        with open(seg, "rb") as f:
+            before = _stat(os.fstat(f.fileno()))
+            yield from read_segment(seg, f, skip, rows)
+            if rows.ok and _stat(os.fstat(f.fileno())) == before:
+                self.entries[seg.name] = Entry(before, rows.ids, "".join(rows.codes))
+                self.changed = True
+
+    def save(self) -> None:
+        """Write the entries of the segments seen (best effort: the ledger is never needed)."""
+        for name in set(self.entries) - self.seen:
+            del self.entries[name]
+            self.changed = True
+        if not self.changed:
+            return
+        data = {
+            "ledger_version": LEDGER_VERSION,
+            "segments": {n: [list(e.stat), e.ids, e.codes] for n, e in sorted(self.entries.items())},
+        }
+        with contextlib.suppress(OSError, StoreError):
+            atomic_write(self.path, orjson.dumps(data), durable=False)
+            self.changed = False
+
+
+def _load(path: Path) -> tuple[dict[str, Entry], bool]:
+    """The entries, and whether the file must be written again (damaged: True; none: False)."""
+    try:
+        check_no_links(path, last=False)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return {}, False
+    except OSError:
+        return {}, True  # a link (ELOOP), no permission...: ignored; a save replaces it
+    except StoreError:
+        return {}, False  # a link among its directories: never read, never written
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_LEDGER_BYTES:
+            return {}, True
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read()
+    except OSError:
+        return {}, True
+    finally:
+        os.close(fd)
+    try:
+        d = orjson.loads(raw)
+        if d["ledger_version"] != LEDGER_VERSION:
+            return {}, True
+        entries: dict[str, Entry] = {}
+        for name, (st_list, ids, codes) in d["segments"].items():
+            if not (
+                isinstance(st_list, list)
+                and len(st_list) == 4
+                and all(type(x) is int for x in st_list)
+                and isinstance(ids, list)
+                and isinstance(codes, str)
+                and len(ids) == len(codes)
+                and not codes.strip("sfu")
+                and all(type(x) is str for x in ids)
+            ):
+                return {}, True
+            entries[name] = Entry((st_list[0], st_list[1], st_list[2], st_list[3]), ids, codes)
+        return entries, False
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return {}, True
+
+
+def runs(
+    store: Store, skip: SkipFn | None, settled: SettledFn, *, record: bool = True
+) -> Iterator[Trajectory]:
+    """:meth:`Store.iter_trajectories` for a caller that needs only the id and outcome of a run
+    ``settled(id, success)`` calls settled (that call has no effect: it may be made for every
+    run of a segment before any is yielded): a segment the ledger knows whose every run is
+    settled is not parsed, its runs come as outlines (:class:`Trajectory` with the id and the
+    outcome, no task and no steps), ``skip(id)`` called for each. Every other segment is
+    parsed as before (and entered, unless ``record`` is False: then nothing is written)."""
+    ledger = Ledger(store)
+    for seg in store.segments():
+        e = ledger.entry(seg)
+        if e is not None and all(settled(tid, _CODES[c]) for tid, c in zip(e.ids, e.codes, strict=True)):
+            for tid, c in zip(e.ids, e.codes, strict=True):
+                if skip is None or not skip(tid):
+                    yield Trajectory(task="", steps=[], success=_CODES[c], id=tid)
+            continue
+        yield from ledger.read(seg, skip)
+    if record:
+        ledger.save()
+
+
+def outcome_counts(store: Store) -> Counter[str]:
+    """Runs by outcome ("success", "failure", "unknown", in the order first met), every stored
+    run counted: from the ledger, and the segments it does not know parsed (and entered)."""
+    out: Counter[str] = Counter()
+    ledger = Ledger(store)
+    names = {c: OUTCOME_NAMES[v] for c, v in _CODES.items()}
+    for seg in store.segments():
+        e = ledger.entry(seg)
+        if e is not None:
+            out.update(map(names.__getitem__, e.codes))
+        else:
+            out.update(OUTCOME_NAMES[t.success] for t in ledger.read(seg))
+    ledger.save()
+    return out
