@@ -9,7 +9,9 @@ from typing import Any
 
 from memp_cli import index as index_mod
 from memp_cli.errors import MemoryFileError, StoreError
+from memp_cli.model.memory import load_memory_file, valid_id
 from memp_cli.store import Store
+from memp_cli.store.ledger import outcome_counts
 
 
 def disk_usage(path: Path) -> int:
@@ -24,18 +26,7 @@ def disk_usage(path: Path) -> int:
 
 
 def store_stats(store: Store) -> dict[str, Any]:
-    outcomes: Counter[str] = Counter()
-    n_traj = 0
-    for t in store.iter_trajectories():
-        n_traj += 1
-        outcomes[{True: "success", False: "failure", None: "unknown"}[t.success]] += 1
-    kinds: Counter[str] = Counter()
-    broken = 0
-    for m in store.iter_memories():
-        if isinstance(m, MemoryFileError):
-            broken += 1
-        else:
-            kinds[m.kind] += 1
+    outcomes = outcome_counts(store)  # from the trajectory ledger; new segments parsed
     index_problem = None
     try:
         state = index_mod.read_state(store)
@@ -43,9 +34,10 @@ def store_stats(store: Store) -> dict[str, Any]:
     except StoreError as e:  # stats describes the store; a damaged or old index is one fact among others
         state, fresh = None, False
         index_problem = str(e).splitlines()[0]
+    kinds, broken = memory_kinds(store, state if fresh else None)
     return {
         "store": str(store.root),
-        "trajectories": n_traj,
+        "trajectories": sum(outcomes.values()),
         "outcomes": dict(outcomes),
         "memories": sum(kinds.values()),
         "kinds": dict(kinds),
@@ -65,3 +57,23 @@ def store_stats(store: Store) -> dict[str, Any]:
         },
         "segments": len(store.segments()),
     }
+
+
+def memory_kinds(store: Store, state: index_mod.State | None) -> tuple[Counter[str], int]:
+    """Memories by kind (in the order of their sorted ids) and the number of broken memory
+    files: from a fresh index's ``state`` when it names every memory file, else by reading
+    each file."""
+    ids = store.memory_ids()
+    if state is not None:
+        rows = sorted((mid, kind) for mid, kind in zip(state.ids, state.kinds, strict=True) if valid_id(mid))
+        broken = sum(map(valid_id, state.broken))
+        if len(rows) + broken == len(ids):  # else a file the index does not count (a dangling link)
+            return Counter(kind for _, kind in rows), broken
+    kinds: Counter[str] = Counter()
+    broken = 0
+    for mid in ids:
+        try:
+            kinds[load_memory_file(store.memories_dir / f"{mid}.toml").kind] += 1
+        except MemoryFileError:
+            broken += 1
+    return kinds, broken
