@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import DATA, memp
 
+from memp_cli import index as index_mod
 from memp_cli.errors import MemoryFileError
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import Store
@@ -113,9 +114,10 @@ def test_a_memory_file_the_index_does_not_count_means_the_slow_path(
 ) -> None:
     """A dangling link named like a memory: the index's scan passes over it, stats counts it
     broken (as it always did)."""
-    memp("index", "sync")
     (built / "memories" / "mdangling0001.toml").symlink_to(built / "nowhere.toml")
+    memp("index", "sync")
     st = _stats(built)
+    assert st["index"]["fresh"] is True
     _same(built, st)
     assert st["broken_memory_files"] == 1
 
@@ -144,3 +146,24 @@ def test_a_segment_changed_after_the_ledger_is_read_again(built: Path) -> None:
     got = _stats(built)
     _same(built, got)
     assert got["outcomes"]["unknown"] == 1
+
+
+def test_kinds_in_the_order_of_the_sorted_ids_whatever_the_index_order(built: Path) -> None:
+    memp("distill", "--policy", "script", "--limit", "3", "--replace-edits")
+    store = Store.open(built)
+    kinds = {m.id: m.kind for m in store.iter_memories() if not isinstance(m, MemoryFileError)}
+    first_script = min(m for m, k in kinds.items() if k == "script")
+    for mid in [m for m, k in kinds.items() if k == "trajectory" and m < first_script]:
+        (built / "memories" / f"{mid}.toml").unlink()  # sorted, the first kind is script...
+    last = max(kinds)
+    if kinds[last] == "script":
+        (built / "memories" / f"{last}.toml").unlink()  # ...and the last one trajectory
+    memp("index", "sync")
+    state = index_mod.read_state(store)
+    assert state is not None and index_mod.is_fresh(store, state)
+    slow = stats_mod.memory_kinds(store, None)
+    for order in (state.ids, state.ids[::-1]):
+        rows = dict(zip(state.ids, state.kinds, strict=True))
+        state.ids, state.kinds = list(order), [rows[m] for m in order]
+        fast = stats_mod.memory_kinds(store, state)
+        assert fast == slow and list(fast[0]) == list(slow[0]) == ["script", "trajectory"]
