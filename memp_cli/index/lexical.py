@@ -191,6 +191,7 @@ class LexicalIndex:
         # postings again (most of a query's time at 100k memories). Arrays are made read-only.
         self._recent_terms: dict[str, dict[int, int]] = {}
         self._recent_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._best: dict[int, float] = {}  # term id -> its largest weight (see _bound)
         self.avgdl = float(avgdl)
         self.k1 = float(k1)
         self.b = float(b)
@@ -472,67 +473,129 @@ class LexicalIndex:
         (read-only arrays: the last few queries' are remembered)."""
         return _remembered(self._recent_scores, query, self._score_postings)
 
-    def _score_postings(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        terms = self._query_terms(query)
-        if not terms:
-            return _empty()
+    def _weights(self, tid: int, qtf: int, sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Term ``tid``'s postings (document positions, or those at ``sel`` within its postings)
+        and their BM25 weights (float64): the one formula of every scoring path, so each gives
+        bit-identical weights."""
+        start, end = int(self._indptr[tid]), int(self._indptr[tid + 1])
+        idx, tf32 = self._doc_idx[start:end], self._tf[start:end]
+        if sel is not None:
+            idx, tf32 = idx[sel], tf32[sel]
         k1, b = self.k1, self.b
         avgdl = self.avgdl if self.avgdl > 0 else 1.0
+        tf = tf32.astype(np.float64)
+        norm = self._doclen[idx].astype(np.float64)
+        norm *= k1 * b / avgdl
+        norm += k1 * (1.0 - b)
+        norm += tf
+        w = tf * (qtf * self._idf(tid) * (k1 + 1.0))
+        w /= norm
+        return idx, w
+
+    def _score_postings(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        terms = self._query_terms(query)
         idx_parts: list[np.ndarray] = []
         w_parts: list[np.ndarray] = []
         for tid, qtf in terms.items():
-            start, end = int(self._indptr[tid]), int(self._indptr[tid + 1])
-            if end <= start:
-                continue
-            idx = self._doc_idx[start:end]
-            tf = self._tf[start:end].astype(np.float64)
-            norm = self._doclen[idx].astype(np.float64)
-            norm *= k1 * b / avgdl
-            norm += k1 * (1.0 - b)
-            norm += tf
-            w = tf * (qtf * self._idf(tid) * (k1 + 1.0))
-            w /= norm
-            idx_parts.append(idx)
-            w_parts.append(w)
+            if self._indptr[tid + 1] > self._indptr[tid]:
+                idx, w = self._weights(tid, qtf)
+                idx_parts.append(idx)
+                w_parts.append(w)
         if not idx_parts:
             return _empty()
         if len(idx_parts) == 1:
             pos, acc = idx_parts[0], w_parts[0]
         else:
-            all_idx = np.concatenate(idx_parts)
-            all_w = np.concatenate(w_parts)
-            n = len(self)
-            if all_idx.shape[0] * 8 < n:  # few postings: sort them rather than touch every doc
-                pos, inv = np.unique(all_idx, return_inverse=True)
-                acc = np.bincount(inv, weights=all_w, minlength=pos.shape[0])
-            else:
-                dense = np.bincount(all_idx, weights=all_w, minlength=n)
-                pos = np.flatnonzero(dense)  # every contribution is > 0
-                acc = dense[pos]
+            pos, acc = _accumulate(np.concatenate(idx_parts), np.concatenate(w_parts), len(self))
         out_labels = self._labels[pos].astype(np.int64)  # a copy: frozen below, not the index's
         out_scores = acc.astype(np.float32)
         out_labels.flags.writeable = out_scores.flags.writeable = False
         return out_labels, out_scores
 
+    def _exact(self, terms: dict[int, int], pos: np.ndarray) -> np.ndarray:
+        """BM25 (float64) of the documents at positions ``pos`` (ascending, distinct), each
+        term's weight looked up in its sorted postings and added in the query's term order, as
+        :meth:`scores` adds them: the same float64 sums, so the same float32 scores."""
+        acc = np.zeros(pos.shape[0], dtype=np.float64)
+        if pos.shape[0] == 0:
+            return acc
+        for tid, qtf in terms.items():
+            at, found = self._lookup(tid, pos)
+            if found.any():
+                acc[found] += self._weights(tid, qtf, at[found])[1]
+        return acc
+
+    def _lookup(self, tid: int, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of ``pos`` is in term ``tid``'s postings (offsets within them), and
+        whether it is there at all."""
+        start, end = int(self._indptr[tid]), int(self._indptr[tid + 1])
+        post = self._doc_idx[start:end]
+        if end <= start:
+            return np.zeros(pos.shape[0], dtype=np.int64), np.zeros(pos.shape[0], dtype=bool)
+        at = np.minimum(np.searchsorted(post, pos), end - start - 1)
+        return at, post[at] == pos
+
+    def _bound(self, tid: int, qtf: int) -> float:
+        """The largest weight term ``tid`` gives a document, for ``qtf`` occurrences in the
+        query (weights are linear in ``qtf``; the one-occurrence maximum is remembered per term)."""
+        best = self._best.get(tid)
+        if best is None:
+            best = self._best[tid] = float(self._weights(tid, 1)[1].max())
+        return best * qtf
+
     def score_labels(self, query: str, labels: np.ndarray) -> np.ndarray:
-        """BM25 (float32) of ``query`` for each of ``labels``; 0 for no shared term or unknown label."""
+        """BM25 (float32) of ``query`` for each of ``labels``; 0 for no shared term or unknown
+        label. The same scores as :meth:`scores`, looked up per term: no posting list is walked."""
         want = np.asarray(labels, dtype=np.int64).ravel()
         out = np.zeros(want.shape[0], dtype=np.float32)
-        hit_labels, hit_scores = self.scores(query)
-        if hit_labels.shape[0] == 0 or want.shape[0] == 0:
+        terms = self._query_terms(query)
+        n = len(self)
+        if not terms or want.shape[0] == 0 or n == 0:
             return out
-        at = np.searchsorted(hit_labels, want)
-        at_clipped = np.minimum(at, hit_labels.shape[0] - 1)
-        found = hit_labels[at_clipped] == want
-        out[found] = hit_scores[at_clipped[found]]
+        at = np.minimum(np.searchsorted(self._labels, want), n - 1)
+        known = self._labels[at] == want
+        pos, inv = np.unique(at[known], return_inverse=True)
+        out[known] = self._exact(terms, pos.astype(np.int32)).astype(np.float32)[inv.ravel()]
         return out
 
     def top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``k`` ``(labels, scores)``, by score descending then label ascending."""
-        labels, sc = self.scores(query)
-        m = sc.shape[0]
-        if k <= 0 or m == 0:
+        """The best ``k`` ``(labels, scores)``, by score descending then label ascending: the
+        head of :meth:`scores` in that order, found without scoring every posting (MaxScore).
+
+        Terms go by descending bound (the largest weight each gives a document). Once ``k``
+        documents have a partial score above what the terms left could add up to, no document
+        unseen so far can reach the top ``k``; the candidates then get the other terms' weights
+        by lookup, those that can no longer reach the k-th partial score are dropped as they
+        go, and the survivors are scored exactly as :meth:`scores` scores them."""
+        terms = {t: q for t, q in self._query_terms(query).items() if self._indptr[t + 1] > self._indptr[t]}
+        if k <= 0 or not terms:
             return _empty()
+        n = len(self)
+        plan = sorted(((self._bound(t, q), t, q) for t, q in terms.items()), reverse=True)
+        rest = [*np.cumsum([p[0] for p in plan][::-1])[::-1].tolist(), 0.0]  # bound of terms i..
+        pos = np.empty(0, dtype=np.int64)
+        part = np.empty(0, dtype=np.float64)
+        i = 0
+        while i < len(plan):  # the terms an unseen document may need to reach the top k
+            if pos.shape[0] >= k and rest[i] * _UP < _kth(part, k) * _DOWN:
+                break
+            idx, w = self._weights(plan[i][1], plan[i][2])
+            if i:
+                idx, w = _accumulate(np.concatenate([pos, idx]), np.concatenate([part, w]), n)
+            pos, part = idx, w
+            i += 1
+        keep = (part + rest[i]) * _UP >= _kth(part, k) * _DOWN
+        pos, part = pos[keep], part[keep]
+        for j in range(i, len(plan)):  # the others: only the candidates' weights, by lookup
+            tid, qtf = plan[j][1], plan[j][2]
+            at, found = self._lookup(tid, pos)
+            if found.any():
+                part[found] += self._weights(tid, qtf, at[found])[1]
+            keep = (part + rest[j + 1]) * _UP >= _kth(part, k) * _DOWN
+            pos, part = pos[keep], part[keep]
+        sc = self._exact(terms, pos).astype(np.float32)
+        labels = self._labels[pos].astype(np.int64)
+        m = sc.shape[0]
         if k < m:
             kth = np.partition(sc, m - k)[m - k]  # the k-th largest score
             cand = np.flatnonzero(sc >= kth)  # includes every tie at the boundary
@@ -554,6 +617,29 @@ class LexicalIndex:
         if float(up) < bound:
             up = np.nextafter(up, np.float32(np.inf))
         return float(up)
+
+
+# Relative slack of the MaxScore comparisons in :meth:`LexicalIndex.top`: a document is set aside
+# only when its best possible score is below the threshold by more than float64 rounding and the
+# float32 rounding of the final scores could make up, so it cannot tie a top-k score either.
+_UP = 1.0 + 1e-6
+_DOWN = 1.0 - 1e-6
+
+
+def _kth(values: np.ndarray, k: int) -> float:
+    """The k-th largest of ``values`` (0.0 when there are fewer than k)."""
+    m = values.shape[0]
+    return float(np.partition(values, m - k)[m - k]) if m >= k else 0.0
+
+
+def _accumulate(idx: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct positions of ``idx`` (ascending) and the sum of ``w`` at each, in input order."""
+    if idx.shape[0] * 8 < n:  # few postings: sort them rather than touch every doc
+        pos, inv = np.unique(idx, return_inverse=True)
+        return pos, np.bincount(inv.ravel(), weights=w, minlength=pos.shape[0])
+    dense = np.bincount(idx, weights=w, minlength=n)
+    pos = np.flatnonzero(dense)  # every contribution is > 0
+    return pos, dense[pos]
 
 
 RECENT = 4  # queries remembered per index (a batch of queries is scored side by side)
