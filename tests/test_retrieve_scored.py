@@ -112,3 +112,26 @@ def test_scored_follows_the_formula(store: Path, exact: bool) -> None:
         keys = [(-row[1], -row[2], ids[row[0]]) for row in rows]
         assert keys == sorted(keys)
         assert any(a[:2] == b[:2] for a, b in itertools.pairwise(keys))
+
+
+def test_vectors_come_from_the_mapped_file_else_from_the_graph(store: Path) -> None:
+    """A retrieval reads the vectors of BM25-only candidates: rows of the mapped vectors file
+    even when the graph is loaded, and from the graph when that file cannot be read."""
+    st = _store(store)
+    emb = store_embedder(st)
+    index_mod.sync(st, emb)
+    idx = index_mod.load(st)
+    assert idx is not None and idx.hnsw_loaded and not idx.vectors_mapped
+    labels = [3, 170, 8]
+    got = idx.vectors(labels)
+    assert idx.vectors_mapped
+    np.testing.assert_array_equal(got, idx.vector_matrix()[labels])
+    assert idx.hnsw is not None
+    from_graph = np.asarray(idx.hnsw.get_items(labels), dtype=np.float32)
+    np.testing.assert_allclose(got, from_graph, atol=1e-6)
+    for path in st.index_dir.glob("vectors-*.npy"):
+        path.unlink()
+    idx = index_mod.load(st)
+    assert idx is not None
+    np.testing.assert_array_equal(idx.vectors(labels), from_graph)
+    assert not idx.vectors_mapped
