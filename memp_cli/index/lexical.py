@@ -535,6 +535,15 @@ class LexicalIndex:
         at = np.minimum(np.searchsorted(post, pos), end - start - 1)
         return at, post[at] == pos
 
+    def _add_terms(self, plan: list[tuple[float, int, int]], pos: np.ndarray, acc: np.ndarray) -> np.ndarray:
+        """Add to ``acc`` the weights of ``plan``'s terms (``(bound, term id, qtf)``) in the
+        documents at ``pos`` (ascending), looked up in their postings; returns ``acc``."""
+        for _, tid, qtf in plan:
+            at, found = self._lookup(tid, pos)
+            if found.any():
+                acc[found] += self._weights(tid, qtf, at[found])[1]
+        return acc
+
     def _bound(self, tid: int, qtf: int) -> float:
         """The largest weight term ``tid`` gives a document, for ``qtf`` occurrences in the
         query (weights are linear in ``qtf``; the one-occurrence maximum is remembered per term)."""
@@ -570,27 +579,32 @@ class LexicalIndex:
         terms = {t: q for t, q in self._query_terms(query).items() if self._indptr[t + 1] > self._indptr[t]}
         if k <= 0 or not terms:
             return _empty()
-        n = len(self)
         plan = sorted(((self._bound(t, q), t, q) for t, q in terms.items()), reverse=True)
         rest = [*np.cumsum([p[0] for p in plan][::-1])[::-1].tolist(), 0.0]  # bound of terms i..
         pos = np.empty(0, dtype=np.int64)
         part = np.empty(0, dtype=np.float64)
-        i = 0
+        i, done = 0, False  # done: part has every term's weight
         while i < len(plan):  # the terms an unseen document may need to reach the top k
-            if pos.shape[0] >= k and rest[i] * _UP < _kth(part, k) * _DOWN:
-                break
-            idx, w = self._weights(plan[i][1], plan[i][2])
+            tid, qtf = plan[i][1], plan[i][2]
+            if pos.shape[0] >= k:
+                if rest[i] * _UP < _kth(part, k) * _DOWN:
+                    break
+                # The candidates' whole scores set a higher threshold than their partial ones:
+                # worth their lookups in the other terms when that costs less than this term.
+                if pos.shape[0] * (len(plan) - i) < self._indptr[tid + 1] - self._indptr[tid]:
+                    full = self._add_terms(plan[i:], pos, part.copy())
+                    if rest[i] * _UP < _kth(full, k) * _DOWN:
+                        part, done = full, True
+                        break
+            idx, w = self._weights(tid, qtf)
             if i:
-                idx, w = _accumulate(np.concatenate([pos, idx]), np.concatenate([part, w]), n)
+                idx, w = _merge(pos, part, idx, w)
             pos, part = idx, w
             i += 1
-        keep = (part + rest[i]) * _UP >= _kth(part, k) * _DOWN
+        keep = (part + (0.0 if done else rest[i])) * _UP >= _kth(part, k) * _DOWN
         pos, part = pos[keep], part[keep]
-        for j in range(i, len(plan)):  # the others: only the candidates' weights, by lookup
-            tid, qtf = plan[j][1], plan[j][2]
-            at, found = self._lookup(tid, pos)
-            if found.any():
-                part[found] += self._weights(tid, qtf, at[found])[1]
+        for j in range(len(plan) if done else i, len(plan)):  # the others: candidates only
+            self._add_terms(plan[j : j + 1], pos, part)
             keep = (part + rest[j + 1]) * _UP >= _kth(part, k) * _DOWN
             pos, part = pos[keep], part[keep]
         sc = self._exact(terms, pos).astype(np.float32)
@@ -630,6 +644,18 @@ def _kth(values: np.ndarray, k: int) -> float:
     """The k-th largest of ``values`` (0.0 when there are fewer than k)."""
     m = values.shape[0]
     return float(np.partition(values, m - k)[m - k]) if m >= k else 0.0
+
+
+def _merge(
+    pos: np.ndarray, part: np.ndarray, idx: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two ascending position lists with their weights as one, the weights of a position in
+    both added: a stable sort of two sorted runs is a linear merge."""
+    allp = np.concatenate([pos, idx])
+    order = np.argsort(allp, kind="stable")
+    allp = allp[order]
+    starts = np.flatnonzero(np.r_[True, allp[1:] != allp[:-1]])
+    return allp[starts], np.add.reduceat(np.concatenate([part, w])[order], starts)
 
 
 def _accumulate(idx: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
