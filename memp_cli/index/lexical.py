@@ -66,6 +66,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 # Text to terms is words.py; its names stay importable from here (tests, benchmarks).
+from memp_cli.index.topk import accumulate, exact, survivors
 from memp_cli.index.words import _WORD_OR_NEWLINE as _WORD_OR_NEWLINE
 from memp_cli.index.words import STOPWORDS as STOPWORDS
 from memp_cli.index.words import _normalize as _normalize
@@ -192,6 +193,7 @@ class LexicalIndex:
         self._recent_terms: dict[str, dict[int, int]] = {}
         self._recent_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._best: dict[int, float] = {}  # term id -> its largest weight (see _bound)
+        self._idfs: dict[int, float] = {}  # term id -> idf
         self.avgdl = float(avgdl)
         self.k1 = float(k1)
         self.b = float(b)
@@ -465,8 +467,11 @@ class LexicalIndex:
         return {int(at[i]): qtf[i] for i in np.flatnonzero(found).tolist()}
 
     def _idf(self, tid: int) -> float:
-        idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
-        return idf if self.idf_power == 1.0 else idf**self.idf_power
+        idf = self._idfs.get(tid)  # remembered: a query asks for each term's several times
+        if idf is None:
+            idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
+            idf = self._idfs[tid] = idf if self.idf_power == 1.0 else idf**self.idf_power
+        return idf
 
     def scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, bm25)`` for every document sharing a term with ``query``, by label asc
@@ -506,43 +511,11 @@ class LexicalIndex:
         if len(idx_parts) == 1:
             pos, acc = idx_parts[0], w_parts[0]
         else:
-            pos, acc = _accumulate(np.concatenate(idx_parts), np.concatenate(w_parts), len(self))
+            pos, acc = accumulate(np.concatenate(idx_parts), np.concatenate(w_parts), len(self))
         out_labels = self._labels[pos].astype(np.int64)  # a copy: frozen below, not the index's
         out_scores = acc.astype(np.float32)
         out_labels.flags.writeable = out_scores.flags.writeable = False
         return out_labels, out_scores
-
-    def _exact(self, terms: dict[int, int], pos: np.ndarray) -> np.ndarray:
-        """BM25 (float64) of the documents at positions ``pos`` (ascending, distinct), each
-        term's weight looked up in its sorted postings and added in the query's term order, as
-        :meth:`scores` adds them: the same float64 sums, so the same float32 scores."""
-        acc = np.zeros(pos.shape[0], dtype=np.float64)
-        if pos.shape[0] == 0:
-            return acc
-        for tid, qtf in terms.items():
-            at, found = self._lookup(tid, pos)
-            if found.any():
-                acc[found] += self._weights(tid, qtf, at[found])[1]
-        return acc
-
-    def _lookup(self, tid: int, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each of ``pos`` is in term ``tid``'s postings (offsets within them), and
-        whether it is there at all."""
-        start, end = int(self._indptr[tid]), int(self._indptr[tid + 1])
-        post = self._doc_idx[start:end]
-        if end <= start:
-            return np.zeros(pos.shape[0], dtype=np.int64), np.zeros(pos.shape[0], dtype=bool)
-        at = np.minimum(np.searchsorted(post, pos), end - start - 1)
-        return at, post[at] == pos
-
-    def _add_terms(self, plan: list[tuple[float, int, int]], pos: np.ndarray, acc: np.ndarray) -> np.ndarray:
-        """Add to ``acc`` the weights of ``plan``'s terms (``(bound, term id, qtf)``) in the
-        documents at ``pos`` (ascending), looked up in their postings; returns ``acc``."""
-        for _, tid, qtf in plan:
-            at, found = self._lookup(tid, pos)
-            if found.any():
-                acc[found] += self._weights(tid, qtf, at[found])[1]
-        return acc
 
     def _bound(self, tid: int, qtf: int) -> float:
         """The largest weight term ``tid`` gives a document, for ``qtf`` occurrences in the
@@ -564,50 +537,18 @@ class LexicalIndex:
         at = np.minimum(np.searchsorted(self._labels, want), n - 1)
         known = self._labels[at] == want
         pos, inv = np.unique(at[known], return_inverse=True)
-        out[known] = self._exact(terms, pos.astype(np.int32)).astype(np.float32)[inv.ravel()]
+        out[known] = exact(self, terms, pos).astype(np.float32)[inv.ravel()]
         return out
 
     def top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` ``(labels, scores)``, by score descending then label ascending: the
-        head of :meth:`scores` in that order, found without scoring every posting (MaxScore).
-
-        Terms go by descending bound (the largest weight each gives a document). Once ``k``
-        documents have a partial score above what the terms left could add up to, no document
-        unseen so far can reach the top ``k``; the candidates then get the other terms' weights
-        by lookup, those that can no longer reach the k-th partial score are dropped as they
-        go, and the survivors are scored exactly as :meth:`scores` scores them."""
+        head of :meth:`scores` in that order, without scoring every posting (see
+        :mod:`memp_cli.index.topk`): the survivors are scored exactly as :meth:`scores` does."""
         terms = {t: q for t, q in self._query_terms(query).items() if self._indptr[t + 1] > self._indptr[t]}
         if k <= 0 or not terms:
             return _empty()
-        plan = sorted(((self._bound(t, q), t, q) for t, q in terms.items()), reverse=True)
-        rest = [*np.cumsum([p[0] for p in plan][::-1])[::-1].tolist(), 0.0]  # bound of terms i..
-        pos = np.empty(0, dtype=np.int64)
-        part = np.empty(0, dtype=np.float64)
-        i, done = 0, False  # done: part has every term's weight
-        while i < len(plan):  # the terms an unseen document may need to reach the top k
-            tid, qtf = plan[i][1], plan[i][2]
-            if pos.shape[0] >= k:
-                if rest[i] * _UP < _kth(part, k) * _DOWN:
-                    break
-                # The candidates' whole scores set a higher threshold than their partial ones:
-                # worth their lookups in the other terms when that costs less than this term.
-                if pos.shape[0] * (len(plan) - i) < self._indptr[tid + 1] - self._indptr[tid]:
-                    full = self._add_terms(plan[i:], pos, part.copy())
-                    if rest[i] * _UP < _kth(full, k) * _DOWN:
-                        part, done = full, True
-                        break
-            idx, w = self._weights(tid, qtf)
-            if i:
-                idx, w = _merge(pos, part, idx, w)
-            pos, part = idx, w
-            i += 1
-        keep = (part + (0.0 if done else rest[i])) * _UP >= _kth(part, k) * _DOWN
-        pos, part = pos[keep], part[keep]
-        for j in range(len(plan) if done else i, len(plan)):  # the others: candidates only
-            self._add_terms(plan[j : j + 1], pos, part)
-            keep = (part + rest[j + 1]) * _UP >= _kth(part, k) * _DOWN
-            pos, part = pos[keep], part[keep]
-        sc = self._exact(terms, pos).astype(np.float32)
+        pos = survivors(self, terms, k)
+        sc = exact(self, terms, pos).astype(np.float32)
         labels = self._labels[pos].astype(np.int64)
         m = sc.shape[0]
         if k < m:
@@ -631,41 +572,6 @@ class LexicalIndex:
         if float(up) < bound:
             up = np.nextafter(up, np.float32(np.inf))
         return float(up)
-
-
-# Relative slack of the MaxScore comparisons in :meth:`LexicalIndex.top`: a document is set aside
-# only when its best possible score is below the threshold by more than float64 rounding and the
-# float32 rounding of the final scores could make up, so it cannot tie a top-k score either.
-_UP = 1.0 + 1e-6
-_DOWN = 1.0 - 1e-6
-
-
-def _kth(values: np.ndarray, k: int) -> float:
-    """The k-th largest of ``values`` (0.0 when there are fewer than k)."""
-    m = values.shape[0]
-    return float(np.partition(values, m - k)[m - k]) if m >= k else 0.0
-
-
-def _merge(
-    pos: np.ndarray, part: np.ndarray, idx: np.ndarray, w: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two ascending position lists with their weights as one, the weights of a position in
-    both added: a stable sort of two sorted runs is a linear merge."""
-    allp = np.concatenate([pos, idx])
-    order = np.argsort(allp, kind="stable")
-    allp = allp[order]
-    starts = np.flatnonzero(np.r_[True, allp[1:] != allp[:-1]])
-    return allp[starts], np.add.reduceat(np.concatenate([part, w])[order], starts)
-
-
-def _accumulate(idx: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct positions of ``idx`` (ascending) and the sum of ``w`` at each, in input order."""
-    if idx.shape[0] * 8 < n:  # few postings: sort them rather than touch every doc
-        pos, inv = np.unique(idx, return_inverse=True)
-        return pos, np.bincount(inv.ravel(), weights=w, minlength=pos.shape[0])
-    dense = np.bincount(idx, weights=w, minlength=n)
-    pos = np.flatnonzero(dense)  # every contribution is > 0
-    return pos, dense[pos]
 
 
 RECENT = 4  # queries remembered per index (a batch of queries is scored side by side)
