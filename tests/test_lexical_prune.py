@@ -3,11 +3,14 @@ the same labels, the same float32 scores, the same tie order, on random indexes.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from memp_cli.index import topk
 from memp_cli.index.lexical import LexicalIndex
 
 # A skewed vocabulary: w0 is in most documents, w11 in few, so the pruning has work to do.
@@ -60,10 +63,12 @@ def test_top_and_score_labels_equal_full_scoring(
     for query in queries:
         for k in ks:
             want_labels, want_scores = _reference(ix, query, k)
-            got_labels, got_scores = ix.top(query, k)
-            assert got_labels.tolist() == want_labels
-            assert got_labels.dtype == np.int64 and got_scores.dtype == np.float32
-            np.testing.assert_array_equal(got_scores, want_scores)
+            for cost in (topk._LOOKUP_COST, 0):  # 0: whole scores of the best few every time
+                with mock.patch.object(topk, "_LOOKUP_COST", cost):
+                    got_labels, got_scores = ix.top(query, k)
+                assert got_labels.tolist() == want_labels
+                assert got_labels.dtype == np.int64 and got_scores.dtype == np.float32
+                np.testing.assert_array_equal(got_scores, want_scores)
         labels, scores = ix.scores(query)
         by_label = dict(zip(labels.tolist(), scores.tolist(), strict=True))
         got = ix.score_labels(query, probe)

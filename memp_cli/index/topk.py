@@ -6,8 +6,9 @@ have posting lists of 10-60% of the documents; scoring them all was most of a qu
 gives a document). Once ``k`` documents have a score above what the terms left could add up
 to, no document unseen so far can reach the top ``k``: the candidates get the other terms'
 weights by lookup in their sorted postings, and those that can no longer reach the k-th best
-partial score are dropped as they go. The candidates' whole scores (their other terms by lookup)
-raise that threshold sooner when the lookups cost less than the next term's postings.
+partial score are dropped as they go. The whole scores of the best few candidates (their other
+terms by lookup) raise that threshold sooner: any k documents' whole scores bound the k-th best
+from below.
 :meth:`LexicalIndex.top` scores the survivors exactly as :meth:`LexicalIndex.scores` does, so the
 result is the same labels, scores and tie order.
 """
@@ -31,29 +32,31 @@ def survivors(ix: LexicalIndex, terms: dict[int, int], k: int) -> np.ndarray:
     rest = [*np.cumsum([p[0] for p in plan][::-1])[::-1].tolist(), 0.0]  # bound of terms i..
     pos = np.empty(0, dtype=ix._doc_idx.dtype)
     part = np.empty(0, dtype=np.float64)
-    i, done = 0, False  # done: part has every term's weight
+    floor = 0.0  # a k-th best whole score among some candidates: the k-th best is no lower
+    i = 0
     while i < len(plan):  # the terms an unseen document may need to reach the top k
-        tid, qtf = plan[i][1], plan[i][2]
         if pos.shape[0] >= k:
-            if rest[i] * _UP < kth(part, k) * _DOWN:
+            if rest[i] * _UP < max(kth(part, k), floor) * _DOWN:
                 break
-            # The candidates' whole scores set a higher threshold than their partial ones:
-            # worth their lookups in the other terms when that costs less than this term.
-            if pos.shape[0] * (len(plan) - i) < ix._indptr[tid + 1] - ix._indptr[tid]:
-                full = add_terms(ix, plan[i:], pos, part.copy())
-                if rest[i] * _UP < kth(full, k) * _DOWN:
-                    part, done = full, True
+            # The whole scores of the best few candidates (their other terms by lookup) set a
+            # higher threshold than partial scores do; worth it before a long posting list.
+            tid = plan[i][1]
+            if ix._indptr[tid + 1] - ix._indptr[tid] > _LOOKUP_COST * (len(plan) - i):
+                few = np.sort(np.argpartition(-part, 2 * k - 1)[: 2 * k]) if pos.shape[0] > 2 * k else None
+                sub_pos, sub_part = (pos, part.copy()) if few is None else (pos[few], part[few])
+                floor = max(floor, kth(add_terms(ix, plan[i:], sub_pos, sub_part), k))
+                if rest[i] * _UP < floor * _DOWN:
                     break
-        idx, w = ix._weights(tid, qtf)
+        idx, w = ix._weights(plan[i][1], plan[i][2])
         if i:
             idx, w = merge(pos, part, idx, w)
         pos, part = idx, w
         i += 1
-    keep = (part + (0.0 if done else rest[i])) * _UP >= kth(part, k) * _DOWN
+    keep = (part + rest[i]) * _UP >= max(kth(part, k), floor) * _DOWN
     pos, part = pos[keep], part[keep]
-    for j in range(len(plan) if done else i, len(plan)):  # the others: candidates only
+    for j in range(i, len(plan)):  # the others: the candidates' weights only, by lookup
         add_terms(ix, plan[j : j + 1], pos, part)
-        keep = (part + rest[j + 1]) * _UP >= kth(part, k) * _DOWN
+        keep = (part + rest[j + 1]) * _UP >= max(kth(part, k), floor) * _DOWN
         pos, part = pos[keep], part[keep]
     return pos
 
@@ -92,6 +95,8 @@ def lookup(ix: LexicalIndex, tid: int, pos: np.ndarray) -> tuple[np.ndarray, np.
 # float32 rounding of the final scores could make up, so it cannot tie a top-k score either.
 _UP = 1.0 + 1e-6
 _DOWN = 1.0 - 1e-6
+# A lookup round per term costs about as much as merging this many postings.
+_LOOKUP_COST = 500
 
 
 def kth(values: np.ndarray, k: int) -> float:
