@@ -66,6 +66,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 # Text to terms is words.py; its names stay importable from here (tests, benchmarks).
+from memp_cli.index.topk import accumulate, exact, survivors
 from memp_cli.index.words import _WORD_OR_NEWLINE as _WORD_OR_NEWLINE
 from memp_cli.index.words import STOPWORDS as STOPWORDS
 from memp_cli.index.words import _normalize as _normalize
@@ -191,6 +192,8 @@ class LexicalIndex:
         # postings again (most of a query's time at 100k memories). Arrays are made read-only.
         self._recent_terms: dict[str, dict[int, int]] = {}
         self._recent_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._best: dict[int, float] = {}  # term id -> its largest weight (see _bound)
+        self._idfs: dict[int, float] = {}  # term id -> idf
         self.avgdl = float(avgdl)
         self.k1 = float(k1)
         self.b = float(b)
@@ -464,75 +467,90 @@ class LexicalIndex:
         return {int(at[i]): qtf[i] for i in np.flatnonzero(found).tolist()}
 
     def _idf(self, tid: int) -> float:
-        idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
-        return idf if self.idf_power == 1.0 else idf**self.idf_power
+        idf = self._idfs.get(tid)  # remembered: a query asks for each term's several times
+        if idf is None:
+            idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
+            idf = self._idfs[tid] = idf if self.idf_power == 1.0 else idf**self.idf_power
+        return idf
 
     def scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, bm25)`` for every document sharing a term with ``query``, by label asc
         (read-only arrays: the last few queries' are remembered)."""
         return _remembered(self._recent_scores, query, self._score_postings)
 
-    def _score_postings(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        terms = self._query_terms(query)
-        if not terms:
-            return _empty()
+    def _weights(self, tid: int, qtf: int, sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Term ``tid``'s postings (document positions, or those at ``sel`` within its postings)
+        and their BM25 weights (float64): the one formula of every scoring path, so each gives
+        bit-identical weights."""
+        start, end = int(self._indptr[tid]), int(self._indptr[tid + 1])
+        idx, tf32 = self._doc_idx[start:end], self._tf[start:end]
+        if sel is not None:
+            idx, tf32 = idx[sel], tf32[sel]
         k1, b = self.k1, self.b
         avgdl = self.avgdl if self.avgdl > 0 else 1.0
+        tf = tf32.astype(np.float64)
+        norm = self._doclen[idx].astype(np.float64)
+        norm *= k1 * b / avgdl
+        norm += k1 * (1.0 - b)
+        norm += tf
+        w = tf * (qtf * self._idf(tid) * (k1 + 1.0))
+        w /= norm
+        return idx, w
+
+    def _score_postings(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        terms = self._query_terms(query)
         idx_parts: list[np.ndarray] = []
         w_parts: list[np.ndarray] = []
         for tid, qtf in terms.items():
-            start, end = int(self._indptr[tid]), int(self._indptr[tid + 1])
-            if end <= start:
-                continue
-            idx = self._doc_idx[start:end]
-            tf = self._tf[start:end].astype(np.float64)
-            norm = self._doclen[idx].astype(np.float64)
-            norm *= k1 * b / avgdl
-            norm += k1 * (1.0 - b)
-            norm += tf
-            w = tf * (qtf * self._idf(tid) * (k1 + 1.0))
-            w /= norm
-            idx_parts.append(idx)
-            w_parts.append(w)
+            if self._indptr[tid + 1] > self._indptr[tid]:
+                idx, w = self._weights(tid, qtf)
+                idx_parts.append(idx)
+                w_parts.append(w)
         if not idx_parts:
             return _empty()
         if len(idx_parts) == 1:
             pos, acc = idx_parts[0], w_parts[0]
         else:
-            all_idx = np.concatenate(idx_parts)
-            all_w = np.concatenate(w_parts)
-            n = len(self)
-            if all_idx.shape[0] * 8 < n:  # few postings: sort them rather than touch every doc
-                pos, inv = np.unique(all_idx, return_inverse=True)
-                acc = np.bincount(inv, weights=all_w, minlength=pos.shape[0])
-            else:
-                dense = np.bincount(all_idx, weights=all_w, minlength=n)
-                pos = np.flatnonzero(dense)  # every contribution is > 0
-                acc = dense[pos]
+            pos, acc = accumulate(np.concatenate(idx_parts), np.concatenate(w_parts), len(self))
         out_labels = self._labels[pos].astype(np.int64)  # a copy: frozen below, not the index's
         out_scores = acc.astype(np.float32)
         out_labels.flags.writeable = out_scores.flags.writeable = False
         return out_labels, out_scores
 
+    def _bound(self, tid: int, qtf: int) -> float:
+        """The largest weight term ``tid`` gives a document, for ``qtf`` occurrences in the
+        query (weights are linear in ``qtf``; the one-occurrence maximum is remembered per term)."""
+        best = self._best.get(tid)
+        if best is None:
+            best = self._best[tid] = float(self._weights(tid, 1)[1].max())
+        return best * qtf
+
     def score_labels(self, query: str, labels: np.ndarray) -> np.ndarray:
-        """BM25 (float32) of ``query`` for each of ``labels``; 0 for no shared term or unknown label."""
+        """BM25 (float32) of ``query`` for each of ``labels``; 0 for no shared term or unknown
+        label. The same scores as :meth:`scores`, looked up per term: no posting list is walked."""
         want = np.asarray(labels, dtype=np.int64).ravel()
         out = np.zeros(want.shape[0], dtype=np.float32)
-        hit_labels, hit_scores = self.scores(query)
-        if hit_labels.shape[0] == 0 or want.shape[0] == 0:
+        terms = self._query_terms(query)
+        n = len(self)
+        if not terms or want.shape[0] == 0 or n == 0:
             return out
-        at = np.searchsorted(hit_labels, want)
-        at_clipped = np.minimum(at, hit_labels.shape[0] - 1)
-        found = hit_labels[at_clipped] == want
-        out[found] = hit_scores[at_clipped[found]]
+        at = np.minimum(np.searchsorted(self._labels, want), n - 1)
+        known = self._labels[at] == want
+        pos, inv = np.unique(at[known], return_inverse=True)
+        out[known] = exact(self, terms, pos).astype(np.float32)[inv.ravel()]
         return out
 
     def top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``k`` ``(labels, scores)``, by score descending then label ascending."""
-        labels, sc = self.scores(query)
-        m = sc.shape[0]
-        if k <= 0 or m == 0:
+        """The best ``k`` ``(labels, scores)``, by score descending then label ascending: the
+        head of :meth:`scores` in that order, without scoring every posting (see
+        :mod:`memp_cli.index.topk`): the survivors are scored exactly as :meth:`scores` does."""
+        terms = {t: q for t, q in self._query_terms(query).items() if self._indptr[t + 1] > self._indptr[t]}
+        if k <= 0 or not terms:
             return _empty()
+        pos = survivors(self, terms, k)
+        sc = exact(self, terms, pos).astype(np.float32)
+        labels = self._labels[pos].astype(np.int64)
+        m = sc.shape[0]
         if k < m:
             kth = np.partition(sc, m - k)[m - k]  # the k-th largest score
             cand = np.flatnonzero(sc >= kth)  # includes every tie at the boundary

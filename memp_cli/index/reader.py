@@ -127,15 +127,19 @@ class Index:
         return self.state.ids[self.position_of_label(label)]
 
     def vectors(self, labels: list[int]) -> np.ndarray:
-        """Unit vectors of ``labels`` (live ones), one row each: from the mapped vectors file
-        when it is open, else from the graph."""
+        """Unit vectors of ``labels`` (live ones), one row each: rows of the mapped vectors file
+        (mapped on first use: a gather, where the graph copies each row out through Python
+        lists, ~10x slower), else, when that file cannot be read, from the graph."""
         import numpy as np
 
         if not labels or not self.state.ids:
             return np.zeros((0, self.state.dim), dtype=np.float32)
-        if self._vectors is not None or self._hnsw is None:
-            return np.asarray(self.vector_matrix()[np.asarray(labels, dtype=np.int64)], dtype=np.float32)
-        return np.asarray(self._hnsw.get_items(labels), dtype=np.float32)
+        if self._vectors is None and self._hnsw is not None:
+            try:
+                self.vector_matrix()
+            except StoreError:  # a damaged vectors file: the graph has the vectors too
+                return np.asarray(self._hnsw.get_items(labels), dtype=np.float32)
+        return np.asarray(self.vector_matrix()[np.asarray(labels, dtype=np.int64)], dtype=np.float32)
 
 
 def check_files(store: MemoryStore, state: State) -> None:

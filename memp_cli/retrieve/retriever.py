@@ -174,6 +174,8 @@ class Retriever(AveFact):
             raise InputError(f"unknown key {self.key!r}", hint=f"choose one of {', '.join(KEYS)}")
         self._rng = random.Random(self.seed)
         self._kw_vecs: dict[str, np.ndarray] = {}
+        # (index, label -> state position array) once an index needs one (see _positions)
+        self._label_pos: tuple[Index, np.ndarray] | None = None
 
     # --------------------------------------------------------------- scoring
     def _allowed(self) -> np.ndarray | None:
@@ -211,85 +213,153 @@ class Retriever(AveFact):
         self.details = []
         sides = ((idx.lexical, self.lexical_weight), (idx.procedure, self.procedure_weight))
         for qi, q in enumerate(queries):
-            cand: dict[int, float] = dict(zip(labels[qi].tolist(), sims[qi].tolist(), strict=True))
             # Both BM25 sides first (their top lists join the candidates), then every
-            # candidate's cosine and both BM25 scores.
-            parts = [
+            # candidate's cosine and both BM25 scores, as arrays over the candidates.
+            tops = [
                 self._bm25(lex, q, allowed, n_cand) if lex is not None and weight > 0 else None
                 for lex, weight in sides
             ]
-            missing = {lab for part in parts if part for lab in part[0] if lab not in cand}
-            if missing:
-                labs = list(missing)
-                extra_cos = idx.vectors(labs) @ qvecs[qi]
-                cand.update({lab: float(c) for lab, c in zip(labs, extra_cos.tolist(), strict=True)})
-            for part, (lex, _) in zip(parts, sides, strict=True):
-                if part is not None and lex is not None:
-                    self._complete(part, lex, q, cand)
-            key_lex, proc = (part[0] if part else {} for part in parts)
-            out.append(self._fuse(cand, key_lex, proc))
+            labs, cos = self._candidates(labels[qi], sims[qi], tops, qvecs[qi])
+            key_lex, proc = (
+                self._lexical(top, lex, q, labs) if top is not None and lex is not None else None
+                for top, (lex, _) in zip(tops, sides, strict=True)
+            )
+            out.append(self._fuse(labs, cos, key_lex, proc))
         return out
+
+    def _positions(self, labels: np.ndarray) -> np.ndarray:
+        """State positions of ``labels`` (live ones): a label -> position array, built once per
+        index; not even that while every label asked for is its own position (after a rebuild)."""
+        import numpy as np
+
+        idx = self.index
+        state_labels = idx.state.labels
+        n = len(state_labels)
+        if self._label_pos is None or self._label_pos[0] is not idx:
+            if all(0 <= lab < n and state_labels[lab] == lab for lab in labels.tolist()):
+                return labels
+            live = idx.label_array()
+            table = np.full(int(live.max()) + 1 if n else 0, -1, dtype=np.int64)
+            table[live] = np.arange(n, dtype=np.int64)
+            self._label_pos = (idx, table)
+        return self._label_pos[1][labels]
 
     def _bm25(
         self, lex: LexicalIndex, query: str, allowed: np.ndarray | None, n_cand: int
-    ) -> tuple[dict[int, float], float]:
-        """BM25 / its bound for the best ``n_cand`` allowed labels of ``query``, and the bound
-        (the largest BM25 a document could reach for it)."""
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The best ``n_cand`` allowed labels of ``query``, their BM25 / bound (float64), and the
+        bound (the largest BM25 a document could reach for it)."""
         top_l, top_s = lex.top(query, n_cand * (4 if allowed is not None else 1))
         bound = lex.max_score(query) or 1.0
-        out: dict[int, float] = {}
-        for lab, s in zip(top_l.tolist(), top_s.tolist(), strict=True):
-            if allowed is not None and not allowed[self.index.position_of_label(lab)]:
-                continue
-            out[lab] = s / bound
-        return out, bound
+        if allowed is not None:
+            ok = allowed[self._positions(top_l)]
+            top_l, top_s = top_l[ok], top_s[ok]
+        return top_l, top_s.astype("float64") / bound, bound
 
-    @staticmethod
-    def _complete(
-        part: tuple[dict[int, float], float], lex: LexicalIndex, query: str, cand: Mapping[int, float]
-    ) -> None:
-        """Fill a :meth:`_bm25` result with the BM25 / bound of every other candidate."""
+    def _candidates(
+        self,
+        labels: np.ndarray,
+        sims: np.ndarray,
+        tops: list[tuple[np.ndarray, np.ndarray, float] | None],
+        qvec: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, cosines as float64) of the cosine candidates and the BM25 top lists' others."""
         import numpy as np
 
-        scores, bound = part
-        rest = np.array([lab for lab in cand if lab not in scores], dtype=np.int64)
-        if len(rest):
-            extra = lex.score_labels(query, rest) / bound
-            scores.update({int(lab): float(s) for lab, s in zip(rest, extra, strict=True)})
+        labs = np.asarray(labels, dtype=np.int64)
+        cos = np.asarray(sims).astype(np.float64)
+        seen = set(labs.tolist())
+        # A set, as before: a BLAS product's last bits depend on the rows' order and count,
+        # and identical memories tie on them, so the same rows in the same order keep the ranking.
+        more = list({lab for top in tops if top is not None for lab in top[0].tolist() if lab not in seen})
+        if more:
+            extra_cos = self.index.vectors(more) @ qvec
+            labs = np.concatenate([labs, np.array(more, dtype=np.int64)])
+            cos = np.concatenate([cos, extra_cos.astype(np.float64)])
+        return labs, cos
+
+    @staticmethod
+    def _lexical(
+        top: tuple[np.ndarray, np.ndarray, float], lex: LexicalIndex, query: str, labs: np.ndarray
+    ) -> np.ndarray:
+        """BM25 / bound of each of ``labs``: from the :meth:`_bm25` top list, else looked up
+        (float32, as the lexical index gives it)."""
+        import numpy as np
+
+        top_l, top_v, bound = top
+        out = np.empty(len(labs), dtype=np.float64)
+        hit = np.zeros(len(labs), dtype=bool)
+        if len(top_l):
+            order = np.argsort(top_l)
+            at = np.minimum(np.searchsorted(top_l[order], labs), len(top_l) - 1)
+            hit = top_l[order][at] == labs
+            out[hit] = top_v[order[at[hit]]]
+        if not hit.all():
+            out[~hit] = lex.score_labels(query, labs[~hit]) / bound
+        return out
 
     def _fuse(
-        self, cand: Mapping[int, float], key_lex: Mapping[int, float], proc: Mapping[int, float]
+        self, labs: np.ndarray, cos: np.ndarray, key_lex: np.ndarray | None, proc: np.ndarray | None
     ) -> list[tuple[int, float, float, float]]:
         """The fused score of each candidate (see the module docstring), best first."""
+        import numpy as np
+
         idx = self.index
         w, p, f = self.lexical_weight, self.procedure_weight, self.family_weight
         if idx.procedure is None:
             p = 0.0  # an index from before format 4 (a sync upgrades it)
-        pos_of = {lab: idx.position_of_label(lab) for lab in cand}
-        base: dict[int, float] = {}
-        for lab, cos in cand.items():
-            task = (1 - w) * cos + w * key_lex.get(lab, 0.0)
-            base[lab] = (1 - p) * task + p * proc.get(lab, 0.0)
-        score = base
-        pooled: dict[int, float] = {}
-        if f > 0:
-            families, ids = idx.state.families, idx.state.ids
-            best: dict[str, list[float]] = {}
-            fam_of: dict[int, str] = {}
-            for lab, b in sorted(base.items(), key=lambda kv: -kv[1]):
-                pos = pos_of[lab]
-                fam = fam_of[lab] = (families[pos] if pos < len(families) else "") or ids[pos]
-                top = best.setdefault(fam, [])
-                if len(top) < FAMILY_POOL:
-                    top.append(b)
-            pooled = {lab: sum(best[fam_of[lab]]) / FAMILY_POOL for lab in base}
-            score = {lab: (1 - f) * b + f * pooled[lab] for lab, b in base.items()}
-        rows = [(pos_of[lab], sc, cand[lab], key_lex.get(lab, 0.0)) for lab, sc in score.items()]
+        m = len(labs)
+        zeros = np.zeros(m, dtype=np.float64)
+        key_lex = zeros if key_lex is None else key_lex
+        proc = zeros if proc is None else proc
+        pos = self._positions(labs)
+        pos_list = pos.tolist()
+        task = (1 - w) * cos + w * key_lex
+        base = (1 - p) * task + p * proc
+        score, pooled = base, zeros
+        ids = idx.state.ids
+        if f > 0 and m:
+            families = idx.state.families
+            nf = len(families)
+            codes: dict[str, int] = {}
+            fam = np.array(
+                [codes.setdefault((families[i] if i < nf else "") or ids[i], len(codes)) for i in pos_list],
+                dtype=np.int64,
+            )
+            # Per family, its best FAMILY_POOL bases (0 for a missing member), added best first.
+            by = np.lexsort((-base, fam))
+            fam_by = fam[by]
+            first = np.flatnonzero(np.r_[True, fam_by[1:] != fam_by[:-1]])
+            rank = np.arange(m) - np.repeat(first, np.diff(np.r_[first, m]))
+            best = np.zeros((len(codes), FAMILY_POOL), dtype=np.float64)
+            sel = rank < FAMILY_POOL
+            best[fam_by[sel], rank[sel]] = base[by][sel]
+            total = best[:, 0]
+            for j in range(1, FAMILY_POOL):
+                total = total + best[:, j]
+            pooled = total[fam] / FAMILY_POOL
+            score = (1 - f) * base + f * pooled
         # Ties go to the closer embedding, then the smaller id.
-        rows.sort(key=lambda r: (-r[1], -r[2], idx.state.ids[r[0]]))
+        cand_ids = [ids[i] for i in pos_list]
+        id_rank = np.empty(m, dtype=np.int64)
+        id_rank[sorted(range(m), key=cand_ids.__getitem__)] = np.arange(m)
+        order = np.lexsort((id_rank, -cos, -score))
+        rows = list(
+            zip(
+                pos[order].tolist(),
+                score[order].tolist(),
+                cos[order].tolist(),
+                key_lex[order].tolist(),
+                strict=True,
+            )
+        )
         if self.explain:
-            parts = {lab: {"procedure": proc.get(lab, 0.0), "family": pooled.get(lab, 0.0)} for lab in base}
-            self.details.append({pos_of[lab]: part for lab, part in parts.items()})
+            self.details.append(
+                {
+                    i: {"procedure": pr, "family": po}
+                    for i, pr, po in zip(pos_list, proc.tolist(), pooled.tolist(), strict=True)
+                }
+            )
         return rows
 
     def _hnsw_candidates(
