@@ -102,9 +102,9 @@ def _both(store_dir: Path, tmp: Path, **kw: Any) -> tuple[Plan, Plan, int]:
     read: list[Path] = []
     original = ledger.Ledger.read
 
-    def spy(self: ledger.Ledger, seg: Path, skip: Any = None) -> Iterator[Trajectory]:
+    def spy(self: ledger.Ledger, seg: Path, skip: Any = None, **kw: Any) -> Iterator[Trajectory]:
         read.append(seg)
-        return original(self, seg, skip)
+        return original(self, seg, skip, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ledger.Ledger, "read", spy)
@@ -189,21 +189,24 @@ def _rewrite_segment(store_dir: Path) -> dict[str, Any]:
     return {"only_success": True}
 
 
-def _rewrite_in_place_same_stat(store_dir: Path) -> dict[str, Any]:
-    """The same size, the same mtime put back, the same inode: only the ctime tells."""
+def _rewrite_in_place(store_dir: Path) -> dict[str, Any]:
+    """The same size and inode, written in place (a new mtime)."""
     seg = _alf_segment(store_dir)
     st = seg.stat()
     data = seg.read_bytes()
-    assert b'"success":true' in data
-    with open(seg, "r+b") as f:
-        f.write(data.replace(b'"success":true', b'"success":null', 1))
-    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert (seg.stat().st_size, seg.stat().st_mtime_ns, seg.stat().st_ino) == (
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ino,
-    )
+    assert b'"success":false' in data
+    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns - 1_000_000))  # as if written a while ago
+    with open(seg, "r+b") as f:  # a failed run (unbuilt under --only-success) of unknown outcome
+        f.write(data.replace(b'"success":false', b'"success":null ', 1))
+    assert (seg.stat().st_size, seg.stat().st_ino) == (st.st_size, st.st_ino)
     return {"only_success": True}
+
+
+def _hard_linked(store_dir: Path) -> dict[str, Any]:
+    """A backup by hard links (cp -al) changes the segments' ctime, not what they hold."""
+    for seg in _segments(store_dir):
+        os.link(seg, store_dir.parent / f"backup-{seg.name}")
+    return {}
 
 
 def _odd_outcome(store_dir: Path) -> dict[str, Any]:
@@ -278,13 +281,14 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "forget": _forget,
     "segment_removed": _remove_segment,
     "segment_rewritten": _rewrite_segment,
-    "segment_rewritten_in_place": _rewrite_in_place_same_stat,
+    "segment_rewritten_in_place": _rewrite_in_place,
+    "segments_hard_linked": _hard_linked,
     "odd_outcome": _odd_outcome,
     "no_ledger": _no_ledger,
     "ledger_garbage": _corrupt(b"\x00garbage{"),
     "ledger_truncated": _corrupt(b'{"ledger_version":1,"segments":{"a.jsonl":[[1,2,3'),
     "ledger_other_version": _corrupt(b'{"ledger_version":99,"segments":{}}'),
-    "ledger_bad_types": _corrupt(b'{"ledger_version":1,"segments":{"x.jsonl":[[1,2,3,4],[5],"s"]}}'),
+    "ledger_bad_types": _corrupt(b'{"ledger_version":1,"segments":{"x.jsonl":[[1,2,3],[5],"s"]}}'),
     "ledger_a_link": _ledger_is_a_link,
 }
 
@@ -300,7 +304,9 @@ def test_the_ledger_plan_is_the_plan_from_the_segments(
     kw = {"policy": policy, **built, **CASES[case](store_dir)}
     ref, got, parsed = _both(store_dir, tmp_path, **kw)
     _same(ref, got)
-    if case == "only_success" or (not only and case in ("nothing", "forget", "hand_delete")):
+    if case == "only_success" or (
+        not only and case in ("nothing", "forget", "hand_delete", "segments_hard_linked")
+    ):
         # Only the new batch (WEB) is parsed; the distilled segments come from the ledger.
         assert parsed == 1
     # A second plan (the ledger written again, where the first found it wanting) agrees too.

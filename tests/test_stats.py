@@ -125,7 +125,7 @@ def test_a_memory_file_the_index_does_not_count_means_the_slow_path(
 def test_stats_without_or_with_a_damaged_ledger(built: Path) -> None:
     memp("ingest", DATA / "distill_webshop.jsonl")
     ledger = built / "cache" / LEDGER_NAME
-    for damage in (None, b"", b"[1,2", b'{"ledger_version":1,"segments":{"x":[[0,0,0,0],["t1"],"q"]}}'):
+    for damage in (None, b"", b"[1,2", b'{"ledger_version":1,"segments":{"x":[[0,0,0],["t1"],"q"]}}'):
         if damage is None:
             ledger.unlink(missing_ok=True)
         else:
@@ -141,8 +141,9 @@ def test_a_segment_changed_after_the_ledger_is_read_again(built: Path) -> None:
     (seg,) = sorted((built / "trajectories").glob("*.jsonl"))
     st = seg.stat()
     data = seg.read_bytes()
-    seg.write_bytes(data.replace(b'"success":true', b'"success":null', 1))  # same size
-    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime; a new ctime
+    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns - 1_000_000))
+    with open(seg, "r+b") as f:  # in place: the same size and inode, a new mtime
+        f.write(data.replace(b'"success":true', b'"success":null', 1))
     got = _stats(built)
     _same(built, got)
     assert got["outcomes"]["unknown"] == 1

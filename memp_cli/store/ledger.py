@@ -3,9 +3,11 @@ outcomes, in order), so that what needs no more than those (distill's plan, ``me
 does not parse a segment it has seen.
 
 A segment is written once by ingest and never changed in place (scrub replaces it by an atomic
-rename, a new file). An entry names a segment and the ``(size, mtime_ns, inode, ctime_ns)`` it
-had when it was read, and is used only while the segment still has exactly that stat (no tool
-sets a ctime: a segment rewritten in place with its size and mtime put back is read again).
+rename, a new file). An entry names a segment and the ``(size, mtime_ns, inode)`` it had when it
+was read, and is used only while the segment still has exactly that stat (as git, make and rsync
+trust a file's stat: a segment rewritten in place with its size and nanosecond mtime put back
+by hand would not be noticed; the ctime is left out, since hard-linking a store's files, as
+``cp -al`` backups do, changes it and would make every entry stale).
 
 Derived data, never needed: a missing, damaged or foreign ledger (a link, not a regular file,
 too large, another format) is ignored and rebuilt from the segments; a write that fails is
@@ -43,7 +45,7 @@ OUTCOME_NAMES = {True: "success", False: "failure", None: "unknown"}
 
 SkipFn = Callable[[str], bool]
 SettledFn = Callable[[str, "bool | None"], bool]
-Stat = tuple[int, int, int, int]
+Stat = tuple[int, int, int]
 
 
 def _code(success: Any) -> str | None:
@@ -53,7 +55,7 @@ def _code(success: Any) -> str | None:
 
 
 def _stat(st: os.stat_result) -> Stat:
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass
@@ -133,9 +135,14 @@ class Ledger:
         self.changed = True
         return None
 
-    def read(self, seg: Path, skip: SkipFn | None = None) -> Iterator[Trajectory]:
+    def read(self, seg: Path, skip: SkipFn | None = None, *, enter: bool = True) -> Iterator[Trajectory]:
         """The segment's runs, parsed as :meth:`Store.iter_trajectories` does; once all are
-        read (and the segment did not change meanwhile), entered."""
+        read (and the segment did not change meanwhile), entered (``enter`` False: not, and
+        the runs ``skip`` passes over stay unparsed)."""
+        if not enter:
+            with open(seg, "rb") as f:
+                yield from read_segment(seg, f, skip)
+            return
         rows = _Rows()
         with open(seg, "rb") as f:
             before = _stat(os.fstat(f.fileno()))
@@ -189,7 +196,7 @@ def _load(path: Path) -> tuple[dict[str, Entry], bool]:
         for name, (st_list, ids, codes) in d["segments"].items():
             if not (
                 isinstance(st_list, list)
-                and len(st_list) == 4
+                and len(st_list) == 3
                 and all(type(x) is int for x in st_list)
                 and isinstance(ids, list)
                 and isinstance(codes, str)
@@ -198,7 +205,7 @@ def _load(path: Path) -> tuple[dict[str, Entry], bool]:
                 and all(type(x) is str for x in ids)
             ):
                 return {}, True
-            entries[name] = Entry((st_list[0], st_list[1], st_list[2], st_list[3]), ids, codes)
+            entries[name] = Entry((st_list[0], st_list[1], st_list[2]), ids, codes)
         return entries, False
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return {}, True
@@ -221,7 +228,7 @@ def runs(
                 if skip is None or not skip(tid):
                     yield Trajectory(task="", steps=[], success=_CODES[c], id=tid)
             continue
-        yield from ledger.read(seg, skip)
+        yield from ledger.read(seg, skip, enter=record)
     if record:
         ledger.save()
 
