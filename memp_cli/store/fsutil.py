@@ -310,10 +310,9 @@ def sync_files(paths: Iterable[Path]) -> None:
                 devices.setdefault(os.stat(d).st_dev, d)
         if devices and all(_syncfs(d) for d in devices.values()):
             return
-    for p in paths:
+    for p in paths:  # the folder once a file, as each atomic write does (a count that never varies)
         _fsync_path(p)
-    for d in sorted(dirs):
-        fsync_dir(d)
+        fsync_dir(p.parent)
 
 
 def _syncfs(within: Path) -> bool:
