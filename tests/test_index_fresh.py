@@ -115,3 +115,34 @@ def test_a_cycle_hands_distills_memories_to_the_index(store: Path, monkeypatch: 
     assert report.distill is not None and report.distill.written
     assert not set(read) & set(report.distill.ids)
     assert len(_table(store)) == report.distill.written
+
+
+@pytest.mark.parametrize("parallel_min", [1, 10**6])
+def test_a_large_sync_adds_to_the_graph_on_every_core(
+    store: Path, monkeypatch: pytest.MonkeyPatch, parallel_min: int
+) -> None:
+    import hnswlib
+
+    from memp_cli.index import writer
+
+    st = Store.open(store)
+    distill(st, "trajectory")
+    threads: list[int] = []
+    real = hnswlib.Index.add_items
+
+    def add_items(self: Any, *args: Any, **kwargs: Any) -> Any:
+        threads.append(kwargs["num_threads"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hnswlib.Index, "add_items", add_items)
+    monkeypatch.setattr(writer, "PARALLEL_ADD_MIN", parallel_min)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    emb = store_embedder(st)
+    idx, rep = sync(st, emb)
+    assert rep.embedded == 22 and threads  # (the keyword graph stays on one thread)
+    assert (2 in threads) == (parallel_min == 1) and set(threads) <= {1, 2}
+    graph = idx.hnsw
+    assert graph is not None
+    for mid in st.memory_ids():  # each memory is found by its own key text
+        labels, _ = graph.knn_query(emb.embed([st.read_memory(mid).key_text()]), k=3)
+        assert mid in [idx.id_of_label(int(lab)) for lab in labels[0]], mid

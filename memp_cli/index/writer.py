@@ -5,6 +5,7 @@ same work without the lock and without writing (a store the process may not writ
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from memp_cli.store.protocol import MemoryStore
 
 Progress = Callable[[int, int], None]
+# A sync that embeds this many memories adds them to the graph on every core (the graph then
+# depends a little on thread timing); a smaller one on one thread, the same graph every time.
+PARALLEL_ADD_MIN = 2048
 
 
 @dataclass
@@ -371,6 +375,7 @@ def _embed(
     import numpy as np
 
     done = 0
+    threads = (os.cpu_count() or 1) if len(to_embed) >= PARALLEL_ADD_MIN else 1
     try:
         for start in range(0, len(to_embed), EMBED_BATCH):
             batch = to_embed[start : start + EMBED_BATCH]
@@ -379,7 +384,7 @@ def _embed(
             for lab in labels.tolist():
                 with contextlib.suppress(RuntimeError):
                     hnsw.unmark_deleted(lab)
-            hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
+            hnsw.add_items(vecs, labels, num_threads=threads, replace_deleted=False)
             vectors[labels] = unit_rows(vecs)
             done += len(batch)
             report.embedded += len(batch)
