@@ -193,27 +193,30 @@ def test_distill_fsyncs_what_it_writes_and_never_syncs_the_machine(
 def test_a_failed_memory_write_fails_the_batch_and_is_not_journalled(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A disk full at one memory file: the run fails, the journal names no missing memory."""
+    """A disk full at one memory file: the run fails before any file of the batch is renamed
+    into place (every temp file is written first), leaves no temp file, and the journal names
+    no memory; the rerun writes them all."""
     _ingest(WEB)
-    real = fsutil.atomic_write
+    real = history_mod.write_temp
     calls = []
     memories = (store / "memories").resolve()
 
-    def disk_full_at_the_second(path: Path, data: bytes | str, **kw: Any) -> None:
-        if Path(path).resolve().parent == memories:  # a memory file (not its history object)
-            calls.append(path)
+    def disk_full_at_the_second(directory: Path, data: bytes, **kw: Any) -> Any:
+        if Path(directory).resolve() == memories:  # a memory file (not its history object)
+            calls.append(directory)
             if len(calls) == 2:
                 raise OSError(28, "No space left on device")
-        real(path, data, **kw)
+        return real(directory, data, **kw)
 
     with monkeypatch.context() as mp, pytest.raises(OSError, match="No space left"):
-        mp.setattr(history_mod, "atomic_write", disk_full_at_the_second)
+        mp.setattr(history_mod, "write_temp", disk_full_at_the_second)
         distill(Store.open(store), "proceduralization", model="builtin")
-    assert len(calls) == 4  # the other writes of the batch ended first
-    assert len(memory_ids(store)) == 3
+    assert len(calls) == 2
+    assert memory_ids(store) == []
+    assert not [p for p in memories.iterdir() if p.name.startswith(".tmp-")]
     assert _events(store, "distill.write") == []  # the journal names no memory that is not there
     rep = _summary(memp("distill", "--json"))
-    assert (rep["written"], rep["skipped"]) == (1, 3)
+    assert (rep["written"], rep["skipped"]) == (4, 0)
 
 
 def test_distill_summary_comes_after_the_index_update(store: Path) -> None:

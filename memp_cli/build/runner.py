@@ -35,7 +35,9 @@ from memp_cli.build.policies import (
     trajectory_memory,
 )
 from memp_cli.build.settled import Settled
+from memp_cli.build.writing import Writer
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
+from memp_cli.index.entry import Entry, Stamp
 from memp_cli.index.state import built_stamps
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
@@ -97,9 +99,10 @@ class DistillReport:
     warnings: list[str] = field(default_factory=list)
     error: MempError | None = None  # the settings error that stopped the run
     lock_seconds: float = 0.0  # time spent holding the store lock to write (benchmarks)
+    fresh: dict[str, tuple[Entry, Stamp]] = field(default_factory=dict, repr=False)  # for the index sync
 
     def to_dict(self) -> dict[str, Any]:
-        skip = {"ids", "failures", "planned", "warnings", "error", "lock_seconds"}
+        skip = {"ids", "failures", "planned", "warnings", "error", "lock_seconds", "fresh"}
         d = {k: v for k, v in vars(self).items() if k not in skip}
         d["seconds"] = round(self.seconds, 3)
         if self.cost_usd is not None:
@@ -182,7 +185,7 @@ def distill(
         if dry_run:
             _dry_run(store, jobs, pol, use_model, prompt, api_base, timeout, mock_response, report)
         elif jobs:
-            writer = _Writer(store, pol, use_model, prompt_version, report, progress, len(jobs))
+            writer = Writer(store, pol, use_model, prompt_version, report, progress, len(jobs))
             writer.replace_edits = replace_edits
             if progress:
                 progress(0, len(jobs))
@@ -342,79 +345,8 @@ def _dry_run(
         report.planned.append(row)
 
 
-class _Writer:
-    """Writes finished memories in batches, each under a brief hold of the store lock."""
-
-    def __init__(
-        self,
-        store: MemoryStore,
-        policy: str,
-        model: str,
-        prompt_version: str,
-        report: DistillReport,
-        progress: ProgressFn | None,
-        total: int,
-    ) -> None:
-        self.store, self.policy, self.model, self.prompt_version = store, policy, model, prompt_version
-        self.report, self.progress, self.total = report, progress, total
-        self.done = 0
-        self.replace_edits = False
-
-    def tick(self, n: int = 1) -> None:
-        self.done += n
-        if self.progress:
-            self.progress(self.done, self.total)
-
-    def write(self, batch: list[Memory]) -> None:
-        if not batch:
-            return
-        store, report = self.store, self.report
-        lock = store.lock
-        wait = lock.wait
-        lock.wait = True  # results already paid for: wait out a brief writer, never drop them
-        try:
-            with lock:
-                t0 = time.perf_counter()
-                out: list[Memory] = []
-                from memp_cli.update.history import History
-
-                history = History(store)
-                for mem in batch:
-                    path = store.memory_path(mem.id)
-                    if path.exists():  # written meanwhile, or an older version
-                        try:
-                            if not needs_rebuild(
-                                built_with(path), self.policy, self.model, self.prompt_version
-                            ):
-                                report.skipped += 1
-                                continue
-                            if not self.replace_edits and history.hand_edited(mem.id):
-                                report.kept_edits += 1  # edited by hand while the model worked
-                                continue
-                            old = load_memory_file(path)
-                        except MemoryFileError as e:
-                            report.skipped += 1
-                            report.warnings.append(f"{str(e).splitlines()[0]} (left as it is)")
-                            continue
-                        mem.version = old.version + 1
-                        mem.stats = old.stats
-                        mem.provenance.created = old.provenance.created
-                        report.versioned += 1
-                    out.append(mem)
-                fields: dict[str, Any] = {"policy": self.policy}
-                if self.model:
-                    fields.update(model=self.model, prompt_version=self.prompt_version)
-                store.save_memories(out, event="distill.write", **fields)
-                report.lock_seconds += time.perf_counter() - t0
-        finally:
-            lock.wait = wait
-        report.written += len(out)
-        report.ids.extend(m.id for m in out)
-        self.tick(len(batch))
-
-
 def _run_local(
-    store: MemoryStore, jobs: list[_Job], policy: str, model: str, prompt_version: str, writer: _Writer
+    store: MemoryStore, jobs: list[_Job], policy: str, model: str, prompt_version: str, writer: Writer
 ) -> None:
     """No network: the trajectory policy, or the builtin distiller. One thread, batched writes."""
     batch: list[Memory] = []
@@ -450,7 +382,7 @@ def _run_llm(
     settings: Any,
     concurrency: int,
     mock_response: str | None,
-    writer: _Writer,
+    writer: Writer,
     on_failure: FailureFn | None,
 ) -> None:
     """LLM calls in ``concurrency`` threads (no lock held); results written as they arrive."""

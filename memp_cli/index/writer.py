@@ -5,6 +5,7 @@ same work without the lock and without writing (a store the process may not writ
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ import orjson
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.keywords import KeywordIndex, load_keywords, memory_keywords, sync_keywords
+from memp_cli.index.entry import Entry, Fresh, entry
+from memp_cli.index.keywords import KeywordIndex, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
 from memp_cli.index.state import (
     EMBED_BATCH,
@@ -39,7 +41,6 @@ from memp_cli.index.state import (
     vectors_path,
 )
 from memp_cli.index.vectors import import_hnswlib, load_hnsw, load_vectors, save_hnsw, save_npy, unit_rows
-from memp_cli.model.memory import Memory
 from memp_cli.store.fsutil import atomic_write, remove_owned
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from memp_cli.store.protocol import MemoryStore
 
 Progress = Callable[[int, int], None]
+# A sync that embeds this many memories adds them to the graph on every core (the graph then
+# depends a little on thread timing); a smaller one on one thread, the same graph every time.
+PARALLEL_ADD_MIN = 2048
 
 
 @dataclass
@@ -79,6 +83,7 @@ def sync(
     *,
     rebuild: bool = False,
     progress: Progress | None = None,
+    fresh: Fresh | None = None,
 ) -> tuple[Index, SyncReport]:
     """Bring the index up to date with ``memories/``: takes the writer lock and writes a new
     generation when anything changed (state.json last; see :func:`write_generation`).
@@ -89,9 +94,11 @@ def sync(
     damaged, repaired without embedding (``report.repaired``); one in an older readable format is
     rewritten in this one without embedding; one from a newer memp raises
     :class:`IndexVersionError`. ``progress(done, total)``: after each batch of embedded texts.
+    ``fresh``: the memories the caller has just written (:data:`Fresh`), not read again while
+    their files are as written.
     """
     with store.lock:
-        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True)
+        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True, fresh=fresh)
 
 
 def build_in_memory(
@@ -103,7 +110,13 @@ def build_in_memory(
 
 
 def _sync(
-    store: MemoryStore, embedder: Embedder, *, rebuild: bool, progress: Progress | None, persist: bool
+    store: MemoryStore,
+    embedder: Embedder,
+    *,
+    rebuild: bool,
+    progress: Progress | None,
+    persist: bool,
+    fresh: Fresh | None = None,
 ) -> tuple[Index, SyncReport]:
     import numpy as np
 
@@ -130,7 +143,7 @@ def _sync(
         else:
             with contextlib.suppress(StoreError):  # else taken from the graph below
                 old_vectors = load_vectors(store, old) if old.ids else None
-    to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report)
+    to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report, fresh)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
     vectors_missing = old is not None and bool(old.ids) and old_vectors is None
@@ -270,13 +283,16 @@ def _plan(
     state: State,
     table: FileTable,
     report: SyncReport,
-) -> tuple[list[tuple[int, Memory]], list[int], list[list[str] | int]]:
+    fresh: Fresh | None = None,
+) -> tuple[list[tuple[int, Entry]], list[int], list[list[str] | int]]:
     """Fill ``state`` and ``table`` with the memory files (in id order): unchanged ones (same
-    stat) copied from the old index, the others read. Returns what to embed (state position,
-    memory), the labels to remove from the graph, and per position the keywords of a read memory
-    or its old position."""
+    stat) copied from the old index, the others read, or taken from ``fresh`` while their stat
+    is the one recorded there. Returns what to embed (state position, entry), the labels to
+    remove from the graph, and per position the keywords of a read memory or its old position.
+    Only :class:`Entry` texts are kept of a memory read, never the memory."""
     prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
-    to_embed: list[tuple[int, Memory]] = []
+    fresh = fresh or {}
+    to_embed: list[tuple[int, Entry]] = []
     removed_labels: list[int] = []
     kw_src: list[list[str] | int] = []
     for mid in sorted(files):
@@ -298,15 +314,20 @@ def _plan(
             table.append(old_table.key_hashes[i], mtime, size, *old_row)
             kw_src.append(i)
             continue
+        handed = fresh.get(mid)
         try:
-            mem = store.read_memory(mid)
+            ent = (
+                handed[0]
+                if handed is not None and handed[1] == (mtime, size)
+                else entry(store.read_memory(mid))
+            )
         except MemoryFileError as e:
             report.broken.append(e)
             state.broken[mid] = [mtime, size]
             if i is not None and old is not None:
                 removed_labels.append(old.labels[i])
             continue
-        khash = mem.key_hash()
+        khash = ent.key_hash
         if i is not None and old is not None and old_table.key_hashes[i] == khash:
             label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
             if (old_table.mtimes[i], old_table.sizes[i]) != (mtime, size):
@@ -321,13 +342,13 @@ def _plan(
                 label = state.next_label
                 state.next_label += 1
                 report.added += 1
-            to_embed.append((len(state.ids), mem))
+            to_embed.append((len(state.ids), ent))
         state.ids.append(mid)
         state.labels.append(label)
-        state.kinds.append(mem.kind)
-        state.families.append(mem.family())
-        table.append(khash, mtime, size, _lexical_text(mem), mem.procedure_text(), built_key(mem))
-        kw_src.append(memory_keywords(mem))
+        state.kinds.append(ent.kind)
+        state.families.append(ent.family)
+        table.append(khash, mtime, size, ent.lexical, ent.procedure, ent.built)
+        kw_src.append(ent.keywords)
     if old is not None:
         gone = set(old.ids) - set(files)
         removed_labels.extend(old.labels[prev[mid]] for mid in gone)
@@ -343,7 +364,7 @@ def _embed(
     kw: KeywordIndex,
     table: FileTable,
     vectors: np.ndarray,
-    to_embed: list[tuple[int, Memory]],
+    to_embed: list[tuple[int, Entry]],
     removed_labels: list[int],
     report: SyncReport,
     progress: Progress | None,
@@ -354,6 +375,7 @@ def _embed(
     import numpy as np
 
     done = 0
+    threads = (os.cpu_count() or 1) if len(to_embed) >= PARALLEL_ADD_MIN else 1
     try:
         for start in range(0, len(to_embed), EMBED_BATCH):
             batch = to_embed[start : start + EMBED_BATCH]
@@ -362,7 +384,7 @@ def _embed(
             for lab in labels.tolist():
                 with contextlib.suppress(RuntimeError):
                     hnsw.unmark_deleted(lab)
-            hnsw.add_items(vecs, labels, num_threads=1, replace_deleted=False)
+            hnsw.add_items(vecs, labels, num_threads=threads, replace_deleted=False)
             vectors[labels] = unit_rows(vecs)
             done += len(batch)
             report.embedded += len(batch)
@@ -374,16 +396,6 @@ def _embed(
             with contextlib.suppress(Exception):
                 _checkpoint(store, state, hnsw, kw, table, vectors, pending, removed_labels, report)
         raise
-
-
-def built_key(mem: Memory) -> str:
-    """What :attr:`FileTable.built` records of a memory: its policy, model and prompt version."""
-    p = mem.provenance
-    return f"{p.policy}\t{p.model}\t{p.prompt_version}"
-
-
-def _lexical_text(mem: Memory) -> str:
-    return mem.key_text() + ("\n" + " ".join(mem.keywords) if mem.keywords else "")
 
 
 def _checkpoint(

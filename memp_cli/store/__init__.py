@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # the record parsers stay off the query path
     from memp_cli.store.protocol import MemoryStore
 
 DEFAULT_STORE = ".memp"
-SAVE_THREADS = 8  # memory files written (and fsynced) at once by save_memories
+SAVE_THREADS = 8  # memory files rendered at once by save_memories
 
 
 @dataclass
@@ -374,12 +374,14 @@ class Store:
         for mid in memory_ids:
             history.notice(mid)
 
-    def save_memories(self, memories: list[Memory], *, event: str, why: str = "", **fields: Any) -> None:
-        """Write many memory files, each fsynced and each a new version (a hand edit made since
-        the last version is kept in the history first); one journal line names them all.
-
-        The writes run in a few threads: fsyncs in flight together share the file
-        system's journal commits (about 1 ms a file here, against 5 ms one after another).
+    def save_memories(
+        self, memories: list[Memory], *, event: str, why: str = "", **fields: Any
+    ) -> dict[str, tuple[Memory, tuple[int, int]]]:
+        """Write many memory files, each a new version (a hand edit made since the last version
+        is kept in the history first); one journal line names them all. Made durable by the
+        batch, not file by file (:meth:`History.write_many`). Returns each memory written with
+        its file's (mtime_ns, size) right after the write, for the index (whose sync need not
+        read them again while their files are as written).
         """
         from concurrent.futures import ThreadPoolExecutor  # not on every command's import path
 
@@ -387,26 +389,22 @@ class Store:
 
         _stamp(memories)
         if not memories:
-            return
+            return {}
         history = History(self)
         by = f"memp {self.command}"
 
         def render(m: Memory) -> bytes:
             return encode_memory_file(self.memory_path(m.id), m)
 
-        def one(m: Memory, data: bytes) -> None:
-            history.write(m.id, data, by=by, why=why)
-
         ids = [m.id for m in memories]
         with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
             # Every file is rendered before any is written: a memory that cannot be encoded
             # (MemoryFileError) fails the call with nothing written, never half a batch.
             texts = list(pool.map(render, memories))
-            with pending(self, event, ids):  # a kill before the journal line: the next writer journals
-                done = [pool.submit(one, m, data) for m, data in zip(memories, texts, strict=True)]
-                for f in done:
-                    f.result()  # the first failure, if any, once every write has ended
-                self.journal(event, ids=ids, count=len(memories), **fields)
+        with pending(self, event, ids):  # a kill before the journal line: the next writer journals
+            stamps = history.write_many(list(zip(ids, texts, strict=True)), by=by, why=why)
+            self.journal(event, ids=ids, count=len(memories), **fields)
+        return {m.id: (m, stamps[m.id]) for m in memories if m.id in stamps}
 
 
 def _note(msg: str) -> None:

@@ -15,15 +15,17 @@ from pathlib import Path
 from memp_cli.store.fsutil import open_own
 
 
-def append(path: Path, data: bytes) -> None:
+def append(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Append ``data`` (whole lines, each ending in a newline) to ``path``. A refused write is a
-    StoreError naming the file; the file's mode follows the umask."""
+    StoreError naming the file; the file's mode follows the umask. ``durable=False``: no fsync
+    (the caller makes a batch of appends durable at once, :func:`~memp_cli.store.fsutil.sync_files`)."""
     fd = open_own(path, os.O_RDWR | os.O_APPEND, what="an append-only log")
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)

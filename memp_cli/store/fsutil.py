@@ -33,8 +33,9 @@ import re
 import secrets
 import shlex
 import stat
+import sys
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 from memp_cli.errors import LockedError, StoreError
@@ -46,6 +47,7 @@ FILE_MODE = 0o666
 _REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+SYNCFS_MIN = 64  # files made durable by one syncfs(2) rather than file by file (sync_files)
 #: The roots of the stores this process opened (as given, absolute, and resolved).
 _ROOTS: set[str] = set()
 
@@ -165,12 +167,13 @@ def make_dirs(directory: Path) -> None:
             directory.mkdir()  # raises the error that says what is there
 
 
-def _new_temp(directory: Path) -> tuple[int, Path]:
-    """Create and open an unused ``.tmp-*`` file in ``directory`` (mode: FILE_MODE less the umask)."""
+def _new_temp(directory: Path, kind: str = "") -> tuple[int, Path]:
+    """Create and open an unused ``.tmp-<kind>*`` file in ``directory`` (mode: FILE_MODE less the
+    umask)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC
     with refused_as_store_error(directory):
         for _ in range(100):
-            tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}"
+            tmp = directory / f"{TMP_PREFIX}{kind}{secrets.token_hex(6)}"
             try:
                 fd = os.open(tmp, flags, FILE_MODE)
             except FileExistsError:
@@ -178,6 +181,22 @@ def _new_temp(directory: Path) -> tuple[int, Path]:
             _tighten(fd)
             return fd, tmp
     raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(directory))
+
+
+def write_temp(directory: Path, data: bytes, *, kind: str = "") -> tuple[Path, os.stat_result]:
+    """A new temp file in ``directory`` holding ``data``, not fsynced (see :func:`sync_files`),
+    and its stat once written (a rename keeps its mtime and size)."""
+    fd, tmp = _new_temp(directory, kind)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            st = os.fstat(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp, st
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -271,6 +290,56 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def sync_files(paths: Iterable[Path]) -> None:
+    """Make the data of the files ``paths`` and their names in their folders durable: an fsync
+    of each file and of each folder or, for a batch of at least :data:`SYNCFS_MIN` files, one
+    ``syncfs(2)`` of each file system holding them where Linux has it (one flush instead of one
+    per file; it also flushes what other programs wrote there, hence not for a few files)."""
+    paths = list(paths)
+    if not paths:
+        return
+    dirs = {p.parent for p in paths}
+    if len(paths) >= SYNCFS_MIN:
+        devices: dict[int, Path] = {}
+        for d in sorted(dirs):
+            with contextlib.suppress(OSError):
+                devices.setdefault(os.stat(d).st_dev, d)
+        if devices and all(_syncfs(d) for d in devices.values()):
+            return
+    for p in paths:  # the folder once a file, as each atomic write does (a count that never varies)
+        _fsync_path(p)
+        fsync_dir(p.parent)
+
+
+def _syncfs(within: Path) -> bool:
+    """``syncfs(2)`` of the file system holding the folder ``within``; False where it is not
+    available (not Linux, or the call failed: the caller then fsyncs file by file)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    try:
+        fd = os.open(within, os.O_RDONLY | _CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return bool(fn(fd) == 0)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 

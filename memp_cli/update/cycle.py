@@ -98,7 +98,7 @@ def run_cycle(
         report.pruned = prune_store(store)
         report.seconds["prune"] = time.perf_counter() - t
     t = step("index")
-    sync(store, store_embedder(store))
+    sync(store, store_embedder(store), fresh=report.distill.fresh)  # what reflect/prune rewrote is read
     report.seconds["index"] = time.perf_counter() - t
     store.journal("cycle", **{k: v for k, v in report.to_dict().items() if k != "seconds"})
     return report

@@ -36,7 +36,7 @@ import orjson
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError
 from memp_cli.model.memory import now_iso, read_memory_bytes, valid_id
 from memp_cli.store import appendlog
-from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir, rename_own
+from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir, rename_own, sync_files, write_temp
 
 if TYPE_CHECKING:
     from memp_cli.store.protocol import MemoryStore
@@ -178,8 +178,8 @@ class History:
             atomic_write(path, data)
         return digest
 
-    def _append(self, memory_id: str, version: Version) -> None:
-        appendlog.append(self._log(memory_id), orjson.dumps(version.to_dict()) + b"\n")
+    def _append(self, memory_id: str, version: Version, durable: bool = True) -> None:
+        appendlog.append(self._log(memory_id), orjson.dumps(version.to_dict()) + b"\n", durable=durable)
 
     def _last(self, memory_id: str) -> Version | None:
         versions = self.versions(memory_id)
@@ -194,10 +194,11 @@ class History:
         digest: str | None,
         size: int,
         trajectory: str | None = None,
+        durable: bool = True,
     ) -> Version:
         """Append the version after ``last`` (the log's last line, read once by the caller)."""
         ver = Version(last.v + 1 if last else 1, now_iso(), by, why, digest, size, trajectory)
-        self._append(memory_id, ver)
+        self._append(memory_id, ver, durable)
         return ver
 
     def _notice(
@@ -247,14 +248,64 @@ class History:
         if last is not None and last.sha256 == digest and path.exists():
             return None
         self._put_object(data)
-        replaced = swap_in(path, data, durable=durable)
+        last = self._keep_replaced(memory_id, last, swap_in(path, data, durable=durable))
+        return self._record(memory_id, last, by, why, digest, len(data), trajectory)
+
+    def _keep_replaced(self, memory_id: str, last: Version | None, replaced: bytes | None) -> Version | None:
+        """A hand edit saved after the notice before a write, and replaced by it, is kept too."""
         if replaced is not None:
-            # A hand edit saved after the notice above, and replaced just now, is kept too.
             old_digest = sha256(replaced)
             if last is None or last.sha256 != old_digest:
                 self._put_object(replaced)
                 last = self._record(memory_id, last, HAND_EDIT, "", old_digest, len(replaced))
-        return self._record(memory_id, last, by, why, digest, len(data), trajectory)
+        return last
+
+    def write_many(
+        self, items: list[tuple[str, bytes]], *, by: str, why: str = ""
+    ) -> dict[str, tuple[int, int]]:
+        """Replace many memory files, each as a new version as :meth:`write` does, made durable
+        by the batch: every new object and every temp file written, one flush
+        (:func:`~memp_cli.store.fsutil.sync_files`), the renames, one fsync of the folder, the
+        log lines, one flush. Each memory's writes keep :meth:`write`'s order (object, file, log
+        line), so a kill (or a power cut) leaves each as :meth:`write` would. Returns each file
+        written with its (mtime_ns, size) as written (a file that already held its data is
+        left out). An id given twice is written once, with its last data."""
+        todo: list[tuple[str, bytes, str, Path, Version | None]] = []
+        for mid, data in dict(items).items():
+            last = self._last(mid)
+            last = self._notice(mid, last) or last
+            digest = sha256(data)
+            path = self.store.memory_path(mid)
+            if last is None or last.sha256 != digest or not path.exists():
+                todo.append((mid, data, digest, path, last))
+        objects: list[Path] = []
+        temps: list[Path] = []
+        stamps: dict[str, tuple[int, int]] = {}
+        try:
+            for mid, data, digest, path, _ in todo:
+                obj = self._object(digest)
+                if not obj.exists():
+                    atomic_write(obj, data, durable=False)
+                    objects.append(obj)
+                tmp, st = write_temp(path.parent, data, kind="swap-")
+                temps.append(tmp)
+                stamps[mid] = (st.st_mtime_ns, st.st_size)
+            sync_files(objects + temps)
+            lasts = [
+                self._keep_replaced(mid, last, _swap(tmp, path, durable=False))
+                for (mid, _, _, path, last), tmp in zip(todo, temps, strict=True)
+            ]
+        except BaseException:
+            for tmp in temps:  # those not renamed yet (a renamed one is gone)
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            raise
+        for d in sorted({path.parent for _, _, _, path, _ in todo}):
+            fsync_dir(d)
+        for (mid, data, digest, _, _), last in zip(todo, lasts, strict=True):
+            self._record(mid, last, by, why, digest, len(data), durable=False)
+        sync_files(self._log(mid) for mid, *_ in todo)
+        return stamps
 
     def record_deleted(self, memory_id: str, *, by: str, why: str) -> Version:
         return self._record(memory_id, self._last(memory_id), by, why, None, 0)
@@ -295,6 +346,11 @@ def swap_in(path: Path, data: bytes, *, durable: bool = True) -> bytes | None:
     (its target is not the store's): None, as for no file."""
     tmp = path.parent / f"{TMP_PREFIX}swap-{secrets.token_hex(6)}"
     atomic_write(tmp, data, durable=durable)
+    return _swap(tmp, path, durable=durable)
+
+
+def _swap(tmp: Path, path: Path, *, durable: bool) -> bytes | None:
+    """:func:`swap_in` of the temp file ``tmp`` (removed in any case)."""
     try:
         if path.exists() and _exchange(tmp, path):
             old = _own_bytes(tmp)

@@ -1,0 +1,56 @@
+"""What the index keeps of one memory (:class:`Entry`), and the memories a writer hands to the
+next sync so it does not read and parse the files it has just written (:data:`Fresh`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from memp_cli.index.keywords import memory_keywords
+from memp_cli.model.memory import Memory
+
+# A memory file's (mtime_ns, size), as :func:`memp_cli.index.state.scan` gives it.
+Stamp = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The few texts a sync derives from a memory: a sync holds these, never the parsed memory
+    (its steps and scripts), so a rebuild's memory is about the vectors and the graph."""
+
+    key: str  # the text embedded (:meth:`Memory.key_text`)
+    key_hash: str
+    kind: str
+    family: str
+    lexical: str  # the BM25 text: the key text and the keywords
+    procedure: str
+    built: str  # policy, model and prompt version (:func:`built_key`)
+    keywords: list[str]
+
+    def key_text(self) -> str:
+        return self.key
+
+
+# Memories a writer has just written, by id: each with its file's stamp right after the write.
+# A sync uses one only while the file's stamp is still that one (a hand edit since is read).
+Fresh = Mapping[str, tuple[Entry, Stamp]]
+
+
+def built_key(mem: Memory) -> str:
+    """What :attr:`FileTable.built` records of a memory: its policy, model and prompt version."""
+    p = mem.provenance
+    return f"{p.policy}\t{p.model}\t{p.prompt_version}"
+
+
+def entry(mem: Memory) -> Entry:
+    key = mem.key_text()
+    return Entry(
+        key=key,
+        key_hash=mem.key_hash(),
+        kind=mem.kind,
+        family=mem.family(),
+        lexical=key + ("\n" + " ".join(mem.keywords) if mem.keywords else ""),
+        procedure=mem.procedure_text(),
+        built=built_key(mem),
+        keywords=memory_keywords(mem),
+    )
