@@ -445,3 +445,34 @@ def test_base_and_delta_graphs_search_as_one(store: Path, monkeypatch: pytest.Mo
         f = idx.search(q[np.newaxis], 5, some)
         assert f is not None and set(f[0][0].tolist()) <= some and f[0].shape[1] == 5
     assert any(kinds) and not all(kinds), kinds  # both a delta sync and a merge happened
+
+
+def test_rows_a_killed_sync_appended_are_never_read_and_cut_by_the_next(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_mod.vecsync, "MERGE_SHARE", 1)  # the syncs below add to the delta
+    st = _store(store, 40)
+    state = index_mod.read_state(st)
+    assert state is not None
+    vec = _vec_path(st, state)
+    row = state.dim * 4
+    st.save_memories(_memories(6, seed=3, start=700), event="test")
+    real = index_mod.writer.atomic_write
+
+    def killed_at_state(path: Path, data: bytes | str, **kw: Any) -> None:
+        if path.name == "state.json":
+            raise KeyboardInterrupt("killed before state.json")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(index_mod.writer, "atomic_write", killed_at_state)
+    with pytest.raises(KeyboardInterrupt):
+        index_mod.sync(st, EMB)
+    monkeypatch.setattr(index_mod.writer, "atomic_write", real)
+    assert vec.stat().st_size == (state.next_label + 6) * row  # appended, not named
+    idx = index_mod.load(st, exact=True)
+    assert idx is not None and idx.state.generation == state.generation
+    assert idx.vector_matrix().shape == (state.next_label, state.dim)  # only the named rows
+    (st.memories_dir / "m0700.toml").unlink()
+    _, rep = index_mod.sync(st, EMB)
+    assert rep.embedded == 5
+    assert vec.stat().st_size == (state.next_label + 5) * row  # the sixth row was cut
