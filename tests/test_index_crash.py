@@ -113,14 +113,13 @@ def _vector_rows_cut(root: Path, where: str) -> None:
     assert size == state.next_label * state.dim * 4, where
 
 
-# "sync" merges its delta into the base (it passes 1/8 of the 40 memories); "delta-sync" is the
-# same sync adding to the delta graph.
+# "sync" merges its delta into the base (MERGE_SHARE raised: the delta passes its share of the
+# base); "delta-sync" is the same sync adding to the delta graph.
 @pytest.mark.parametrize("operation", ["sync", "delta-sync", "rebuild", "first-sync"])
 def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     built: Path, tmp_path: Path, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if operation == "delta-sync":
-        monkeypatch.setattr(vecsync, "MERGE_SHARE", 1)
+    monkeypatch.setattr(vecsync, "MERGE_SHARE", 1 if operation == "delta-sync" else 100)
     if operation != "rebuild":
         _change_memories(built)
     if operation == "first-sync":
