@@ -229,7 +229,7 @@ def _store_sizes(path: Path, n: int, info: dict[str, Any]) -> dict[str, Any]:
         index_bytes=idx,
         index_mb=C.mb(idx),
         index_bytes_per_memory=round(idx / n, 1),
-        hnsw_bytes=sum(v for k, v in files.items() if k.startswith("hnsw-")),
+        hnsw_bytes=sum(v for k, v in files.items() if k.startswith(("hnsw-", "delta-"))),
         vectors_bytes=sum(v for k, v in files.items() if k.startswith("vectors-")),
         state_json_bytes=files.get("state.json", 0),
         files_json_bytes=sum(v for k, v in files.items() if k.startswith("files-")),
@@ -595,7 +595,7 @@ def inprocess_retriever(store: Path, queries: list[str], reps: int) -> dict[str,
             emb.embed([qt])
             embed.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            idx.hnsw.knn_query(qv[i], k=max(rc.k * 10, 50), num_threads=1)
+            idx.search(qv[i : i + 1], max(rc.k * 10, 50))  # base + delta, as the retriever
             knn.append(time.perf_counter() - t0)
     return {
         "ef_search": st.config.index.ef_search,

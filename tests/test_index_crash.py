@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import DATA, memp
 from faults import Killed, kill_at
@@ -17,6 +18,7 @@ from test_index_format import HEAT, VALID, _memories, _same_ranking
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode
+from memp_cli.index import vecsync
 from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
@@ -101,10 +103,23 @@ def _check_after_kill(root: Path, where: str, reference: list[list[tuple[str, fl
     shutil.rmtree(fixed_copy)
 
 
-@pytest.mark.parametrize("operation", ["sync", "rebuild", "first-sync"])
+def _vector_rows_cut(root: Path, where: str) -> None:
+    """The vectors file holds exactly the rows the state names: what a killed sync appended past
+    them was cut by the next sync."""
+    st = Store.open(root)
+    state = index_mod.read_state(st)
+    assert state is not None and state.version == 6, where
+    size = index_mod.state.vectors_path(st, state).stat().st_size
+    assert size == state.next_label * state.dim * 4, where
+
+
+# "sync" merges its delta into the base (MERGE_SHARE raised: the delta passes its share of the
+# base); "delta-sync" is the same sync adding to the delta graph.
+@pytest.mark.parametrize("operation", ["sync", "delta-sync", "rebuild", "first-sync"])
 def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
-    built: Path, tmp_path: Path, operation: str
+    built: Path, tmp_path: Path, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(vecsync, "MERGE_SHARE", 1 if operation == "delta-sync" else 100)
     if operation != "rebuild":
         _change_memories(built)
     if operation == "first-sync":
@@ -115,6 +130,11 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     clean = tmp_path / "clean"
     shutil.copytree(template, clean)
     index_mod.sync(Store.open(clean), EMB, rebuild=operation == "rebuild")
+    state = index_mod.read_state(Store.open(clean))
+    assert state is not None
+    # the base graph is rewritten by all but the delta sync; the delta one writes a delta graph
+    assert (state.base_gen == state.generation) == (operation != "delta-sync")
+    assert (state.next_label > state.base_end) == (operation == "delta-sync")
     reference = _answers(clean)
     seen: list[str] = []
     for n in itertools.count(1):
@@ -125,6 +145,7 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
             index_mod.sync(st, EMB, rebuild=operation == "rebuild")
         seen.append(kill.where)
         _check_after_kill(root, f"killed at {kill.where}", reference)
+        _vector_rows_cut(root, f"killed at {kill.where}")
         shutil.rmtree(root.parent)
         if not kill.fired:
             break
@@ -148,6 +169,50 @@ def test_an_index_in_format_2_is_read_and_upgraded_without_embedding(store_dir: 
     journal = [e for e in st.read_journal() if e["event"] == "index.sync"]
     assert journal[-1]["embedded"] == 0 and not journal[-1]["rebuilt"]
     assert memp("doctor").stdout == ""
+
+
+def test_an_index_in_format_5_is_upgraded_without_embedding_or_rewriting_its_graph(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vecsync, "MERGE_SHARE", 1)  # a delta as large as the base stays a delta
+    shutil.copytree(DATA / "index_v5", store_dir)
+    ref = tmp_path / "ref" / ".memp"
+    shutil.copytree(DATA / "index_v5", ref)
+    index_mod.sync(Store.open(ref), EMB, rebuild=True)
+    st = Store.open(store_dir)
+    old = index_mod.read_state(st)
+    assert old is not None and old.version == 5 and old.next_label > len(old.ids)  # a dead label
+    graph = store_dir / "index" / f"hnsw-{old.generation}.bin"
+    graph_bytes = graph.read_bytes()
+    rows = np.load(store_dir / "index" / f"vectors-{old.generation}.npy")
+    _, rep = index_mod.sync(st, EMB)
+    assert rep.embedded == 0 and not rep.rebuilt
+    new = index_mod.read_state(st)
+    assert new is not None and new.version == index_mod.INDEX_VERSION == 6
+    # the old graph is the new base as it is; its vectors are copied once into the new file
+    assert (new.base_gen, new.base_end) == (old.generation, old.next_label)
+    assert graph.read_bytes() == graph_bytes
+    vec = store_dir / "index" / f"vectors-{new.vec_gen}.f32"
+    assert np.array_equal(np.fromfile(vec, dtype=np.float32).reshape(-1, 256), rows)
+    _same_answers(_answers(store_dir), _answers(ref), "after the upgrade")
+    # the next sync adds a delta graph; the graph search (base + delta) agrees with the exact one
+    removed = old.ids[0]
+    for root in (store_dir, ref):
+        (root / "memories" / f"{removed}.toml").unlink()
+        Store.open(root).save_memories(_memories(3, seed=5, start=700), event="test")
+    index_mod.sync(Store.open(ref), EMB)
+    idx, rep = index_mod.sync(st, EMB)
+    assert (rep.embedded, rep.removed) == (3, 1)
+    assert idx.state.base_deleted == [old.labels[0]] and idx.delta is not None
+    qv = EMB.embed([HEAT])
+    found = idx.search(qv, len(idx))
+    assert found is not None
+    labels, dists = found
+    assert sorted(labels[0].tolist()) == sorted(idx.state.labels)
+    exact = 1.0 - idx.vector_matrix()[labels[0]] @ (qv[0] / np.linalg.norm(qv[0]))
+    assert np.allclose(dists[0], exact, atol=1e-4) and (np.diff(dists[0]) >= -1e-6).all()
+    _same_answers(_answers(store_dir), _answers(ref), "after a sync")
+    assert memp("--store", store_dir, "doctor").stdout == ""
 
 
 def test_doctor_reports_a_missing_bm25_array_and_sync_repairs_it(built: Path) -> None:

@@ -71,6 +71,10 @@ def _brute_force(st: Store, query: str, kind: str | None = None) -> list[tuple[s
 COSINE = {"lexical_weight": 0.0, "procedure_weight": 0.0, "family_weight": 0.0}
 
 
+def _vec_path(st: Store, state: index_mod.State) -> Path:
+    return index_mod.state.vectors_path(st, state)
+
+
 def _index_files(st: Store) -> list[str]:
     return sorted(p.name for p in st.index_dir.iterdir() if not p.name.startswith(("lexical", "procedure")))
 
@@ -182,9 +186,9 @@ def test_deleted_memories_never_come_back(store: Path) -> None:
         _same_ranking(
             _hits(Retriever(idx, EMB, k=5, min_score=-1.0, **COSINE), HEAT), _brute_force(st, HEAT)[:5]
         )
-        # rows of labels no memory has are zeros
+        # rows of labels no memory has stay in the append-only vectors file (never searched)
         dead = np.setdiff1d(np.arange(idx.state.next_label), idx.label_array())
-        assert len(dead) == 15 * (k + 1) and not idx.vector_matrix()[dead].any()
+        assert len(dead) == 15 * (k + 1)
 
 
 # --------------------------------------------------------------------------- the files
@@ -204,9 +208,11 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         assert state is not None
         g = state.generation
         assert g == step + 2
+        # format 6: the rebuild writes the base graph and a new vectors file; a sync of a few
+        # memories appends to that file (no rename: not a write point) and writes a delta graph
+        graph = f"delta-{g}.bin" if step else f"hnsw-{g}.bin"
         expected = [
-            f"hnsw-{g}.bin",
-            f"vectors-{g}.npy",
+            graph,
             f"keywords-{g}.bin",
             f"keywords-{g}.json",
             f"files-{g}.json",
@@ -217,17 +223,19 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         ]
         assert written == expected  # state.json last: it names the generation of the others
         assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
-        assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected)
+        kept = ["vectors-2.f32", *(["hnsw-2.bin"] if step else [])]  # the rebuild's, still named
+        assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected + kept)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 5
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 6
+        assert (raw["vec_gen"], raw["base_gen"]) == (2, 2)
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)
-        assert idx is not None and idx.hnsw is not None
+        assert idx is not None and idx.hnsw is not None and (idx.delta is not None) == bool(step)
         table = idx.file_table()
         assert table.texts == [load_memory_file(st.memories_dir / f"{m}.toml").key_text() for m in state.ids]
         vec = idx.vector_matrix()
         assert vec.shape == (state.next_label, 256) and vec.dtype == np.float32
-        assert np.allclose(vec[state.labels], idx.hnsw.get_items(state.labels), atol=1e-6)
+        assert np.allclose(vec[state.labels], idx.graph_vectors(state.labels), atol=1e-6)
 
 
 def test_nothing_changed_writes_nothing(store: Path) -> None:
@@ -242,9 +250,10 @@ def test_sync_restores_a_missing_vectors_file_from_the_graph(store: Path) -> Non
     st = _store(store, 60)
     state = index_mod.read_state(st)
     assert state is not None
-    old = np.load(st.index_dir / f"vectors-{state.generation}.npy")
-    (st.index_dir / f"vectors-{state.generation}.npy").unlink()
-    with pytest.raises(StoreError, match=f"vectors-{state.generation}.npy: missing"):
+    vec = _vec_path(st, state)
+    old = np.fromfile(vec, dtype=np.float32).reshape(-1, 256)[: state.next_label]
+    vec.unlink()
+    with pytest.raises(StoreError, match=f"{vec.name}: missing"):
         index_mod.load(st, exact=True)
     idx, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 0 and not rep.rebuilt  # nothing embedded again
@@ -258,7 +267,7 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
     st = Store.open(built)
     state = index_mod.read_state(st)
     assert state is not None
-    vec = built / "index" / f"vectors-{state.generation}.npy"
+    vec = _vec_path(st, state)
     files = built / "index" / f"files-{state.generation}.json"
     if damage == "truncate-vectors":
         vec.write_bytes(vec.read_bytes()[:1000])
@@ -285,8 +294,11 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
     assert memp("doctor").stdout == ""
     new = index_mod.read_state(st)
     assert new is not None and new.generation > state.generation
+    # the graph is rewritten only by the rebuild (a new vectors file is copied from it)
+    base = state.generation if "vectors" in damage else new.generation
     assert _index_files(st) == sorted(
-        [f"{p}-{new.generation}.{e}" for p, e in (("hnsw", "bin"), ("vectors", "npy"), ("files", "json"))]
+        [f"hnsw-{base}.bin"]
+        + [f"{p}-{new.generation}.{e}" for p, e in (("vectors", "f32"), ("files", "json"))]
         + [
             f"built-{new.generation}.json",
             f"keywords-{new.generation}.bin",
@@ -300,10 +312,10 @@ def test_doctor_fix_regenerates_the_vectors_file(built: Path) -> None:
     st = Store.open(built)
     state = index_mod.read_state(st)
     assert state is not None
-    vec = built / "index" / f"vectors-{state.generation}.npy"
-    arr = np.load(vec)
+    vec = _vec_path(st, state)
+    arr = np.fromfile(vec, dtype=np.float32).reshape(-1, 256)
     arr[state.labels[3]] = 0.0  # a mismatch between the file and the graph
-    np.save(vec, arr)
+    arr.tofile(vec)
     r = memp("doctor", expect=ExitCode.STORE)
     assert "does not match the vector index" in r.stdout
     r = memp("doctor", "--fix")
@@ -321,7 +333,7 @@ def _old_format(built: Path) -> bytes:
     assert idx is not None
     table = idx.file_table()
     d = {"index_version": 1, **vars(idx.state), **vars(table)}
-    for p in built.joinpath("index").glob("vectors-*.npy"):
+    for p in built.joinpath("index").glob("vectors-*.*"):
         p.unlink()
     for p in built.joinpath("index").glob("files-*.json"):
         p.unlink()
@@ -333,7 +345,7 @@ def _old_format(built: Path) -> bytes:
 def test_index_from_an_older_memp_is_rebuilt_by_query(built: Path) -> None:
     _old_format(built)
     r = memp("doctor", expect=ExitCode.STORE)
-    assert "older format (1, now 5)" in r.stdout
+    assert f"older format (1, now {index_mod.INDEX_VERSION})" in r.stdout
     q = memp("query", HEAT, "-k", 1)
     assert "older format" in q.stderr and "rebuilt the index" in q.stderr
     assert q.jsonl()[0]["task"] == HEAT
@@ -390,3 +402,77 @@ def test_state_json_roundtrip(tmp_path: Path, labels: str) -> None:
     d.pop("kind_codes")
     with pytest.raises(StoreError, match="damaged index state"):
         index_mod.State.from_json(orjson.dumps(d), tmp_path / "state.json")
+
+
+def test_base_and_delta_graphs_search_as_one(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncs that add, re-key and delete memories: the new vectors go to the delta graph (the base
+    file stays, its dropped labels listed in the state) until the delta passes 1/MERGE_SHARE of the
+    base, then a merge writes a new base. Throughout, the two graphs searched as one return every
+    live memory once, at its exact cosine distance, nearest first."""
+    monkeypatch.setattr(index_mod.vecsync, "MERGE_SHARE", 3)
+    st = _store(store, 80)
+    kinds = []
+    for step in range(6):
+        ids = memory_ids(store)
+        for mid in ids[step : step + 2]:
+            (st.memories_dir / f"{mid}.toml").unlink()
+        edited = load_memory_file(st.memories_dir / f"{ids[40 + step]}.toml")
+        edited.task = f"slice a lamp {step} and put it in the bowl."
+        st.save_memories([edited, *_memories(4, seed=step, start=500 + 10 * step)], event="test")
+        before = index_mod.read_state(st)
+        _, rep = index_mod.sync(st, EMB)
+        assert (rep.added, rep.removed, rep.updated, rep.embedded) == (4, 2, 1, 5)
+        idx = index_mod.load(st)
+        assert idx is not None and before is not None
+        state = idx.state
+        merged = state.base_gen == state.generation
+        kinds.append(merged)
+        if merged:
+            assert state.base_end == state.next_label and not state.base_deleted and idx.delta is None
+        else:  # the base file is the last one's; the deleted and re-keyed memories' labels listed
+            assert state.base_gen == before.base_gen and idx.delta is not None
+            assert len(state.base_deleted) >= 3 and not set(state.base_deleted) & set(state.labels)
+        vecs = idx.vector_matrix()
+        q = vecs[state.labels[7]] + vecs[state.labels[-1]]
+        found = idx.search(q[np.newaxis], len(idx))
+        assert found is not None
+        labels, dists = found
+        assert sorted(labels[0].tolist()) == sorted(state.labels)
+        assert np.allclose(dists[0], 1.0 - vecs[labels[0]] @ (q / np.linalg.norm(q)), atol=1e-4)
+        assert (np.diff(dists[0]) >= -1e-6).all()
+        # a filtered search (the retriever's --kind) sees only the allowed labels
+        some = set(state.labels[::3])
+        f = idx.search(q[np.newaxis], 5, some)
+        assert f is not None and set(f[0][0].tolist()) <= some and f[0].shape[1] == 5
+    assert any(kinds) and not all(kinds), kinds  # both a delta sync and a merge happened
+
+
+def test_rows_a_killed_sync_appended_are_never_read_and_cut_by_the_next(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_mod.vecsync, "MERGE_SHARE", 1)  # the syncs below add to the delta
+    st = _store(store, 40)
+    state = index_mod.read_state(st)
+    assert state is not None
+    vec = _vec_path(st, state)
+    row = state.dim * 4
+    st.save_memories(_memories(6, seed=3, start=700), event="test")
+    real = index_mod.writer.atomic_write
+
+    def killed_at_state(path: Path, data: bytes | str, **kw: Any) -> None:
+        if path.name == "state.json":
+            raise KeyboardInterrupt("killed before state.json")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(index_mod.writer, "atomic_write", killed_at_state)
+    with pytest.raises(KeyboardInterrupt):
+        index_mod.sync(st, EMB)
+    monkeypatch.setattr(index_mod.writer, "atomic_write", real)
+    assert vec.stat().st_size == (state.next_label + 6) * row  # appended, not named
+    idx = index_mod.load(st, exact=True)
+    assert idx is not None and idx.state.generation == state.generation
+    assert idx.vector_matrix().shape == (state.next_label, state.dim)  # only the named rows
+    (st.memories_dir / "m0700.toml").unlink()
+    _, rep = index_mod.sync(st, EMB)
+    assert rep.embedded == 5
+    assert vec.stat().st_size == (state.next_label + 5) * row  # the sixth row was cut

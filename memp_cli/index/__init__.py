@@ -15,11 +15,20 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   (policy, model, prompt version), so ``memp distill`` plans a big store without opening every
   memory file (:func:`~memp_cli.index.state.built_stamps`; an entry counts only while the stat
   is the same).
-- ``hnsw-<gen>.bin``: the hnswlib graph (cosine space): long-lived processes and batches.
-- ``vectors-<gen>.npy``: the same unit vectors as a float32 matrix, row = label (rows of
-  labels no memory has are zeros; ``state.labels`` lists the live ones). A one-shot query
-  maps it and searches exactly (a matrix-vector product): ~20 ms at 100k memories against
-  ~130 ms to load the graph, and recall 1.0.
+- ``vectors-<vec_gen>.f32``: the unit vectors as raw float32 rows, row = label, append-only:
+  labels only grow (a memory whose keys change gets a new one), so a sync appends its batch's
+  rows, fsyncs them, and only then writes the state.json that counts them (``next_label``
+  rows are valid; what a killed sync appended past them is cut by the next one). Rows of
+  labels no memory has any more stay until a rebuild (``state.labels`` lists the live ones).
+  A one-shot query maps exactly the rows its state names and searches exactly (a
+  matrix-vector product): ~20 ms at 100k memories against ~130 ms to load a graph, recall 1.0.
+  A rebuild, or the upgrade of an older index, writes a new file (``vec_gen`` names it).
+- ``hnsw-<base_gen>.bin`` and ``delta-<gen>.bin``: the hnswlib graphs (cosine space), for
+  long-lived processes and batches: the base holds the labels below ``base_end`` (but those in
+  ``base_deleted``, dropped at query time), the delta the newer ones. A sync adds its vectors
+  to the delta, which is small to load and rewrite; once the delta (with ``base_deleted``)
+  passes 1/8 of the base, the sync merges it into the base and writes a new base.
+  :meth:`Index.search` searches both as one graph.
 - ``lexical-<gen>.<array>.npy``: the BM25 index over the same texts
   (:mod:`memp_cli.index.lexical`); its manifest is in ``state.json``.
 - ``keywords-<gen>.json`` and ``keywords-<gen>.bin``: the AveFact keys. Every distinct
@@ -37,15 +46,19 @@ deleted ones removed, broken ones reported and left out. A memory's keywords
 are re-read whenever its file changes; only keyword strings new to the store
 are embedded. The BM25 arrays of a new generation are the last one's with the memories read
 again dropped and added (:meth:`~memp_cli.index.lexical.LexicalIndex.updated`, the same arrays
-as a full build): only what changed is tokenized. An index in format 4 is rewritten in this
-format by the next sync, which reads the memory files again (no embedding). An index in
+as a full build): only what changed is tokenized. An index in format 5 (one ``hnsw-<gen>.bin``
+and a ``vectors-<gen>.npy`` rewritten by every sync) is upgraded by the next sync: its graph
+becomes the base as it is, its vectors are copied into a new vectors file (no embedding). An
+index in format 4 is rewritten in this format by the next sync, which reads the memory files
+again (no embedding). An index in
 format 2 (BM25 under its own ``lexical.json``) is read, and rewritten in this format by the
 next sync without embedding; an older
 one is rebuilt by the next sync; one written by a newer memp is left alone (an
 error says to upgrade).
 
 Modules: :mod:`~memp_cli.index.state` (state.json, the file table, generation file
-names, freshness), :mod:`~memp_cli.index.vectors` (graph and vectors file),
+names, freshness), :mod:`~memp_cli.index.vectors` (graphs and vectors file),
+:mod:`~memp_cli.index.vecsync` (the vector side of a sync: append, delta or merge),
 :mod:`~memp_cli.index.keywords` (AveFact keywords), :mod:`~memp_cli.index.lexical`
 (BM25), :mod:`~memp_cli.index.reader` (:class:`Index`, :func:`load`) and
 :mod:`~memp_cli.index.writer` (:func:`sync`, writing a generation).

@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 class Index:
     """A loaded index (read side). Create with :func:`load` or :func:`sync`.
 
-    ``hnsw`` (the graph) is read from disk on first use when it was not given, so an index
-    loaded with ``load(..., exact=True)`` never reads it unless a caller asks for it.
+    ``hnsw`` (the base graph) and ``delta`` (the delta graph, format 6) are read from disk on
+    first use when they were not given, so an index loaded with ``load(..., exact=True)`` never
+    reads them unless a caller asks for it. :meth:`search` searches both as one graph.
     """
 
     def __init__(
@@ -43,8 +44,10 @@ class Index:
         vectors: np.ndarray | None = None,
         files: FileTable | None = None,
         procedure: LexicalIndex | None = None,
+        delta: hnswlib.Index | None = None,
     ) -> None:
         self.store = store
+        self._delta = delta
         self.state = state
         self._hnsw = hnsw
         self.lexical = lexical
@@ -67,8 +70,56 @@ class Index:
         return self._hnsw
 
     @property
+    def delta(self) -> hnswlib.Index | None:
+        """The delta graph: the labels from ``state.base_end`` (None when there are none)."""
+        if self._delta is None:
+            self._delta = _vectors.load_delta(self.store, self.state)
+        return self._delta
+
+    @property
     def hnsw_loaded(self) -> bool:
         return self._hnsw is not None
+
+    def search(
+        self, qvecs: np.ndarray, k: int, allowed: set[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, cosine distances), each (len(qvecs), <= k), nearest first: the base and the
+        delta graph searched as one, without the base's deleted labels; only labels in
+        ``allowed`` when given. None when nothing is found."""
+        import numpy as np
+
+        parts = [
+            found
+            for graph, dropped in ((self.hnsw, self.state.base_deleted), (self.delta, []))
+            if graph is not None and (found := _vectors.knn(graph, qvecs, k, allowed, dropped)) is not None
+        ]
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        width = min(k, sum(p[0].shape[1] for p in parts))
+        labels = np.concatenate([p[0] for p in parts], axis=1)
+        dists = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(dists, axis=1, kind="stable")[:, :width]
+        return np.take_along_axis(labels, order, axis=1), np.take_along_axis(dists, order, axis=1)
+
+    def graph_vectors(self, labels: list[int]) -> np.ndarray:
+        """The vectors the graphs hold for ``labels`` (base or delta by label); RuntimeError
+        when a graph lacks one."""
+        import numpy as np
+
+        out = np.zeros((len(labels), self.state.dim), dtype=np.float32)
+        for graph, pick in ((self.hnsw, lambda lab: lab < self.state.base_end), (self.delta, None)):
+            rows = [i for i, lab in enumerate(labels) if (pick(lab) if pick else lab >= self.state.base_end)]
+            if rows:
+                if graph is None:
+                    raise RuntimeError(f"no graph holds label {labels[rows[0]]}")
+                out[rows] = np.asarray(graph.get_items([labels[i] for i in rows]), dtype=np.float32)
+        return out
+
+    def graph_count(self) -> int:
+        """How many vectors the graphs hold (deleted ones too)."""
+        return sum(g.get_current_count() for g in (self.hnsw, self.delta) if g is not None)
 
     @property
     def vectors_mapped(self) -> bool:
@@ -134,21 +185,22 @@ class Index:
 
         if not labels or not self.state.ids:
             return np.zeros((0, self.state.dim), dtype=np.float32)
-        if self._vectors is None and self._hnsw is not None:
+        if self._vectors is None and self.hnsw_loaded:
             try:
                 self.vector_matrix()
-            except StoreError:  # a damaged vectors file: the graph has the vectors too
-                return np.asarray(self._hnsw.get_items(labels), dtype=np.float32)
+            except StoreError:  # a damaged vectors file: the graphs have the vectors too
+                return self.graph_vectors(labels)
         return np.asarray(self.vector_matrix()[np.asarray(labels, dtype=np.int64)], dtype=np.float32)
 
 
 def check_files(store: MemoryStore, state: State) -> None:
-    """Raise StoreError unless every file of the state's generation (the graph aside) is there
-    and consistent with it: ``files-<gen>.json``, ``vectors-<gen>.npy``, the BM25 arrays and
-    the keyword files (``memp doctor``)."""
+    """Raise StoreError unless every file of the state's generation (the graphs aside but for a
+    check of the base's size) is there and consistent with it: ``files-<gen>.json``, the
+    vectors file, the BM25 arrays and the keyword files (``memp doctor``)."""
     load_files(store, state)
     if state.ids:
         _vectors.load_vectors(store, state)
+        _vectors.check_graph_file(store, state)
         read_lexical(store, state)
         read_lexical(store, state, "procedure")
     if state.kw_version == KW_VERSION:
@@ -224,10 +276,11 @@ def load(
                 hnsw = None
             else:
                 vectors, hnsw = None, _vectors.load_hnsw(store, state)
+            delta = _vectors.load_delta(store, state) if not exact else None
             problems: list[str] = []
             lexical = load_lexical(store, state, problems=problems)
             procedure = load_lexical(store, state, problems=problems, field="procedure")
-            idx = Index(store, state, hnsw, lexical, kw, vectors=vectors, procedure=procedure)
+            idx = Index(store, state, hnsw, lexical, kw, vectors=vectors, procedure=procedure, delta=delta)
             idx.problems = problems
             return idx
         except StoreError:

@@ -24,7 +24,7 @@ STATE_NAME = "state.json"
 #: temp file): what a sync may remove there, and nothing else.
 INDEX_FILE_NAME = re.compile(
     r"(state|lexical)\.json|\.tmp-[\w.-]+"
-    r"|(files|built|hnsw|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy)"
+    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy|f32)"
 )
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
@@ -37,7 +37,12 @@ INDEX_FILE_NAME = re.compile(
 #    its file's stat, so `memp distill` plans without opening every memory file; the BM25 arrays
 #    of a sync are the last generation's updated with the memories read again. A sync upgrades a
 #    format 4 index by re-reading the memory files, without embedding anything.
-INDEX_VERSION = 5
+# 6: the vectors in one append-only file ``vectors-<vec_gen>.f32`` (``next_label`` rows are
+#    valid), the graph as a base (``hnsw-<base_gen>.bin``, labels below ``base_end``, minus
+#    ``base_deleted``) plus a small ``delta-<gen>.bin`` (labels from ``base_end``): a sync writes
+#    about its batch, not the whole index. A sync upgrades a format 2-5 index without embedding
+#    (the old graph becomes the base, the vectors are copied once into the new file).
+INDEX_VERSION = 6
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
 # Format of the keyword files; a state with another kw_version (0: none yet, an
@@ -80,6 +85,14 @@ class State:
     # Per position, the memory's procedure family (retrieve.procedure.family_key): memories of
     # one family are the same procedure, and a query's ranking pools their evidence.
     families: list[str] = field(default_factory=list)
+    # Format 6 (see INDEX_VERSION): the vectors file's generation, the base graph's generation,
+    # the labels below which a label is in the base graph (the others are in the delta graph),
+    # and the base's labels no memory has any more (sorted; a query drops them until a merge).
+    # An older state reads as one with its whole graph as the base and no delta.
+    vec_gen: int = 0
+    base_gen: int = 0
+    base_end: int = 0
+    base_deleted: list[int] = field(default_factory=list)
     # The format this state was read in (written always as INDEX_VERSION).
     version: int = INDEX_VERSION
 
@@ -143,6 +156,8 @@ class State:
             fnames, fcodes = d.pop("family_names", None), d.pop("family_codes", None)
             families = list(map(fnames.__getitem__, fcodes)) if fnames is not None else [""] * len(d["ids"])
             state = cls(**d, kinds=list(map(names.__getitem__, codes)), families=families, version=version)
+            if version < 6:
+                state.base_gen, state.base_end = state.generation, state.next_label
             if not len(state.ids) == len(state.labels) == len(state.kinds) == len(state.families):
                 raise ValueError("columns of different lengths")
             return state
@@ -209,8 +224,20 @@ def hnsw_path(store: MemoryStore, generation: int) -> Path:
     return store.index_dir / f"hnsw-{generation}.bin"
 
 
-def vectors_path(store: MemoryStore, generation: int) -> Path:
-    return store.index_dir / f"vectors-{generation}.npy"
+def vectors_path(store: MemoryStore, state: State) -> Path:
+    """The vectors file ``state`` names: ``vectors-<vec_gen>.f32`` (format 6: raw float32 rows,
+    the first ``next_label`` of them valid), before format 6 ``vectors-<gen>.npy``."""
+    if state.version < 6:
+        return store.index_dir / f"vectors-{state.generation}.npy"
+    return vec_file_path(store, state.vec_gen)
+
+
+def vec_file_path(store: MemoryStore, vec_gen: int) -> Path:
+    return store.index_dir / f"vectors-{vec_gen}.f32"
+
+
+def delta_path(store: MemoryStore, generation: int) -> Path:
+    return store.index_dir / f"delta-{generation}.bin"
 
 
 def files_path(store: MemoryStore, generation: int) -> Path:
@@ -239,7 +266,11 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
     if state.version >= 5:
         names.add(built_path(store, gen).name)
     if state.ids:
-        names |= {hnsw_path(store, gen).name, vectors_path(store, gen).name}
+        names.add(vectors_path(store, state).name)
+        if state.base_end:
+            names.add(hnsw_path(store, state.base_gen).name)
+        if state.version >= 6 and state.next_label > state.base_end:
+            names.add(delta_path(store, gen).name)
         if state.lexical is not None:
             names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values()}
         if state.procedure is not None:

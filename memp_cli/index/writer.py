@@ -29,6 +29,7 @@ from memp_cli.index.state import (
     State,
     built_path,
     check_embedder,
+    delta_path,
     files_path,
     hnsw_path,
     kw_paths,
@@ -40,11 +41,19 @@ from memp_cli.index.state import (
     state_path,
     vectors_path,
 )
-from memp_cli.index.vectors import import_hnswlib, load_hnsw, load_vectors, save_hnsw, save_npy, unit_rows
+from memp_cli.index.vecsync import Graphs, drop_labels, graph_for, open_vectors
+from memp_cli.index.vectors import (
+    RamVectors,
+    VectorFile,
+    check_graph_file,
+    load_delta,
+    load_vectors,
+    save_hnsw,
+    unit_rows,
+)
 from memp_cli.store.fsutil import atomic_write, remove_owned
 
 if TYPE_CHECKING:
-    import hnswlib
     import numpy as np
 
     from memp_cli.index.lexical import LexicalIndex
@@ -118,7 +127,6 @@ def _sync(
     persist: bool,
     fresh: Fresh | None = None,
 ) -> tuple[Index, SyncReport]:
-    import numpy as np
 
     report = SyncReport(rebuilt=rebuild)
     old, last_generation = _read_old(store, embedder, rebuild, report)
@@ -126,7 +134,7 @@ def _sync(
     files = scan(store)
     state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
     table = FileTable()
-    hnsw = None
+    delta = None
     old_table = FileTable()
     old_vectors: np.ndarray | None = None
     if old is not None:
@@ -134,16 +142,22 @@ def _sync(
         state.kw_version = old.kw_version
         try:
             old_table = load_files(store, old)
-            hnsw = load_hnsw(store, old)
+            check_graph_file(store, old)  # the base graph is read only by a merge
+            delta = load_delta(store, old)
         except StoreError as e:
-            old, hnsw = None, None
+            old, delta = None, None
             state.next_label = 0
             report.rebuilt = True
             report.rebuild_reason = e.message
         else:
+            if old.ids:  # else the graphs and the vectors file start afresh
+                state.vec_gen, state.base_gen, state.base_end = old.vec_gen, old.base_gen, old.base_end
+                state.base_deleted = list(old.base_deleted)
             with contextlib.suppress(StoreError):  # else taken from the graph below
                 old_vectors = load_vectors(store, old) if old.ids else None
+    first = state.next_label  # the labels of this sync's embeddings start here
     to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report, fresh)
+    _relabel(state, to_embed, removed_labels, first)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
     vectors_missing = old is not None and bool(old.ids) and old_vectors is None
@@ -165,87 +179,88 @@ def _sync(
             if persist and (old.dir_mtime_ns != dir_mtime or old.broken != state.broken):
                 atomic_write(state_path(store), state.to_json())  # same generation, same files
             return (
-                Index(store, state, hnsw, lex, kw_old, vectors=old_vectors, files=table, procedure=proc),
+                Index(
+                    store,
+                    state,
+                    None,
+                    lex,
+                    kw_old,
+                    vectors=old_vectors,
+                    files=table,
+                    procedure=proc,
+                    delta=delta,
+                ),
                 report,
             )
         kw_missing = kw_old is None
 
     cfg = store.config.index
-    # The vectors file of the new generation: unchanged rows copied, new ones set below.
-    vectors = np.zeros((state.next_label if state.ids else 0, embedder.dim), dtype=np.float32)
-    embedded_pos = {pos for pos, _ in to_embed}
-    kept = np.array([lab for pos, lab in enumerate(state.labels) if pos not in embedded_pos], dtype=np.int64)
-    if len(kept):
-        if old_vectors is not None:
-            vectors[kept] = old_vectors[kept]
-        elif hnsw is not None:  # no usable vectors file (an older index, or damaged)
-            for start in range(0, len(kept), 8192):
-                part = kept[start : start + 8192]
-                vectors[part] = np.asarray(hnsw.get_items(part.tolist()), dtype=np.float32)
+    vectors = open_vectors(store, state, old, old_vectors, delta, first, persist)
     old_vectors = None  # unmapped before the old generation's files are removed
-    # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
-    kw = sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
-    if to_embed:
-        if hnsw is None:
-            hnsw = import_hnswlib().Index(space="cosine", dim=embedder.dim)
-            hnsw.init_index(
-                max_elements=max(1024, state.next_label),
-                M=cfg.M,
-                ef_construction=cfg.ef_construction,
-                allow_replace_deleted=False,
+    try:
+        # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
+        kw = sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
+        graphs = graph_for(store, state, delta, vectors, removed_labels, first)
+        if to_embed:
+            _embed(
+                store,
+                embedder,
+                state,
+                graphs,
+                kw,
+                table,
+                vectors,
+                to_embed,
+                removed_labels,
+                report,
+                progress,
+                persist,
             )
-        need = state.next_label
-        if need > hnsw.get_max_elements():
-            hnsw.resize_index(max(need, int(hnsw.get_max_elements() * 1.5)))
-        _embed(
-            store,
-            embedder,
-            state,
-            hnsw,
-            kw,
-            table,
-            vectors,
-            to_embed,
-            removed_labels,
-            report,
-            progress,
-            persist,
-        )
-    if hnsw is not None:
-        for lab in removed_labels:
-            with contextlib.suppress(RuntimeError):
-                hnsw.mark_deleted(lab)
-    both = _update_lexical(store, old, state, table, kw_src) if old is not None else None
-    if both is None:
-        both = _build_lexical(state, table)
-    if persist:
-        if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
-            store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-        write_generation(store, state, hnsw, kw, table, vectors, both)
-        store.journal(
-            "index.sync",
-            added=report.added,
-            updated=report.updated,
-            removed=report.removed,
-            embedded=report.embedded,
-            rebuilt=report.rebuilt,
-        )
-    hnsw_out = hnsw if state.ids else None
-    if hnsw_out is not None:
-        hnsw_out.set_ef(cfg.ef_search)
-    if kw.hnsw is not None:
-        kw.hnsw.set_ef(cfg.ef_search)
+        drop_labels(state, graphs, removed_labels)
+        both = _update_lexical(store, old, state, table, kw_src) if old is not None else None
+        if both is None:
+            both = _build_lexical(state, table)
+        if persist:
+            if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
+                store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
+            write_generation(store, state, graphs, kw, table, vectors, both)
+            store.journal(
+                "index.sync",
+                added=report.added,
+                updated=report.updated,
+                removed=report.removed,
+                embedded=report.embedded,
+                rebuilt=report.rebuilt,
+            )
+        matrix = vectors.matrix() if state.ids else None
+    finally:
+        vectors.close()
+    for graph in (graphs.base, graphs.delta, kw.hnsw):
+        if graph is not None:
+            graph.set_ef(cfg.ef_search)
     index = Index(
         store,
         state,
-        hnsw_out,
+        graphs.base if state.ids else None,
         both[0] if both else None,
         kw,
-        vectors=vectors if state.ids else None,
+        vectors=matrix,
         files=table,
         procedure=both[1] if both else None,
+        delta=graphs.delta if state.ids else None,
     )
     return index, report
+
+
+def _relabel(state: State, to_embed: list[tuple[int, Entry]], removed_labels: list[int], first: int) -> None:
+    """Give every memory to embed a new label, ``first`` on in ``to_embed`` order, so the
+    vectors file only ever grows at its end (a memory whose keys changed leaves its old label
+    and row behind: the last generation, which still names them, stays intact)."""
+    for j, (pos, _) in enumerate(to_embed):
+        if state.labels[pos] < first:
+            removed_labels.append(state.labels[pos])
+        state.labels[pos] = first + j
+    state.next_label = first + len(to_embed)
 
 
 def _read_old(
@@ -360,18 +375,19 @@ def _embed(
     store: MemoryStore,
     embedder: Embedder,
     state: State,
-    hnsw: hnswlib.Index,
+    graphs: Graphs,
     kw: KeywordIndex,
     table: FileTable,
-    vectors: np.ndarray,
+    vectors: VectorFile | RamVectors,
     to_embed: list[tuple[int, Entry]],
     removed_labels: list[int],
     report: SyncReport,
     progress: Progress | None,
     persist: bool,
 ) -> None:
-    """Embed the key texts of ``to_embed`` in batches into the graph and ``vectors``. When
-    interrupted (Ctrl-C, a failing embedder), write what was done first (:func:`_checkpoint`)."""
+    """Embed the key texts of ``to_embed`` in batches into the graph and ``vectors`` (their
+    labels are new and consecutive: appended). When interrupted (Ctrl-C, a failing embedder),
+    write what was done first (:func:`_checkpoint`)."""
     import numpy as np
 
     done = 0
@@ -381,11 +397,9 @@ def _embed(
             batch = to_embed[start : start + EMBED_BATCH]
             vecs = embedder.embed([m.key_text() for _, m in batch])
             labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
-            for lab in labels.tolist():
-                with contextlib.suppress(RuntimeError):
-                    hnsw.unmark_deleted(lab)
-            hnsw.add_items(vecs, labels, num_threads=threads, replace_deleted=False)
-            vectors[labels] = unit_rows(vecs)
+            rows = unit_rows(vecs)
+            vectors.append(labels, rows)
+            graphs.target.add_items(rows, labels, num_threads=threads, replace_deleted=False)
             done += len(batch)
             report.embedded += len(batch)
             if progress:
@@ -394,17 +408,17 @@ def _embed(
         if persist and done:
             pending = {pos for pos, _ in to_embed[done:]}
             with contextlib.suppress(Exception):
-                _checkpoint(store, state, hnsw, kw, table, vectors, pending, removed_labels, report)
+                _checkpoint(store, state, graphs, kw, table, vectors, pending, removed_labels, report)
         raise
 
 
 def _checkpoint(
     store: MemoryStore,
     state: State,
-    hnsw: hnswlib.Index,
+    graphs: Graphs,
     kw: KeywordIndex,
     table: FileTable,
-    vectors: np.ndarray,
+    vectors: VectorFile | RamVectors,
     pending: set[int],
     removed_labels: list[int],
     report: SyncReport,
@@ -420,7 +434,10 @@ def _checkpoint(
         embedder=state.embedder,
         dim=state.dim,
         generation=state.generation,
-        next_label=state.next_label,
+        next_label=vectors.rows,  # the pending labels were never named: the next sync reuses them
+        vec_gen=state.vec_gen,
+        base_gen=state.base_gen,
+        base_end=min(state.base_end, vectors.rows),
         dir_mtime_ns=0,
         ids=[state.ids[p] for p in keep],
         labels=[state.labels[p] for p in keep],
@@ -432,17 +449,16 @@ def _checkpoint(
     for p in keep:
         row = (table.texts[p], table.procedures[p], table.built[p])
         part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], *row)
-    # A pending memory that was in the index before (its keys changed) leaves it until re-embedded.
-    for lab in [state.labels[p] for p in pending] + removed_labels:
-        vectors[lab] = 0.0
-        with contextlib.suppress(RuntimeError):
-            hnsw.mark_deleted(lab)
+    # A pending memory that was in the index before (its keys changed) leaves it until
+    # re-embedded: its old label is among the removed ones (its new one was never added).
+    part.base_deleted = list(state.base_deleted)
+    drop_labels(part, graphs, removed_labels)
     rows = [kw.row(p) for p in keep]
     offsets = np.zeros(len(keep) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     part_kw = KeywordIndex(kw.words, offsets, flat.astype(np.int64), kw.hnsw)
-    write_generation(store, part, hnsw, part_kw, part_table, vectors, _build_lexical(part, part_table))
+    write_generation(store, part, graphs, part_kw, part_table, vectors, _build_lexical(part, part_table))
     store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
 
 
@@ -499,16 +515,18 @@ def _update_lexical(
 def write_generation(
     store: MemoryStore,
     state: State,
-    hnsw: hnswlib.Index | None,
+    graphs: Graphs,
     kw: KeywordIndex,
     table: FileTable,
-    vectors: np.ndarray,
+    vectors: VectorFile | RamVectors,
     lex: tuple[LexicalIndex, LexicalIndex] | None,
 ) -> None:
-    """Write ``state`` as the next generation: every file of it first (graph, vectors, keywords,
-    file table, BM25 arrays; each atomically), then state.json, which names the generation, then
-    remove every other file of the index directory (older generations, what an interrupted write
-    left). A process killed at any point leaves the last complete generation readable."""
+    """Write ``state`` as the next generation: every file of it first (the vectors file's new
+    rows fsynced, the base graph when merged else the delta graph, keywords, file table, BM25
+    arrays; each atomically), then state.json, which names the generation, then remove every
+    other file of the index directory (older generations, what an interrupted write left). A
+    process killed at any point leaves the last complete generation readable: the rows it
+    names are never written again, the base it names is only ever replaced by a new file."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -516,12 +534,18 @@ def write_generation(
     def wrote(path: Path) -> None:
         written.add(path.name)
 
-    if hnsw is not None and state.ids:
-        save_hnsw(store, hnsw, hnsw_path(store, gen).name)
-        wrote(hnsw_path(store, gen))
+    state.version = INDEX_VERSION
     if state.ids:
-        save_npy(vectors_path(store, gen), vectors)
-        wrote(vectors_path(store, gen))
+        vectors.flush()
+        wrote(vectors_path(store, state))
+        if graphs.merged and graphs.base is not None:
+            save_hnsw(store, graphs.base, hnsw_path(store, gen).name)
+            state.base_gen = gen
+        if state.base_end:
+            wrote(hnsw_path(store, state.base_gen))
+        if state.next_label > state.base_end and graphs.delta is not None:
+            save_hnsw(store, graphs.delta, delta_path(store, gen).name)
+            wrote(delta_path(store, gen))
     jpath, bpath = kw_paths(store, gen)
     if kw.hnsw is not None and kw.words:
         save_hnsw(store, kw.hnsw, bpath.name)

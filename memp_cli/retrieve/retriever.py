@@ -367,26 +367,14 @@ class Retriever(AveFact):
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, cosines), each (len(qvecs), <= n_cand): the graph's nearest allowed memories."""
         idx = self.index
-        hnsw = idx.hnsw
-        assert hnsw is not None
-        filt = None
+        labels_ok = None
         if allowed is not None:
             labels_ok = set(idx.label_array()[allowed].tolist())
             if not labels_ok:
                 return None
             n_cand = min(n_cand, len(labels_ok))
-
-            def filt(label: int) -> bool:
-                return label in labels_ok
-
-        while True:
-            try:
-                labels, dists = hnsw.knn_query(qvecs, k=n_cand, filter=filt, num_threads=1)
-                return labels, 1.0 - dists
-            except RuntimeError:  # fewer reachable elements than asked (deletions, filter)
-                if n_cand <= 1:
-                    return None
-                n_cand //= 2
+        found = idx.search(qvecs, n_cand, labels_ok)  # the base and the delta graph as one
+        return None if found is None else (found[0], 1.0 - found[1])
 
     def _exact_candidates(
         self, qvecs: np.ndarray, n_cand: int, allowed: np.ndarray | None

@@ -207,20 +207,19 @@ def _vector_problem(idx: index_mod.Index) -> str | None:
     """The graph and the vectors file hold the same vectors (a sample of them is compared)."""
     import numpy as np
 
-    hnsw = idx.hnsw
-    if hnsw is None:
+    if not len(idx):
         return None
-    if hnsw.get_current_count() < len(idx):
+    if idx.graph_count() < len(idx):
         return "the vector index holds fewer vectors than the state lists"
     labels = idx.state.labels
     sample = sorted({labels[i] for i in np.linspace(0, len(labels) - 1, min(len(labels), 64)).astype(int)})
     try:
-        in_graph = np.asarray(hnsw.get_items(sample), dtype=np.float32)
+        in_graph = idx.graph_vectors(sample)
     except RuntimeError as e:
         return f"the vector index lacks memories the state lists ({e})"
     in_file = idx.vector_matrix()[sample]
     if not np.allclose(in_graph, in_file, atol=1e-5):
-        path = idx.store.index_dir / f"vectors-{idx.state.generation}.npy"
+        path = index_mod.state.vectors_path(idx.store, idx.state)
         return f"{path}: the vectors file does not match the vector index"
     return None
 
