@@ -129,7 +129,7 @@ def test_vectors_come_from_the_mapped_file_else_from_the_graph(store: Path) -> N
     assert idx.hnsw is not None
     from_graph = np.asarray(idx.hnsw.get_items(labels), dtype=np.float32)
     np.testing.assert_allclose(got, from_graph, atol=1e-6)
-    for path in st.index_dir.glob("vectors-*.npy"):
+    for path in st.index_dir.glob("vectors-*"):  # .npy before format 6, .f32 since
         path.unlink()
     idx = index_mod.load(st)
     assert idx is not None
