@@ -27,9 +27,6 @@ class Entry:
     built: str  # policy, model and prompt version (:func:`built_key`)
     keywords: list[str]
 
-    def key_text(self) -> str:
-        return self.key
-
 
 # Memories a writer has just written, by id: each with its file's stamp right after the write.
 # A sync uses one only while the file's stamp is still that one (a hand edit since is read).

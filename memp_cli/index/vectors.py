@@ -122,13 +122,6 @@ def save_hnsw(store: MemoryStore, hnsw: hnswlib.Index, name: str) -> None:
         hnsw.save_index(str(tmp))
 
 
-def save_npy(path: Path, arr: np.ndarray) -> None:
-    import numpy as np
-
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-
-
 def _map_rows(path: Path, rows: int, dim: int) -> np.ndarray:
     import numpy as np
 
@@ -158,7 +151,6 @@ class VectorFile:
         if fresh:
             os.ftruncate(self._fd, 0)
         os.ftruncate(self._fd, rows * dim * 4)
-        self.written = 0  # bytes written (rows put and appended)
 
     def put(self, first: int, rows: np.ndarray) -> None:
         """Write ``rows`` at labels ``first``, ``first + 1``, ... (below or at the end)."""
@@ -169,7 +161,6 @@ class VectorFile:
         while view:
             n = os.pwrite(self._fd, view, off)
             view, off = view[n:], off + n
-        self.written += len(data)
         self.rows = max(self.rows, first + len(rows))
 
     def append(self, labels: np.ndarray, rows: np.ndarray) -> None:
@@ -237,7 +228,7 @@ class RamVectors:
     def __init__(self, dim: int, rows: int, total: int) -> None:
         import numpy as np
 
-        self.dim, self.rows, self.written = dim, rows, 0
+        self.dim, self.rows = dim, rows
         self._arr = np.zeros((max(total, rows), dim), dtype=np.float32)
 
     def put(self, first: int, rows: np.ndarray) -> None:

@@ -395,7 +395,7 @@ def _embed(
     try:
         for start in range(0, len(to_embed), EMBED_BATCH):
             batch = to_embed[start : start + EMBED_BATCH]
-            vecs = embedder.embed([m.key_text() for _, m in batch])
+            vecs = embedder.embed([e.key for _, e in batch])
             labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
             rows = unit_rows(vecs)
             vectors.append(labels, rows)
