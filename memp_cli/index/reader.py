@@ -57,7 +57,7 @@ class Index:
         self._keywords = keywords
         self._vectors = vectors
         self._files = files
-        self._by_label: dict[int, int] | None = None
+        self._label_pos: np.ndarray | None = None  # label -> state position, -1: none
         # Damaged files a reader worked around in memory (a sync repairs them).
         self.problems: list[str] = []
         self._label_array: np.ndarray | None = None
@@ -170,9 +170,32 @@ class Index:
         # After a rebuild labels are 0..n-1 in state order: no map to build (10 ms at 100k).
         if 0 <= label < len(labels) and labels[label] == label:
             return label
-        if self._by_label is None:
-            self._by_label = {lab: i for i, lab in enumerate(self.state.labels)}
-        return self._by_label[label]
+        table = self._position_table()
+        pos = int(table[label]) if 0 <= label < len(table) else -1
+        if pos < 0:
+            raise KeyError(label)
+        return pos
+
+    def positions(self, labels: np.ndarray) -> np.ndarray:
+        """State positions of ``labels`` (live ones), as an array: no table while every label
+        asked for is its own position (after a rebuild), else a label -> position table, built
+        once."""
+        if self._label_pos is None:
+            state_labels = self.state.labels
+            n = len(state_labels)
+            if all(0 <= lab < n and state_labels[lab] == lab for lab in labels.tolist()):
+                return labels
+        return self._position_table()[labels]
+
+    def _position_table(self) -> np.ndarray:
+        if self._label_pos is None:
+            import numpy as np
+
+            live = self.label_array()
+            table = np.full(int(live.max()) + 1 if len(live) else 0, -1, dtype=np.int64)
+            table[live] = np.arange(len(live), dtype=np.int64)
+            self._label_pos = table
+        return self._label_pos
 
     def id_of_label(self, label: int) -> str:
         return self.state.ids[self.position_of_label(label)]

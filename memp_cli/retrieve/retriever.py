@@ -174,8 +174,6 @@ class Retriever(AveFact):
             raise InputError(f"unknown key {self.key!r}", hint=f"choose one of {', '.join(KEYS)}")
         self._rng = random.Random(self.seed)
         self._kw_vecs: dict[str, np.ndarray] = {}
-        # (index, label -> state position array) once an index needs one (see _positions)
-        self._label_pos: tuple[Index, np.ndarray] | None = None
 
     # --------------------------------------------------------------- scoring
     def _allowed(self) -> np.ndarray | None:
@@ -227,23 +225,6 @@ class Retriever(AveFact):
             out.append(self._fuse(labs, cos, key_lex, proc))
         return out
 
-    def _positions(self, labels: np.ndarray) -> np.ndarray:
-        """State positions of ``labels`` (live ones): a label -> position array, built once per
-        index; not even that while every label asked for is its own position (after a rebuild)."""
-        import numpy as np
-
-        idx = self.index
-        state_labels = idx.state.labels
-        n = len(state_labels)
-        if self._label_pos is None or self._label_pos[0] is not idx:
-            if all(0 <= lab < n and state_labels[lab] == lab for lab in labels.tolist()):
-                return labels
-            live = idx.label_array()
-            table = np.full(int(live.max()) + 1 if n else 0, -1, dtype=np.int64)
-            table[live] = np.arange(n, dtype=np.int64)
-            self._label_pos = (idx, table)
-        return self._label_pos[1][labels]
-
     def _bm25(
         self, lex: LexicalIndex, query: str, allowed: np.ndarray | None, n_cand: int
     ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -252,7 +233,7 @@ class Retriever(AveFact):
         top_l, top_s = lex.top(query, n_cand * (4 if allowed is not None else 1))
         bound = lex.max_score(query) or 1.0
         if allowed is not None:
-            ok = allowed[self._positions(top_l)]
+            ok = allowed[self.index.positions(top_l)]
             top_l, top_s = top_l[ok], top_s[ok]
         return top_l, top_s.astype("float64") / bound, bound
 
@@ -312,7 +293,7 @@ class Retriever(AveFact):
         zeros = np.zeros(m, dtype=np.float64)
         key_lex = zeros if key_lex is None else key_lex
         proc = zeros if proc is None else proc
-        pos = self._positions(labs)
+        pos = self.index.positions(labs)
         pos_list = pos.tolist()
         task = (1 - w) * cos + w * key_lex
         base = (1 - p) * task + p * proc
