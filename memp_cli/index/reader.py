@@ -109,9 +109,11 @@ class Index:
         import numpy as np
 
         out = np.zeros((len(labels), self.state.dim), dtype=np.float32)
-        for graph, pick in ((self.hnsw, lambda lab: lab < self.state.base_end), (self.delta, None)):
-            rows = [i for i, lab in enumerate(labels) if (pick(lab) if pick else lab >= self.state.base_end)]
-            if rows:
+        end = self.state.base_end
+        for in_base in (True, False):
+            rows = [i for i, lab in enumerate(labels) if (lab < end) == in_base]
+            if rows:  # a graph no asked label is in is not loaded
+                graph = self.hnsw if in_base else self.delta
                 if graph is None:
                     raise RuntimeError(f"no graph holds label {labels[rows[0]]}")
                 out[rows] = np.asarray(graph.get_items([labels[i] for i in rows]), dtype=np.float32)
