@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import DATA, memp
 
+import memp_cli.store as store_mod
 from memp_cli import index as index_mod
 from memp_cli.errors import MemoryFileError
 from memp_cli.model.trajectory import Trajectory
@@ -55,10 +56,10 @@ def _same(store_dir: Path, st: dict[str, Any]) -> None:
 
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Path], list[str]]:
-    """Memory files stats parses, and runs it parses."""
+    """Memory files stats parses (through the store's reader), and runs it parses."""
     files: list[Path] = []
     runs: list[str] = []
-    load, from_stored = stats_mod.load_memory_file, Trajectory.from_stored
+    load, from_stored = store_mod.load_memory_file, Trajectory.from_stored
 
     def load_spy(path: Path) -> Any:
         files.append(path)
@@ -68,7 +69,7 @@ def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Path], list[str]]:
         runs.append(d["id"])
         return from_stored(d)
 
-    monkeypatch.setattr(stats_mod, "load_memory_file", load_spy)
+    monkeypatch.setattr(store_mod, "load_memory_file", load_spy)
     monkeypatch.setattr(Trajectory, "from_stored", staticmethod(parse_spy))
     return files, runs
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from memp_cli import index as index_mod
 from memp_cli.errors import MemoryFileError, StoreError
-from memp_cli.model.memory import load_memory_file, valid_id
+from memp_cli.model.memory import valid_id
 from memp_cli.store import Store
 from memp_cli.store.ledger import outcome_counts
 
@@ -71,9 +71,9 @@ def memory_kinds(store: Store, state: index_mod.State | None) -> tuple[Counter[s
             return Counter(kind for _, kind in rows), broken
     kinds: Counter[str] = Counter()
     broken = 0
-    for mid in ids:
-        try:
-            kinds[load_memory_file(store.memories_dir / f"{mid}.toml").kind] += 1
-        except MemoryFileError:
+    for m in store.iter_memories():
+        if isinstance(m, MemoryFileError):
             broken += 1
+        else:
+            kinds[m.kind] += 1
     return kinds, broken
