@@ -241,15 +241,24 @@ class History:
         """Replace the memory file with ``data`` as a new version (a hand edit made since the
         last version is recorded first). Returns the version, or None when ``data`` is what the
         file already holds. Caller holds the store lock, so the log is read once."""
+        todo = self._to_write(memory_id, data)
+        if todo is None:
+            return None
+        digest, path, last = todo
+        self._put_object(data)
+        last = self._keep_replaced(memory_id, last, swap_in(path, data, durable=durable))
+        return self._record(memory_id, last, by, why, digest, len(data), trajectory)
+
+    def _to_write(self, memory_id: str, data: bytes) -> tuple[str, Path, Version | None] | None:
+        """Before a write: a hand edit made since the last version recorded, then ``data``'s
+        digest, the file and the last version; None when the file already holds ``data``."""
         last = self._last(memory_id)
         last = self._notice(memory_id, last) or last
         digest = sha256(data)
         path = self.store.memory_path(memory_id)
         if last is not None and last.sha256 == digest and path.exists():
             return None
-        self._put_object(data)
-        last = self._keep_replaced(memory_id, last, swap_in(path, data, durable=durable))
-        return self._record(memory_id, last, by, why, digest, len(data), trajectory)
+        return digest, path, last
 
     def _keep_replaced(self, memory_id: str, last: Version | None, replaced: bytes | None) -> Version | None:
         """A hand edit saved after the notice before a write, and replaced by it, is kept too."""
@@ -272,12 +281,9 @@ class History:
         left out). An id given twice is written once, with its last data."""
         todo: list[tuple[str, bytes, str, Path, Version | None]] = []
         for mid, data in dict(items).items():
-            last = self._last(mid)
-            last = self._notice(mid, last) or last
-            digest = sha256(data)
-            path = self.store.memory_path(mid)
-            if last is None or last.sha256 != digest or not path.exists():
-                todo.append((mid, data, digest, path, last))
+            one = self._to_write(mid, data)
+            if one is not None:
+                todo.append((mid, data, *one))
         objects: list[Path] = []
         temps: list[Path] = []
         stamps: dict[str, tuple[int, int]] = {}
