@@ -101,6 +101,7 @@ def _write_memories(store_dir: Path, trajs: list[Any]) -> None:
     """The memory files `memp distill` would write for ``trajs`` (same builders), in bulk."""
     from memp_cli.build import runner
     from memp_cli.build.policies import memory_id
+    from memp_cli.build.writing import Writer
     from memp_cli.store import Store
 
     store = Store.open(store_dir)
@@ -112,9 +113,7 @@ def _write_memories(store_dir: Path, trajs: list[Any]) -> None:
     report = runner.DistillReport(
         policy=policy, model=runner.BUILTIN_MODEL, prompt_version=runner.BUILTIN_VERSION
     )
-    writer = runner._Writer(
-        store, policy, runner.BUILTIN_MODEL, runner.BUILTIN_VERSION, report, None, len(jobs)
-    )
+    writer = Writer(store, policy, runner.BUILTIN_MODEL, runner.BUILTIN_VERSION, report, None, len(jobs))
     runner._run_local(store, jobs, policy, runner.BUILTIN_MODEL, runner.BUILTIN_VERSION, writer)
     assert report.written == len(jobs), (report.written, len(jobs))
 
@@ -268,7 +267,8 @@ def main() -> int:
     res["rebuild"] = {k: r[k] for k in ("s", "peak_rss_mb")}
     synth = C.AlfworldSynth()
     rounds = []
-    total = args.n
+    # memories, not runs: the store keeps only successful runs ([update] policy adjustment)
+    total = res["base_memories"] = sum(1 for _ in os.scandir(store / "memories"))
     for k in range(args.rounds):
         tasks = C.store_tasks(args.batch, args.batch, seed=SEED_NEW + k)
         trajs = _trajectories(synth, tasks, 10_000_000 + k * args.batch, SEED_NEW + k)
