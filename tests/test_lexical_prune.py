@@ -45,7 +45,7 @@ def _indexes(draw: st.DrawFn) -> tuple[list[LexicalIndex], list[str], list[int],
         "bigrams": draw(st.booleans()),
     }
     if rng.random() < 0.5:  # many copies of few texts: large classes of identical documents
-        docs = [(lab, docs[int(rng.integers(0, 4))][1]) for lab, _ in docs]
+        docs = [(lab, docs[int(rng.integers(0, min(4, n)))][1]) for lab, _ in docs]
     ixs = _variants(docs, **params)
     queries = [
         " ".join(draw(st.lists(st.sampled_from([*WORDS, "zz", "the"]), min_size=0, max_size=8)))
