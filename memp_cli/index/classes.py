@@ -77,7 +77,9 @@ class Classes:
     cdoclen: np.ndarray
 
     def __post_init__(self) -> None:
+        self._size = np.diff(self.cstart)  # documents per class
         self._norm: np.ndarray | None = None  # per class posting: BM25's tf + length norm
+        self._weights: dict[tuple[int, float], np.ndarray] = {}  # (term, coef) -> its weights
 
     def __len__(self) -> int:
         return int(self.cdoclen.shape[0])
@@ -141,23 +143,24 @@ class Classes:
         """Every class's BM25 (float64) for ``plan``: per query term in the query's order, (term
         id, ``qtf * idf * (k1 + 1)``). The weights are :meth:`LexicalIndex._weights`' formula,
         its operations in its order, and a bincount adds them in ``plan``'s order."""
-        if self._norm is None:  # once per index: a few operations per class posting
-            norm = self.cdoclen[self.cdoc_idx].astype(np.float64)
-            norm *= k1 * b / avgdl
-            norm += k1 * (1.0 - b)
-            norm += self.ctf
-            self._norm = norm
         spans = [(int(self.cindptr[t]), int(self.cindptr[t + 1])) for t, _ in plan]
-        if len(spans) == 1:
-            (s, e), coef = spans[0], plan[0][1]
-            idx, tf, norm = self.cdoc_idx[s:e], self.ctf[s:e].astype(np.float64), self._norm[s:e]
-            w = tf * coef
+        ws = []
+        for (t, coef), (s, e) in zip(plan, spans, strict=True):
+            w = self._weights.get((t, coef))
+            if w is None:  # a term's weights are remembered: all of them take ~1/50 of the postings
+                if self._norm is None:  # once per index: a few operations per class posting
+                    norm = self.cdoclen[self.cdoc_idx].astype(np.float64)
+                    norm *= k1 * b / avgdl
+                    norm += k1 * (1.0 - b)
+                    norm += self.ctf
+                    self._norm = norm
+                w = self._weights[(t, coef)] = self.ctf[s:e].astype(np.float64) * coef
+                w /= self._norm[s:e]
+            ws.append(w)
+        if len(ws) == 1:
+            idx, w = self.cdoc_idx[spans[0][0] : spans[0][1]], ws[0]
         else:
-            idx = np.concatenate([self.cdoc_idx[s:e] for s, e in spans])
-            tf = np.concatenate([self.ctf[s:e] for s, e in spans]).astype(np.float64)
-            norm = np.concatenate([self._norm[s:e] for s, e in spans])
-            w = tf * np.repeat([c for _, c in plan], [e - s for s, e in spans])
-        w /= norm
+            idx, w = np.concatenate([self.cdoc_idx[s:e] for s, e in spans]), np.concatenate(ws)
         return np.bincount(idx, weights=w, minlength=len(self))
 
     def top(self, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +169,7 @@ class Classes:
         best = float(scores.max()) if scores.shape[0] else 0.0
         if best <= 0.0 or k <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        size = np.diff(self.cstart)
+        size = self._size
         # Classes holding >= k documents that all score >= some t: no document below t is in
         # the top k. Half the best score is usually enough; else every class that scores.
         cand = np.flatnonzero(scores >= best * 0.5)

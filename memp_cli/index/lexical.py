@@ -56,6 +56,7 @@ so the store rebuilds it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -445,12 +446,10 @@ class LexicalIndex:
         return _remembered(self._recent_terms, query, self._find_terms)
 
     def _find_terms(self, query: str) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for h in term_hashes(query, bigrams=self.bigrams):
-            counts[h] = counts.get(h, 0) + 1
+        # A retrieval asks both of a store's indexes (task text, procedure) for the same query.
+        counts, want = _remembered(_RECENT_HASHES[self.bigrams], query, _term_counts[self.bigrams])
         if not counts or self.vocab_size == 0:
             return {}
-        want = np.fromiter(counts, dtype=np.uint64, count=len(counts))
         at = np.searchsorted(self._terms, want)
         at_clipped = np.minimum(at, self.vocab_size - 1)
         found = self._terms[at_clipped] == want
@@ -589,6 +588,18 @@ class LexicalIndex:
 
 
 RECENT = 4  # queries remembered per index (a batch of queries is scored side by side)
+
+
+def _counts(query: str, bigrams: bool) -> tuple[dict[int, int], np.ndarray]:
+    """Term hash -> occurrences in ``query``, and the hashes as an array."""
+    counts: dict[int, int] = {}
+    for h in term_hashes(query, bigrams=bigrams):
+        counts[h] = counts.get(h, 0) + 1
+    return counts, np.fromiter(counts, dtype=np.uint64, count=len(counts))
+
+
+_RECENT_HASHES: dict[bool, dict[str, tuple[dict[int, int], np.ndarray]]] = {True: {}, False: {}}
+_term_counts = {bg: functools.partial(_counts, bigrams=bg) for bg in (True, False)}
 
 _T = TypeVar("_T")
 
