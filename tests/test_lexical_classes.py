@@ -47,6 +47,10 @@ def test_signatures_equal_exactly_for_the_same_terms_and_frequencies() -> None:
     assert sig[3] == sig[5] == 0  # no terms at all
     with_bigrams = LexicalIndex.build(docs).signatures()
     assert with_bigrams[0] != with_bigrams[1]  # "red mug" and "mug red" are different bigrams
+    many = LexicalIndex.build(_copies(500, ["put mug in fridge", "heat egg", "mug", "a b c d e f"]))
+    with mock.patch.object(classes, "_CHUNK", 7):  # postings hashed a few terms at a time
+        again = LexicalIndex.build(_copies(500, ["put mug in fridge", "heat egg", "mug", "a b c d e f"]))
+    assert again.signatures().tobytes() == many.signatures().tobytes()
 
 
 def test_classes_group_identical_documents_and_top_expands_them() -> None:

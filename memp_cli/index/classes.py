@@ -49,19 +49,29 @@ def signatures(
 ) -> np.ndarray:
     """Per document (``n``), the 64-bit hash of its (term hash, tf) postings (see the module
     docstring); 0 for a document without terms. Sums are taken as two float64 bincounts of 32-bit
-    halves, exact while a document has fewer than 2**21 postings."""
-    if n == 0 or doc_idx.shape[0] == 0:
-        return np.zeros(n, dtype=np.uint64)
-    x = np.repeat(np.asarray(terms, dtype=np.uint64), np.diff(indptr))
-    x ^= np.ascontiguousarray(tf, dtype=np.float32).view(np.uint32).astype(np.uint64) * _M1
-    x ^= x >> np.uint64(30)
-    x *= _M2
-    x ^= x >> np.uint64(27)
-    x *= _M1
-    x ^= x >> np.uint64(31)
-    lo = np.bincount(doc_idx, weights=(x & _LOW).astype(np.float64), minlength=n)
-    hi = np.bincount(doc_idx, weights=(x >> np.uint64(32)).astype(np.float64), minlength=n)
+    halves, exact while a document has fewer than 2**21 postings; the postings go by runs of
+    whole terms of about :data:`_CHUNK`, which bounds the temporaries (a sync's peak memory)."""
+    lo = np.zeros(n, dtype=np.float64)
+    hi = np.zeros(n, dtype=np.float64)
+    indptr = np.asarray(indptr, dtype=np.int64)
+    t = 0
+    while t < terms.shape[0] and n:
+        end = max(t + 1, int(np.searchsorted(indptr, indptr[t] + _CHUNK, side="right")) - 1)
+        s, e = int(indptr[t]), int(indptr[end])
+        x = np.repeat(np.asarray(terms[t:end], dtype=np.uint64), np.diff(indptr[t : end + 1]))
+        x ^= np.ascontiguousarray(tf[s:e], dtype=np.float32).view(np.uint32).astype(np.uint64) * _M1
+        x ^= x >> np.uint64(30)
+        x *= _M2
+        x ^= x >> np.uint64(27)
+        x *= _M1
+        x ^= x >> np.uint64(31)
+        lo += np.bincount(doc_idx[s:e], weights=(x & _LOW).astype(np.float64), minlength=n)
+        hi += np.bincount(doc_idx[s:e], weights=(x >> np.uint64(32)).astype(np.float64), minlength=n)
+        t = end
     return lo.astype(np.uint64) + (hi.astype(np.uint64) << np.uint64(32))  # wraps mod 2**64
+
+
+_CHUNK = 1 << 20  # postings hashed at a time by signatures()
 
 
 @dataclass
@@ -109,13 +119,13 @@ class Classes:
         keep = np.zeros(n, dtype=bool)
         keep[first] = True
         keep = keep[doc_idx]
-        kept = np.zeros(keep.shape[0] + 1, dtype=np.int64)  # kept postings before each offset
-        np.cumsum(keep, out=kept[1:])
+        kept = np.zeros(keep.shape[0] + 1, dtype=np.int32 if keep.shape[0] < 2**31 else np.int64)
+        np.cumsum(keep, out=kept[1:])  # kept postings before each offset
         return cls(
             cls=of,
             members=np.argsort(of, kind="stable").astype(np.int32),
             cstart=cstart,
-            cindptr=kept[np.asarray(indptr, dtype=np.int64)],
+            cindptr=kept[np.asarray(indptr, dtype=np.int64)].astype(np.int64),
             cdoc_idx=of[doc_idx[keep]],
             ctf=np.asarray(tf)[keep],
             cdoclen=np.asarray(doclen)[first],
