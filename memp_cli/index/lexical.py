@@ -46,6 +46,10 @@ manifest in its ``state.json``, written after every file it names):
   - ``doclen`` (float32, one per document): number of terms (words and bigrams);
   - ``labels`` (int64, one per document, ascending): the caller's labels (the
     same labels as the vector index).
+  - optional (an index saved without them loads, and its next update adds them):
+    ``sig`` (uint64 per document, manifest ``"sig": true``), equal for documents with
+    the same terms and frequencies, and, when such copies are common (manifest
+    ``"classes"``: how many), the classes :meth:`top` scores (:mod:`memp_cli.index.classes`).
 
 Arrays are loaded with ``mmap_mode="r"``: opening costs the same whatever the
 index size and a query only pages in the postings of its own terms. A manifest
@@ -70,6 +74,7 @@ from memp_cli.index.classes import Classes, signatures
 from memp_cli.index.termhash import _pair_hash as _pair_hash
 from memp_cli.index.termhash import _pair_hash_np as _pair_hash_np
 from memp_cli.index.termhash import _word_hash as _word_hash
+from memp_cli.index.termhash import term_counts
 from memp_cli.index.termhash import term_hashes as term_hashes
 from memp_cli.index.topk import accumulate, exact, survivors
 from memp_cli.index.words import _WORD_OR_NEWLINE as _WORD_OR_NEWLINE
@@ -447,7 +452,7 @@ class LexicalIndex:
 
     def _find_terms(self, query: str) -> dict[int, int]:
         # A retrieval asks both of a store's indexes (task text, procedure) for the same query.
-        counts, want = _remembered(_RECENT_HASHES[self.bigrams], query, _term_counts[self.bigrams])
+        counts, want = _remembered(_RECENT_COUNTS[self.bigrams], query, _term_counts[self.bigrams])
         if not counts or self.vocab_size == 0:
             return {}
         at = np.searchsorted(self._terms, want)
@@ -589,17 +594,8 @@ class LexicalIndex:
 
 RECENT = 4  # queries remembered per index (a batch of queries is scored side by side)
 
-
-def _counts(query: str, bigrams: bool) -> tuple[dict[int, int], np.ndarray]:
-    """Term hash -> occurrences in ``query``, and the hashes as an array."""
-    counts: dict[int, int] = {}
-    for h in term_hashes(query, bigrams=bigrams):
-        counts[h] = counts.get(h, 0) + 1
-    return counts, np.fromiter(counts, dtype=np.uint64, count=len(counts))
-
-
-_RECENT_HASHES: dict[bool, dict[str, tuple[dict[int, int], np.ndarray]]] = {True: {}, False: {}}
-_term_counts = {bg: functools.partial(_counts, bigrams=bg) for bg in (True, False)}
+_RECENT_COUNTS: dict[bool, dict[str, tuple[dict[int, int], np.ndarray]]] = {True: {}, False: {}}
+_term_counts = {bg: functools.partial(term_counts, bigrams=bg) for bg in (True, False)}
 
 _T = TypeVar("_T")
 

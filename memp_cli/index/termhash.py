@@ -60,3 +60,11 @@ def term_hashes(text: str, *, bigrams: bool = True) -> list[int]:
         if bigrams:
             grams.extend(_pair_hash(a, b) for a, b in itertools.pairwise(hs))
     return words + grams
+
+
+def term_counts(query: str, bigrams: bool) -> tuple[dict[int, int], np.ndarray]:
+    """Term hash -> occurrences in ``query``, and the hashes as a uint64 array."""
+    counts: dict[int, int] = {}
+    for h in term_hashes(query, bigrams=bigrams):
+        counts[h] = counts.get(h, 0) + 1
+    return counts, np.fromiter(counts, dtype=np.uint64, count=len(counts))
