@@ -115,8 +115,11 @@ def test_classes_are_saved_and_loaded(tmp_path: Path) -> None:
         assert got.dtype == arr.dtype and np.array_equal(got, arr), name
     np.testing.assert_array_equal(loaded.signatures(), ix.signatures())
     _assert_exact(loaded, ["mug fridge", "egg", "apple"], [1, 5, 150])
-    with pytest.raises(ValueError, match="class arrays do not match"):
-        LexicalIndex.load(tmp_path, "lex", {**manifest, "classes": 4})
+    for bad in (4, 0):
+        with pytest.raises(ValueError, match="class arrays do not match"):
+            LexicalIndex.load(tmp_path, "lex", {**manifest, "classes": bad})
+    with pytest.raises(ValueError, match="bad manifest field"):
+        LexicalIndex.load(tmp_path, "lex", {**manifest, "classes": "many"})
     (tmp_path / "lex.members.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"lex\.members\.npy: missing"):
         LexicalIndex.load(tmp_path, "lex", manifest)

@@ -393,7 +393,8 @@ class LexicalIndex:
         if not isinstance(bigrams, bool):
             raise ValueError(f"{where}: bad bigrams field")
         arrays: dict[str, np.ndarray] = {}
-        wanted = {*_ARRAYS, *(("sig",) if m.get("sig") is True else ()), *(CLASS_ARRAYS if n_classes else ())}
+        wanted = {*_ARRAYS, *(("sig",) if m.get("sig") is True else ())}
+        wanted |= set(CLASS_ARRAYS) if n_classes is not None else set()
         for name, path in array_paths(Path(directory), stem).items():
             if name not in wanted:
                 continue
