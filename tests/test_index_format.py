@@ -217,8 +217,14 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
             f"keywords-{g}.json",
             f"files-{g}.json",
             f"built-{g}.json",
-            *(f"lexical-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
-            *(f"procedure-{g}.{a}.npy" for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels")),
+            *(
+                f"lexical-{g}.{a}.npy"
+                for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
+            ),
+            *(
+                f"procedure-{g}.{a}.npy"
+                for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
+            ),
             "state.json",
         ]
         assert written == expected  # state.json last: it names the generation of the others

@@ -5,9 +5,11 @@ without embedding."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import orjson
@@ -17,7 +19,7 @@ from conftest import FILES, memp
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.build import runner
-from memp_cli.index import lexical
+from memp_cli.index import classes, lexical
 from memp_cli.index.lexical import LexicalIndex
 from memp_cli.model.memory import Memory
 from memp_cli.model.trajectory import Trajectory
@@ -53,9 +55,19 @@ def _same_arrays(a: LexicalIndex, b: LexicalIndex) -> None:
         x, y = getattr(a, f"_{name}"), getattr(b, f"_{name}")
         assert x.dtype == y.dtype and np.array_equal(x, y), name
     assert a.avgdl == b.avgdl
+    np.testing.assert_array_equal(a.signatures(), b.signatures())
+    assert (a._classes is None) == (b._classes is None)
+    for name, arr in b._classes.arrays().items() if b._classes is not None else ():
+        got = getattr(a._classes, name)
+        assert got.dtype == arr.dtype and np.array_equal(got, arr), name
 
 
 def test_updated_equals_a_full_build() -> None:
+    with contextlib.ExitStack() as stack:
+        _updated_equals_a_full_build(stack)
+
+
+def _updated_equals_a_full_build(stack: contextlib.ExitStack) -> None:
     rng = random.Random(7)
     words = [f"w{i}" for i in range(80)] + ["the", "a", "mugs", "mug", "in"]
 
@@ -65,7 +77,9 @@ def test_updated_equals_a_full_build() -> None:
         ]
         return "\n".join(lines)
 
-    for _ in range(60):
+    for trial in range(60):
+        if trial % 2:  # classes of identical documents however few the copies
+            stack.enter_context(mock.patch.object(classes, "MIN_CLASS_SIZE", 1))
         docs = {lab: text() for lab in rng.sample(range(100), rng.randint(0, 40))}
         base = LexicalIndex.build(docs.items())
         drop = [lab for lab in docs if rng.random() < 0.3]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memp_cli.index import topk
+from memp_cli.index import classes, topk
 from memp_cli.index.lexical import LexicalIndex
 
 # A skewed vocabulary: w0 is in most documents, w11 in few, so the pruning has work to do.
@@ -24,7 +24,7 @@ def _reference(ix: LexicalIndex, query: str, k: int) -> tuple[list[int], np.ndar
 
 
 @st.composite
-def _indexes(draw: st.DrawFn) -> tuple[LexicalIndex, list[str], list[int], np.ndarray]:
+def _indexes(draw: st.DrawFn) -> tuple[list[LexicalIndex], list[str], list[int], np.ndarray]:
     n = draw(st.integers(1, 120))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -38,28 +38,46 @@ def _indexes(draw: st.DrawFn) -> tuple[LexicalIndex, list[str], list[int], np.nd
         if rng.random() < 0.2:
             lines.append(" ".join(rng.choice(WORDS, size=2)))
         docs.append((lab, "\n".join(lines)))
-    ix = LexicalIndex.build(
-        docs,
-        k1=draw(st.sampled_from([0.0, 0.5, 1.2, 3.0])),
-        b=draw(st.sampled_from([0.0, 0.4, 0.75, 1.0])),
-        idf_power=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
-        bigrams=draw(st.booleans()),
-    )
+    params = {
+        "k1": draw(st.sampled_from([0.0, 0.5, 1.2, 3.0])),
+        "b": draw(st.sampled_from([0.0, 0.4, 0.75, 1.0])),
+        "idf_power": draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
+        "bigrams": draw(st.booleans()),
+    }
+    if rng.random() < 0.5:  # many copies of few texts: large classes of identical documents
+        docs = [(lab, docs[int(rng.integers(0, min(4, n)))][1]) for lab, _ in docs]
+    ixs = _variants(docs, **params)
     queries = [
         " ".join(draw(st.lists(st.sampled_from([*WORDS, "zz", "the"]), min_size=0, max_size=8)))
         for _ in range(3)
     ]
     ks = draw(st.lists(st.integers(-1, n + 3), min_size=1, max_size=4))
     probe = rng.choice(6 * n, size=int(rng.integers(0, 2 * n + 1)))  # known and unknown labels
-    return ix, queries, ks, probe
+    return ixs, queries, ks, probe
+
+
+def _variants(docs: list[tuple[int, str]], **params: object) -> list[LexicalIndex]:
+    """The index of ``docs`` scored through classes of identical documents, and through MaxScore
+    over the documents (no classes)."""
+    with mock.patch.object(classes, "MIN_CLASS_SIZE", 1):  # classes however few the copies
+        with_classes = LexicalIndex.build(docs, **params)  # type: ignore[arg-type]
+    assert with_classes._classes is not None or not docs
+    without = LexicalIndex.build(docs, **params)  # type: ignore[arg-type]
+    without._classes = None
+    return [with_classes, without]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_indexes())
 def test_top_and_score_labels_equal_full_scoring(
-    case: tuple[LexicalIndex, list[str], list[int], np.ndarray],
+    case: tuple[list[LexicalIndex], list[str], list[int], np.ndarray],
 ) -> None:
-    ix, queries, ks, probe = case
+    ixs, queries, ks, probe = case
+    for ix in ixs:
+        _check(ix, queries, ks, probe)
+
+
+def _check(ix: LexicalIndex, queries: list[str], ks: list[int], probe: np.ndarray) -> None:
     for query in queries:
         for k in ks:
             want_labels, want_scores = _reference(ix, query, k)
@@ -81,6 +99,7 @@ def test_top_skips_the_postings_of_common_terms(monkeypatch: pytest.MonkeyPatch)
     term's postings: the common terms' weights are looked up for the candidates."""
     docs = [(i, "common often" + (" rare" if i % 97 == 0 else "")) for i in range(2000)]
     ix = LexicalIndex.build(docs, bigrams=False)
+    ix._classes = None  # MaxScore over the documents (their 3 classes would score them at once)
     query = "rare common often"
     want = _reference(ix, query, 3)
     ix.top(query, 3)  # learns each term's bound

@@ -46,6 +46,10 @@ manifest in its ``state.json``, written after every file it names):
   - ``doclen`` (float32, one per document): number of terms (words and bigrams);
   - ``labels`` (int64, one per document, ascending): the caller's labels (the
     same labels as the vector index).
+  - optional (an index saved without them loads, and its next update adds them):
+    ``sig`` (uint64 per document, manifest ``"sig": true``), equal for documents with
+    the same terms and frequencies, and, when such copies are common (manifest
+    ``"classes"``: how many), the classes :meth:`top` scores (:mod:`memp_cli.index.classes`).
 
 Arrays are loaded with ``mmap_mode="r"``: opening costs the same whatever the
 index size and a query only pages in the postings of its own terms. A manifest
@@ -56,8 +60,7 @@ so the store rebuilds it.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
+import functools
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,6 +69,13 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 # Text to terms is words.py; its names stay importable from here (tests, benchmarks).
+from memp_cli.index.classes import ARRAYS as CLASS_ARRAYS
+from memp_cli.index.classes import Classes, signatures
+from memp_cli.index.termhash import _pair_hash as _pair_hash
+from memp_cli.index.termhash import _pair_hash_np as _pair_hash_np
+from memp_cli.index.termhash import _word_hash as _word_hash
+from memp_cli.index.termhash import term_counts
+from memp_cli.index.termhash import term_hashes as term_hashes
 from memp_cli.index.topk import accumulate, exact, survivors
 from memp_cli.index.words import _WORD_OR_NEWLINE as _WORD_OR_NEWLINE
 from memp_cli.index.words import STOPWORDS as STOPWORDS
@@ -86,6 +96,9 @@ _ARRAYS: dict[str, np.dtype[Any]] = {
     "doclen": np.dtype(np.float32),
     "labels": np.dtype(np.int64),
 }
+# Optional arrays (an index saved before them loads without): each document's signature, and
+# the classes of identical documents when they pay (memp_cli.index.classes).
+_DTYPES: dict[str, np.dtype[Any]] = {**_ARRAYS, "sig": np.dtype(np.uint64), **CLASS_ARRAYS}
 
 #: Default scoring parameters (also the defaults of :meth:`LexicalIndex.build`).
 K1 = 1.2
@@ -94,60 +107,6 @@ IDF_POWER = 0.5
 BIGRAMS = True
 
 _BREAK = -2  # term id of a line break while building (a stopword is -1)
-
-
-# ------------------------------------------------------------------ term hashes
-
-_MASK = (1 << 64) - 1
-_TOP = 1 << 63
-_GOLDEN = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
-
-
-def _word_hash(term: str) -> int:
-    """63-bit hash of a word term (top bit clear)."""
-    return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little") & (_TOP - 1)
-
-
-def _pair_hash(ha: int, hb: int) -> int:
-    """Hash of the bigram of two word hashes (top bit set): splitmix64 of ``ha * golden + hb``."""
-    x = (ha * _GOLDEN + hb) & _MASK
-    x ^= x >> 30
-    x = (x * _M1) & _MASK
-    x ^= x >> 27
-    x = (x * _M2) & _MASK
-    x ^= x >> 31
-    return x | _TOP
-
-
-def _pair_hash_np(ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
-    """:func:`_pair_hash` on uint64 arrays (numpy integer arithmetic wraps modulo 2**64)."""
-    x = ha * np.uint64(_GOLDEN) + hb
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(_M1)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(_M2)
-    x ^= x >> np.uint64(31)
-    x |= np.uint64(_TOP)
-    return x
-
-
-def term_hashes(text: str, *, bigrams: bool = True) -> list[int]:
-    """The hashes of :func:`terms` of ``text``, in the same order.
-
-    A word's hash is the first 8 bytes of its blake2b digest (little-endian)
-    with the top bit cleared; a bigram's is a splitmix64 mix of its two word
-    hashes with the top bit set, so words and bigrams never collide.
-    """
-    words: list[int] = []
-    grams: list[int] = []
-    for line in text.lower().split("\n"):
-        hs = [_word_hash(t) for t in tokenize(line)]
-        words.extend(hs)
-        if bigrams:
-            grams.extend(_pair_hash(a, b) for a, b in itertools.pairwise(hs))
-    return words + grams
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +139,7 @@ class LexicalIndex:
         b: float = B,
         idf_power: float = IDF_POWER,
         bigrams: bool = BIGRAMS,
+        sig: np.ndarray | None = None,
     ) -> None:
         self._terms = terms
         self._indptr = indptr
@@ -187,11 +147,14 @@ class LexicalIndex:
         self._tf = tf
         self._doclen = doclen
         self._labels = labels
+        self._sig = sig
+        self._classes: Classes | None = None  # see _with_classes
         # The last few queries' terms and scores: a retrieval asks one index for a query's top
         # documents, the scores of other candidates and the bound, and each would walk the same
         # postings again (most of a query's time at 100k memories). Arrays are made read-only.
         self._recent_terms: dict[str, dict[int, int]] = {}
         self._recent_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._recent_classes: dict[str, np.ndarray] = {}  # every class's float32 score
         self._best: dict[int, float] = {}  # term id -> its largest weight (see _bound)
         self._idfs: dict[int, float] = {}  # term id -> idf
         self.avgdl = float(avgdl)
@@ -289,6 +252,7 @@ class LexicalIndex:
         np.cumsum(np.bincount(post_term, minlength=v), out=indptr[1:])
         avgdl = float(doclen.sum(dtype=np.float64) / n) if n else 0.0
         return cls(
+            sig=signatures(term_hash, indptr, doc_idx, tf, n),
             terms=term_hash.astype(np.uint64, copy=False),
             indptr=indptr,
             doc_idx=doc_idx,
@@ -300,7 +264,7 @@ class LexicalIndex:
             b=b,
             idf_power=idf_power,
             bigrams=bigrams,
-        )
+        )._with_classes()
 
     def updated(self, drop: np.ndarray, docs: Iterable[tuple[int, str]]) -> LexicalIndex:
         """This index without the documents labelled ``drop`` and with ``docs`` added (labels
@@ -316,6 +280,7 @@ class LexicalIndex:
         if len(labels) > 1 and bool((labels[1:] == labels[:-1]).any()):
             raise ValueError("an added document's label is already in the lexical index")
         doclen = np.concatenate([self._doclen[keep_doc], add._doclen])[order]
+        sig = np.concatenate([self.signatures()[keep_doc], add.signatures()])[order]
         # Each side's postings as (term hash, document label, tf), in (term, label) order.
         keep_post = keep_doc[self._doc_idx]
         old_t = np.repeat(np.arange(len(self._terms), dtype=np.int64), np.diff(self._indptr))[keep_post]
@@ -343,6 +308,7 @@ class LexicalIndex:
         np.cumsum(np.bincount(post_term, minlength=len(terms)), out=indptr[1:])
         n = len(labels)
         return LexicalIndex(
+            sig=sig,
             terms=terms.astype(np.uint64, copy=False),
             indptr=indptr,
             doc_idx=(keys - post_term * width).astype(np.int32),
@@ -354,18 +320,33 @@ class LexicalIndex:
             b=self.b,
             idf_power=self.idf_power,
             bigrams=self.bigrams,
-        )
+        )._with_classes()
+
+    def signatures(self) -> np.ndarray:
+        """Each document's signature (:func:`~memp_cli.index.classes.signatures`; computed from
+        the postings for an index saved without them)."""
+        if self._sig is None:
+            self._sig = signatures(self._terms, self._indptr, self._doc_idx, self._tf, len(self))
+        return self._sig
+
+    def _with_classes(self) -> LexicalIndex:
+        """This index with the classes of its identical documents, where they pay."""
+        self._classes = Classes.derive(self.signatures(), self._indptr, self._doc_idx, self._tf, self._doclen)
+        return self
 
     # ------------------------------------------------------------ save / load
 
     def save(self, directory: Path, stem: str) -> dict[str, Any]:
         """Write the arrays as ``<directory>/<stem>.<name>.npy`` (each atomically) and return the
         manifest :meth:`load` needs. Writing the manifest is the caller's: after the arrays."""
-        directory = Path(directory)
-        for name, path in array_paths(directory, stem).items():
-            arr = getattr(self, f"_{name}")
-            with atomic_output(path) as tmp, open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr, dtype=_ARRAYS[name]), allow_pickle=False)
+        paths = array_paths(Path(directory), stem)
+        arrays = {name: getattr(self, f"_{name}") for name in _ARRAYS}
+        arrays["sig"] = self.signatures()
+        if self._classes is not None:
+            arrays.update(self._classes.arrays())
+        for name, arr in arrays.items():
+            with atomic_output(paths[name]) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr, dtype=_DTYPES[name]), allow_pickle=False)
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -378,6 +359,8 @@ class LexicalIndex:
             "b": self.b,
             "idf_power": self.idf_power,
             "bigrams": self.bigrams,
+            "sig": True,
+            "classes": len(self._classes) if self._classes is not None else None,
         }
 
     @classmethod
@@ -404,19 +387,24 @@ class LexicalIndex:
             b = float(m["b"])
             idf_power = float(m["idf_power"])
             bigrams = m["bigrams"]
+            n_classes = None if m.get("classes") is None else int(m["classes"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: missing or bad manifest field ({e})") from None
         if not isinstance(bigrams, bool):
             raise ValueError(f"{where}: bad bigrams field")
         arrays: dict[str, np.ndarray] = {}
+        wanted = {*_ARRAYS, *(("sig",) if m.get("sig") is True else ())}
+        wanted |= set(CLASS_ARRAYS) if n_classes is not None else set()
         for name, path in array_paths(Path(directory), stem).items():
+            if name not in wanted:
+                continue
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: missing") from None
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path}: unreadable array ({e})") from None
-            dtype = _ARRAYS[name]
+            dtype = _DTYPES[name]
             if arr.dtype != dtype or arr.ndim != 1:
                 raise ValueError(f"{path}: expected 1-d {dtype}, got {arr.ndim}-d {arr.dtype}")
             arrays[name] = np.asarray(arr)  # plain ndarray view of the mapping: no memmap overhead
@@ -432,7 +420,17 @@ class LexicalIndex:
             or arrays["labels"].shape[0] != n_docs
         ):
             raise ValueError(f"{where}: arrays do not match the manifest (sizes differ)")
-        return cls(avgdl=avgdl, k1=k1, b=b, idf_power=idf_power, bigrams=bigrams, **arrays)
+        sig = arrays.pop("sig", None)
+        classes = None
+        if n_classes is not None:
+            classes = Classes(**{name: arrays.pop(name) for name in CLASS_ARRAYS})
+            if len(classes) != n_classes or not classes.check(n_docs, n_terms):
+                raise ValueError(f"{where}: class arrays do not match the manifest (sizes differ)")
+        if sig is not None and sig.shape[0] != n_docs:
+            raise ValueError(f"{where}: arrays do not match the manifest (sizes differ)")
+        ix = cls(avgdl=avgdl, k1=k1, b=b, idf_power=idf_power, bigrams=bigrams, sig=sig, **arrays)
+        ix._classes = classes
+        return ix
 
     # ---------------------------------------------------------------- scoring
 
@@ -454,12 +452,10 @@ class LexicalIndex:
         return _remembered(self._recent_terms, query, self._find_terms)
 
     def _find_terms(self, query: str) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for h in term_hashes(query, bigrams=self.bigrams):
-            counts[h] = counts.get(h, 0) + 1
+        # A retrieval asks both of a store's indexes (task text, procedure) for the same query.
+        counts, want = _remembered(_RECENT_COUNTS[self.bigrams], query, _term_counts[self.bigrams])
         if not counts or self.vocab_size == 0:
             return {}
-        want = np.fromiter(counts, dtype=np.uint64, count=len(counts))
         at = np.searchsorted(self._terms, want)
         at_clipped = np.minimum(at, self.vocab_size - 1)
         found = self._terms[at_clipped] == want
@@ -536,6 +532,9 @@ class LexicalIndex:
             return out
         at = np.minimum(np.searchsorted(self._labels, want), n - 1)
         known = self._labels[at] == want
+        if self._classes is not None:
+            out[known] = self._class_scores(query)[self._classes.cls[at[known]]]
+            return out
         pos, inv = np.unique(at[known], return_inverse=True)
         out[known] = exact(self, terms, pos).astype(np.float32)[inv.ravel()]
         return out
@@ -547,6 +546,9 @@ class LexicalIndex:
         terms = {t: q for t, q in self._query_terms(query).items() if self._indptr[t + 1] > self._indptr[t]}
         if k <= 0 or not terms:
             return _empty()
+        if self._classes is not None:
+            pos, sc = self._classes.top(self._class_scores(query), k)
+            return self._labels[pos].astype(np.int64), sc
         pos = survivors(self, terms, k)
         sc = exact(self, terms, pos).astype(np.float32)
         labels = self._labels[pos].astype(np.int64)
@@ -557,6 +559,23 @@ class LexicalIndex:
             labels, sc = labels[cand], sc[cand]
         order = np.lexsort((labels, -sc))[:k]
         return labels[order], sc[order]
+
+    def _class_scores(self, query: str) -> np.ndarray:
+        """Every class's BM25 (float32) for ``query`` (remembered for the last few queries)."""
+
+        def compute(q: str) -> np.ndarray:
+            assert self._classes is not None
+            plan = [
+                (t, qtf * self._idf(t) * (self.k1 + 1.0))
+                for t, qtf in self._query_terms(q).items()
+                if self._indptr[t + 1] > self._indptr[t]
+            ]
+            if not plan:
+                return np.zeros(len(self._classes), dtype=np.float32)
+            avgdl = self.avgdl if self.avgdl > 0 else 1.0
+            return self._classes.scores(plan, self.k1, self.b, avgdl).astype(np.float32)
+
+        return _remembered(self._recent_classes, query, compute)
 
     def max_score(self, query: str) -> float:
         """Upper bound of :meth:`scores` for ``query``: sum of ``idf * (k1 + 1)`` per query term.
@@ -576,6 +595,9 @@ class LexicalIndex:
 
 RECENT = 4  # queries remembered per index (a batch of queries is scored side by side)
 
+_RECENT_COUNTS: dict[bool, dict[str, tuple[dict[int, int], np.ndarray]]] = {True: {}, False: {}}
+_term_counts = {bg: functools.partial(term_counts, bigrams=bg) for bg in (True, False)}
+
 _T = TypeVar("_T")
 
 
@@ -591,5 +613,6 @@ def _remembered(recent: dict[str, _T], query: str, compute: Callable[[str], _T])
 
 
 def array_paths(directory: Path, stem: str) -> dict[str, Path]:
-    """The array files of an index saved under ``stem``, by array name."""
-    return {name: directory / f"{stem}.{name}.npy" for name in _ARRAYS}
+    """The array files an index saved under ``stem`` may have, by array name (the optional
+    ones only when its manifest names them)."""
+    return {name: directory / f"{stem}.{name}.npy" for name in _DTYPES}

@@ -1,5 +1,8 @@
 """Top-k BM25 without scoring every posting: MaxScore over a :class:`LexicalIndex`.
 
+(An index with classes of identical documents scores those instead:
+:mod:`memp_cli.index.classes`.)
+
 The texts are short and the vocabulary small, so a query's common terms (``put``, ``clean``)
 have posting lists of 10-60% of the documents; scoring them all was most of a query's time.
 :func:`survivors` goes through the query's terms by descending bound (the largest weight a term

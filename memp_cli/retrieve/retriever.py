@@ -310,8 +310,10 @@ class Retriever(AveFact):
             # Per family, its best FAMILY_POOL bases (0 for a missing member), added best first.
             by = np.lexsort((-base, fam))
             fam_by = fam[by]
-            first = np.flatnonzero(np.r_[True, fam_by[1:] != fam_by[:-1]])
-            rank = np.arange(m) - np.repeat(first, np.diff(np.r_[first, m]))
+            new = np.ones(m, dtype=bool)
+            np.not_equal(fam_by[1:], fam_by[:-1], out=new[1:])
+            first = np.flatnonzero(new)
+            rank = np.arange(m) - np.repeat(first, np.diff(first, append=m))
             best = np.zeros((len(codes), FAMILY_POOL), dtype=np.float64)
             sel = rank < FAMILY_POOL
             best[fam_by[sel], rank[sel]] = base[by][sel]
