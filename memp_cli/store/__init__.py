@@ -40,7 +40,7 @@ from memp_cli.store.fsutil import (
     make_dirs,
     register_store,
 )
-from memp_cli.store.ledger import SettledFn
+from memp_cli.store.ledger import Settles
 from memp_cli.store.recovery import pending
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
@@ -183,12 +183,12 @@ class Store:
         self,
         skip: Callable[[str], bool] | None = None,
         *,
-        settled: SettledFn | None = None,
+        settled: Settles | None = None,
         record: bool = True,
     ) -> Iterator[Trajectory]:
         """Every stored run, parsed; ``skip(id)`` true passes over a run without parsing it.
-        ``settled(id, success)`` (no side effect): a segment whose runs it all calls settled
-        may come from the trajectory ledger unparsed, as outlines (id and outcome only; see
+        ``settled``: a segment it settles whole comes from the trajectory ledger unparsed, only
+        the runs it names, as outlines (id and outcome only; see
         :func:`memp_cli.store.ledger.runs`), and the segments read are entered in the ledger
         (``record`` False: not, the ledger is left as it is)."""
         if settled is not None:

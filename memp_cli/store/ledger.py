@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -44,7 +44,15 @@ _CODES = {"s": True, "f": False, "u": None}
 OUTCOME_NAMES = {True: "success", False: "failure", None: "unknown"}
 
 SkipFn = Callable[[str], bool]
-SettledFn = Callable[[str, "bool | None"], bool]
+
+
+class Settles(Protocol):
+    def segment(self, ids: list[str], codes: str) -> list[int] | None:
+        """None: parse the segment. Else the positions of the runs to yield as outlines (the
+        caller needs nothing of the others); no other effect on a segment it returns None for."""
+        ...
+
+
 Stat = tuple[int, int, int]
 
 
@@ -211,22 +219,20 @@ def _load(path: Path) -> tuple[dict[str, Entry], bool]:
         return {}, True
 
 
-def runs(
-    store: Store, skip: SkipFn | None, settled: SettledFn, *, record: bool = True
-) -> Iterator[Trajectory]:
-    """:meth:`Store.iter_trajectories` for a caller that needs only the id and outcome of a run
-    ``settled(id, success)`` calls settled (that call has no effect: it may be made for every
-    run of a segment before any is yielded): a segment the ledger knows whose every run is
-    settled is not parsed, its runs come as outlines (:class:`Trajectory` with the id and the
-    outcome, no task and no steps), ``skip(id)`` called for each. Every other segment is
-    parsed as before (and entered, unless ``record`` is False: then nothing is written)."""
+def runs(store: Store, skip: SkipFn | None, settled: Settles, *, record: bool = True) -> Iterator[Trajectory]:
+    """:meth:`Store.iter_trajectories` for a caller that needs only the id and outcome of the
+    runs ``settled`` settles: a segment the ledger knows that ``settled.segment(ids, codes)``
+    settles whole is not parsed; of its runs, only those at the positions it returns come, as
+    outlines (:class:`Trajectory` with the id and the outcome, no task and no steps; the others
+    it accounted for itself). Every other segment is parsed as before, ``skip(id)`` passing over
+    runs (and entered, unless ``record`` is False: then nothing is written)."""
     ledger = Ledger(store)
     for seg in store.segments():
         e = ledger.entry(seg)
-        if e is not None and all(settled(tid, _CODES[c]) for tid, c in zip(e.ids, e.codes, strict=True)):
-            for tid, c in zip(e.ids, e.codes, strict=True):
-                if skip is None or not skip(tid):
-                    yield Trajectory(task="", steps=[], success=_CODES[c], id=tid)
+        keep = settled.segment(e.ids, e.codes) if e is not None else None
+        if e is not None and keep is not None:
+            for i in keep:
+                yield Trajectory(task="", steps=[], success=_CODES[e.codes[i]], id=e.ids[i])
             continue
         yield from ledger.read(seg, skip, enter=record)
     if record:
