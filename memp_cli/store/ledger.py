@@ -31,7 +31,7 @@ import orjson
 
 from memp_cli.errors import StoreError
 from memp_cli.model.trajectory import Trajectory
-from memp_cli.store.fsutil import atomic_write, check_no_links
+from memp_cli.store.fsutil import atomic_write, check_no_links, unlink_own
 
 if TYPE_CHECKING:
     from memp_cli.store import Store
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 LEDGER_NAME = "trajectories.json"
 LEDGER_VERSION = 1
 MAX_LEDGER_BYTES = 1 << 30  # ~40 bytes a run: far more than any store holds
+TEMP_KIND = "ledger-"  # a save's temp file: .tmp-ledger-<pid>-<12 hex> (remove_dead_temps)
+_TEMP = re.compile(r"^\.tmp-ledger-([0-9]{1,10})-[0-9a-f]{12}$")
 SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
 _CODES = {"s": True, "f": False, "u": None}
 OUTCOME_NAMES = {True: "success", False: "failure", None: "unknown"}
@@ -171,8 +173,41 @@ class Ledger:
             "segments": {n: [list(e.stat), e.ids, e.codes] for n, e in sorted(self.entries.items())},
         }
         with contextlib.suppress(OSError, StoreError):
-            atomic_write(self.path, orjson.dumps(data), durable=False)
+            remove_dead_temps(self.path.parent)
+            atomic_write(self.path, orjson.dumps(data), durable=False, kind=f"{TEMP_KIND}{os.getpid()}-")
             self.changed = False
+
+
+def remove_dead_temps(cache_dir: Path) -> int:
+    """Remove the temp files of ledger writers that are gone (killed during :meth:`Ledger.save`,
+    which may run without the store lock: ``memp stats``); a live writer's is left alone. The
+    temp files of a ledger written before they were named by pid (``.tmp-<12 hex>``: nothing
+    else writes a temp file in ``cache/``) are left to the recovery of a killed writer (which
+    holds the lock, so no save of that version runs meanwhile) and ``memp doctor``. Returns
+    how many were removed."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return 0
+    n = 0
+    for name in names:
+        m = _TEMP.match(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError, StoreError):
+            unlink_own(cache_dir / name)
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
 
 
 def _load(path: Path) -> tuple[dict[str, Entry], bool]:
