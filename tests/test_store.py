@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import FILES, read_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders import get_embedder
@@ -14,7 +16,7 @@ from memp_cli.build.runner import distill
 from memp_cli.config import Config
 from memp_cli.errors import InputError, LockedError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.ingest import read_jsonl
-from memp_cli.model.memory import Memory, load_memory_file, memory_from_toml
+from memp_cli.model.memory import Memory, load_memory_file, memory_from_toml, valid_id, valid_ids
 from memp_cli.store import Store
 from memp_cli.store.fsutil import StoreLock, atomic_write
 
@@ -265,3 +267,17 @@ def test_memory_stamps_are_each_files_stat(
     listdir = os.listdir
     monkeypatch.setattr(os, "listdir", lambda p: [*listdir(p), "mgone.toml"])
     assert s.memory_stamps() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab0_-.Z\n/tml", max_size=12).map(lambda s: s + ".toml") | st.text(max_size=8))
+)
+def test_valid_ids_is_valid_id_over_a_listing(names: list[str]) -> None:
+    """The one-pass form of valid_id the memories and history folders are filtered by. (A name
+    holding a newline is no memory's: ``valid_id`` lets one end in it, the listing form does not.)"""
+    expected = [n[:-5] for n in names if n.endswith(".toml") and "\n" not in n and valid_id(n[:-5])]
+    assert valid_ids(names, ".toml") == expected
+    assert valid_ids(["m" + "a" * 63 + ".toml", "m" + "a" * 64 + ".toml", ".tmp-abc.toml"], ".toml") == [
+        "m" + "a" * 63
+    ]

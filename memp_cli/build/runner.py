@@ -39,7 +39,7 @@ from memp_cli.build.writing import Writer
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.index.entry import Entry, Stamp
 from memp_cli.index.state import built_stamps
-from memp_cli.model.memory import Memory, encoding_problem, load_memory_file, valid_id
+from memp_cli.model.memory import Memory, encoding_problem, load_memory_file, valid_ids
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.redact import for_config, redact_all
 from memp_cli.store.fsutil import StoreLock, make_dirs
@@ -238,7 +238,7 @@ def _plan(
     # What each memory was built with, as the index saw it (while its stat is the same).
     known = built_stamps(store)
     stamps = store.memory_stamps() if known else {}
-    existing = {mid for mid in stamps if valid_id(mid)} if known else set(store.memory_ids())
+    existing = set(valid_ids(stamps) if known else store.memory_ids())
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
     gone = trash.trashed_ids(store)

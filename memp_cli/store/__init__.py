@@ -29,7 +29,14 @@ import orjson
 
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.model.memory import Memory, encode_memory_file, load_memory_file, now_iso, valid_id
+from memp_cli.model.memory import (
+    Memory,
+    encode_memory_file,
+    load_memory_file,
+    now_iso,
+    valid_id,
+    valid_ids,
+)
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import appendlog, ledger
 from memp_cli.store.fsutil import (
@@ -278,11 +285,7 @@ class Store:
         return self.memories_dir / f"{memory_id}.toml"
 
     def memory_ids(self) -> list[str]:
-        return sorted(
-            n[:-5]
-            for n in os.listdir(self.memories_dir)
-            if n.endswith(".toml") and not n.startswith(TMP_PREFIX) and valid_id(n[:-5])
-        )
+        return sorted(valid_ids(os.listdir(self.memories_dir), ".toml"))  # a temp file's is no id
 
     def load_memory(self, memory_id: str) -> Memory:
         path = self.memory_path(memory_id)

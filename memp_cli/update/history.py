@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError
-from memp_cli.model.memory import now_iso, read_memory_bytes, valid_id
+from memp_cli.model.memory import now_iso, read_memory_bytes, valid_ids
 from memp_cli.store import appendlog
 from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir, rename_own, sync_files, write_temp
 
@@ -151,7 +151,7 @@ class History:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return set()
-        return {n[:-6] for n in names if n.endswith(".jsonl") and valid_id(n[:-6])}
+        return set(valid_ids(names, ".jsonl"))
 
     def content(self, memory_id: str, v: int) -> bytes:
         """The exact bytes of version ``v`` (raises NotFoundError for an unknown or deleted one)."""
