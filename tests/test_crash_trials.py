@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -30,6 +31,7 @@ import pytest
 from conftest import FILES, REPO, memory_ids, memp, read_records, stored_trajectories, subprocess_env
 
 from memp_cli.model.memory import load_memory_file
+from memp_cli.store.ledger import LEDGER_NAME
 
 KILLPOINT = REPO / "tests" / "killpoint.py"
 
@@ -552,3 +554,36 @@ def test_kill_9_trials(name: str, kills: int, tmp_path: Path, monkeypatch: pytes
         "prune": _prune_scenario,
     }[name](tmp_path)
     run_trials(name, sc, tmp_path, kills, seed, monkeypatch)
+
+
+@pytest.mark.parametrize("command", ["stats", "distill"])
+def test_the_temp_file_of_a_killed_ledger_save_is_reported_and_removed(tmp_path: Path, command: str) -> None:
+    """``memp stats`` saves the trajectory ledger without the store lock, distill under it: a
+    kill before the rename leaves its temp file in cache/. Doctor reports it; the next ledger
+    save (a killed stats) or the next writer (a killed distill) removes it, and no other."""
+    template = distilled_store(tmp_path / "template", distill=False)
+    store = tmp_path / "s"
+    cache = store / "cache"
+
+    def left_a_ledger_temp(s: Path) -> bool:
+        return any((s / "cache").glob(".tmp-ledger-*"))
+
+    _kill_until(store, template, [command], left_a_ledger_temp, lambda p: p == f"replace cache/{LEDGER_NAME}")
+    (tmp,) = cache.glob(".tmp-ledger-*")
+    assert not (cache / LEDGER_NAME).exists()
+    r = memp("--store", store, "doctor")
+    assert f"{tmp}: leftover temporary file from an interrupted write" in r.stdout + r.stderr
+    live = cache / f".tmp-ledger-{os.getpid()}-0123456789ab"  # a save in progress: left alone
+    live.write_bytes(b"{}")
+    r = memp(
+        "--store",
+        store,
+        "stats" if command == "stats" else "index",
+        *([] if command == "stats" else ["sync"]),
+    )
+    assert not tmp.exists() and live.exists()
+    assert ("removed 1 temporary file" in r.stderr) == (command == "distill"), r.stderr
+    live.unlink()
+    memp("--store", store, "stats")
+    assert (cache / LEDGER_NAME).is_file() and list(cache.glob(".tmp-*")) == []
+    assert memp("--store", store, "doctor").stdout == ""

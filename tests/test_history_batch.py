@@ -123,3 +123,40 @@ def test_a_small_batch_or_no_syncfs_fsyncs_every_file(
 def test_the_real_syncfs_runs(st: Store) -> None:
     assert fsutil._syncfs(st.memories_dir) is os.uname().sysname.startswith("Linux")
     memp("doctor")
+
+
+@pytest.mark.parametrize("linked", ["objects", "objects/xx", "memories-later"])
+def test_a_link_among_the_folders_of_a_batch_is_refused(st: Store, tmp_path: Path, linked: str) -> None:
+    """write_many checks each folder once per batch, not per file: a history objects folder that
+    is a link (the one of a digest, or all of them) fails the batch before anything goes through
+    it, and so does a memories folder made a link after the temp files are written, before the
+    renames (the check before them); the link's target is never written."""
+    h = History(st)
+    items = [(f"m{i:02d}", _data(f"m{i:02d}", f"task {i}")) for i in range(5)]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    if linked == "objects":
+        (st.history_dir / "objects").parent.mkdir(parents=True, exist_ok=True)
+        (st.history_dir / "objects").symlink_to(victim)
+    elif linked == "objects/xx":
+        d = st.history_dir / "objects" / sha256(items[2][1])[:2]
+        d.parent.mkdir(parents=True)
+        d.symlink_to(victim)
+    else:
+        real = fsutil.sync_files
+
+        def swap_folder(paths: object) -> None:  # between the temp files and the renames
+            real(paths)  # type: ignore[arg-type]
+            os.rename(st.memories_dir, tmp_path / "moved")
+            st.memories_dir.symlink_to(victim)
+
+        monkeypatch = pytest.MonkeyPatch()
+        monkeypatch.setattr("memp_cli.update.history.sync_files", swap_folder)
+    try:
+        with pytest.raises(fsutil.StoreLinkError):
+            h.write_many(items, by="memp test")
+    finally:
+        if linked == "memories-later":
+            monkeypatch.undo()
+    assert list(victim.iterdir()) == []
+    assert all(not (tmp_path / "moved" / f"{mid}.toml").exists() for mid, _ in items)

@@ -20,7 +20,7 @@ import pytest
 from conftest import DATA, memp, set_update_policy
 
 from memp_cli.build import runner
-from memp_cli.build.policies import BUILTIN_MODEL, BUILTIN_VERSION, memory_id
+from memp_cli.build.policies import BUILTIN_MODEL, BUILTIN_VERSION, POLICIES, memory_id
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import Store, ledger
 from memp_cli.store.ledger import LEDGER_NAME
@@ -174,6 +174,29 @@ def _forget(store_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def _failed_runs_memories(store_dir: Path) -> dict[str, Any]:
+    """Failed runs' memories, planned with failed runs left out: one forgotten, one edited by
+    hand and, where the failed runs were not built, one under another policy (as an older store
+    may hold) broken: forgotten, kept, warned about, never merely filtered."""
+    runs = map(json.loads, _alf_segment(store_dir).read_text().splitlines())
+    failed = [r["id"] for r in runs if r.get("success") is False]
+    mids = [
+        m
+        for tid in failed
+        for m in (memory_id(p, tid) for p in POLICIES)
+        if (store_dir / "memories" / f"{m}.toml").exists()
+    ]
+    if mids:
+        memp("forget", mids[0])
+        p = store_dir / "memories" / f"{mids[1]}.toml"
+        p.write_text(p.read_text() + "\n# edited by hand\n")
+    else:
+        (store_dir / "memories" / f"{memory_id('script', failed[0])}.toml").write_text(
+            "this is [[ not toml\n"
+        )
+    return {"only_success": True}
+
+
 def _remove_segment(store_dir: Path) -> dict[str, Any]:
     _alf_segment(store_dir).unlink()
     return {}
@@ -279,6 +302,7 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "hand_edit_then_other_policy": _edit_then_other_policy,
     "broken_memory": _break,
     "forget": _forget,
+    "failed_runs_memories": _failed_runs_memories,
     "segment_removed": _remove_segment,
     "segment_rewritten": _rewrite_segment,
     "segment_rewritten_in_place": _rewrite_in_place,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import FILES, read_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders import get_embedder
@@ -14,7 +16,7 @@ from memp_cli.build.runner import distill
 from memp_cli.config import Config
 from memp_cli.errors import InputError, LockedError, MemoryFileError, NotFoundError, StoreError
 from memp_cli.ingest import read_jsonl
-from memp_cli.model.memory import Memory, load_memory_file, memory_from_toml
+from memp_cli.model.memory import Memory, load_memory_file, memory_from_toml, valid_id, valid_ids
 from memp_cli.store import Store
 from memp_cli.store.fsutil import StoreLock, atomic_write
 
@@ -240,3 +242,42 @@ def test_index_rejects_another_embedder(tmp_path: Path) -> None:
         index_mod.sync(s, get_embedder("hash", dim=64))
     _, rep = index_mod.sync(s, get_embedder("hash", dim=64), rebuild=True)
     assert rep.rebuilt and index_mod.read_state(s).dim == 64
+
+
+@pytest.mark.parametrize("threads_from", [1, 10**9])
+def test_memory_stamps_are_each_files_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads_from: int
+) -> None:
+    """By one thread or several: every memory file (a link followed, as a read would), no temp
+    file, no other name; a file gone between the listing and its stat is left out."""
+    import memp_cli.store as store_mod
+
+    s = _hash_store(tmp_path / "s")
+    d = s.memories_dir
+    for i in range(40):
+        (d / f"m{i:03d}.toml").write_bytes(b"x" * i)
+    (d / ".tmp-swap-abc.toml").write_bytes(b"tmp")
+    (d / "notes.txt").write_bytes(b"other")
+    (tmp_path / "elsewhere.toml").write_bytes(b"linked")
+    (d / "mlink.toml").symlink_to(tmp_path / "elsewhere.toml")
+    monkeypatch.setattr(store_mod, "STAT_THREADS_MIN", threads_from)
+    expected = {p.stem: (p.stat().st_mtime_ns, p.stat().st_size) for p in d.glob("m*.toml")}
+    assert len(expected) == 41 and expected["mlink"][1] == 6
+    assert s.memory_stamps() == expected
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: [*listdir(p), "mgone.toml"])
+    assert s.memory_stamps() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab0_-.Z\n/tml", max_size=12).map(lambda s: s + ".toml") | st.text(max_size=8))
+)
+def test_valid_ids_is_valid_id_over_a_listing(names: list[str]) -> None:
+    """The one-pass form of valid_id the memories and history folders are filtered by. (A name
+    holding a newline is no memory's: ``valid_id`` lets one end in it, the listing form does not.)"""
+    expected = [n[:-5] for n in names if n.endswith(".toml") and "\n" not in n and valid_id(n[:-5])]
+    assert valid_ids(names, ".toml") == expected
+    assert valid_ids(["m" + "a" * 63 + ".toml", "m" + "a" * 64 + ".toml", ".tmp-abc.toml"], ".toml") == [
+        "m" + "a" * 63
+    ]

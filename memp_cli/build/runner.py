@@ -39,7 +39,7 @@ from memp_cli.build.writing import Writer
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
 from memp_cli.index.entry import Entry, Stamp
 from memp_cli.index.state import built_stamps
-from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
+from memp_cli.model.memory import Memory, encoding_problem, load_memory_file, valid_ids
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.redact import for_config, redact_all
 from memp_cli.store.fsutil import StoreLock, make_dirs
@@ -235,10 +235,10 @@ def _plan(
     from memp_cli.update import trash
     from memp_cli.update.history import History
 
-    existing = set(store.memory_ids())
     # What each memory was built with, as the index saw it (while its stat is the same).
     known = built_stamps(store)
     stamps = store.memory_stamps() if known else {}
+    existing = set(valid_ids(stamps) if known else store.memory_ids())
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
     gone = trash.trashed_ids(store)
@@ -259,7 +259,8 @@ def _plan(
         report.total, report.skipped = report.total + 1, report.skipped + 1
         return True
 
-    # A segment of settled runs comes from the trajectory ledger, unparsed (outlines).
+    # A segment of settled runs comes from the trajectory ledger, unparsed: only the runs
+    # Settled.segment did not count itself, as outlines.
     for t in store.iter_trajectories(current if known else None, settled=settled, record=not report.dry_run):
         report.total += 1
         mid = settled.memory_of(t.id)  # one memory per run, whatever the policy
@@ -295,6 +296,10 @@ def _plan(
             report.pending += 1
             continue
         jobs.append(_Job(t, mid, version))
+    report.skipped += settled.skipped
+    report.filtered += settled.filtered
+    report.unlabeled += settled.unlabeled
+    report.total += settled.skipped + settled.filtered
     report.read = len(jobs)
     return jobs
 

@@ -37,6 +37,9 @@ class Settled:
         self.existing, self.gone, self.known, self.stamps = existing, gone, known, stamps
         self.others = [p for p in POLICIES if p != policy]
         self._own: dict[str, str] = {}  # run -> its memory id under this policy (a sha256 each)
+        self._currents: set[str] | None = None
+        # Runs :meth:`segment` settled without yielding them, by what the plan would count.
+        self.skipped = self.filtered = self.unlabeled = 0
 
     def own(self, tid: str) -> str:
         """``memory_id(policy, tid)``, remembered: the plan asks it of a run up to four times."""
@@ -70,9 +73,60 @@ class Settled:
             return False
         return not needs_rebuild(k[2], self.policy, self.model, self.prompt_version)
 
+    def currents(self) -> set[str]:
+        """Every memory :meth:`_current` calls current, found once: one pass over what the index
+        knows, with :func:`needs_rebuild` asked once per distinct build key."""
+        if self._currents is None:
+            rebuild: dict[tuple[str, str, str], bool] = {}
+            out: set[str] = set()
+            existing, gone, stamps = self.existing, self.gone, self.stamps
+            for mid, (mtime, size, built) in self.known.items():
+                if stamps.get(mid) != (mtime, size) or mid in gone or mid not in existing:
+                    continue
+                r = rebuild.get(built)
+                if r is None:
+                    r = rebuild[built] = needs_rebuild(built, self.policy, self.model, self.prompt_version)
+                if not r:
+                    out.add(mid)
+            self._currents = out
+        return self._currents
+
     def __call__(self, tid: str, success: bool | None) -> bool:
         """Whether the plan builds nothing of this run, whatever its content."""
         if self.only_success and success is not True:
             return True  # filtered, or (already built) skipped, kept or forgotten
         mid = self.memory_of(tid)
         return mid in self.gone or self._current(mid)
+
+    def segment(self, ids: list[str], codes: str) -> list[int] | None:
+        """A segment of the ledger at once: None when a run of it is not settled (the plan
+        parses it). Else the positions of the runs the plan must still see (as outlines); the
+        others are counted here as the plan would count them: its memory current under this
+        policy (:meth:`current`: skipped), or left out by ``only_success`` with no memory of it
+        under any policy, in the trash or not (filtered, and unlabeled for an unknown outcome)."""
+        currents, policy, others = self.currents(), self.policy, self.others
+        existing, gone, only_success = self.existing, self.gone, self.only_success
+        out: list[int] = []
+        skipped = filtered = unlabeled = 0
+        for i, (tid, code) in enumerate(zip(ids, codes, strict=True)):
+            mid = memory_id(policy, tid)
+            if mid in currents:
+                skipped += 1
+            elif only_success and code != "s":
+                if (
+                    mid in existing
+                    or mid in gone
+                    or any((m := memory_id(p, tid)) in existing or m in gone for p in others)
+                ):
+                    out.append(i)
+                else:
+                    filtered += 1
+                    unlabeled += code == "u"
+            elif self(tid, True if code == "s" else False if code == "f" else None):
+                out.append(i)
+            else:
+                return None
+        self.skipped += skipped
+        self.filtered += filtered
+        self.unlabeled += unlabeled
+        return out

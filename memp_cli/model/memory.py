@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,13 @@ def now_iso() -> str:
 
 def valid_id(memory_id: str) -> bool:
     return bool(ID_RE.match(memory_id))
+
+
+def valid_ids(names: Iterable[str], suffix: str = "") -> list[str]:
+    """The ids of ``names`` that are a valid id followed by ``suffix`` (``.toml``), in order:
+    :func:`valid_id` by one regex pass over all of them (a folder of a million files)."""
+    pattern = f"^({ID_RE.pattern[1:-1]}){re.escape(suffix)}$"
+    return re.findall(pattern, "\n".join(n for n in names if "\n" not in n), re.M)
 
 
 @dataclass

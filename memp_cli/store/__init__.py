@@ -29,7 +29,14 @@ import orjson
 
 from memp_cli.config import CONFIG_NAME, Config, load_config, render_config, validate_config
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.model.memory import Memory, encode_memory_file, load_memory_file, now_iso, valid_id
+from memp_cli.model.memory import (
+    Memory,
+    encode_memory_file,
+    load_memory_file,
+    now_iso,
+    valid_id,
+    valid_ids,
+)
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.store import appendlog, ledger
 from memp_cli.store.fsutil import (
@@ -40,7 +47,7 @@ from memp_cli.store.fsutil import (
     make_dirs,
     register_store,
 )
-from memp_cli.store.ledger import SettledFn
+from memp_cli.store.ledger import Settles
 from memp_cli.store.recovery import pending
 
 if TYPE_CHECKING:  # the record parsers stay off the query path
@@ -49,6 +56,7 @@ if TYPE_CHECKING:  # the record parsers stay off the query path
 
 DEFAULT_STORE = ".memp"
 SAVE_THREADS = 8  # memory files rendered at once by save_memories
+STAT_THREADS, STAT_THREADS_MIN = 4, 8192  # memory_stamps: threads, from this many files
 
 
 @dataclass
@@ -183,12 +191,12 @@ class Store:
         self,
         skip: Callable[[str], bool] | None = None,
         *,
-        settled: SettledFn | None = None,
+        settled: Settles | None = None,
         record: bool = True,
     ) -> Iterator[Trajectory]:
         """Every stored run, parsed; ``skip(id)`` true passes over a run without parsing it.
-        ``settled(id, success)`` (no side effect): a segment whose runs it all calls settled
-        may come from the trajectory ledger unparsed, as outlines (id and outcome only; see
+        ``settled``: a segment it settles whole comes from the trajectory ledger unparsed, only
+        the runs it names, as outlines (id and outcome only; see
         :func:`memp_cli.store.ledger.runs`), and the segments read are entered in the ledger
         (``record`` False: not, the ledger is left as it is)."""
         if settled is not None:
@@ -277,11 +285,7 @@ class Store:
         return self.memories_dir / f"{memory_id}.toml"
 
     def memory_ids(self) -> list[str]:
-        return sorted(
-            n[:-5]
-            for n in os.listdir(self.memories_dir)
-            if n.endswith(".toml") and not n.startswith(TMP_PREFIX) and valid_id(n[:-5])
-        )
+        return sorted(valid_ids(os.listdir(self.memories_dir), ".toml"))  # a temp file's is no id
 
     def load_memory(self, memory_id: str) -> Memory:
         path = self.memory_path(memory_id)
@@ -295,22 +299,28 @@ class Store:
         return load_memory_file(self.memories_dir / f"{memory_id}.toml")
 
     def memory_stamps(self) -> dict[str, tuple[int, int]]:
-        """Each memory file's (mtime_ns, size): what the index compares to notice a change."""
-        out: dict[str, tuple[int, int]] = {}
+        """Each memory file's (mtime_ns, size): what the index compares to notice a change.
+        A large folder is stat'ed by a few threads (the calls release the GIL; at 900k files
+        one thread waits out ~7 s of them, four take half that)."""
         try:
-            it = os.scandir(self.memories_dir)
+            listed = os.listdir(self.memories_dir)
+            names = [n for n in listed if n.endswith(".toml") and not n.startswith(TMP_PREFIX)]
         except FileNotFoundError:
-            return out
-        with it:
-            for e in it:
-                name = e.name
-                if not name.endswith(".toml") or name.startswith(TMP_PREFIX):
-                    continue
-                try:
-                    st = e.stat()
-                except FileNotFoundError:
-                    continue
-                out[name[:-5]] = (st.st_mtime_ns, st.st_size)
+            return {}
+        fd = os.open(self.memories_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            if len(names) < STAT_THREADS_MIN:
+                return _stamps(fd, names)
+            from concurrent.futures import ThreadPoolExecutor
+
+            k = STAT_THREADS
+            with ThreadPoolExecutor(k, "memp-stat") as pool:
+                parts = list(pool.map(_stamps, [fd] * k, [names[i::k] for i in range(k)]))
+        finally:
+            os.close(fd)
+        out: dict[str, tuple[int, int]] = {}
+        for part in parts:
+            out.update(part)
         return out
 
     def memories_mtime_ns(self) -> int:
@@ -405,6 +415,18 @@ class Store:
             stamps = history.write_many(list(zip(ids, texts, strict=True)), by=by, why=why)
             self.journal(event, ids=ids, count=len(memories), **fields)
         return {m.id: (m, stamps[m.id]) for m in memories if m.id in stamps}
+
+
+def _stamps(dir_fd: int, names: list[str]) -> dict[str, tuple[int, int]]:
+    """``names`` in the folder ``dir_fd`` -> (mtime_ns, size), by id; a file gone is left out."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in names:
+        try:
+            st = os.stat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        out[name[:-5]] = (st.st_mtime_ns, st.st_size)
+    return out
 
 
 def _note(msg: str) -> None:

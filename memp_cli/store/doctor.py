@@ -38,7 +38,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
     fix = fix and not links  # nothing is written while a link could lead it out of the store
 
     # Stray temp files from killed writers.
-    for d in (store.root, store.memories_dir, store.trajectories_dir, store.index_dir):
+    for d in (store.root, store.memories_dir, store.trajectories_dir, store.index_dir, store.cache_dir):
         for p in [] if d.is_symlink() else d.glob(f"{TMP_PREFIX}*"):
             f = Finding(
                 "warning",

@@ -344,12 +344,13 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file + fsync + rename)."""
+def atomic_write(path: Path, data: bytes | str, *, durable: bool = True, kind: str = "") -> None:
+    """Replace ``path`` with ``data`` atomically (temp file + fsync + rename; the temp file is
+    named ``.tmp-<kind><12 hex>``)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     make_dirs(path.parent)
-    fd, tmp = _new_temp(path.parent)
+    fd, tmp = _new_temp(path.parent, kind)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -25,13 +25,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from memp_cli.errors import StoreError
 from memp_cli.model.trajectory import Trajectory
-from memp_cli.store.fsutil import atomic_write, check_no_links
+from memp_cli.store.fsutil import atomic_write, check_no_links, unlink_own
 
 if TYPE_CHECKING:
     from memp_cli.store import Store
@@ -39,12 +39,22 @@ if TYPE_CHECKING:
 LEDGER_NAME = "trajectories.json"
 LEDGER_VERSION = 1
 MAX_LEDGER_BYTES = 1 << 30  # ~40 bytes a run: far more than any store holds
+TEMP_KIND = "ledger-"  # a save's temp file: .tmp-ledger-<pid>-<12 hex> (remove_dead_temps)
+_TEMP = re.compile(r"^\.tmp-ledger-([0-9]{1,10})-[0-9a-f]{12}$")
 SEGMENT_ID = re.compile(rb'^\{"id":"(t[0-9a-f]+)"')
 _CODES = {"s": True, "f": False, "u": None}
 OUTCOME_NAMES = {True: "success", False: "failure", None: "unknown"}
 
 SkipFn = Callable[[str], bool]
-SettledFn = Callable[[str, "bool | None"], bool]
+
+
+class Settles(Protocol):
+    def segment(self, ids: list[str], codes: str) -> list[int] | None:
+        """None: parse the segment. Else the positions of the runs to yield as outlines (the
+        caller needs nothing of the others); no other effect on a segment it returns None for."""
+        ...
+
+
 Stat = tuple[int, int, int]
 
 
@@ -163,8 +173,41 @@ class Ledger:
             "segments": {n: [list(e.stat), e.ids, e.codes] for n, e in sorted(self.entries.items())},
         }
         with contextlib.suppress(OSError, StoreError):
-            atomic_write(self.path, orjson.dumps(data), durable=False)
+            remove_dead_temps(self.path.parent)
+            atomic_write(self.path, orjson.dumps(data), durable=False, kind=f"{TEMP_KIND}{os.getpid()}-")
             self.changed = False
+
+
+def remove_dead_temps(cache_dir: Path) -> int:
+    """Remove the temp files of ledger writers that are gone (killed during :meth:`Ledger.save`,
+    which may run without the store lock: ``memp stats``); a live writer's is left alone. The
+    temp files of a ledger written before they were named by pid (``.tmp-<12 hex>``: nothing
+    else writes a temp file in ``cache/``) are left to the recovery of a killed writer (which
+    holds the lock, so no save of that version runs meanwhile) and ``memp doctor``. Returns
+    how many were removed."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return 0
+    n = 0
+    for name in names:
+        m = _TEMP.match(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError, StoreError):
+            unlink_own(cache_dir / name)
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
 
 
 def _load(path: Path) -> tuple[dict[str, Entry], bool]:
@@ -211,22 +254,20 @@ def _load(path: Path) -> tuple[dict[str, Entry], bool]:
         return {}, True
 
 
-def runs(
-    store: Store, skip: SkipFn | None, settled: SettledFn, *, record: bool = True
-) -> Iterator[Trajectory]:
-    """:meth:`Store.iter_trajectories` for a caller that needs only the id and outcome of a run
-    ``settled(id, success)`` calls settled (that call has no effect: it may be made for every
-    run of a segment before any is yielded): a segment the ledger knows whose every run is
-    settled is not parsed, its runs come as outlines (:class:`Trajectory` with the id and the
-    outcome, no task and no steps), ``skip(id)`` called for each. Every other segment is
-    parsed as before (and entered, unless ``record`` is False: then nothing is written)."""
+def runs(store: Store, skip: SkipFn | None, settled: Settles, *, record: bool = True) -> Iterator[Trajectory]:
+    """:meth:`Store.iter_trajectories` for a caller that needs only the id and outcome of the
+    runs ``settled`` settles: a segment the ledger knows that ``settled.segment(ids, codes)``
+    settles whole is not parsed; of its runs, only those at the positions it returns come, as
+    outlines (:class:`Trajectory` with the id and the outcome, no task and no steps; the others
+    it accounted for itself). Every other segment is parsed as before, ``skip(id)`` passing over
+    runs (and entered, unless ``record`` is False: then nothing is written)."""
     ledger = Ledger(store)
     for seg in store.segments():
         e = ledger.entry(seg)
-        if e is not None and all(settled(tid, _CODES[c]) for tid, c in zip(e.ids, e.codes, strict=True)):
-            for tid, c in zip(e.ids, e.codes, strict=True):
-                if skip is None or not skip(tid):
-                    yield Trajectory(task="", steps=[], success=_CODES[c], id=tid)
+        keep = settled.segment(e.ids, e.codes) if e is not None else None
+        if e is not None and keep is not None:
+            for i in keep:
+                yield Trajectory(task="", steps=[], success=_CODES[e.codes[i]], id=e.ids[i])
             continue
         yield from ledger.read(seg, skip, enter=record)
     if record:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from memp_cli.model.memory import Memory
     from memp_cli.model.trajectory import Trajectory
     from memp_cli.store import IngestReport
+    from memp_cli.store.ledger import Settles
 
 
 class WriterLock(Protocol):
@@ -69,7 +70,7 @@ class MemoryStore(Protocol):
         self,
         skip: Callable[[str], bool] | None = None,
         *,
-        settled: Callable[[str, bool | None], bool] | None = None,
+        settled: Settles | None = None,
         record: bool = True,
     ) -> Iterator[Trajectory]: ...
 

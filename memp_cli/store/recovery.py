@@ -151,9 +151,12 @@ def _journaled(store: Store, rec: dict[str, Any]) -> bool:
 
 
 def _remove_temp_files(store: Store) -> int:
+    from memp_cli.store.ledger import remove_dead_temps
+
+    n = remove_dead_temps(store.cache_dir)  # a killed ledger save's (cache/.tmp-ledger-<pid>-...)
     dirs = [store.root, store.memories_dir, store.trajectories_dir, store.index_dir, store.trash_dir]
+    dirs.append(store.cache_dir)  # a ledger save's temp file from before they were named by pid
     dirs += [store.history_dir, *_subdirs(store.history_dir / "objects")]
-    n = 0
     for d in dirs:
         if os.path.islink(d):
             continue  # never followed: a link in the store is not memp's to clean

@@ -34,9 +34,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.errors import InputError, MemoryFileError, NotFoundError
-from memp_cli.model.memory import now_iso, read_memory_bytes, valid_id
+from memp_cli.model.memory import now_iso, read_memory_bytes, valid_ids
 from memp_cli.store import appendlog
-from memp_cli.store.fsutil import TMP_PREFIX, atomic_write, fsync_dir, rename_own, sync_files, write_temp
+from memp_cli.store.fsutil import (
+    TMP_PREFIX,
+    atomic_write,
+    check_no_links,
+    fsync_dir,
+    make_dirs,
+    refused_as_store_error,
+    rename_own,
+    sync_files,
+    write_temp,
+)
 
 if TYPE_CHECKING:
     from memp_cli.store.protocol import MemoryStore
@@ -151,7 +161,7 @@ class History:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return set()
-        return {n[:-6] for n in names if n.endswith(".jsonl") and valid_id(n[:-6])}
+        return set(valid_ids(names, ".jsonl"))
 
     def content(self, memory_id: str, v: int) -> bytes:
         """The exact bytes of version ``v`` (raises NotFoundError for an unknown or deleted one)."""
@@ -287,18 +297,35 @@ class History:
         objects: list[Path] = []
         temps: list[Path] = []
         stamps: dict[str, tuple[int, int]] = {}
+        ready: set[Path] = set()  # folders made and checked for links, once each per batch
+
+        def folder(d: Path) -> Path:
+            if d not in ready:
+                make_dirs(d)
+                ready.add(d)
+            return d
+
         try:
             for mid, data, digest, path, _ in todo:
                 obj = self._object(digest)
                 if not obj.exists():
-                    atomic_write(obj, data, durable=False)
+                    tmp, _ = write_temp(folder(obj.parent), data)
+                    try:
+                        with refused_as_store_error(obj.parent):
+                            os.replace(tmp, obj)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            tmp.unlink()
+                        raise
                     objects.append(obj)
-                tmp, st = write_temp(path.parent, data, kind="swap-")
+                tmp, st = write_temp(folder(path.parent), data, kind="swap-")
                 temps.append(tmp)
                 stamps[mid] = (st.st_mtime_ns, st.st_size)
             sync_files(objects + temps)
+            for d in ready:  # again: a link may have been made since (as atomic_write checks)
+                check_no_links(d)
             lasts = [
-                self._keep_replaced(mid, last, _swap(tmp, path, durable=False))
+                self._keep_replaced(mid, last, _swap(tmp, path, durable=False, checked=True))
                 for (mid, _, _, path, last), tmp in zip(todo, temps, strict=True)
             ]
         except BaseException:
@@ -355,8 +382,10 @@ def swap_in(path: Path, data: bytes, *, durable: bool = True) -> bytes | None:
     return _swap(tmp, path, durable=durable)
 
 
-def _swap(tmp: Path, path: Path, *, durable: bool) -> bytes | None:
-    """:func:`swap_in` of the temp file ``tmp`` (removed in any case)."""
+def _swap(tmp: Path, path: Path, *, durable: bool, checked: bool = False) -> bytes | None:
+    """:func:`swap_in` of the temp file ``tmp`` (removed in any case). ``checked``: the caller
+    has just checked the folder for links (a batch checks it once)."""
+    rename = os.replace if checked else rename_own
     try:
         if path.exists() and _exchange(tmp, path):
             old = _own_bytes(tmp)
@@ -368,11 +397,11 @@ def _swap(tmp: Path, path: Path, *, durable: bool) -> bytes | None:
         try:
             os.link(path, backup)
         except FileNotFoundError:
-            rename_own(tmp, path)
+            rename(tmp, path)
             if durable:
                 fsync_dir(path.parent)
             return None
-        rename_own(tmp, path)
+        rename(tmp, path)
         if durable:
             fsync_dir(path.parent)
         old = _own_bytes(backup)
