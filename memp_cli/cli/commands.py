@@ -416,30 +416,37 @@ def list_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List memories (a table on a terminal, JSON lines otherwise or with --json)."""
+    from memp_cli.update.outcomes import add_usage, with_usage
+
     store = open_store("list")
     as_table = env.stdout_isatty and not json_out
     cap = (TERMINAL_LIST_LIMIT if as_table else 0) if limit is None else limit
     rows: list[Memory] = []
     broken = matching = 0
-    for m in _memories_for_list(store, kind):
-        if isinstance(m, MemoryFileError):
-            output.warn(str(m).split("\n")[0])
-            broken += 1
-            continue
-        matching += 1
-        if cap and len(rows) >= cap:
-            if limit is not None:
-                break  # an explicit --limit: read no further
-            continue  # the terminal default: count the rest for the note below
-        rows.append(m)
-    from memp_cli.update.outcomes import add_usage
 
-    add_usage(store, rows)
-    if limit is None and len(rows) < matching:
-        output.info(f"showing {len(rows)} of {matching}; --limit 0 for all")
-    if not as_table:
-        output.emit_json_lines(m.list_row() for m in rows)
+    def listed() -> Iterator[Memory]:
+        nonlocal broken, matching
+        shown = 0
+        for m in _memories_for_list(store, kind):
+            if isinstance(m, MemoryFileError):
+                output.warn(str(m).split("\n")[0])
+                broken += 1
+                continue
+            matching += 1
+            if cap and shown >= cap:
+                if limit is not None:
+                    break  # an explicit --limit: read no further
+                continue  # the terminal default: count the rest for the note below
+            shown += 1
+            yield m
+
+    if not as_table:  # JSON lines as read: a million memories are never held at once
+        output.emit_json_lines(m.list_row() for m in with_usage(store, listed()))
     else:
+        rows = list(listed())
+        add_usage(store, rows)
+        if limit is None and len(rows) < matching:
+            output.info(f"showing {len(rows)} of {matching}; --limit 0 for all")
         ok = {True: "yes", False: "no", None: "?"}
         output.table(
             ["id", "kind", "success", "task", "used", "updated"],

@@ -6,13 +6,14 @@ the base), and the labels no memory has any more (:func:`drop_labels`)."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from memp_cli.errors import StoreError
 from memp_cli.index.reader import Index
-from memp_cli.index.state import State, vec_file_path
-from memp_cli.index.vectors import RamVectors, VectorFile, import_hnswlib, load_hnsw
+from memp_cli.index.state import State, hnsw_path, vec_file_path
+from memp_cli.index.vectors import RamVectors, VectorFile, import_hnswlib, load_graph
 
 if TYPE_CHECKING:
     import hnswlib
@@ -25,20 +26,73 @@ if TYPE_CHECKING:
 MERGE_SHARE = 8
 
 
+# Rows read from the vectors file at a time when a graph is filled from it (8 MB at dim 256).
+FILL_ROWS = 8192
+
+
 @dataclass
 class Graphs:
-    """The graphs a sync adds to: the base (loaded only for a merge: ``merged``, everything
-    goes into it and it is written as the new base) or the delta (the base file stays)."""
+    """The graphs a sync adds to: the delta (the base file stays), or, for a merge
+    (``merged``), the base, everything going into it and it written as the new base.
+
+    A merge's base is made only by :meth:`complete`, which the writer calls after the
+    generation's other files are written and dropped from memory: the base (~1.1 GB at 1M
+    memories) is then never in memory beside the file table and the BM25 build. Until then
+    :meth:`add` and :meth:`mark_deleted` record what to do to it, in order; the rows come
+    back from the vectors file, :data:`FILL_ROWS` at a time."""
 
     base: hnswlib.Index | None
     delta: hnswlib.Index | None
     merged: bool
+    # A merge's base before :meth:`complete`: how to get it (loaded or made afresh), then the
+    # steps to apply in order: a label to mark deleted, or (sorted labels, threads) to add.
+    make: Callable[[VectorFile | RamVectors], hnswlib.Index] | None = None
+    steps: list[int | tuple[np.ndarray, int]] = field(default_factory=list)
 
-    @property
-    def target(self) -> hnswlib.Index:
-        graph = self.base if self.merged else self.delta
-        assert graph is not None
-        return graph
+    def add(self, labels: np.ndarray, rows: np.ndarray, threads: int) -> None:
+        """Add ``rows`` (already in the vectors file at ``labels``, ascending)."""
+        if self.merged:
+            self.steps.append((labels, threads))
+        else:
+            assert self.delta is not None
+            self.delta.add_items(rows, labels, num_threads=threads, replace_deleted=False)
+
+    def mark_deleted(self, label: int) -> None:
+        if self.merged:
+            self.steps.append(label)
+        else:
+            assert self.delta is not None
+            with contextlib.suppress(RuntimeError):
+                self.delta.mark_deleted(label)
+
+    def complete(self, vectors: VectorFile | RamVectors) -> None:
+        """Make the merge's base and apply the recorded steps (nothing for a delta sync)."""
+        if self.make is None:
+            return
+        base, steps = self.make(vectors), self.steps
+        self.make, self.steps = None, []
+        for step in steps:
+            if isinstance(step, int):
+                with contextlib.suppress(RuntimeError):
+                    base.mark_deleted(step)
+            else:
+                fill(base, vectors, *step)
+        self.base = base
+
+
+def fill(graph: hnswlib.Index, vectors: VectorFile | RamVectors, labels: np.ndarray, threads: int) -> None:
+    """Add the rows of ``labels`` (ascending) from ``vectors`` to ``graph``, in label order,
+    reading at most :data:`FILL_ROWS` rows of the file at a time."""
+    import numpy as np
+
+    i = 0
+    while i < len(labels):
+        lo = int(labels[i])
+        j = int(np.searchsorted(labels, lo + FILL_ROWS, side="left"))
+        part = labels[i:j]
+        block = vectors.read(lo, int(part[-1]) + 1)
+        graph.add_items(block[part - lo], part, num_threads=threads, replace_deleted=False)
+        i = j
 
 
 def open_vectors(
@@ -114,29 +168,24 @@ def graph_for(
         if in_delta > graph.get_max_elements():
             graph.resize_index(max(in_delta, int(graph.get_max_elements() * 1.5)))
         return Graphs(None, graph, merged=False)
-    base = None
-    if state.base_end:
-        try:
-            base = load_hnsw(store, state)
-        except StoreError:
-            base = None  # made afresh from the vectors file below
     live = np.array(sorted(lab for lab in state.labels if lab < first), dtype=np.int64)
-    if base is None:
-        base, start = new_graph(state.next_label), 0
-    else:
-        for lab in state.base_deleted:
-            with contextlib.suppress(RuntimeError):
-                base.mark_deleted(lab)
-        start = state.base_end
-    if state.next_label > base.get_max_elements():
-        base.resize_index(state.next_label)
-    to_add = live[live >= start]
-    mat = vectors.matrix()
-    for i in range(0, len(to_add), 8192):
-        part = to_add[i : i + 8192]
-        base.add_items(mat[part], part, num_threads=1)
+    start, base_gen, size = state.base_end, state.base_gen, state.next_label
+
+    def make(vectors: VectorFile | RamVectors) -> hnswlib.Index:
+        try:
+            base = load_graph(store, hnsw_path(store, base_gen), state.dim, start) if start else None
+        except StoreError:
+            base = None
+        if base is None:  # none yet, or unreadable: made afresh, the old rows from the file
+            base = new_graph(size)
+            fill(base, vectors, live[live < start], 1)
+        elif size > base.get_max_elements():
+            base.resize_index(size)
+        return base
+
+    steps: list[int | tuple[np.ndarray, int]] = [*state.base_deleted, (live[live >= start], 1)]
     state.base_end, state.base_deleted = state.next_label, []
-    return Graphs(base, None, merged=True)
+    return Graphs(None, None, merged=True, make=make, steps=steps)
 
 
 def drop_labels(state: State, graphs: Graphs, labels: list[int]) -> None:
@@ -145,8 +194,7 @@ def drop_labels(state: State, graphs: Graphs, labels: list[int]) -> None:
     below = set()
     for lab in labels:
         if graphs.merged or lab >= state.base_end:
-            with contextlib.suppress(RuntimeError):
-                graphs.target.mark_deleted(lab)
+            graphs.mark_deleted(lab)
         else:
             below.add(lab)
     if below:

@@ -15,7 +15,7 @@ import orjson
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.entry import Entry, Fresh, entry
+from memp_cli.index.entry import Fresh, entry
 from memp_cli.index.keywords import KeywordIndex, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
 from memp_cli.index.state import (
@@ -200,6 +200,8 @@ def _sync(
     try:
         # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
         kw = sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
+        if old is None:
+            kw_src.clear()  # only the BM25 update reads it again, and there is none to update
         graphs = graph_for(store, state, delta, vectors, removed_labels, first)
         if to_embed:
             _embed(
@@ -216,6 +218,7 @@ def _sync(
                 progress,
                 persist,
             )
+        to_embed.clear()  # the key texts are embedded: not held through the BM25 build
         drop_labels(state, graphs, removed_labels)
         both = _update_lexical(store, old, state, table, kw_src) if old is not None else None
         if both is None:
@@ -223,7 +226,16 @@ def _sync(
         if persist:
             if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
                 store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-            write_generation(store, state, graphs, kw, table, vectors, both)
+            written = write_texts(store, state, kw, table, both)
+            kept: FileTable | None = table
+            if graphs.merged:  # on disk now: not in memory beside the base being made
+                del old, files, to_embed, kw_src, old_table, table
+                kept = None
+                sides = (read_lexical(store, state), read_lexical(store, state, "procedure"))
+                both = (
+                    (sides[0], sides[1]) if sides[0] is not None and sides[1] is not None else None
+                )  # mapped, not read
+            write_graphs(store, state, graphs, vectors, written)
             store.journal(
                 "index.sync",
                 added=report.added,
@@ -232,6 +244,9 @@ def _sync(
                 embedded=report.embedded,
                 rebuilt=report.rebuilt,
             )
+        else:
+            graphs.complete(vectors)
+            kept = table
         matrix = vectors.matrix() if state.ids else None
     finally:
         vectors.close()
@@ -245,14 +260,14 @@ def _sync(
         both[0] if both else None,
         kw,
         vectors=matrix,
-        files=table,
+        files=kept,
         procedure=both[1] if both else None,
         delta=graphs.delta if state.ids else None,
     )
     return index, report
 
 
-def _relabel(state: State, to_embed: list[tuple[int, Entry]], removed_labels: list[int], first: int) -> None:
+def _relabel(state: State, to_embed: list[tuple[int, str]], removed_labels: list[int], first: int) -> None:
     """Give every memory to embed a new label, ``first`` on in ``to_embed`` order, so the
     vectors file only ever grows at its end (a memory whose keys changed leaves its old label
     and row behind: the last generation, which still names them, stays intact)."""
@@ -299,17 +314,19 @@ def _plan(
     table: FileTable,
     report: SyncReport,
     fresh: Fresh | None = None,
-) -> tuple[list[tuple[int, Entry]], list[int], list[list[str] | int]]:
+) -> tuple[list[tuple[int, str]], list[int], list[list[str] | int]]:
     """Fill ``state`` and ``table`` with the memory files (in id order): unchanged ones (same
     stat) copied from the old index, the others read, or taken from ``fresh`` while their stat
-    is the one recorded there. Returns what to embed (state position, entry), the labels to
+    is the one recorded there. Returns what to embed (state position, key text), the labels to
     remove from the graph, and per position the keywords of a read memory or its old position.
     Only :class:`Entry` texts are kept of a memory read, never the memory."""
     prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
     fresh = fresh or {}
-    to_embed: list[tuple[int, Entry]] = []
+    to_embed: list[tuple[int, str]] = []
     removed_labels: list[int] = []
     kw_src: list[list[str] | int] = []
+    shared: dict[str, str] = {}
+    share = shared.setdefault
     for mid in sorted(files):
         mtime, size = files[mid]
         i = prev.get(mid)
@@ -357,13 +374,15 @@ def _plan(
                 label = state.next_label
                 state.next_label += 1
                 report.added += 1
-            to_embed.append((len(state.ids), ent))
+            to_embed.append((len(state.ids), ent.key))
         state.ids.append(mid)
         state.labels.append(label)
-        state.kinds.append(ent.kind)
-        state.families.append(ent.family)
-        table.append(khash, mtime, size, ent.lexical, ent.procedure, ent.built)
-        kw_src.append(ent.keywords)
+        # One string object per distinct kind, family, build key and keyword (a few thousand
+        # at 1M memories), not one per memory read: ~350 bytes a memory less for a rebuild.
+        state.kinds.append(share(ent.kind, ent.kind))
+        state.families.append(share(ent.family, ent.family))
+        table.append(khash, mtime, size, ent.lexical, ent.procedure, share(ent.built, ent.built))
+        kw_src.append([share(w, w) for w in ent.keywords])
     if old is not None:
         gone = set(old.ids) - set(files)
         removed_labels.extend(old.labels[prev[mid]] for mid in gone)
@@ -379,7 +398,7 @@ def _embed(
     kw: KeywordIndex,
     table: FileTable,
     vectors: VectorFile | RamVectors,
-    to_embed: list[tuple[int, Entry]],
+    to_embed: list[tuple[int, str]],
     removed_labels: list[int],
     report: SyncReport,
     progress: Progress | None,
@@ -395,11 +414,11 @@ def _embed(
     try:
         for start in range(0, len(to_embed), EMBED_BATCH):
             batch = to_embed[start : start + EMBED_BATCH]
-            vecs = embedder.embed([e.key for _, e in batch])
+            vecs = embedder.embed([key for _, key in batch])
             labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
             rows = unit_rows(vecs)
             vectors.append(labels, rows)
-            graphs.target.add_items(rows, labels, num_threads=threads, replace_deleted=False)
+            graphs.add(labels, rows, threads)
             done += len(batch)
             report.embedded += len(batch)
             if progress:
@@ -521,12 +540,26 @@ def write_generation(
     vectors: VectorFile | RamVectors,
     lex: tuple[LexicalIndex, LexicalIndex] | None,
 ) -> None:
-    """Write ``state`` as the next generation: every file of it first (the vectors file's new
-    rows fsynced, the base graph when merged else the delta graph, keywords, file table, BM25
-    arrays; each atomically), then state.json, which names the generation, then remove every
-    other file of the index directory (older generations, what an interrupted write left). A
-    process killed at any point leaves the last complete generation readable: the rows it
-    names are never written again, the base it names is only ever replaced by a new file."""
+    """Write ``state`` as the next generation: every file of it first (keywords, file table,
+    BM25 arrays, then the vectors file's new rows fsynced and the base graph when merged else
+    the delta graph; each atomically), then state.json, which names the generation, then remove
+    every other file of the index directory (older generations, what an interrupted write left).
+    A process killed at any point leaves the last complete generation readable: the rows it
+    names are never written again, the base it names is only ever replaced by a new file.
+    (:func:`_sync` calls the two halves itself, to drop the texts before a merge's base is made.)"""
+    written = write_texts(store, state, kw, table, lex)
+    write_graphs(store, state, graphs, vectors, written)
+
+
+def write_texts(
+    store: MemoryStore,
+    state: State,
+    kw: KeywordIndex,
+    table: FileTable,
+    lex: tuple[LexicalIndex, LexicalIndex] | None,
+) -> set[str]:
+    """The first half of :func:`write_generation`: the generation's number, its keyword, file
+    table and BM25 files. Returns the names written."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -535,17 +568,6 @@ def write_generation(
         written.add(path.name)
 
     state.version = INDEX_VERSION
-    if state.ids:
-        vectors.flush()
-        wrote(vectors_path(store, state))
-        if graphs.merged and graphs.base is not None:
-            save_hnsw(store, graphs.base, hnsw_path(store, gen).name)
-            state.base_gen = gen
-        if state.base_end:
-            wrote(hnsw_path(store, state.base_gen))
-        if state.next_label > state.base_end and graphs.delta is not None:
-            save_hnsw(store, graphs.delta, delta_path(store, gen).name)
-            wrote(delta_path(store, gen))
     jpath, bpath = kw_paths(store, gen)
     if kw.hnsw is not None and kw.words:
         save_hnsw(store, kw.hnsw, bpath.name)
@@ -557,6 +579,7 @@ def write_generation(
         "labels": kw.labels.tolist(),
     }
     atomic_write(jpath, orjson.dumps(kw_json))
+    del kw_json
     wrote(jpath)
     atomic_write(files_path(store, gen), table.to_json(gen))
     wrote(files_path(store, gen))
@@ -570,6 +593,27 @@ def write_generation(
         state.procedure = lex[1].save(store.index_dir, lexical_stem(gen, "procedure"))
         for stem in (lexical_stem(gen), lexical_stem(gen, "procedure")):
             written.update(p.name for p in array_paths(store.index_dir, stem).values())
+    return written
+
+
+def write_graphs(
+    store: MemoryStore, state: State, graphs: Graphs, vectors: VectorFile | RamVectors, written: set[str]
+) -> None:
+    """The second half of :func:`write_generation`: the vectors and the graphs (a merge's base
+    made now: :meth:`Graphs.complete`), then state.json, then the other files removed."""
+    gen = state.generation
+    if state.ids:
+        vectors.flush()
+        written.add(vectors_path(store, state).name)
+        graphs.complete(vectors)
+        if graphs.merged and graphs.base is not None:
+            save_hnsw(store, graphs.base, hnsw_path(store, gen).name)
+            state.base_gen = gen
+        if state.base_end:
+            written.add(hnsw_path(store, state.base_gen).name)
+        if state.next_label > state.base_end and graphs.delta is not None:
+            save_hnsw(store, graphs.delta, delta_path(store, gen).name)
+            written.add(delta_path(store, gen).name)
     state.kw_version = KW_VERSION
     state.version = INDEX_VERSION
     atomic_write(state_path(store), state.to_json())

@@ -111,13 +111,26 @@ def add_usage(store: MemoryStore, memories: list[Memory]) -> None:
     memp) are the base."""
     usage = Ledger.of(store).usage(m.id for m in memories)
     for m in memories:
-        u = usage.get(m.id)
-        if u is None:
-            continue
-        m.stats.retrieved += u.uses
-        m.stats.successes += u.successes
-        m.stats.failures += u.failures
-        m.stats.last_used = max(m.stats.last_used, u.last_used)
+        _add(m, usage)
+
+
+def with_usage(store: MemoryStore, memories: Iterable[Memory]) -> Iterator[Memory]:
+    """:func:`add_usage` one memory at a time, the ledger read once: for a stream of memories
+    that is not to be held whole (``memp list --json`` at a million memories)."""
+    usage = Ledger.of(store).usage()
+    for m in memories:
+        _add(m, usage)
+        yield m
+
+
+def _add(m: Memory, usage: dict[str, Usage]) -> None:
+    u = usage.get(m.id)
+    if u is None:
+        return
+    m.stats.retrieved += u.uses
+    m.stats.successes += u.successes
+    m.stats.failures += u.failures
+    m.stats.last_used = max(m.stats.last_used, u.last_used)
 
 
 def outcome_of(success: bool | None) -> str:
