@@ -18,7 +18,7 @@ from test_index_format import HEAT, VALID, _memories, _same_ranking
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode
-from memp_cli.index import vecsync
+from memp_cli.index import records, vecsync
 from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
@@ -104,13 +104,23 @@ def _check_after_kill(root: Path, where: str, reference: list[list[tuple[str, fl
 
 
 def _vector_rows_cut(root: Path, where: str) -> None:
-    """The vectors file holds exactly the rows the state names: what a killed sync appended past
-    them was cut by the next sync."""
+    """The vectors file holds exactly the rows the state names, and each record file exactly what
+    the generation's manifest names: what a killed sync appended past them was cut by the next
+    sync."""
     st = Store.open(root)
     state = index_mod.read_state(st)
-    assert state is not None and state.version == 6, where
+    assert state is not None and state.version == 7, where
     size = index_mod.state.vectors_path(st, state).stat().st_size
     assert size == state.next_label * state.dim * 4, where
+    m = json.loads(records.manifest_path(st.index_dir, state.generation).read_bytes())
+    want = {
+        "rows": m["rows"] * records.row_dtype().itemsize,
+        "text": m["text_bytes"],
+        "kw": m["kw_count"] * 4,
+        "words": m["words_bytes"],
+    }
+    for part, n in want.items():
+        assert records.part_path(st.index_dir, m["tgen"], part).stat().st_size == n, (where, part)
 
 
 # "sync" merges its delta into the base (MERGE_SHARE raised: the delta passes its share of the
@@ -188,7 +198,7 @@ def test_an_index_in_format_5_is_upgraded_without_embedding_or_rewriting_its_gra
     _, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 0 and not rep.rebuilt
     new = index_mod.read_state(st)
-    assert new is not None and new.version == index_mod.INDEX_VERSION == 6
+    assert new is not None and new.version == index_mod.INDEX_VERSION == 7
     # the old graph is the new base as it is; its vectors are copied once into the new file
     assert (new.base_gen, new.base_end) == (old.generation, old.next_label)
     assert graph.read_bytes() == graph_bytes

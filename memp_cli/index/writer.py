@@ -11,30 +11,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
-
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.entry import Entry, Fresh, entry
-from memp_cli.index.keywords import KeywordIndex, load_keywords, sync_keywords
+from memp_cli.index.entry import Entry, Fresh, Scan, Stamp, entry
+from memp_cli.index.filesync import Old, Source, appendable, load_old, place
+from memp_cli.index.keywords import KeywordIndex, load_graph, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
+from memp_cli.index.records import RecordLog, khash_int
 from memp_cli.index.state import (
     EMBED_BATCH,
     INDEX_FILE_NAME,
     INDEX_VERSION,
     KW_VERSION,
     STATE_NAME,
-    FileTable,
     IndexVersionError,
     State,
-    built_path,
     check_embedder,
     delta_path,
-    files_path,
     hnsw_path,
     kw_paths,
     lexical_stem,
-    load_files,
     peek_generation,
     read_state,
     scan,
@@ -93,6 +89,7 @@ def sync(
     rebuild: bool = False,
     progress: Progress | None = None,
     fresh: Fresh | None = None,
+    scanned: Scan | None = None,
 ) -> tuple[Index, SyncReport]:
     """Bring the index up to date with ``memories/``: takes the writer lock and writes a new
     generation when anything changed (state.json last; see :func:`write_generation`).
@@ -104,10 +101,14 @@ def sync(
     rewritten in this one without embedding; one from a newer memp raises
     :class:`IndexVersionError`. ``progress(done, total)``: after each batch of embedded texts.
     ``fresh``: the memories the caller has just written (:data:`Fresh`), not read again while
-    their files are as written.
+    their files are as written. ``scanned``: the memory files' stamps as the caller took them
+    (:class:`Scan`), used instead of statting every file while the memories folder is as the
+    caller left it; only the ``fresh`` memories are statted again.
     """
     with store.lock:
-        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True, fresh=fresh)
+        return _sync(
+            store, embedder, rebuild=rebuild, progress=progress, persist=True, fresh=fresh, scanned=scanned
+        )
 
 
 def build_in_memory(
@@ -126,26 +127,26 @@ def _sync(
     progress: Progress | None,
     persist: bool,
     fresh: Fresh | None = None,
+    scanned: Scan | None = None,
 ) -> tuple[Index, SyncReport]:
 
     report = SyncReport(rebuilt=rebuild)
     old, last_generation = _read_old(store, embedder, rebuild, report)
     dir_mtime = store.memories_mtime_ns()
-    files = scan(store)
+    files = _stamps(store, dir_mtime, fresh, scanned)
     state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
-    table = FileTable()
     delta = None
-    old_table = FileTable()
+    old_side: Old | None = None
     old_vectors: np.ndarray | None = None
     if old is not None:
         state.generation, state.next_label = old.generation, old.next_label
         state.kw_version = old.kw_version
         try:
-            old_table = load_files(store, old)
+            old_side = load_old(store, old)
             check_graph_file(store, old)  # the base graph is read only by a merge
             delta = load_delta(store, old)
         except StoreError as e:
-            old, delta = None, None
+            old, delta, old_side = None, None, None
             state.next_label = 0
             report.rebuilt = True
             report.rebuild_reason = e.message
@@ -156,7 +157,9 @@ def _sync(
             with contextlib.suppress(StoreError):  # else taken from the graph below
                 old_vectors = load_vectors(store, old) if old.ids else None
     first = state.next_label  # the labels of this sync's embeddings start here
-    to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report, fresh)
+    sources: list[Source] = []
+    stamps: list[tuple[int, int]] = []
+    to_embed, removed_labels = _plan(store, files, old, old_side, state, sources, stamps, report, fresh)
     _relabel(state, to_embed, removed_labels, first)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
@@ -179,17 +182,7 @@ def _sync(
             if persist and (old.dir_mtime_ns != dir_mtime or old.broken != state.broken):
                 atomic_write(state_path(store), state.to_json())  # same generation, same files
             return (
-                Index(
-                    store,
-                    state,
-                    None,
-                    lex,
-                    kw_old,
-                    vectors=old_vectors,
-                    files=table,
-                    procedure=proc,
-                    delta=delta,
-                ),
+                Index(store, state, None, lex, kw_old, vectors=old_vectors, procedure=proc, delta=delta),
                 report,
             )
         kw_missing = kw_old is None
@@ -199,7 +192,7 @@ def _sync(
     old_vectors = None  # unmapped before the old generation's files are removed
     try:
         # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
-        kw = sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
+        recs, kw = _sync_records(store, embedder, state, old, old_side, sources, stamps, kw_missing, report)
         graphs = graph_for(store, state, delta, vectors, removed_labels, first)
         if to_embed:
             _embed(
@@ -208,7 +201,7 @@ def _sync(
                 state,
                 graphs,
                 kw,
-                table,
+                recs,
                 vectors,
                 to_embed,
                 removed_labels,
@@ -217,13 +210,15 @@ def _sync(
                 persist,
             )
         drop_labels(state, graphs, removed_labels)
-        both = _update_lexical(store, old, state, table, kw_src) if old is not None else None
+        both = None
+        if old is not None and old_side is not None:
+            both = _update_lexical(store, old, old_side, state, sources, removed_labels)
         if both is None:
-            both = _build_lexical(state, table)
+            both = _build_lexical(state, recs)
         if persist:
             if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
                 store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-            write_generation(store, state, graphs, kw, table, vectors, both)
+            write_generation(store, state, graphs, kw, recs, vectors, both)
             store.journal(
                 "index.sync",
                 added=report.added,
@@ -245,11 +240,49 @@ def _sync(
         both[0] if both else None,
         kw,
         vectors=matrix,
-        files=table,
         procedure=both[1] if both else None,
         delta=graphs.delta if state.ids else None,
     )
     return index, report
+
+
+def _sync_records(
+    store: MemoryStore,
+    embedder: Embedder,
+    state: State,
+    old: State | None,
+    old_side: Old | None,
+    sources: list[Source],
+    stamps: list[tuple[int, int]],
+    kw_missing: bool,
+    report: SyncReport,
+) -> tuple[RecordLog, KeywordIndex]:
+    """The new generation's records (appended to the old ones, or a new record generation) and
+    its keyword side (only words new to the store are embedded)."""
+    import numpy as np
+
+    graph = None
+    old_live = np.zeros(0, dtype=np.int64)
+    words: list[str] = []
+    if old is not None and old_side is not None and not kw_missing:
+        try:
+            if old_side.records is not None:
+                words = old_side.records.words
+                graph = load_graph(store, old, len(words))
+                old_live = np.unique(old_side.records.keyword_rows()[1])
+            elif old_side.kw is not None:
+                words, graph, old_live = old_side.kw.words, old_side.kw.hnsw, old_side.kw.live()
+        except StoreError:
+            graph = None  # damaged: every word is embedded again
+    base = appendable(old_side)
+    if base is not None:
+        log = RecordLog(base.tgen, base)
+    else:  # a new record generation: no complete generation names its files yet
+        log = RecordLog(state.generation + 1, None, words if graph is not None else [])
+    log.pos = place(store, log, old_side, state.ids, sources, stamps)
+    offsets, flat = log.records(log.pos).keyword_rows()
+    kw = sync_keywords(store, embedder, graph, old_live, log.words, offsets, flat, report)
+    return log, kw
 
 
 def _relabel(state: State, to_embed: list[tuple[int, Entry]], removed_labels: list[int], first: int) -> None:
@@ -290,62 +323,75 @@ def _read_old(
     return old, last_generation
 
 
+def _stamps(
+    store: MemoryStore, dir_mtime: int, fresh: Fresh | None, scanned: Scan | None
+) -> dict[str, Stamp]:
+    """Each memory file's stamp: from a scan the caller handed over (:class:`Scan`) while the
+    memories folder is as it left it, its own memories statted again; else statted now."""
+    if scanned is None or scanned.dir_mtime_ns != dir_mtime or dir_mtime < 0:
+        return scan(store)
+    files = dict(scanned.stamps)
+    for mid in fresh or ():
+        try:
+            st = os.stat(store.memory_path(mid))
+        except FileNotFoundError:
+            files.pop(mid, None)
+            continue
+        files[mid] = (st.st_mtime_ns, st.st_size)
+    return files
+
+
 def _plan(
     store: MemoryStore,
     files: dict[str, tuple[int, int]],
     old: State | None,
-    old_table: FileTable,
+    old_side: Old | None,
     state: State,
-    table: FileTable,
+    sources: list[Source],
+    stamps: list[tuple[int, int]],
     report: SyncReport,
     fresh: Fresh | None = None,
-) -> tuple[list[tuple[int, Entry]], list[int], list[list[str] | int]]:
-    """Fill ``state`` and ``table`` with the memory files (in id order): unchanged ones (same
-    stat) copied from the old index, the others read, or taken from ``fresh`` while their stat
-    is the one recorded there. Returns what to embed (state position, entry), the labels to
-    remove from the graph, and per position the keywords of a read memory or its old position.
-    Only :class:`Entry` texts are kept of a memory read, never the memory."""
+) -> tuple[list[tuple[int, Entry]], list[int]]:
+    """Fill ``state``, ``sources`` and ``stamps`` with the memory files (in id order): unchanged
+    ones (same stat) by their old position, the others read, or taken from ``fresh`` while their
+    stat is the one recorded there. Returns what to embed (state position, entry) and the labels
+    to remove from the graph. Only :class:`Entry` texts are kept of a memory read, never the
+    memory."""
     prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
     fresh = fresh or {}
     to_embed: list[tuple[int, Entry]] = []
     removed_labels: list[int] = []
-    kw_src: list[list[str] | int] = []
+    ids, labels, kinds, families = state.ids, state.labels, state.kinds, state.families
+    # (An index from before format 4 has no procedure texts: its memories are re-read.)
+    usable = old is not None and old_side is not None and old.version >= 4
+    mtimes = old_side.mtimes if old_side is not None else []
+    sizes = old_side.sizes if old_side is not None else []
+    built = old_side.built if old_side is not None else []
     for mid in sorted(files):
-        mtime, size = files[mid]
+        stamp = files[mid]
         i = prev.get(mid)
-        # (An index from before format 4 has no procedure texts: its memories are re-read.)
-        if (
-            i is not None
-            and old is not None
-            and old.version >= 4
-            and old_table.built[i]
-            and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size)
-        ):
-            state.ids.append(mid)
-            state.labels.append(old.labels[i])
-            state.kinds.append(old.kinds[i])
-            state.families.append(old.families[i])
-            old_row = (old_table.texts[i], old_table.procedures[i], old_table.built[i])
-            table.append(old_table.key_hashes[i], mtime, size, *old_row)
-            kw_src.append(i)
+        if i is not None and usable and built[i] and mtimes[i] == stamp[0] and sizes[i] == stamp[1]:
+            assert old is not None
+            ids.append(mid)
+            labels.append(old.labels[i])
+            kinds.append(old.kinds[i])
+            families.append(old.families[i])
+            sources.append(i)
+            stamps.append(stamp)
             continue
         handed = fresh.get(mid)
         try:
-            ent = (
-                handed[0]
-                if handed is not None and handed[1] == (mtime, size)
-                else entry(store.read_memory(mid))
-            )
+            ent = handed[0] if handed is not None and handed[1] == stamp else entry(store.read_memory(mid))
         except MemoryFileError as e:
             report.broken.append(e)
-            state.broken[mid] = [mtime, size]
+            state.broken[mid] = list(stamp)
             if i is not None and old is not None:
                 removed_labels.append(old.labels[i])
             continue
-        khash = ent.key_hash
-        if i is not None and old is not None and old_table.key_hashes[i] == khash:
+        khash = khash_int(ent.key_hash)
+        if i is not None and old is not None and old_side is not None and old_side.khash[i] == khash:
             label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
-            if (old_table.mtimes[i], old_table.sizes[i]) != (mtime, size):
+            if (mtimes[i], sizes[i]) != stamp:
                 report.updated += 1
                 report.updated_ids.append(mid)
         else:
@@ -357,18 +403,18 @@ def _plan(
                 label = state.next_label
                 state.next_label += 1
                 report.added += 1
-            to_embed.append((len(state.ids), ent))
-        state.ids.append(mid)
-        state.labels.append(label)
-        state.kinds.append(ent.kind)
-        state.families.append(ent.family)
-        table.append(khash, mtime, size, ent.lexical, ent.procedure, ent.built)
-        kw_src.append(ent.keywords)
+            to_embed.append((len(ids), ent))
+        ids.append(mid)
+        labels.append(label)
+        kinds.append(ent.kind)
+        families.append(ent.family)
+        sources.append(ent)
+        stamps.append(stamp)
     if old is not None:
         gone = set(old.ids) - set(files)
         removed_labels.extend(old.labels[prev[mid]] for mid in gone)
         report.removed = len(gone)
-    return to_embed, removed_labels, kw_src
+    return to_embed, removed_labels
 
 
 def _embed(
@@ -377,7 +423,7 @@ def _embed(
     state: State,
     graphs: Graphs,
     kw: KeywordIndex,
-    table: FileTable,
+    recs: RecordLog,
     vectors: VectorFile | RamVectors,
     to_embed: list[tuple[int, Entry]],
     removed_labels: list[int],
@@ -408,7 +454,7 @@ def _embed(
         if persist and done:
             pending = {pos for pos, _ in to_embed[done:]}
             with contextlib.suppress(Exception):
-                _checkpoint(store, state, graphs, kw, table, vectors, pending, removed_labels, report)
+                _checkpoint(store, state, graphs, kw, recs, vectors, pending, removed_labels, report)
         raise
 
 
@@ -417,7 +463,7 @@ def _checkpoint(
     state: State,
     graphs: Graphs,
     kw: KeywordIndex,
-    table: FileTable,
+    recs: RecordLog,
     vectors: VectorFile | RamVectors,
     pending: set[int],
     removed_labels: list[int],
@@ -445,37 +491,41 @@ def _checkpoint(
         families=[state.families[p] for p in keep],
         broken=state.broken,
     )
-    part_table = FileTable()
-    for p in keep:
-        row = (table.texts[p], table.procedures[p], table.built[p])
-        part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], *row)
     # A pending memory that was in the index before (its keys changed) leaves it until
     # re-embedded: its old label is among the removed ones (its new one was never added).
     part.base_deleted = list(state.base_deleted)
     drop_labels(part, graphs, removed_labels)
-    rows = [kw.row(p) for p in keep]
-    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    part_kw = KeywordIndex(kw.words, offsets, flat.astype(np.int64), kw.hnsw)
-    write_generation(store, part, graphs, part_kw, part_table, vectors, _build_lexical(part, part_table))
+    all_pos = recs.pos
+    recs.pos = all_pos[np.asarray(keep, dtype=np.int64)]
+    offsets, flat = recs.records(recs.pos).keyword_rows()
+    part_kw = KeywordIndex(kw.words, offsets, flat, kw.hnsw)
+    try:
+        write_generation(store, part, graphs, part_kw, recs, vectors, _build_lexical(part, recs))
+    finally:
+        recs.pos = all_pos
     store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
 
 
-def _build_lexical(state: State, table: FileTable) -> tuple[LexicalIndex, LexicalIndex] | None:
+def _build_lexical(state: State, recs: RecordLog) -> tuple[LexicalIndex, LexicalIndex] | None:
     """The two BM25 indexes of a generation: over the key texts and over the procedures."""
     from memp_cli.index.lexical import LexicalIndex
 
     if not state.ids:
         return None
+    texts, procedures = recs.records(recs.pos).all_texts()
     return (
-        LexicalIndex.build(list(zip(state.labels, table.texts, strict=True))),
-        LexicalIndex.build(list(zip(state.labels, table.procedures, strict=True))),
+        LexicalIndex.build(list(zip(state.labels, texts, strict=True))),
+        LexicalIndex.build(list(zip(state.labels, procedures, strict=True))),
     )
 
 
 def _update_lexical(
-    store: MemoryStore, old: State, state: State, table: FileTable, kw_src: list[list[str] | int]
+    store: MemoryStore,
+    old: State,
+    old_side: Old,
+    state: State,
+    sources: list[Source],
+    removed_labels: list[int],
 ) -> tuple[LexicalIndex, LexicalIndex] | None:
     """The two BM25 indexes of the new generation from the old one's (:meth:`LexicalIndex.updated`:
     the memories read again are dropped and added, nothing else is tokenized again); None when
@@ -484,16 +534,18 @@ def _update_lexical(
 
     from memp_cli.index import lexical
 
-    if not state.ids or old.version != INDEX_VERSION or not old.ids:
+    if not state.ids or old.version < 6 or not old.ids:
         return None
     try:
         sides = (read_lexical(store, old), read_lexical(store, old, "procedure"))
     except StoreError:
         return None
-    copied = [lab for lab, src in zip(state.labels, kw_src, strict=True) if isinstance(src, int)]
-    read = [p for p, src in enumerate(kw_src) if not isinstance(src, int)]
+    copied = np.zeros(len(old.ids), dtype=bool)
+    copied[[src for src in sources if isinstance(src, int)]] = True
+    drop = np.asarray(old.labels, dtype=np.int64)[~copied]  # read again, gone or broken
+    read = [(p, src) for p, src in enumerate(sources) if not isinstance(src, int)]
     out = []
-    for lex, texts in zip(sides, (table.texts, table.procedures), strict=True):
+    for k, lex in enumerate(sides):
         if lex is None or (lex.k1, lex.b, lex.idf_power, lex.bigrams) != (
             lexical.K1,
             lexical.B,
@@ -502,8 +554,7 @@ def _update_lexical(
         ):
             return None
         try:
-            drop = np.setdiff1d(lex.labels, np.array(copied, dtype=np.int64))
-            new = lex.updated(drop, [(state.labels[p], texts[p]) for p in read])
+            new = lex.updated(drop, [(state.labels[p], e.procedure if k else e.lexical) for p, e in read])
         except ValueError:
             return None
         if len(new) != len(state.ids):
@@ -517,16 +568,17 @@ def write_generation(
     state: State,
     graphs: Graphs,
     kw: KeywordIndex,
-    table: FileTable,
+    recs: RecordLog,
     vectors: VectorFile | RamVectors,
     lex: tuple[LexicalIndex, LexicalIndex] | None,
 ) -> None:
     """Write ``state`` as the next generation: every file of it first (the vectors file's new
-    rows fsynced, the base graph when merged else the delta graph, keywords, file table, BM25
-    arrays; each atomically), then state.json, which names the generation, then remove every
-    other file of the index directory (older generations, what an interrupted write left). A
-    process killed at any point leaves the last complete generation readable: the rows it
-    names are never written again, the base it names is only ever replaced by a new file."""
+    rows and the records appended and fsynced, the base graph when merged else the delta graph,
+    the keyword graph, the records' manifest and positions, the BM25 arrays; each atomically),
+    then state.json, which names the generation, then remove every other file of the index
+    directory (older generations, what an interrupted write left). A process killed at any point
+    leaves the last complete generation readable: the rows and records it names are never
+    written again, the base it names is only ever replaced by a new file."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -546,22 +598,11 @@ def write_generation(
         if state.next_label > state.base_end and graphs.delta is not None:
             save_hnsw(store, graphs.delta, delta_path(store, gen).name)
             wrote(delta_path(store, gen))
-    jpath, bpath = kw_paths(store, gen)
+    bpath = kw_paths(store, gen)[1]
     if kw.hnsw is not None and kw.words:
         save_hnsw(store, kw.hnsw, bpath.name)
         wrote(bpath)
-    kw_json = {
-        "version": KW_VERSION,
-        "words": kw.words,
-        "offsets": kw.offsets.tolist(),
-        "labels": kw.labels.tolist(),
-    }
-    atomic_write(jpath, orjson.dumps(kw_json))
-    wrote(jpath)
-    atomic_write(files_path(store, gen), table.to_json(gen))
-    wrote(files_path(store, gen))
-    atomic_write(built_path(store, gen), table.built_json(gen))
-    wrote(built_path(store, gen))
+    written |= recs.write(store, gen, recs.pos)
     state.lexical = state.procedure = None
     if lex is not None and state.ids:
         from memp_cli.index.lexical import array_paths
