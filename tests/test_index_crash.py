@@ -18,7 +18,7 @@ from test_index_format import HEAT, VALID, _memories, _same_ranking
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode
-from memp_cli.index import records, vecsync
+from memp_cli.index import filesync, records, vecsync
 from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
@@ -124,14 +124,21 @@ def _vector_rows_cut(root: Path, where: str) -> None:
 
 
 # "sync" merges its delta into the base (MERGE_SHARE raised: the delta passes its share of the
-# base); "delta-sync" is the same sync adding to the delta graph.
-@pytest.mark.parametrize("operation", ["sync", "delta-sync", "rebuild", "first-sync"])
+# base); "delta-sync" is the same sync adding to the delta graph; "compact-sync" is the same sync
+# starting a new record generation (any dead record is too many).
+@pytest.mark.parametrize("operation", ["sync", "delta-sync", "compact-sync", "rebuild", "first-sync"])
 def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     built: Path, tmp_path: Path, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vecsync, "MERGE_SHARE", 1 if operation == "delta-sync" else 100)
+    if operation == "compact-sync":
+        monkeypatch.setattr(filesync, "COMPACT_MIN", -1)
+        monkeypatch.setattr(filesync, "COMPACT_SHARE", 10**6)
     if operation != "rebuild":
         _change_memories(built)
+    before = index_mod.read_state(Store.open(built))
+    assert before is not None
+    tgen = json.loads(records.manifest_path(built / "index", before.generation).read_bytes())["tgen"]
     if operation == "first-sync":
         shutil.rmtree(built / "index")
         (built / "index").mkdir()
@@ -145,6 +152,9 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     # the base graph is rewritten by all but the delta sync; the delta one writes a delta graph
     assert (state.base_gen == state.generation) == (operation != "delta-sync")
     assert (state.next_label > state.base_end) == (operation == "delta-sync")
+    now = json.loads(records.manifest_path(clean / "index", state.generation).read_bytes())["tgen"]
+    if operation != "first-sync":  # appended to, or a new one
+        assert (now == tgen) == (operation in ("sync", "delta-sync"))
     reference = _answers(clean)
     seen: list[str] = []
     for n in itertools.count(1):

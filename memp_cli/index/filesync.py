@@ -73,12 +73,16 @@ def load_old(store: MemoryStore, old: State) -> Old:
     return Old(table.mtimes, table.sizes, khash, table.built, table=table, kw=kw)
 
 
-def appendable(old: Old | None) -> Records | None:
+def appendable(old: Old | None, sources: list[Source]) -> Records | None:
     """The records a sync appends to: the last generation's, unless there are none (an older
-    format, a rebuild) or most of their rows are no longer named (then a new record generation
-    with the live ones only)."""
+    format, a rebuild) or, after this sync, most of their rows would be named by no position
+    (then a new record generation, with the live records only)."""
     rec = old.records if old is not None else None
-    if rec is None or (rec.garbage > COMPACT_MIN and rec.garbage * COMPACT_SHARE > len(rec.rows)):
+    if rec is None:
+        return None
+    kept = sum(isinstance(src, int) for src in sources)
+    dead = len(rec.rows) - kept
+    if dead > COMPACT_MIN and dead * COMPACT_SHARE > len(rec.rows) + len(sources) - kept:
         return None
     return rec
 

@@ -274,7 +274,7 @@ def _sync_records(
                 words, graph, old_live = old_side.kw.words, old_side.kw.hnsw, old_side.kw.live()
         except StoreError:
             graph = None  # damaged: every word is embedded again
-    base = appendable(old_side)
+    base = appendable(old_side, sources)
     if base is not None:
         log = RecordLog(base.tgen, base)
     else:  # a new record generation: no complete generation names its files yet
