@@ -6,11 +6,12 @@ memory read again (or handed over by a writer) gets a new one, appended."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memp_cli.errors import MemoryFileError, StoreError
-from memp_cli.index.entry import Entry
+from memp_cli.index.entry import Entry, Fresh, Scan, Stamp
 from memp_cli.index.keywords import KeywordIndex, load_keywords, memory_keywords
 from memp_cli.index.records import (
     COMPACT_MIN,
@@ -20,7 +21,7 @@ from memp_cli.index.records import (
     khash_int,
     load_records,
 )
-from memp_cli.index.state import FileTable, State, load_files
+from memp_cli.index.state import FileTable, State, load_files, scan
 
 if TYPE_CHECKING:
     import numpy as np
@@ -133,3 +134,21 @@ def _old_keywords(store: MemoryStore, log: RecordLog, old: Old, i: int, mid: str
     except MemoryFileError:
         words = []
     return [log.word_label(w) for w in words]
+
+
+def stamps_now(
+    store: MemoryStore, dir_mtime: int, fresh: Fresh | None, scanned: Scan | None
+) -> dict[str, Stamp]:
+    """Each memory file's stamp: from a scan the caller handed over (:class:`Scan`) while the
+    memories folder is as it left it, its own memories statted again; else statted now."""
+    if scanned is None or scanned.dir_mtime_ns != dir_mtime or dir_mtime < 0:
+        return scan(store)
+    files = dict(scanned.stamps)
+    for mid in fresh or ():
+        try:
+            st = os.stat(store.memory_path(mid))
+        except FileNotFoundError:
+            files.pop(mid, None)
+            continue
+        files[mid] = (st.st_mtime_ns, st.st_size)
+    return files

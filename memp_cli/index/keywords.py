@@ -1,4 +1,4 @@
-"""The keyword side of an index (AveFact): ``keywords-<gen>.json`` and ``keywords-<gen>.bin``,
+"""The keyword side of an index (AveFact): ``keywords-<gen>.bin`` and the records' keyword data,
 what a memory's keywords are, and bringing them up to date at a sync (only keyword strings new
 to the store are embedded)."""
 

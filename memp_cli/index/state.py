@@ -172,7 +172,8 @@ class State:
 
 @dataclass
 class FileTable:
-    """``files-<gen>.json``: per memory, in ``State.ids`` order, what only a sync reads."""
+    """Per memory, in ``State.ids`` order, what only a sync reads: ``files-<gen>.json`` before
+    format 7; since, made from the records (:func:`load_files`) for the readers' fallbacks."""
 
     key_hashes: list[str] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.entry import Entry, Fresh, Scan, Stamp, entry
-from memp_cli.index.filesync import Old, Source, appendable, load_old, place
+from memp_cli.index.entry import Entry, Fresh, Scan, entry
+from memp_cli.index.filesync import Old, Source, appendable, load_old, place, stamps_now
 from memp_cli.index.keywords import KeywordIndex, load_graph, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
 from memp_cli.index.records import RecordLog, khash_int
@@ -33,7 +33,6 @@ from memp_cli.index.state import (
     lexical_stem,
     peek_generation,
     read_state,
-    scan,
     state_path,
     vectors_path,
 )
@@ -133,7 +132,7 @@ def _sync(
     report = SyncReport(rebuilt=rebuild)
     old, last_generation = _read_old(store, embedder, rebuild, report)
     dir_mtime = store.memories_mtime_ns()
-    files = _stamps(store, dir_mtime, fresh, scanned)
+    files = stamps_now(store, dir_mtime, fresh, scanned)
     state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
     delta = None
     old_side: Old | None = None
@@ -321,24 +320,6 @@ def _read_old(
             hint="run `memp index rebuild`",
         )
     return old, last_generation
-
-
-def _stamps(
-    store: MemoryStore, dir_mtime: int, fresh: Fresh | None, scanned: Scan | None
-) -> dict[str, Stamp]:
-    """Each memory file's stamp: from a scan the caller handed over (:class:`Scan`) while the
-    memories folder is as it left it, its own memories statted again; else statted now."""
-    if scanned is None or scanned.dir_mtime_ns != dir_mtime or dir_mtime < 0:
-        return scan(store)
-    files = dict(scanned.stamps)
-    for mid in fresh or ():
-        try:
-            st = os.stat(store.memory_path(mid))
-        except FileNotFoundError:
-            files.pop(mid, None)
-            continue
-        files[mid] = (st.st_mtime_ns, st.st_size)
-    return files
 
 
 def _plan(
