@@ -103,11 +103,12 @@ def place(
 
     pos = np.empty(len(sources), dtype=np.int64)
     base = log.base
-    old_rows = base.pos.tolist() if base is not None else []
+    if base is not None:  # the unchanged keep their records: one gather
+        kept = [p for p, src in enumerate(sources) if isinstance(src, int)]
+        pos[kept] = base.pos[np.asarray([sources[p] for p in kept], dtype=np.int64)]
     for p, src in enumerate(sources):
         if isinstance(src, int):
             if base is not None:
-                pos[p] = old_rows[src]
                 continue
             assert old is not None
             lex, proc = old.texts(src)

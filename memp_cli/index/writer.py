@@ -4,12 +4,13 @@ same work without the lock and without writing (a store the process may not writ
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
@@ -335,31 +336,35 @@ def _plan(
 ) -> tuple[list[tuple[int, Entry]], list[int]]:
     """Fill ``state``, ``sources`` and ``stamps`` with the memory files (in id order): unchanged
     ones (same stat) by their old position, the others read, or taken from ``fresh`` while their
-    stat is the one recorded there. Returns what to embed (state position, entry) and the labels
-    to remove from the graph. Only :class:`Entry` texts are kept of a memory read, never the
-    memory."""
+    stat is the one recorded there (only these are visited one by one: the unchanged ones are
+    found by set difference and copied column by column). Returns what to embed (state
+    position, entry) and the labels to remove from the graph. Only :class:`Entry` texts are kept
+    of a memory read, never the memory."""
     prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
     fresh = fresh or {}
     to_embed: list[tuple[int, Entry]] = []
     removed_labels: list[int] = []
-    ids, labels, kinds, families = state.ids, state.labels, state.kinds, state.families
+    ids = sorted(files)
     # (An index from before format 4 has no procedure texts: its memories are re-read.)
-    usable = old is not None and old_side is not None and old.version >= 4
-    mtimes = old_side.mtimes if old_side is not None else []
-    sizes = old_side.sizes if old_side is not None else []
-    built = old_side.built if old_side is not None else []
-    for mid in sorted(files):
-        stamp = files[mid]
-        i = prev.get(mid)
-        if i is not None and usable and built[i] and mtimes[i] == stamp[0] and sizes[i] == stamp[1]:
-            assert old is not None
-            ids.append(mid)
-            labels.append(old.labels[i])
-            kinds.append(old.kinds[i])
-            families.append(old.families[i])
-            sources.append(i)
-            stamps.append(stamp)
-            continue
+    if old is not None and old_side is not None and old.version >= 4:
+        known = dict(zip(old.ids, zip(old_side.mtimes, old_side.sizes, strict=True), strict=True))
+        redo = {mid for mid, _ in files.items() - known.items()}  # new or another stat
+        if "" in old_side.built:  # what it was built with is unknown: read again
+            redo.update(old.ids[i] for i, b in enumerate(old_side.built) if not b and old.ids[i] in files)
+        at = sorted(bisect.bisect_left(ids, mid) for mid in redo)
+    else:
+        at = list(range(len(ids)))
+    # Every memory as unchanged (its old position), then those to read again in their place.
+    src: list[int | None] = list(map(prev.get, ids))
+    take = [i if i is not None else 0 for i in src]
+    labels = [old.labels[i] for i in take] if old is not None and old.ids else [0] * len(ids)
+    kinds = [old.kinds[i] for i in take] if old is not None and old.ids else [""] * len(ids)
+    families = [old.families[i] for i in take] if old is not None and old.ids else [""] * len(ids)
+    sources.extend(cast("list[Source]", src))
+    stamps.extend(map(files.__getitem__, ids))
+    broken: list[int] = []
+    for p in at:
+        mid, stamp, i = ids[p], stamps[p], src[p]
         handed = fresh.get(mid)
         try:
             ent = handed[0] if handed is not None and handed[1] == stamp else entry(store.read_memory(mid))
@@ -368,11 +373,12 @@ def _plan(
             state.broken[mid] = list(stamp)
             if i is not None and old is not None:
                 removed_labels.append(old.labels[i])
+            broken.append(p)
             continue
         khash = khash_int(ent.key_hash)
         if i is not None and old is not None and old_side is not None and old_side.khash[i] == khash:
             label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
-            if (mtimes[i], sizes[i]) != stamp:
+            if (old_side.mtimes[i], old_side.sizes[i]) != stamp:
                 report.updated += 1
                 report.updated_ids.append(mid)
         else:
@@ -384,13 +390,16 @@ def _plan(
                 label = state.next_label
                 state.next_label += 1
                 report.added += 1
-            to_embed.append((len(ids), ent))
-        ids.append(mid)
-        labels.append(label)
-        kinds.append(ent.kind)
-        families.append(ent.family)
-        sources.append(ent)
-        stamps.append(stamp)
+            to_embed.append((p - len(broken), ent))
+        labels[p], kinds[p], families[p], sources[p] = label, ent.kind, ent.family, ent
+    if broken:  # broken files are left out
+        gone_at = set(broken)
+        keep = [p for p in range(len(ids)) if p not in gone_at]
+        ids, kinds, families = [ids[p] for p in keep], [kinds[p] for p in keep], [families[p] for p in keep]
+        labels = [labels[p] for p in keep]
+        sources[:] = [sources[p] for p in keep]
+        stamps[:] = [stamps[p] for p in keep]
+    state.ids, state.labels, state.kinds, state.families = ids, labels, kinds, families
     if old is not None:
         gone = set(old.ids) - set(files)
         removed_labels.extend(old.labels[prev[mid]] for mid in gone)
