@@ -18,7 +18,7 @@ from test_index_format import HEAT, VALID, _memories, _same_ranking
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode
-from memp_cli.index import vecsync
+from memp_cli.index import filesync, records, vecsync
 from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
@@ -104,24 +104,41 @@ def _check_after_kill(root: Path, where: str, reference: list[list[tuple[str, fl
 
 
 def _vector_rows_cut(root: Path, where: str) -> None:
-    """The vectors file holds exactly the rows the state names: what a killed sync appended past
-    them was cut by the next sync."""
+    """The vectors file holds exactly the rows the state names, and each record file exactly what
+    the generation's manifest names: what a killed sync appended past them was cut by the next
+    sync."""
     st = Store.open(root)
     state = index_mod.read_state(st)
-    assert state is not None and state.version == 6, where
+    assert state is not None and state.version == 7, where
     size = index_mod.state.vectors_path(st, state).stat().st_size
     assert size == state.next_label * state.dim * 4, where
+    m = json.loads(records.manifest_path(st.index_dir, state.generation).read_bytes())
+    want = {
+        "rows": m["rows"] * records.row_dtype().itemsize,
+        "text": m["text_bytes"],
+        "kw": m["kw_count"] * 4,
+        "words": m["words_bytes"],
+    }
+    for part, n in want.items():
+        assert records.part_path(st.index_dir, m["tgen"], part).stat().st_size == n, (where, part)
 
 
 # "sync" merges its delta into the base (MERGE_SHARE raised: the delta passes its share of the
-# base); "delta-sync" is the same sync adding to the delta graph.
-@pytest.mark.parametrize("operation", ["sync", "delta-sync", "rebuild", "first-sync"])
+# base); "delta-sync" is the same sync adding to the delta graph; "compact-sync" is the same sync
+# starting a new record generation (any dead record is too many).
+@pytest.mark.parametrize("operation", ["sync", "delta-sync", "compact-sync", "rebuild", "first-sync"])
 def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     built: Path, tmp_path: Path, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vecsync, "MERGE_SHARE", 1 if operation == "delta-sync" else 100)
+    if operation == "compact-sync":
+        monkeypatch.setattr(filesync, "COMPACT_MIN", -1)
+        monkeypatch.setattr(filesync, "COMPACT_SHARE", 10**6)
     if operation != "rebuild":
         _change_memories(built)
+    before = index_mod.read_state(Store.open(built))
+    assert before is not None
+    tgen = json.loads(records.manifest_path(built / "index", before.generation).read_bytes())["tgen"]
     if operation == "first-sync":
         shutil.rmtree(built / "index")
         (built / "index").mkdir()
@@ -135,6 +152,9 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     # the base graph is rewritten by all but the delta sync; the delta one writes a delta graph
     assert (state.base_gen == state.generation) == (operation != "delta-sync")
     assert (state.next_label > state.base_end) == (operation == "delta-sync")
+    now = json.loads(records.manifest_path(clean / "index", state.generation).read_bytes())["tgen"]
+    if operation != "first-sync":  # appended to, or a new one
+        assert (now == tgen) == (operation in ("sync", "delta-sync"))
     reference = _answers(clean)
     seen: list[str] = []
     for n in itertools.count(1):
@@ -188,7 +208,7 @@ def test_an_index_in_format_5_is_upgraded_without_embedding_or_rewriting_its_gra
     _, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 0 and not rep.rebuilt
     new = index_mod.read_state(st)
-    assert new is not None and new.version == index_mod.INDEX_VERSION == 6
+    assert new is not None and new.version == index_mod.INDEX_VERSION == 7
     # the old graph is the new base as it is; its vectors are copied once into the new file
     assert (new.base_gen, new.base_end) == (old.generation, old.next_label)
     assert graph.read_bytes() == graph_bytes

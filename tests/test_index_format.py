@@ -213,11 +213,12 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         # The graph comes last but for state.json: a merge's base is made once the texts are
         # written and out of memory.
         graph = f"delta-{g}.bin" if step else f"hnsw-{g}.bin"
+        # format 7: the records of the memories are appended to the rebuild's record files (no
+        # rename either); a generation writes their manifest and each position's record
         expected = [
             f"keywords-{g}.bin",
-            f"keywords-{g}.json",
-            f"files-{g}.json",
-            f"built-{g}.json",
+            f"records-{g}.pos.npy",
+            f"records-{g}.json",
             *(
                 f"lexical-{g}.{a}.npy"
                 for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
@@ -232,9 +233,10 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         assert written == expected  # state.json last: it names the generation of the others
         assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
         kept = ["vectors-2.f32", *(["hnsw-2.bin"] if step else [])]  # the rebuild's, still named
+        kept += [f"records-2.{part}.bin" for part in ("rows", "text", "kw", "words")]
         assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected + kept)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 6
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 7
         assert (raw["vec_gen"], raw["base_gen"]) == (2, 2)
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)
@@ -276,7 +278,7 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
     state = index_mod.read_state(st)
     assert state is not None
     vec = _vec_path(st, state)
-    files = built / "index" / f"files-{state.generation}.json"
+    files = built / "index" / f"records-{state.generation}.json"
     if damage == "truncate-vectors":
         vec.write_bytes(vec.read_bytes()[:1000])
         expect = f"{vec}: damaged vectors file"
@@ -285,8 +287,9 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
         expect = f"{vec}: missing"
     elif damage == "garbage-files":
         files.write_bytes(b'{"index_version": 2, "generation"')
-        expect = f"{files}: damaged index file table"
+        expect = f"{files}: damaged index records"
     else:
+        files = files.with_name(f"records-{state.generation}.pos.npy")
         files.unlink()
         expect = f"{files}: missing"
     r = memp("doctor", expect=ExitCode.STORE)
@@ -304,15 +307,13 @@ def test_damaged_index_files_are_rebuilt_by_query(built: Path, damage: str) -> N
     assert new is not None and new.generation > state.generation
     # the graph is rewritten only by the rebuild (a new vectors file is copied from it)
     base = state.generation if "vectors" in damage else new.generation
+    # the records are appended to (a vectors file restored) or start afresh (a rebuild)
+    tgen = state.generation if "vectors" in damage else new.generation
     assert _index_files(st) == sorted(
         [f"hnsw-{base}.bin"]
-        + [f"{p}-{new.generation}.{e}" for p, e in (("vectors", "f32"), ("files", "json"))]
-        + [
-            f"built-{new.generation}.json",
-            f"keywords-{new.generation}.bin",
-            f"keywords-{new.generation}.json",
-            "state.json",
-        ]
+        + [f"{p}-{new.generation}.{e}" for p, e in (("vectors", "f32"), ("records", "json"))]
+        + [f"records-{tgen}.{part}.bin" for part in ("rows", "text", "kw", "words")]
+        + [f"records-{new.generation}.pos.npy", f"keywords-{new.generation}.bin", "state.json"]
     )
 
 
@@ -465,17 +466,17 @@ def test_rows_a_killed_sync_appended_are_never_read_and_cut_by_the_next(
     vec = _vec_path(st, state)
     row = state.dim * 4
     st.save_memories(_memories(6, seed=3, start=700), event="test")
-    real = index_mod.writer.atomic_write
+    real = index_mod.generation.atomic_write
 
     def killed_at_state(path: Path, data: bytes | str, **kw: Any) -> None:
         if path.name == "state.json":
             raise KeyboardInterrupt("killed before state.json")
         real(path, data, **kw)
 
-    monkeypatch.setattr(index_mod.writer, "atomic_write", killed_at_state)
+    monkeypatch.setattr(index_mod.generation, "atomic_write", killed_at_state)
     with pytest.raises(KeyboardInterrupt):
         index_mod.sync(st, EMB)
-    monkeypatch.setattr(index_mod.writer, "atomic_write", real)
+    monkeypatch.setattr(index_mod.generation, "atomic_write", real)
     assert vec.stat().st_size == (state.next_label + 6) * row  # appended, not named
     idx = index_mod.load(st, exact=True)
     assert idx is not None and idx.state.generation == state.generation

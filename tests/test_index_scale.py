@@ -217,19 +217,22 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     q = ["query", "heat some egg and put it in garbagecan.", "--json", "--min-score", "-1", "--no-collapse"]
     before = memp(*q).jsonl()
     state_path = st.index_dir / "state.json"
+    current = index_mod.read_state(st)
+    assert current is not None
     d = orjson.loads(state_path.read_bytes())
     gen = d["generation"]
     d["index_version"] = 4
     state_path.write_bytes(orjson.dumps(d))
     files = st.index_dir / f"files-{gen}.json"
-    f = orjson.loads(files.read_bytes())
+    f = orjson.loads(index_mod.state.load_files(st, current).to_json(gen))  # as format 4 wrote it
     f["index_version"] = 4
     files.write_bytes(orjson.dumps(f))
-    (st.index_dir / f"built-{gen}.json").unlink()
+    for p in st.index_dir.glob("records-*"):  # format 7's
+        p.unlink()
     assert runner.built_stamps(st) == {}  # distill falls back to reading the files
     assert memp(*q).jsonl() == before  # the query upgrades it (a sync) and ranks as before
     state = index_mod.read_state(st)
-    assert state is not None and state.version == index_mod.INDEX_VERSION == 6
+    assert state is not None and state.version == index_mod.INDEX_VERSION == 7
     assert len(runner.built_stamps(st)) == len(state.ids)
     last = [e for e in st.read_journal() if e["event"] == "index.sync"][-1]
     assert last["embedded"] == 0 and last["updated"] == 0

@@ -8,13 +8,16 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   names the generation of every other file, so a reader never pairs a new graph with old
   labels, and a writer killed at any point leaves the last complete generation readable
   (files of an unfinished one are removed by the next sync, or by ``memp doctor --fix``).
-- ``files-<gen>.json``: what only :func:`sync` (and the freshness check of a small store)
-  reads, per memory in the same order: key hash, file mtime and size, and the text the
-  BM25 index was built from.
-- ``built-<gen>.json``: per memory (same order) its file's stat and what it was built with
-  (policy, model, prompt version), so ``memp distill`` plans a big store without opening every
-  memory file (:func:`~memp_cli.index.state.built_stamps`; an entry counts only while the stat
-  is the same).
+- ``records-<tgen>.{rows,text,kw,words}.bin`` (format 7, :mod:`~memp_cli.index.records`): what
+  only a sync (and the freshness check of a small store, and ``memp distill``'s planning) reads,
+  per memory file as a sync saw it: its stat, key hash, what it was built with (policy, model,
+  prompt version), its BM25 texts and its keyword labels; the keyword strings. Append-only: a
+  sync cuts each file to what the last generation names, appends its batch's records, fsyncs
+  them, then writes the generation's ``records-<gen>.json`` (which record files, how much of
+  each is valid) and ``records-<gen>.pos.npy`` (per state position, its record). A memory file
+  that changed gets a new record; once most records are dead a sync starts a new record
+  generation with the live ones. (Formats 2-6 kept these in ``files-<gen>.json``,
+  ``built-<gen>.json`` and ``keywords-<gen>.json``, rewritten whole by every sync.)
 - ``vectors-<vec_gen>.f32``: the unit vectors as raw float32 rows, row = label, append-only:
   labels only grow (a memory whose keys change gets a new one), so a sync appends its batch's
   rows, fsyncs them, and only then writes the state.json that counts them (``next_label``
@@ -31,10 +34,9 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   :meth:`Index.search` searches both as one graph.
 - ``lexical-<gen>.<array>.npy``: the BM25 index over the same texts
   (:mod:`memp_cli.index.lexical`); its manifest is in ``state.json``.
-- ``keywords-<gen>.json`` and ``keywords-<gen>.bin``: the AveFact keys. Every distinct
-  keyword string of the store is embedded once and kept in a second hnswlib graph (label =
-  position in the JSON's ``words``); the JSON maps each memory (in ``state.ids`` order, CSR
-  ``offsets``/``labels``) to its keyword labels. A memory's keywords are its ``keywords``
+- ``keywords-<gen>.bin``: the AveFact keys. Every distinct keyword string of the store is
+  embedded once and kept in a second hnswlib graph (label = line of the records' words file;
+  each memory's labels are in its record). A memory's keywords are its ``keywords``
   field, or :func:`memp_cli.build.builtin.keywords.extract_keywords` of its task when that is empty.
   Words no memory uses any more are marked deleted but keep their label, so a keyword that
   comes back is not embedded again; ``memp index rebuild`` starts afresh. Only ``--key

@@ -33,6 +33,24 @@ class Entry:
 Fresh = Mapping[str, tuple[Entry, Stamp]]
 
 
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The memory files' stamps a writer took (under the writers' lock), handed to the next sync
+    so it does not stat every file again: ``dir_mtime_ns`` is the memories folder's mtime the
+    writer saw right after its own last write to it, with no other change to the folder since
+    the scan (the writer checks the folder's mtime before each of its writes). The sync uses
+    ``stamps`` only while the folder's mtime is still that one (no memory file added, removed
+    or saved by rename since, by anyone else), and stats the memories handed as fresh again.
+
+    What it relies on: a memory file edited *in place* (no rename) after the scan is not seen
+    by that sync, as no folder mtime shows it; the stamp recorded for it is the older one, so
+    the next full scan (every `memp index sync`, distill's planning, a query of a store under
+    ``FULL_SCAN_LIMIT`` memories) sees the change and reads the file."""
+
+    dir_mtime_ns: int
+    stamps: Mapping[str, Stamp]
+
+
 def built_key(mem: Memory) -> str:
     """What :attr:`FileTable.built` records of a memory: its policy, model and prompt version."""
     p = mem.provenance

@@ -1,16 +1,17 @@
-"""The keyword side of an index (AveFact): ``keywords-<gen>.json`` and ``keywords-<gen>.bin``,
+"""The keyword side of an index (AveFact): ``keywords-<gen>.bin`` and the records' keyword data,
 what a memory's keywords are, and bringing them up to date at a sync (only keyword strings new
 to the store are embedded)."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 
 from memp_cli.backends.embedders import Embedder
-from memp_cli.errors import MemoryFileError, StoreError
+from memp_cli.errors import StoreError
 from memp_cli.index.state import EMBED_BATCH, KW_VERSION, REBUILD_HINT, State, kw_paths
 from memp_cli.index.vectors import import_hnswlib
 from memp_cli.model.memory import Memory
@@ -114,14 +115,25 @@ class KeywordIndex:
 
 
 def load_keywords(store: MemoryStore, state: State) -> KeywordIndex:
-    import numpy as np
-
-    jpath, bpath = kw_paths(store, state.generation)
-    hint = REBUILD_HINT
+    jpath = kw_paths(store, state.generation)[0]
     if state.kw_version != KW_VERSION:
         raise StoreError(
             f"{store.index_dir}: the index has no keyword data yet", hint="run `memp index sync`"
         )
+    if state.version >= 7:  # the words and each memory's labels are in its records
+        from memp_cli.index.records import load_records
+
+        rec = load_records(store, state)
+        offsets, labels = rec.keyword_rows()
+        return KeywordIndex(rec.words, offsets, labels, load_graph(store, state, len(rec.words)))
+    return _load_json(store, state, jpath)
+
+
+def _load_json(store: MemoryStore, state: State, jpath: Path) -> KeywordIndex:
+    """Formats 2-6: ``keywords-<gen>.json`` (words, and per memory its labels as CSR)."""
+    import numpy as np
+
+    hint = REBUILD_HINT
     try:
         d = orjson.loads(jpath.read_bytes())
         words = d["words"]
@@ -140,59 +152,43 @@ def load_keywords(store: MemoryStore, state: State) -> KeywordIndex:
         raise StoreError(f"{jpath}: damaged keyword index ({e})", hint=hint) from None
     if not ok:
         raise StoreError(f"{jpath}: the keyword index does not match the state", hint=hint)
-    hnsw = None
-    if words:
-        hnsw = import_hnswlib().Index(space="cosine", dim=state.dim)
-        try:
-            hnsw.load_index(str(bpath), max_elements=len(words))
-        except RuntimeError as e:
-            raise StoreError(f"{bpath}: cannot load the keyword index ({e})", hint=hint) from None
-        hnsw.set_ef(store.config.index.ef_search)
-    return KeywordIndex(words, offsets, labels, hnsw)
+    return KeywordIndex(words, offsets, labels, load_graph(store, state, len(words)))
+
+
+def load_graph(store: MemoryStore, state: State, n_words: int) -> hnswlib.Index | None:
+    """The keyword graph ``keywords-<gen>.bin`` (None when there are no words)."""
+    if not n_words:
+        return None
+    bpath = kw_paths(store, state.generation)[1]
+    hnsw = import_hnswlib().Index(space="cosine", dim=state.dim)
+    try:
+        hnsw.load_index(str(bpath), max_elements=n_words)
+    except RuntimeError as e:
+        raise StoreError(f"{bpath}: cannot load the keyword index ({e})", hint=REBUILD_HINT) from None
+    if hnsw.get_current_count() != n_words:
+        raise StoreError(f"{bpath}: the keyword graph does not match the words", hint=REBUILD_HINT)
+    hnsw.set_ef(store.config.index.ef_search)
+    return hnsw
 
 
 def sync_keywords(
     store: MemoryStore,
     embedder: Embedder,
-    state: State,
-    old: State | None,
-    kw_src: list[list[str] | int],
-    kw_missing: bool,
+    graph: hnswlib.Index | None,
+    old_live: np.ndarray,
+    words: list[str],
+    offsets: np.ndarray,
+    flat: np.ndarray,
     report: SyncReport,
 ) -> KeywordIndex:
-    """The keyword side for the new state: old labels kept, new words embedded once."""
+    """The keyword side of the new generation: ``words`` (the graph's, then new ones), each
+    memory's labels (``offsets``/``flat``, CSR by state position). The words the graph lacks are
+    embedded into it (a new graph when ``graph`` is None); the words no memory uses any more are
+    marked deleted, those used again unmarked (``old_live``: the labels used before)."""
     import numpy as np
 
-    old_kw: KeywordIndex | None = None
-    if old is not None and not kw_missing:
-        try:
-            old_kw = load_keywords(store, old)
-        except StoreError:
-            old_kw = None  # damaged or missing: rebuilt below from the memory files
-    words: list[str] = list(old_kw.words) if old_kw is not None else []
-    hk = old_kw.hnsw if old_kw is not None else None
-    old_live = set(old_kw.live().tolist()) if old_kw is not None else set()
-    n_old_words = len(words)
-    label_of = {w: lab for lab, w in enumerate(words)}
-    offsets = [0]
-    flat: list[int] = []
-    for pos, src in enumerate(kw_src):
-        if isinstance(src, int):
-            if old_kw is not None:
-                flat.extend(old_kw.row(src).tolist())
-                offsets.append(len(flat))
-                continue
-            try:  # no usable old keyword data: read the (unchanged) file again
-                src = memory_keywords(store.read_memory(state.ids[pos]))
-            except MemoryFileError:
-                src = []
-        for w in src:
-            lab = label_of.get(w)
-            if lab is None:
-                lab = label_of[w] = len(words)
-                words.append(w)
-            flat.append(lab)
-        offsets.append(len(flat))
+    n_old_words = graph.get_current_count() if graph is not None else 0
+    hk = graph
     new_words = words[n_old_words:]
     if new_words:
         if hk is None:
@@ -210,13 +206,18 @@ def sync_keywords(
             labs = np.arange(n_old_words + start, n_old_words + start + len(batch), dtype=np.int64)
             hk.add_items(embedder.embed(batch), labs, num_threads=1, replace_deleted=False)
         report.keywords_embedded = len(new_words)
-    live = set(flat)
+    live = np.unique(flat)
     if hk is not None:
-        for lab in old_live - live:
+        was = old_live[old_live < n_old_words] if graph is not None else np.zeros(0, dtype=np.int64)
+        for lab in np.setdiff1d(was, live).tolist():
             with contextlib.suppress(RuntimeError):
                 hk.mark_deleted(lab)
-        for lab in live - old_live:
-            if lab < n_old_words:  # a word no memory used any more, back again
+        back = np.setdiff1d(live[live < n_old_words], was) if graph is not None else live[:0]
+        for lab in back.tolist():  # a word no memory used any more, back again
+            with contextlib.suppress(RuntimeError):
+                hk.unmark_deleted(lab)
+        if graph is None:  # a new graph: every word no memory uses is deleted
+            for lab in np.setdiff1d(np.arange(len(words)), live).tolist():
                 with contextlib.suppress(RuntimeError):
-                    hk.unmark_deleted(lab)
-    return KeywordIndex(words, np.asarray(offsets, dtype=np.int64), np.asarray(flat, dtype=np.int64), hk)
+                    hk.mark_deleted(lab)
+    return KeywordIndex(words, offsets, flat, hk)

@@ -24,7 +24,7 @@ STATE_NAME = "state.json"
 #: temp file): what a sync may remove there, and nothing else.
 INDEX_FILE_NAME = re.compile(
     r"(state|lexical)\.json|\.tmp-[\w.-]+"
-    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy|f32)"
+    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure|records)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy|f32)"
 )
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
@@ -42,7 +42,12 @@ INDEX_FILE_NAME = re.compile(
 #    ``base_deleted``) plus a small ``delta-<gen>.bin`` (labels from ``base_end``): a sync writes
 #    about its batch, not the whole index. A sync upgrades a format 2-5 index without embedding
 #    (the old graph becomes the base, the vectors are copied once into the new file).
-INDEX_VERSION = 6
+# 7: what a sync keeps of each memory (stat, key hash, built key, BM25 texts, keyword labels) is
+#    in append-only record files (``records-<tgen>.*.bin``) plus a small manifest and the
+#    positions' records per generation (``records-<gen>.json``, ``records-<gen>.pos.npy``), not in
+#    ``files-``/``built-``/``keywords-<gen>.json`` rewritten whole (see :mod:`~memp_cli.index.records`).
+#    A sync upgrades a format 2-6 index without embedding (a new record generation).
+INDEX_VERSION = 7
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
 # Format of the keyword files; a state with another kw_version (0: none yet, an
@@ -167,7 +172,8 @@ class State:
 
 @dataclass
 class FileTable:
-    """``files-<gen>.json``: per memory, in ``State.ids`` order, what only a sync reads."""
+    """Per memory, in ``State.ids`` order, what only a sync reads: ``files-<gen>.json`` before
+    format 7; since, made from the records (:func:`load_files`) for the readers' fallbacks."""
 
     key_hashes: list[str] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
@@ -262,8 +268,11 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
     from memp_cli.index.lexical import array_paths
 
     gen = state.generation
-    names = {STATE_NAME, files_path(store, gen).name, *(p.name for p in kw_paths(store, gen))}
-    if state.version >= 5:
+    if state.version >= 7:
+        names = {STATE_NAME, kw_paths(store, gen)[1].name, *_record_names(store, gen)}
+    else:
+        names = {STATE_NAME, files_path(store, gen).name, *(p.name for p in kw_paths(store, gen))}
+    if 5 <= state.version < 7:
         names.add(built_path(store, gen).name)
     if state.ids:
         names.add(vectors_path(store, state).name)
@@ -276,6 +285,19 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
         if state.procedure is not None:
             names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen, "procedure")).values()}
     return names
+
+
+def _record_names(store: MemoryStore, gen: int) -> set[str]:
+    """The record files generation ``gen`` names (its manifest says which record generation)."""
+    from memp_cli.index import records
+
+    names = {records.manifest_path(store.index_dir, gen).name, records.pos_path(store.index_dir, gen).name}
+    try:
+        tgen = orjson.loads(records.manifest_path(store.index_dir, gen).read_bytes())["tgen"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        # Damaged (doctor says so): which record files it names is unknown; none is a leftover.
+        return names | {p.name for p in store.index_dir.glob("records-*.*.bin")}
+    return names | records.generation_names(store.index_dir, gen, int(tgen))
 
 
 def leftover_files(store: MemoryStore, state: State | None) -> list[Path]:
@@ -292,6 +314,21 @@ def leftover_files(store: MemoryStore, state: State | None) -> list[Path]:
 
 
 def load_files(store: MemoryStore, state: State) -> FileTable:
+    """The file table of ``state``'s generation (format 7: made from its records, every text
+    read: for the readers' fallbacks only; a sync reads the records)."""
+    if state.version >= 7:
+        from memp_cli.index import records
+
+        rec = records.load_records(store, state)
+        texts, procedures = rec.all_texts()
+        return FileTable(
+            [records.khash_str(h) for h in rec.column("khash").tolist()],
+            rec.column("mtime").tolist(),
+            rec.column("size").tolist(),
+            texts,
+            procedures,
+            rec.built(),
+        )
     path = files_path(store, state.generation)
     n = len(state.ids)
     try:
@@ -339,6 +376,17 @@ def built_stamps(store: MemoryStore) -> dict[str, tuple[int, int, tuple[str, str
         state = read_state(store)
         if state is None or state.version < 5:
             return {}
+        if state.version >= 7:
+            from memp_cli.index.records import load_records
+
+            rec = load_records(store, state)
+            names = [tuple(x.split("\t")) for x in rec.built_names]
+            cols = (rec.column("mtime").tolist(), rec.column("size").tolist(), rec.column("built").tolist())
+            return {
+                mid: (mt, sz, names[c])
+                for mid, mt, sz, c in zip(state.ids, *cols, strict=True)
+                if len(names[c]) == 3
+            }
         d = orjson.loads(built_path(store, state.generation).read_bytes())
         if d["index_version"] != state.version or d["generation"] != state.generation:
             return {}
@@ -394,10 +442,22 @@ def is_fresh(store: MemoryStore, state: State | None) -> bool:
         if files.pop(mid, None) != tuple(st):
             return False
     try:
-        table = load_files(store, state)
+        known = file_stamps(store, state)
     except StoreError:
         return False  # a sync rebuilds it
-    return files == dict(zip(state.ids, zip(table.mtimes, table.sizes, strict=True), strict=True))
+    return files == known
+
+
+def file_stamps(store: MemoryStore, state: State) -> dict[str, tuple[int, int]]:
+    """Each indexed memory's file stamp as the last sync saw it (StoreError when damaged)."""
+    if state.version >= 7:
+        from memp_cli.index.records import load_records
+
+        rec = load_records(store, state)
+        stamps = zip(rec.column("mtime").tolist(), rec.column("size").tolist(), strict=True)
+        return dict(zip(state.ids, stamps, strict=True))
+    table = load_files(store, state)
+    return dict(zip(state.ids, zip(table.mtimes, table.sizes, strict=True), strict=True))
 
 
 def peek_generation(store: MemoryStore) -> int:

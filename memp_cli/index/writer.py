@@ -4,42 +4,31 @@ same work without the lock and without writing (a store the process may not writ
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-import orjson
+from typing import TYPE_CHECKING, cast
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.entry import Fresh, entry
-from memp_cli.index.keywords import KeywordIndex, load_keywords, sync_keywords
+from memp_cli.index.entry import Entry, Fresh, Scan, entry
+from memp_cli.index.filesync import Old, Source, appendable, load_old, place, stamps_now
+from memp_cli.index.generation import write_generation, write_graphs, write_texts
+from memp_cli.index.keywords import KeywordIndex, load_graph, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
+from memp_cli.index.records import RecordLog, khash_int
 from memp_cli.index.state import (
     EMBED_BATCH,
-    INDEX_FILE_NAME,
     INDEX_VERSION,
     KW_VERSION,
-    STATE_NAME,
-    FileTable,
     IndexVersionError,
     State,
-    built_path,
     check_embedder,
-    delta_path,
-    files_path,
-    hnsw_path,
-    kw_paths,
-    lexical_stem,
-    load_files,
     peek_generation,
     read_state,
-    scan,
     state_path,
-    vectors_path,
 )
 from memp_cli.index.vecsync import Graphs, drop_labels, graph_for, open_vectors
 from memp_cli.index.vectors import (
@@ -48,10 +37,9 @@ from memp_cli.index.vectors import (
     check_graph_file,
     load_delta,
     load_vectors,
-    save_hnsw,
     unit_rows,
 )
-from memp_cli.store.fsutil import atomic_write, remove_owned
+from memp_cli.store.fsutil import atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,6 +81,7 @@ def sync(
     rebuild: bool = False,
     progress: Progress | None = None,
     fresh: Fresh | None = None,
+    scanned: Scan | None = None,
 ) -> tuple[Index, SyncReport]:
     """Bring the index up to date with ``memories/``: takes the writer lock and writes a new
     generation when anything changed (state.json last; see :func:`write_generation`).
@@ -104,10 +93,14 @@ def sync(
     rewritten in this one without embedding; one from a newer memp raises
     :class:`IndexVersionError`. ``progress(done, total)``: after each batch of embedded texts.
     ``fresh``: the memories the caller has just written (:data:`Fresh`), not read again while
-    their files are as written.
+    their files are as written. ``scanned``: the memory files' stamps as the caller took them
+    (:class:`Scan`), used instead of statting every file while the memories folder is as the
+    caller left it; only the ``fresh`` memories are statted again.
     """
     with store.lock:
-        return _sync(store, embedder, rebuild=rebuild, progress=progress, persist=True, fresh=fresh)
+        return _sync(
+            store, embedder, rebuild=rebuild, progress=progress, persist=True, fresh=fresh, scanned=scanned
+        )
 
 
 def build_in_memory(
@@ -126,26 +119,26 @@ def _sync(
     progress: Progress | None,
     persist: bool,
     fresh: Fresh | None = None,
+    scanned: Scan | None = None,
 ) -> tuple[Index, SyncReport]:
 
     report = SyncReport(rebuilt=rebuild)
     old, last_generation = _read_old(store, embedder, rebuild, report)
     dir_mtime = store.memories_mtime_ns()
-    files = scan(store)
+    files = stamps_now(store, dir_mtime, fresh, scanned)
     state = State(embedder=embedder.name, dim=embedder.dim, generation=last_generation)
-    table = FileTable()
     delta = None
-    old_table = FileTable()
+    old_side: Old | None = None
     old_vectors: np.ndarray | None = None
     if old is not None:
         state.generation, state.next_label = old.generation, old.next_label
         state.kw_version = old.kw_version
         try:
-            old_table = load_files(store, old)
+            old_side = load_old(store, old)
             check_graph_file(store, old)  # the base graph is read only by a merge
             delta = load_delta(store, old)
         except StoreError as e:
-            old, delta = None, None
+            old, delta, old_side = None, None, None
             state.next_label = 0
             report.rebuilt = True
             report.rebuild_reason = e.message
@@ -156,7 +149,9 @@ def _sync(
             with contextlib.suppress(StoreError):  # else taken from the graph below
                 old_vectors = load_vectors(store, old) if old.ids else None
     first = state.next_label  # the labels of this sync's embeddings start here
-    to_embed, removed_labels, kw_src = _plan(store, files, old, old_table, state, table, report, fresh)
+    sources: list[Source] = []
+    stamps: list[tuple[int, int]] = []
+    to_embed, removed_labels = _plan(store, files, old, old_side, state, sources, stamps, report, fresh)
     _relabel(state, to_embed, removed_labels, first)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
@@ -179,17 +174,7 @@ def _sync(
             if persist and (old.dir_mtime_ns != dir_mtime or old.broken != state.broken):
                 atomic_write(state_path(store), state.to_json())  # same generation, same files
             return (
-                Index(
-                    store,
-                    state,
-                    None,
-                    lex,
-                    kw_old,
-                    vectors=old_vectors,
-                    files=table,
-                    procedure=proc,
-                    delta=delta,
-                ),
+                Index(store, state, None, lex, kw_old, vectors=old_vectors, procedure=proc, delta=delta),
                 report,
             )
         kw_missing = kw_old is None
@@ -199,9 +184,7 @@ def _sync(
     old_vectors = None  # unmapped before the old generation's files are removed
     try:
         # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
-        kw = sync_keywords(store, embedder, state, old, kw_src, kw_missing, report)
-        if old is None:
-            kw_src.clear()  # only the BM25 update reads it again, and there is none to update
+        recs, kw = _sync_records(store, embedder, state, old, old_side, sources, stamps, kw_missing, report)
         graphs = graph_for(store, state, delta, vectors, removed_labels, first)
         if to_embed:
             _embed(
@@ -210,7 +193,7 @@ def _sync(
                 state,
                 graphs,
                 kw,
-                table,
+                recs,
                 vectors,
                 to_embed,
                 removed_labels,
@@ -220,17 +203,17 @@ def _sync(
             )
         to_embed.clear()  # the key texts are embedded: not held through the BM25 build
         drop_labels(state, graphs, removed_labels)
-        both = _update_lexical(store, old, state, table, kw_src) if old is not None else None
+        both = None
+        if old is not None and old_side is not None:
+            both = _update_lexical(store, old, old_side, state, sources, removed_labels)
         if both is None:
-            both = _build_lexical(state, table)
+            both = _build_lexical(state, recs)
         if persist:
             if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
                 store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-            written = write_texts(store, state, kw, table, both)
-            kept: FileTable | None = table
+            written = write_texts(store, state, kw, recs, both)
             if graphs.merged:  # on disk now: not in memory beside the base being made
-                del old, files, to_embed, kw_src, old_table, table
-                kept = None
+                del files, sources, stamps, old_side, recs
                 sides = (read_lexical(store, state), read_lexical(store, state, "procedure"))
                 both = (
                     (sides[0], sides[1]) if sides[0] is not None and sides[1] is not None else None
@@ -246,7 +229,6 @@ def _sync(
             )
         else:
             graphs.complete(vectors)
-            kept = table
         matrix = vectors.matrix() if state.ids else None
     finally:
         vectors.close()
@@ -260,14 +242,52 @@ def _sync(
         both[0] if both else None,
         kw,
         vectors=matrix,
-        files=kept,
         procedure=both[1] if both else None,
         delta=graphs.delta if state.ids else None,
     )
     return index, report
 
 
-def _relabel(state: State, to_embed: list[tuple[int, str]], removed_labels: list[int], first: int) -> None:
+def _sync_records(
+    store: MemoryStore,
+    embedder: Embedder,
+    state: State,
+    old: State | None,
+    old_side: Old | None,
+    sources: list[Source],
+    stamps: list[tuple[int, int]],
+    kw_missing: bool,
+    report: SyncReport,
+) -> tuple[RecordLog, KeywordIndex]:
+    """The new generation's records (appended to the old ones, or a new record generation) and
+    its keyword side (only words new to the store are embedded)."""
+    import numpy as np
+
+    graph = None
+    old_live = np.zeros(0, dtype=np.int64)
+    words: list[str] = []
+    if old is not None and old_side is not None and not kw_missing:
+        try:
+            if old_side.records is not None:
+                words = old_side.records.words
+                graph = load_graph(store, old, len(words))
+                old_live = np.unique(old_side.records.keyword_rows()[1])
+            elif old_side.kw is not None:
+                words, graph, old_live = old_side.kw.words, old_side.kw.hnsw, old_side.kw.live()
+        except StoreError:
+            graph = None  # damaged: every word is embedded again
+    base = appendable(old_side, sources)
+    if base is not None:
+        log = RecordLog(base.tgen, base)
+    else:  # a new record generation: no complete generation names its files yet
+        log = RecordLog(state.generation + 1, None, words if graph is not None else [])
+    log.pos = place(store, log, old_side, state.ids, sources, stamps)
+    offsets, flat = log.records(log.pos).keyword_rows()
+    kw = sync_keywords(store, embedder, graph, old_live, log.words, offsets, flat, report)
+    return log, kw
+
+
+def _relabel(state: State, to_embed: list[tuple[int, Entry]], removed_labels: list[int], first: int) -> None:
     """Give every memory to embed a new label, ``first`` on in ``to_embed`` order, so the
     vectors file only ever grows at its end (a memory whose keys changed leaves its old label
     and row behind: the last generation, which still names them, stays intact)."""
@@ -309,60 +329,58 @@ def _plan(
     store: MemoryStore,
     files: dict[str, tuple[int, int]],
     old: State | None,
-    old_table: FileTable,
+    old_side: Old | None,
     state: State,
-    table: FileTable,
+    sources: list[Source],
+    stamps: list[tuple[int, int]],
     report: SyncReport,
     fresh: Fresh | None = None,
-) -> tuple[list[tuple[int, str]], list[int], list[list[str] | int]]:
-    """Fill ``state`` and ``table`` with the memory files (in id order): unchanged ones (same
-    stat) copied from the old index, the others read, or taken from ``fresh`` while their stat
-    is the one recorded there. Returns what to embed (state position, key text), the labels to
-    remove from the graph, and per position the keywords of a read memory or its old position.
-    Only :class:`Entry` texts are kept of a memory read, never the memory."""
+) -> tuple[list[tuple[int, Entry]], list[int]]:
+    """Fill ``state``, ``sources`` and ``stamps`` with the memory files (in id order): unchanged
+    ones (same stat) by their old position, the others read, or taken from ``fresh`` while their
+    stat is the one recorded there (only these are visited one by one: the unchanged ones are
+    found by set difference and copied column by column). Returns what to embed (state
+    position, entry) and the labels to remove from the graph. Only :class:`Entry` texts are kept
+    of a memory read, never the memory."""
     prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
     fresh = fresh or {}
-    to_embed: list[tuple[int, str]] = []
+    to_embed: list[tuple[int, Entry]] = []
     removed_labels: list[int] = []
-    kw_src: list[list[str] | int] = []
-    shared: dict[str, str] = {}
-    share = shared.setdefault
-    for mid in sorted(files):
-        mtime, size = files[mid]
-        i = prev.get(mid)
-        # (An index from before format 4 has no procedure texts: its memories are re-read.)
-        if (
-            i is not None
-            and old is not None
-            and old.version >= 4
-            and old_table.built[i]
-            and (old_table.mtimes[i], old_table.sizes[i]) == (mtime, size)
-        ):
-            state.ids.append(mid)
-            state.labels.append(old.labels[i])
-            state.kinds.append(old.kinds[i])
-            state.families.append(old.families[i])
-            old_row = (old_table.texts[i], old_table.procedures[i], old_table.built[i])
-            table.append(old_table.key_hashes[i], mtime, size, *old_row)
-            kw_src.append(i)
-            continue
+    ids = sorted(files)
+    # (An index from before format 4 has no procedure texts: its memories are re-read.)
+    if old is not None and old_side is not None and old.version >= 4:
+        known = dict(zip(old.ids, zip(old_side.mtimes, old_side.sizes, strict=True), strict=True))
+        redo = {mid for mid, _ in files.items() - known.items()}  # new or another stat
+        if "" in old_side.built:  # what it was built with is unknown: read again
+            redo.update(old.ids[i] for i, b in enumerate(old_side.built) if not b and old.ids[i] in files)
+        at = sorted(bisect.bisect_left(ids, mid) for mid in redo)
+    else:
+        at = list(range(len(ids)))
+    # Every memory as unchanged (its old position), then those to read again in their place.
+    src: list[int | None] = list(map(prev.get, ids))
+    take = [i if i is not None else 0 for i in src]
+    labels = [old.labels[i] for i in take] if old is not None and old.ids else [0] * len(ids)
+    kinds = [old.kinds[i] for i in take] if old is not None and old.ids else [""] * len(ids)
+    families = [old.families[i] for i in take] if old is not None and old.ids else [""] * len(ids)
+    sources.extend(cast("list[Source]", src))
+    stamps.extend(map(files.__getitem__, ids))
+    broken: list[int] = []
+    for p in at:
+        mid, stamp, i = ids[p], stamps[p], src[p]
         handed = fresh.get(mid)
         try:
-            ent = (
-                handed[0]
-                if handed is not None and handed[1] == (mtime, size)
-                else entry(store.read_memory(mid))
-            )
+            ent = handed[0] if handed is not None and handed[1] == stamp else entry(store.read_memory(mid))
         except MemoryFileError as e:
             report.broken.append(e)
-            state.broken[mid] = [mtime, size]
+            state.broken[mid] = list(stamp)
             if i is not None and old is not None:
                 removed_labels.append(old.labels[i])
+            broken.append(p)
             continue
-        khash = ent.key_hash
-        if i is not None and old is not None and old_table.key_hashes[i] == khash:
+        khash = khash_int(ent.key_hash)
+        if i is not None and old is not None and old_side is not None and old_side.khash[i] == khash:
             label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
-            if (old_table.mtimes[i], old_table.sizes[i]) != (mtime, size):
+            if (old_side.mtimes[i], old_side.sizes[i]) != stamp:
                 report.updated += 1
                 report.updated_ids.append(mid)
         else:
@@ -374,20 +392,21 @@ def _plan(
                 label = state.next_label
                 state.next_label += 1
                 report.added += 1
-            to_embed.append((len(state.ids), ent.key))
-        state.ids.append(mid)
-        state.labels.append(label)
-        # One string object per distinct kind, family, build key and keyword (a few thousand
-        # at 1M memories), not one per memory read: ~350 bytes a memory less for a rebuild.
-        state.kinds.append(share(ent.kind, ent.kind))
-        state.families.append(share(ent.family, ent.family))
-        table.append(khash, mtime, size, ent.lexical, ent.procedure, share(ent.built, ent.built))
-        kw_src.append([share(w, w) for w in ent.keywords])
+            to_embed.append((p - len(broken), ent))
+        labels[p], kinds[p], families[p], sources[p] = label, ent.kind, ent.family, ent
+    if broken:  # broken files are left out
+        gone_at = set(broken)
+        keep = [p for p in range(len(ids)) if p not in gone_at]
+        ids, kinds, families = [ids[p] for p in keep], [kinds[p] for p in keep], [families[p] for p in keep]
+        labels = [labels[p] for p in keep]
+        sources[:] = [sources[p] for p in keep]
+        stamps[:] = [stamps[p] for p in keep]
+    state.ids, state.labels, state.kinds, state.families = ids, labels, kinds, families
     if old is not None:
         gone = set(old.ids) - set(files)
         removed_labels.extend(old.labels[prev[mid]] for mid in gone)
         report.removed = len(gone)
-    return to_embed, removed_labels, kw_src
+    return to_embed, removed_labels
 
 
 def _embed(
@@ -396,9 +415,9 @@ def _embed(
     state: State,
     graphs: Graphs,
     kw: KeywordIndex,
-    table: FileTable,
+    recs: RecordLog,
     vectors: VectorFile | RamVectors,
-    to_embed: list[tuple[int, str]],
+    to_embed: list[tuple[int, Entry]],
     removed_labels: list[int],
     report: SyncReport,
     progress: Progress | None,
@@ -414,7 +433,7 @@ def _embed(
     try:
         for start in range(0, len(to_embed), EMBED_BATCH):
             batch = to_embed[start : start + EMBED_BATCH]
-            vecs = embedder.embed([key for _, key in batch])
+            vecs = embedder.embed([e.key for _, e in batch])
             labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
             rows = unit_rows(vecs)
             vectors.append(labels, rows)
@@ -427,7 +446,7 @@ def _embed(
         if persist and done:
             pending = {pos for pos, _ in to_embed[done:]}
             with contextlib.suppress(Exception):
-                _checkpoint(store, state, graphs, kw, table, vectors, pending, removed_labels, report)
+                _checkpoint(store, state, graphs, kw, recs, vectors, pending, removed_labels, report)
         raise
 
 
@@ -436,7 +455,7 @@ def _checkpoint(
     state: State,
     graphs: Graphs,
     kw: KeywordIndex,
-    table: FileTable,
+    recs: RecordLog,
     vectors: VectorFile | RamVectors,
     pending: set[int],
     removed_labels: list[int],
@@ -464,37 +483,41 @@ def _checkpoint(
         families=[state.families[p] for p in keep],
         broken=state.broken,
     )
-    part_table = FileTable()
-    for p in keep:
-        row = (table.texts[p], table.procedures[p], table.built[p])
-        part_table.append(table.key_hashes[p], table.mtimes[p], table.sizes[p], *row)
     # A pending memory that was in the index before (its keys changed) leaves it until
     # re-embedded: its old label is among the removed ones (its new one was never added).
     part.base_deleted = list(state.base_deleted)
     drop_labels(part, graphs, removed_labels)
-    rows = [kw.row(p) for p in keep]
-    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    part_kw = KeywordIndex(kw.words, offsets, flat.astype(np.int64), kw.hnsw)
-    write_generation(store, part, graphs, part_kw, part_table, vectors, _build_lexical(part, part_table))
+    all_pos = recs.pos
+    recs.pos = all_pos[np.asarray(keep, dtype=np.int64)]
+    offsets, flat = recs.records(recs.pos).keyword_rows()
+    part_kw = KeywordIndex(kw.words, offsets, flat, kw.hnsw)
+    try:
+        write_generation(store, part, graphs, part_kw, recs, vectors, _build_lexical(part, recs))
+    finally:
+        recs.pos = all_pos
     store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
 
 
-def _build_lexical(state: State, table: FileTable) -> tuple[LexicalIndex, LexicalIndex] | None:
+def _build_lexical(state: State, recs: RecordLog) -> tuple[LexicalIndex, LexicalIndex] | None:
     """The two BM25 indexes of a generation: over the key texts and over the procedures."""
     from memp_cli.index.lexical import LexicalIndex
 
     if not state.ids:
         return None
+    texts, procedures = recs.records(recs.pos).all_texts()
     return (
-        LexicalIndex.build(list(zip(state.labels, table.texts, strict=True))),
-        LexicalIndex.build(list(zip(state.labels, table.procedures, strict=True))),
+        LexicalIndex.build(list(zip(state.labels, texts, strict=True))),
+        LexicalIndex.build(list(zip(state.labels, procedures, strict=True))),
     )
 
 
 def _update_lexical(
-    store: MemoryStore, old: State, state: State, table: FileTable, kw_src: list[list[str] | int]
+    store: MemoryStore,
+    old: State,
+    old_side: Old,
+    state: State,
+    sources: list[Source],
+    removed_labels: list[int],
 ) -> tuple[LexicalIndex, LexicalIndex] | None:
     """The two BM25 indexes of the new generation from the old one's (:meth:`LexicalIndex.updated`:
     the memories read again are dropped and added, nothing else is tokenized again); None when
@@ -503,16 +526,18 @@ def _update_lexical(
 
     from memp_cli.index import lexical
 
-    if not state.ids or old.version != INDEX_VERSION or not old.ids:
+    if not state.ids or old.version < 6 or not old.ids:
         return None
     try:
         sides = (read_lexical(store, old), read_lexical(store, old, "procedure"))
     except StoreError:
         return None
-    copied = [lab for lab, src in zip(state.labels, kw_src, strict=True) if isinstance(src, int)]
-    read = [p for p, src in enumerate(kw_src) if not isinstance(src, int)]
+    copied = np.zeros(len(old.ids), dtype=bool)
+    copied[[src for src in sources if isinstance(src, int)]] = True
+    drop = np.asarray(old.labels, dtype=np.int64)[~copied]  # read again, gone or broken
+    read = [(p, src) for p, src in enumerate(sources) if not isinstance(src, int)]
     out = []
-    for lex, texts in zip(sides, (table.texts, table.procedures), strict=True):
+    for k, lex in enumerate(sides):
         if lex is None or (lex.k1, lex.b, lex.idf_power, lex.bigrams) != (
             lexical.K1,
             lexical.B,
@@ -521,100 +546,10 @@ def _update_lexical(
         ):
             return None
         try:
-            drop = np.setdiff1d(lex.labels, np.array(copied, dtype=np.int64))
-            new = lex.updated(drop, [(state.labels[p], texts[p]) for p in read])
+            new = lex.updated(drop, [(state.labels[p], e.procedure if k else e.lexical) for p, e in read])
         except ValueError:
             return None
         if len(new) != len(state.ids):
             return None
         out.append(new)
     return out[0], out[1]
-
-
-def write_generation(
-    store: MemoryStore,
-    state: State,
-    graphs: Graphs,
-    kw: KeywordIndex,
-    table: FileTable,
-    vectors: VectorFile | RamVectors,
-    lex: tuple[LexicalIndex, LexicalIndex] | None,
-) -> None:
-    """Write ``state`` as the next generation: every file of it first (keywords, file table,
-    BM25 arrays, then the vectors file's new rows fsynced and the base graph when merged else
-    the delta graph; each atomically), then state.json, which names the generation, then remove
-    every other file of the index directory (older generations, what an interrupted write left).
-    A process killed at any point leaves the last complete generation readable: the rows it
-    names are never written again, the base it names is only ever replaced by a new file.
-    (:func:`_sync` calls the two halves itself, to drop the texts before a merge's base is made.)"""
-    written = write_texts(store, state, kw, table, lex)
-    write_graphs(store, state, graphs, vectors, written)
-
-
-def write_texts(
-    store: MemoryStore,
-    state: State,
-    kw: KeywordIndex,
-    table: FileTable,
-    lex: tuple[LexicalIndex, LexicalIndex] | None,
-) -> set[str]:
-    """The first half of :func:`write_generation`: the generation's number, its keyword, file
-    table and BM25 files. Returns the names written."""
-    state.generation += 1
-    gen = state.generation
-    written = {STATE_NAME}
-
-    def wrote(path: Path) -> None:
-        written.add(path.name)
-
-    state.version = INDEX_VERSION
-    jpath, bpath = kw_paths(store, gen)
-    if kw.hnsw is not None and kw.words:
-        save_hnsw(store, kw.hnsw, bpath.name)
-        wrote(bpath)
-    kw_json = {
-        "version": KW_VERSION,
-        "words": kw.words,
-        "offsets": kw.offsets.tolist(),
-        "labels": kw.labels.tolist(),
-    }
-    atomic_write(jpath, orjson.dumps(kw_json))
-    del kw_json
-    wrote(jpath)
-    atomic_write(files_path(store, gen), table.to_json(gen))
-    wrote(files_path(store, gen))
-    atomic_write(built_path(store, gen), table.built_json(gen))
-    wrote(built_path(store, gen))
-    state.lexical = state.procedure = None
-    if lex is not None and state.ids:
-        from memp_cli.index.lexical import array_paths
-
-        state.lexical = lex[0].save(store.index_dir, lexical_stem(gen))
-        state.procedure = lex[1].save(store.index_dir, lexical_stem(gen, "procedure"))
-        for stem in (lexical_stem(gen), lexical_stem(gen, "procedure")):
-            written.update(p.name for p in array_paths(store.index_dir, stem).values())
-    return written
-
-
-def write_graphs(
-    store: MemoryStore, state: State, graphs: Graphs, vectors: VectorFile | RamVectors, written: set[str]
-) -> None:
-    """The second half of :func:`write_generation`: the vectors and the graphs (a merge's base
-    made now: :meth:`Graphs.complete`), then state.json, then the other files removed."""
-    gen = state.generation
-    if state.ids:
-        vectors.flush()
-        written.add(vectors_path(store, state).name)
-        graphs.complete(vectors)
-        if graphs.merged and graphs.base is not None:
-            save_hnsw(store, graphs.base, hnsw_path(store, gen).name)
-            state.base_gen = gen
-        if state.base_end:
-            written.add(hnsw_path(store, state.base_gen).name)
-        if state.next_label > state.base_end and graphs.delta is not None:
-            save_hnsw(store, graphs.delta, delta_path(store, gen).name)
-            written.add(delta_path(store, gen).name)
-    state.kw_version = KW_VERSION
-    state.version = INDEX_VERSION
-    atomic_write(state_path(store), state.to_json())
-    remove_owned(store.index_dir, written, INDEX_FILE_NAME)

@@ -1,0 +1,155 @@
+"""The per-memory side of a sync (:mod:`~memp_cli.index.records`): what the last generation knows
+of each memory (:class:`Old`, from its records, or from an older format's file table and keyword
+file), and the new generation's records (:func:`place`): an unchanged memory keeps its record, a
+memory read again (or handed over by a writer) gets a new one, appended."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from memp_cli.errors import MemoryFileError, StoreError
+from memp_cli.index.entry import Entry, Fresh, Scan, Stamp
+from memp_cli.index.keywords import KeywordIndex, load_keywords, memory_keywords
+from memp_cli.index.records import (
+    COMPACT_MIN,
+    COMPACT_SHARE,
+    RecordLog,
+    Records,
+    khash_int,
+    load_records,
+)
+from memp_cli.index.state import FileTable, State, load_files, scan
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from memp_cli.store.protocol import MemoryStore
+
+# Where a memory of the new generation comes from: its old state position, or what was read.
+Source = int | Entry
+
+
+@dataclass
+class Old:
+    """Per state position of the last generation: its file's stat, key hash and built key; its
+    record (format 7) or its file-table row and keyword row (formats 2-6)."""
+
+    mtimes: list[int]
+    sizes: list[int]
+    khash: list[int]
+    built: list[str]
+    records: Records | None = None
+    table: FileTable | None = None
+    kw: KeywordIndex | None = None  # an older format's keyword index, when it can be read
+
+    def texts(self, i: int) -> tuple[str, str]:
+        if self.records is not None:
+            return self.records.texts(int(self.records.pos[i]))
+        assert self.table is not None
+        return self.table.texts[i], self.table.procedures[i]
+
+
+def load_old(store: MemoryStore, old: State) -> Old:
+    """What ``old``'s generation knows of its memories; StoreError when its files are damaged."""
+    if old.version >= 7:
+        rec = load_records(store, old)
+        return Old(
+            rec.column("mtime").tolist(),
+            rec.column("size").tolist(),
+            rec.column("khash").tolist(),
+            rec.built(),
+            records=rec,
+        )
+    table = load_files(store, old)
+    kw = None
+    with contextlib.suppress(StoreError):  # else each memory's keywords are read again
+        kw = load_keywords(store, old)
+    try:
+        khash = [khash_int(h) for h in table.key_hashes]
+    except (TypeError, ValueError):
+        raise StoreError(f"{store.index_dir}: damaged key hashes in the file table") from None
+    return Old(table.mtimes, table.sizes, khash, table.built, table=table, kw=kw)
+
+
+def appendable(old: Old | None, sources: list[Source]) -> Records | None:
+    """The records a sync appends to: the last generation's, unless there are none (an older
+    format, a rebuild) or, after this sync, most of their rows would be named by no position
+    (then a new record generation, with the live records only)."""
+    rec = old.records if old is not None else None
+    if rec is None:
+        return None
+    kept = sum(isinstance(src, int) for src in sources)
+    dead = len(rec.rows) - kept
+    if dead > COMPACT_MIN and dead * COMPACT_SHARE > len(rec.rows) + len(sources) - kept:
+        return None
+    return rec
+
+
+def place(
+    store: MemoryStore,
+    log: RecordLog,
+    old: Old | None,
+    ids: list[str],
+    sources: list[Source],
+    stamps: list[tuple[int, int]],
+) -> np.ndarray:
+    """The record of each position of the new generation: an unchanged memory keeps its record
+    when ``log`` appends to the old records, else (a new record generation) its old record is
+    copied; a memory read gets a new record. Returns the positions' records."""
+    import numpy as np
+
+    pos = np.empty(len(sources), dtype=np.int64)
+    base = log.base
+    if base is not None:  # the unchanged keep their records: one gather
+        kept = [p for p, src in enumerate(sources) if isinstance(src, int)]
+        pos[kept] = base.pos[np.asarray([sources[p] for p in kept], dtype=np.int64)]
+    for p, src in enumerate(sources):
+        if isinstance(src, int):
+            if base is not None:
+                continue
+            assert old is not None
+            lex, proc = old.texts(src)
+            kw = _old_keywords(store, log, old, src, ids[p])
+            row = log.add(stamps[p], old.khash[src], old.built[src], lex, proc, kw)
+        else:
+            labels = [log.word_label(w) for w in src.keywords]
+            row = log.add(stamps[p], khash_int(src.key_hash), src.built, src.lexical, src.procedure, labels)
+        pos[p] = row
+    return pos
+
+
+def _old_keywords(store: MemoryStore, log: RecordLog, old: Old, i: int, mid: str) -> list[int]:
+    """The keyword labels of an unchanged memory at old position ``i`` in ``log``'s words."""
+    if old.records is not None:  # the words of the old records are the log's first ones
+        rec = old.records
+        row = int(rec.pos[i])
+        start = int(rec.rows["kw_end"][row - 1]) if row else 0
+        return [int(x) for x in rec.kw[start : int(rec.rows["kw_end"][row])]]
+    if old.kw is not None:
+        return [log.word_label(old.kw.words[lab]) for lab in old.kw.row(i).tolist()]
+    try:  # no usable old keyword data: read the (unchanged) file again
+        words = memory_keywords(store.read_memory(mid))
+    except MemoryFileError:
+        words = []
+    return [log.word_label(w) for w in words]
+
+
+def stamps_now(
+    store: MemoryStore, dir_mtime: int, fresh: Fresh | None, scanned: Scan | None
+) -> dict[str, Stamp]:
+    """Each memory file's stamp: from a scan the caller handed over (:class:`Scan`) while the
+    memories folder is as it left it, its own memories statted again; else statted now."""
+    if scanned is None or scanned.dir_mtime_ns != dir_mtime or dir_mtime < 0:
+        return scan(store)
+    files = dict(scanned.stamps)
+    for mid in fresh or ():
+        try:
+            st = os.stat(store.memory_path(mid))
+        except FileNotFoundError:
+            files.pop(mid, None)
+            continue
+        files[mid] = (st.st_mtime_ns, st.st_size)
+    return files
