@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from conftest import FILES, memp
+from conftest import FILES, memp, state_json_before_7
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
@@ -203,9 +203,8 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     q = ["query", "heat some egg and put it in garbagecan.", "--json", "--min-score", "-1", "--no-collapse"]
     before = memp(*q).jsonl()
     state_path = st.index_dir / "state.json"
-    d = orjson.loads(state_path.read_bytes())
+    d = state_json_before_7(st.index_dir, 4)
     gen = d["generation"]
-    d["index_version"] = 4
     state_path.write_bytes(orjson.dumps(d))
     files = st.index_dir / f"files-{gen}.json"
     f = orjson.loads(files.read_bytes())
@@ -215,7 +214,7 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     assert runner.built_stamps(st) == {}  # distill falls back to reading the files
     assert memp(*q).jsonl() == before  # the query upgrades it (a sync) and ranks as before
     state = index_mod.read_state(st)
-    assert state is not None and state.version == index_mod.INDEX_VERSION == 6
+    assert state is not None and state.version == index_mod.INDEX_VERSION == 7
     assert len(runner.built_stamps(st)) == len(state.ids)
     last = [e for e in st.read_journal() if e["event"] == "index.sync"][-1]
     assert last["embedded"] == 0 and last["updated"] == 0

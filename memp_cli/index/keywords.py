@@ -130,7 +130,7 @@ def load_keywords(store: MemoryStore, state: State) -> KeywordIndex:
         ok = (
             d.get("version") == KW_VERSION
             and isinstance(words, list)
-            and len(offsets) == len(state.ids) + 1
+            and len(offsets) == state.count + 1
             and int(offsets[-1]) == len(labels)
             and (not len(labels) or int(labels.max()) < len(words))
         )

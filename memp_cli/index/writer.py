@@ -523,7 +523,7 @@ def write_generation(
 ) -> None:
     """Write ``state`` as the next generation: every file of it first (the vectors file's new
     rows fsynced, the base graph when merged else the delta graph, keywords, file table, BM25
-    arrays; each atomically), then state.json, which names the generation, then remove every
+    arrays, state columns; each atomically), then state.json, which names the generation, then remove every
     other file of the index directory (older generations, what an interrupted write left). A
     process killed at any point leaves the last complete generation readable: the rows it
     names are never written again, the base it names is only ever replaced by a new file."""
@@ -572,5 +572,6 @@ def write_generation(
             written.update(p.name for p in array_paths(store.index_dir, stem).values())
     state.kw_version = KW_VERSION
     state.version = INDEX_VERSION
+    written.update(p.name for p in state.write_columns(store.index_dir, (table.mtimes, table.sizes)))
     atomic_write(state_path(store), state.to_json())
     remove_owned(store.index_dir, written, INDEX_FILE_NAME)

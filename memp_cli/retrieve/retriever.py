@@ -178,11 +178,10 @@ class Retriever(AveFact):
     # --------------------------------------------------------------- scoring
     def _allowed(self) -> np.ndarray | None:
         """Boolean mask over state positions for --kind (None: all)."""
-        import numpy as np
 
         if self.kind is None:
             return None
-        return np.array([k == self.kind for k in self.index.state.kinds], dtype=bool)
+        return self.index.state.kind_mask(self.kind)
 
     def scored(self, queries: Sequence[str]) -> list[list[tuple[int, float, float, float]]]:
         """Per query: (state position, score, cosine, lexical) best first, before min-score/k."""
@@ -298,13 +297,15 @@ class Retriever(AveFact):
         task = (1 - w) * cos + w * key_lex
         base = (1 - p) * task + p * proc
         score, pooled = base, zeros
-        ids = idx.state.ids
+        state = idx.state
+        cand_ids = [state.id_at(i) for i in pos_list]
         if f > 0 and m:
-            families = idx.state.families
-            nf = len(families)
             codes: dict[str, int] = {}
             fam = np.array(
-                [codes.setdefault((families[i] if i < nf else "") or ids[i], len(codes)) for i in pos_list],
+                [
+                    codes.setdefault(state.family_at(i) or cand_ids[j], len(codes))
+                    for j, i in enumerate(pos_list)
+                ],
                 dtype=np.int64,
             )
             # Per family, its best FAMILY_POOL bases (0 for a missing member), added best first.
@@ -321,7 +322,6 @@ class Retriever(AveFact):
             pooled = total[fam] / FAMILY_POOL
             score = (1 - f) * base + f * pooled
         # Ties go to the closer embedding, then the smaller id.
-        cand_ids = [ids[i] for i in pos_list]
         id_rank = np.empty(m, dtype=np.int64)
         id_rank[sorted(range(m), key=cand_ids.__getitem__)] = np.arange(m)
         order = np.lexsort((id_rank, -cos, -score))
@@ -368,7 +368,7 @@ class Retriever(AveFact):
         mat = idx.vector_matrix()
         if allowed is not None:
             live: np.ndarray | None = idx.label_array()[allowed]
-        elif len(idx.state.labels) == mat.shape[0]:
+        elif idx.state.count == mat.shape[0]:
             live = None  # every row is a memory (as after a rebuild): no gather needed
         else:
             live = idx.label_array()
@@ -394,7 +394,7 @@ class Retriever(AveFact):
             positions = [p for p in positions if allowed[p]]
         picked = self._rng.sample(positions, min(self.k, len(positions)))
         qvec = self.embedder.embed([query])[0]
-        vecs = self.index.vectors([self.index.state.labels[p] for p in picked])
+        vecs = self.index.vectors(self.index.label_array()[picked].tolist())
         sims = (vecs @ qvec).tolist() if len(picked) else []
         return [(p, float(s), float(s), 0.0) for p, s in zip(picked, sims, strict=True)]
 
@@ -413,10 +413,10 @@ class Retriever(AveFact):
         w_u = self.utility_weight if self.usage is not None else 0.0
         for qi, rows in enumerate(self.scored(queries)):
             if w_u and self.key != "random":
-                ids = self.index.state.ids
+                id_at = self.index.state.id_at
                 rows = sorted(
-                    ((p, s + w_u * (self._utility(ids[p]) - 0.5), c, lx) for p, s, c, lx in rows),
-                    key=lambda r: (-r[1], -r[2], ids[r[0]]),
+                    ((p, s + w_u * (self._utility(id_at(p)) - 0.5), c, lx) for p, s, c, lx in rows),
+                    key=lambda r: (-r[1], -r[2], id_at(r[0])),
                 )
             if self.collapse and self.key != "random":
                 hits = self._collapsed(qi, queries[qi], rows, w_u)
@@ -439,7 +439,7 @@ class Retriever(AveFact):
     def _read(self, pos: int) -> Memory | None:
         """The memory at state position ``pos``; None (and a warning) when its file is broken."""
         try:
-            return self.index.store.read_memory(self.index.state.ids[pos])
+            return self.index.store.read_memory(self.index.state.id_at(pos))
         except MemoryFileError as e:
             self.warnings.append(str(e))
             return None
@@ -483,8 +483,8 @@ class Retriever(AveFact):
         for g in collapse(
             above,
             self.k,
-            kinds=[state.kinds[r[0]] for r in above],
-            vectors=self.index.vectors([state.labels[r[0]] for r in above]),
+            kinds=[state.kind_at(r[0]) for r in above],
+            vectors=self.index.vectors(self.index.label_array()[[r[0] for r in above]].tolist()),
             threshold=self.collapse_similarity,
             read=self._read,
             rating=rating,
