@@ -469,15 +469,25 @@ class Retriever(AveFact):
     ) -> list[Hit]:
         """The top k procedures among ``rows``: near-duplicates collapsed, successes first
         (:mod:`memp_cli.retrieve.collapse`)."""
-        from memp_cli.retrieve.collapse import collapse
+        from memp_cli.retrieve.collapse import collapse, read_head
 
         above = [r for r in rows if r[1] >= self.min_score]
         state = self.index.state
+        heads: set[int] = set()  # positions read by read_head only
 
         def rating(mid: str) -> float:
             if self.usage is None and self.usage_loader is not None:
                 self.usage = self.usage_loader()
             return self._utility(mid)
+
+        def read(pos: int) -> Memory | None:
+            stamp = state.stamp_at(pos)
+            if stamp is not None:
+                head = read_head(self.index.store.memory_path(state.id_at(pos)), stamp)
+                if head is not None:
+                    heads.add(pos)
+                    return head
+            return self._read(pos)
 
         hits: list[Hit] = []
         for g in collapse(
@@ -486,11 +496,20 @@ class Retriever(AveFact):
             kinds=[state.kind_at(r[0]) for r in above],
             vectors=self.index.vectors(self.index.label_array()[[r[0] for r in above]].tolist()),
             threshold=self.collapse_similarity,
-            read=self._read,
+            read=read,
             rating=rating,
         ):
             rep = g.representative
             assert rep is not None and rep.memory is not None
+            # What is shown is read whole: the hit, and the failed runs a prompt warns with.
+            if rep.position in heads:
+                rep.memory = self._read(rep.position)
+                if rep.memory is None:  # changed since its head was read: gone or broken
+                    continue
+            position = {c.memory.id: c.position for c in g.members if c.memory is not None}
+            for d in g.duplicates:
+                if d.memory.success is False and position[d.memory.id] in heads:
+                    d.memory = self._read(position[d.memory.id]) or d.memory
             parts = (rep.score, rep.similarity, rep.lexical)
             hit = self._hit(qi, query, rep.position, rep.memory, parts, len(hits) + 1, w_u)
             hit.duplicates = g.duplicates
