@@ -453,6 +453,7 @@ def _columns_state(tmp_path: Path) -> bytes:
         ("short", "damaged index state"),
         ("dtype", "damaged index state"),
         ("code", "damaged index state"),
+        ("name", "damaged index state"),
         ("garbage", "damaged index state"),
     ],
 )
@@ -469,6 +470,10 @@ def test_damaged_state_columns_are_a_damaged_state(tmp_path: Path, damage: str, 
         np.save(ids, np.array([1, 2, 3]))
     elif damage == "code":
         np.save(kinds, np.array([0, 1, 2], dtype=np.int32))  # two kind names
+    elif damage == "name":
+        d = orjson.loads(raw)
+        d["family_names"][0] = 7
+        raw = orjson.dumps(d)
     else:
         kinds.write_bytes(b"not numpy")
     with pytest.raises(StoreError, match=message):

@@ -331,8 +331,12 @@ class Columns:
         if not isinstance(count, int) or count < 0:
             raise ValueError("bad count")
         for names in (kind_names, family_names):
-            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            if not isinstance(names, list):
                 raise ValueError("bad names table")
+            try:
+                "".join(names)  # a TypeError unless every name is a string (at C speed: 18k at 882k)
+            except TypeError:
+                raise ValueError("bad names table") from None
         arrays = {}
         for name in COLUMNS + STAMPS:
             path = index_dir / column_file_name(generation, name)
