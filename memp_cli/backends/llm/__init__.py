@@ -44,7 +44,12 @@ _WHERE = {
 }
 
 
+_SUBMODULES = {"cache", "client", "endpoints", "errors", "reply", "types"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``llm.client`` as after ``import memp_cli.backends.llm.client``
+        return importlib.import_module(f"{__name__}.{name}")
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
