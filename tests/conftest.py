@@ -280,3 +280,29 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def state_json_before_7(index_dir: Path, version: int) -> dict[str, Any]:
+    """The store's state.json laid out as index formats 2-6 wrote it (every column inline: ids,
+    labels, kind and family codes), marked ``version``: how older tests turn a current index into
+    an older one. The ``columns-<gen>.*.npy`` files are removed (no older memp wrote them)."""
+    from memp_cli.index.state import COLUMNS, column_file_name, read_state
+    from memp_cli.store import Store
+
+    state = read_state(Store.open(index_dir.parent))
+    assert state is not None
+    d = json.loads((index_dir / "state.json").read_bytes())
+    kinds, families = d.pop("kind_names"), d.pop("family_names")
+    del d["count"]
+    d.update(
+        index_version=version,
+        ids=state.ids,
+        labels=state.labels,
+        kind_names=kinds,
+        kind_codes=[kinds.index(k) for k in state.kinds],
+        family_names=families,
+        family_codes=[families.index(f) for f in state.families],
+    )
+    for name in COLUMNS:
+        (index_dir / column_file_name(state.generation, name)).unlink()
+    return d

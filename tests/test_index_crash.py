@@ -171,6 +171,10 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
             break
     # every file of the new generation was a write point, state.json among the last
     assert any("state.json" in w for w in seen) and any("lexical" in w for w in seen), seen
+    # format 7: each state column (and stamp) file too, before state.json
+    for column in ("ids", "labels", "kinds", "families", "mtimes", "sizes"):
+        at = [i for i, w in enumerate(seen) if w.startswith("replace index/columns-") and f".{column}." in w]
+        assert len(at) == 1 and at[0] < seen.index("replace index/state.json"), (column, seen)
     assert n > 6
 
 
@@ -232,6 +236,42 @@ def test_an_index_in_format_5_is_upgraded_without_embedding_or_rewriting_its_gra
     exact = 1.0 - idx.vector_matrix()[labels[0]] @ (qv[0] / np.linalg.norm(qv[0]))
     assert np.allclose(dists[0], exact, atol=1e-4) and (np.diff(dists[0]) >= -1e-6).all()
     _same_answers(_answers(store_dir), _answers(ref), "after a sync")
+    assert memp("--store", store_dir, "doctor").stdout == ""
+
+
+def test_an_index_in_format_6_is_upgraded_to_state_columns_without_embedding(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vecsync, "MERGE_SHARE", 1)  # the delta stays a delta: no graph is rewritten
+    shutil.copytree(DATA / "index_v6", store_dir)
+    ref = tmp_path / "ref" / ".memp"
+    shutil.copytree(DATA / "index_v6", ref)
+    index_mod.sync(Store.open(ref), EMB, rebuild=True)
+    st = Store.open(store_dir)
+    old = index_mod.read_state(st)
+    assert old is not None and old.version == 6 and old.base_deleted and old.next_label > old.base_end
+    index = store_dir / "index"
+    kept = {p.name: p.read_bytes() for p in index.iterdir() if p.suffix in (".bin", ".f32")}
+    assert set(kept) >= {"hnsw-2.bin", "vectors-3.f32", f"delta-{old.generation}.bin"}
+    _, rep = index_mod.sync(st, EMB)
+    assert rep.embedded == 0 and not rep.rebuilt
+    new = index_mod.read_state(st)
+    assert new is not None and new.version == index_mod.INDEX_VERSION == 7
+    # the graphs and the vectors stay as they are; the columns are new files of the generation
+    assert {n: (index / n).read_bytes() for n in kept if n.startswith(("hnsw", "vectors"))} == {
+        n: b for n, b in kept.items() if n.startswith(("hnsw", "vectors"))
+    }
+    assert (new.base_gen, new.base_end, new.base_deleted, new.vec_gen) == (2, 12, old.base_deleted, 3)
+    raw = json.loads((index / "state.json").read_bytes())
+    assert not {"ids", "labels", "label_runs", "kind_codes", "family_codes"} & set(raw)
+    names = {
+        f"columns-{new.generation}.{c}.npy" for c in ("ids", "labels", "kinds", "families", "mtimes", "sizes")
+    }
+    assert names <= {p.name for p in index.iterdir()}
+    assert (new.ids, new.labels, new.kinds, new.families) == (old.ids, old.labels, old.kinds, old.families)
+    table = index_mod.state.load_files(st, new)
+    assert [new.stamp_at(p) for p in range(new.count)] == list(zip(table.mtimes, table.sizes, strict=True))
+    _same_answers(_answers(store_dir), _answers(ref), "after the upgrade")
     assert memp("--store", store_dir, "doctor").stdout == ""
 
 

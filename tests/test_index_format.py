@@ -3,6 +3,7 @@ generations, and indexes from older or newer memp versions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -76,7 +77,9 @@ def _vec_path(st: Store, state: index_mod.State) -> Path:
 
 
 def _index_files(st: Store) -> list[str]:
-    return sorted(p.name for p in st.index_dir.iterdir() if not p.name.startswith(("lexical", "procedure")))
+    return sorted(
+        p.name for p in st.index_dir.iterdir() if not p.name.startswith(("lexical", "procedure", "columns"))
+    )
 
 
 def _hits(r: Retriever, query: str) -> list[tuple[str, float]]:
@@ -219,6 +222,7 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
             f"keywords-{g}.bin",
             f"records-{g}.pos.npy",
             f"records-{g}.json",
+            *(f"columns-{g}.{c}.npy" for c in ("ids", "labels", "kinds", "families", "mtimes", "sizes")),
             *(
                 f"lexical-{g}.{a}.npy"
                 for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
@@ -341,7 +345,7 @@ def _old_format(built: Path) -> bytes:
     idx = index_mod.load(st)
     assert idx is not None
     table = idx.file_table()
-    d = {"index_version": 1, **vars(idx.state), **vars(table)}
+    d = {"index_version": 1, **dataclasses.asdict(idx.state), **vars(table)}
     for p in built.joinpath("index").glob("vectors-*.*"):
         p.unlink()
     for p in built.joinpath("index").glob("files-*.json"):
@@ -404,13 +408,85 @@ def test_state_json_roundtrip(tmp_path: Path, labels: str) -> None:
         broken={"mbad": [1, 2]},
         kw_version=1,
     )
+    state.write_columns(tmp_path, (list(range(n)), [100 + i for i in range(n)]))
     raw = state.to_json()
     d = orjson.loads(raw)
-    assert ("label_runs" in d) == (labels != "fragmented") and "kinds" not in d
-    assert index_mod.State.from_json(raw, tmp_path / "state.json") == state
-    d.pop("kind_codes")
+    assert not {"ids", "labels", "kinds", "families", "label_runs", "kind_codes"} & set(d)  # in the columns
+    read = index_mod.State.from_json(raw, tmp_path / "state.json")
+    # a query's accessors answer from the mapped columns, without building the lists
+    assert read.count == n and read.label_array().tolist() == lab
+    assert [read.id_at(p) for p in range(n)] == state.ids
+    assert [(read.kind_at(p), read.family_at(p)) for p in range(n)] == list(
+        zip(state.kinds, state.families, strict=True)
+    )
+    assert read.kind_mask("trajectory").tolist() == [k == "trajectory" for k in state.kinds]
+    assert not read.kind_mask("nosuchkind").any() and len(read.kind_mask("nosuchkind")) == n
+    assert not {"ids", "labels", "kinds", "families"} & set(vars(read))
+    assert [read.stamp_at(p) for p in range(n)] == [(i, 100 + i) for i in range(n)]
+    assert read == state  # the lists, built on first use
+    again = index_mod.State.from_json(raw, tmp_path / "state.json")
+    assert again.to_json() == raw  # written again without building a list
+    again.generation = 8
+    again.write_columns(tmp_path)  # the stamps as read
+    assert not {"ids", "labels", "kinds", "families"} & set(vars(again))
+    assert np.array_equal(np.load(tmp_path / "columns-8.sizes.npy"), np.arange(100, 100 + n))
+    state.generation = 8
+    assert index_mod.State.from_json(again.to_json(), tmp_path / "state.json") == state
+    d.pop("kind_names")
     with pytest.raises(StoreError, match="damaged index state"):
         index_mod.State.from_json(orjson.dumps(d), tmp_path / "state.json")
+
+
+def _columns_state(tmp_path: Path) -> bytes:
+    state = index_mod.State(
+        embedder="hash",
+        dim=8,
+        generation=3,
+        next_label=4,
+        ids=["ma", "mb", "mc"],
+        labels=[0, 3, 2],
+        kinds=["workflow", "trajectory", "workflow"],
+        families=["put", "", "put"],
+    )
+    with pytest.raises(ValueError, match="stamps are needed"):
+        state.write_columns(tmp_path)
+    state.write_columns(tmp_path, ([5, 6, 7], [10, 20, 30]))
+    return state.to_json()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "unreadable"),
+        ("truncated", "damaged index state"),
+        ("short", "damaged index state"),
+        ("dtype", "damaged index state"),
+        ("code", "damaged index state"),
+        ("name", "damaged index state"),
+        ("garbage", "damaged index state"),
+    ],
+)
+def test_damaged_state_columns_are_a_damaged_state(tmp_path: Path, damage: str, message: str) -> None:
+    raw = _columns_state(tmp_path)
+    ids, kinds = tmp_path / "columns-3.ids.npy", tmp_path / "columns-3.kinds.npy"
+    if damage == "missing":
+        ids.unlink()
+    elif damage == "truncated":
+        ids.write_bytes(ids.read_bytes()[:-2])
+    elif damage == "short":
+        np.save(ids, np.array([b"ma", b"mb"]))
+    elif damage == "dtype":
+        np.save(ids, np.array([1, 2, 3]))
+    elif damage == "code":
+        np.save(kinds, np.array([0, 1, 2], dtype=np.int32))  # two kind names
+    elif damage == "name":
+        d = orjson.loads(raw)
+        d["family_names"][0] = 7
+        raw = orjson.dumps(d)
+    else:
+        kinds.write_bytes(b"not numpy")
+    with pytest.raises(StoreError, match=message):
+        index_mod.State.from_json(raw, tmp_path / "state.json")
 
 
 def test_base_and_delta_graphs_search_as_one(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:

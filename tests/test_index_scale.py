@@ -14,7 +14,7 @@ from unittest import mock
 import numpy as np
 import orjson
 import pytest
-from conftest import FILES, memp
+from conftest import FILES, memp, state_json_before_7
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
@@ -219,9 +219,8 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     state_path = st.index_dir / "state.json"
     current = index_mod.read_state(st)
     assert current is not None
-    d = orjson.loads(state_path.read_bytes())
+    d = state_json_before_7(st.index_dir, 4)
     gen = d["generation"]
-    d["index_version"] = 4
     state_path.write_bytes(orjson.dumps(d))
     files = st.index_dir / f"files-{gen}.json"
     f = orjson.loads(index_mod.state.load_files(st, current).to_json(gen))  # as format 4 wrote it

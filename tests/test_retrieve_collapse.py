@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -317,3 +318,90 @@ def test_collapse_rates_by_outcomes_only_between_equal_outcomes() -> None:
     *hits, _ = _collapse(mems, [0.9, 0.8, 0.8], vecs, 3, rating=rating)
     assert hits == [("b", 0.8, ["c", "a"])]  # others best-ranked first
     assert sorted(asked) == ["a", "b"]  # the unknown-outcome run is never rated against them
+
+
+# ------------------------------------------------------------------ reading only the tops of files
+
+
+def _full_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the memory files parsed whole from now on."""
+    import memp_cli.model.memory as memory_mod
+
+    parsed: list[str] = []
+    real = memory_mod.memory_from_toml
+
+    def spy(text: str, path: Path | str) -> Memory:
+        parsed.append(Path(path).stem)
+        return real(text, path)
+
+    monkeypatch.setattr(memory_mod, "memory_from_toml", spy)
+    return parsed
+
+
+@pytest.mark.parametrize("fmt", ["json", "prompt"])
+def test_collapse_parses_whole_only_what_it_shows(
+    built: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The duplicates of a hit are read from the tops of their files (unchanged since the index
+    validated them): the output is the same as when every candidate is parsed whole, and only
+    the shown runs and the failed duplicates (a prompt's pitfalls) are."""
+    from memp_cli.index.state import State
+
+    memp("index", "sync")
+    args = ("query", EXAMINE, "-k", 3, "--format", fmt)
+    parsed = _full_parses(monkeypatch)
+    fast = memp(*args).stdout
+    shown_full = list(parsed)
+    with monkeypatch.context() as m:
+        m.setattr(State, "stamp_at", lambda self, pos: None)  # as an index before format 7
+        parsed.clear()
+        assert memp(*args).stdout == fast
+        every = list(parsed)
+    hits = memp("query", EXAMINE, "-k", 3).jsonl()
+    failed = {d["id"] for h in hits for d in h["duplicates"] if d["success"] is False}
+    assert failed and sum(len(h["duplicates"]) for h in hits) >= 3
+    assert sorted(shown_full) == sorted([h["id"] for h in hits] + [*failed])
+    assert set(every) >= set(_runs_of(hits)) and len(every) > len(shown_full)
+
+
+def test_a_file_changed_since_the_sync_is_parsed_whole(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A duplicate whose file is no longer as the index read it (here: saved in place, the
+    directory unchanged, as an editor writing in place would) is parsed whole: a broken one is
+    then reported and left out, as before."""
+    memp("index", "sync")
+    hits = memp("query", EXAMINE, "-k", 3).jsonl()
+    dup = next(d["id"] for d in hits[0]["duplicates"] if d["success"] is True)
+    path = built / "memories" / f"{dup}.toml"
+    before = path.stat()
+    text = path.read_text()
+    path.write_text(text.replace("[[steps]]", "[[steps]]\nbroken =", 1))
+    os.utime(built / "memories", ns=(before.st_atime_ns, (built / "memories").stat().st_mtime_ns))
+    monkeypatch.setattr("memp_cli.index.state.FULL_SCAN_LIMIT", 0)  # trust the directory's mtime
+    r = memp("query", EXAMINE, "-k", 3)
+    assert dup not in _runs_of(r.jsonl()) and f"{dup}.toml" in r.stderr
+
+
+def test_read_head_agrees_with_the_full_parse(built: Path, tmp_path: Path) -> None:
+    from memp_cli.model.memory import load_memory_file
+    from memp_cli.retrieve.collapse import read_head
+
+    for mid in memory_ids(built)[:5]:
+        path = built / "memories" / f"{mid}.toml"
+        st = path.stat()
+        full, head = load_memory_file(path), read_head(path, (st.st_mtime_ns, st.st_size))
+        assert head is not None
+        assert (head.id, head.kind, head.task, head.success, head.key_text()) == (
+            full.id,
+            full.kind,
+            full.task,
+            full.success,
+            full.key_text(),
+        )
+        assert read_head(path, (st.st_mtime_ns + 1, st.st_size)) is None  # changed since
+    # a multi-line string holding a line that opens with "[": the top alone does not parse
+    text = path.read_text()
+    odd = tmp_path / f"{mid}.toml"
+    odd.write_text(text.replace(f'task = "{full.task}"', f'task = """{full.task}\n[not a table]"""', 1))
+    assert load_memory_file(odd).task.endswith("[not a table]")
+    st = odd.stat()
+    assert read_head(odd, (st.st_mtime_ns, st.st_size)) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from conftest import memp
+from conftest import memp, state_json_before_7
 
 from memp_cli import index as index_mod
 from memp_cli.model.memory import Memory
@@ -75,9 +75,8 @@ def test_a_family_outweighs_a_look_alike(store: Path) -> None:
 def _as_format_3(st: Store) -> None:
     """Rewrite the index as memp of index format 3 left it (no procedure BM25, no families)."""
     state_path = st.index_dir / "state.json"
-    d = orjson.loads(state_path.read_bytes())
+    d = state_json_before_7(st.index_dir, 3)
     gen = d["generation"]
-    d.update(index_version=3)
     for key in ("procedure", "family_names", "family_codes"):
         d.pop(key)
     state_path.write_bytes(orjson.dumps(d))
@@ -100,7 +99,7 @@ def test_an_index_from_format_3_is_upgraded_without_embedding(built: Path) -> No
     # the next command upgrades it (procedure BM25, families) and ranks as before the rewrite
     assert _top("heat some egg and put it in garbagecan.") == before
     state = index_mod.read_state(st)
-    assert state is not None and state.version == index_mod.INDEX_VERSION == 6
+    assert state is not None and state.version == index_mod.INDEX_VERSION == 7
     assert state.procedure is not None and set(state.families) == {
         "put",
         "heat",

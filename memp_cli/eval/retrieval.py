@@ -335,7 +335,7 @@ def open_for(
         scratch = copy.copy(store)
         scratch.index_dir = Path(tmp)
         index, _ = build_in_memory(scratch, embedder)
-        yield index if index.state.ids else None
+        yield index if index.state.count else None
 
 
 # ------------------------------------------------------------------------------- runs

@@ -3,8 +3,10 @@
 Files in ``<store>/index/`` (JSON and numpy only, never pickle):
 
 - ``state.json``: what a query reads: the embedder and dimension, the generation of the
-  files below, the BM25 manifest, and per memory (columnar, in id order): id, label, kind;
-  plus the memory files that failed to load at the last sync. Written last, atomically: it
+  files below, the BM25 manifest, the memory count and the kind and family names tables;
+  plus the memory files that failed to load at the last sync. Per memory (columnar, in id
+  order) its id, label, kind and family code are ``columns-<gen>.<column>.npy`` (format 7),
+  which a query maps (:class:`~memp_cli.index.state.State`). Written last, atomically: it
   names the generation of every other file, so a reader never pairs a new graph with old
   labels, and a writer killed at any point leaves the last complete generation readable
   (files of an unfinished one are removed by the next sync, or by ``memp doctor --fix``).

@@ -197,6 +197,6 @@ def _read_only(
         return opened
     note(f"{cannot}: building the index in memory for this command (not saved)")
     index, report = build_in_memory(store, embedder, progress=progress)
-    opened.index = index if index.state.ids else None
+    opened.index = index if index.state.count else None
     opened.report = report
     return opened

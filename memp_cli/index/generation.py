@@ -59,7 +59,7 @@ def write_texts(
     lex: tuple[LexicalIndex, LexicalIndex] | None,
 ) -> set[str]:
     """The first half of :func:`write_generation`: the generation's number, its keyword graph,
-    records and BM25 files. Returns the names written."""
+    records, state columns and BM25 files. Returns the names written."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -69,6 +69,9 @@ def write_texts(
         save_hnsw(store, kw.hnsw, bpath.name)
         written.add(bpath.name)
     written |= recs.write(store, gen, recs.pos)
+    rows = recs.records(recs.pos)  # each memory's file stat as the sync read it: the query's check
+    stamps = (rows.column("mtime"), rows.column("size"))
+    written.update(p.name for p in state.write_columns(store.index_dir, stamps))
     state.lexical = state.procedure = None
     if lex is not None and state.ids:
         from memp_cli.index.lexical import array_paths

@@ -142,7 +142,7 @@ def _load_json(store: MemoryStore, state: State, jpath: Path) -> KeywordIndex:
         ok = (
             d.get("version") == KW_VERSION
             and isinstance(words, list)
-            and len(offsets) == len(state.ids) + 1
+            and len(offsets) == state.count + 1
             and int(offsets[-1]) == len(labels)
             and (not len(labels) or int(labels.max()) < len(words))
         )

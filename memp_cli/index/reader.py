@@ -65,7 +65,7 @@ class Index:
     @property
     def hnsw(self) -> hnswlib.Index | None:
         """The hnswlib graph (None for an empty index); loaded on first use."""
-        if self._hnsw is None and self.state.ids:
+        if self._hnsw is None and self.state.count:
             self._hnsw = _vectors.load_hnsw(self.store, self.state)
         return self._hnsw
 
@@ -134,17 +134,15 @@ class Index:
         if self._vectors is None:
             import numpy as np
 
-            if not self.state.ids:
+            if not self.state.count:
                 return np.zeros((0, self.state.dim), dtype=np.float32)
             self._vectors = _vectors.load_vectors(self.store, self.state)
         return self._vectors
 
     def label_array(self) -> np.ndarray:
-        """``state.labels`` as an int64 array (cached)."""
+        """``state.labels`` as an int64 array (cached; a format 7 state's mapped column)."""
         if self._label_array is None:
-            import numpy as np
-
-            self._label_array = np.asarray(self.state.labels, dtype=np.int64)
+            self._label_array = self.state.label_array()
         return self._label_array
 
     def file_table(self) -> FileTable:
@@ -165,10 +163,10 @@ class Index:
         return self._keywords
 
     def __len__(self) -> int:
-        return len(self.state.ids)
+        return self.state.count
 
     def position_of_label(self, label: int) -> int:
-        labels = self.state.labels
+        labels = self.label_array()
         # After a rebuild labels are 0..n-1 in state order: no map to build (10 ms at 100k).
         if 0 <= label < len(labels) and labels[label] == label:
             return label
@@ -183,9 +181,10 @@ class Index:
         asked for is its own position (after a rebuild), else a label -> position table, built
         once."""
         if self._label_pos is None:
-            state_labels = self.state.labels
+            state_labels = self.label_array()
             n = len(state_labels)
-            if all(0 <= lab < n and state_labels[lab] == lab for lab in labels.tolist()):
+            inside = (labels >= 0) & (labels < n)
+            if inside.all() and (state_labels[labels] == labels).all():
                 return labels
         return self._position_table()[labels]
 
@@ -200,7 +199,7 @@ class Index:
         return self._label_pos
 
     def id_of_label(self, label: int) -> str:
-        return self.state.ids[self.position_of_label(label)]
+        return self.state.id_at(self.position_of_label(label))
 
     def vectors(self, labels: list[int]) -> np.ndarray:
         """Unit vectors of ``labels`` (live ones), one row each: rows of the mapped vectors file
@@ -208,7 +207,7 @@ class Index:
         lists, ~10x slower), else, when that file cannot be read, from the graph."""
         import numpy as np
 
-        if not labels or not self.state.ids:
+        if not labels or not self.state.count:
             return np.zeros((0, self.state.dim), dtype=np.float32)
         if self._vectors is None and self.hnsw_loaded:
             try:
@@ -223,7 +222,7 @@ def check_files(store: MemoryStore, state: State) -> None:
     check of the base's size) is there and consistent with it: ``files-<gen>.json``, the
     vectors file, the BM25 arrays and the keyword files (``memp doctor``)."""
     load_files(store, state)
-    if state.ids:
+    if state.count:
         _vectors.load_vectors(store, state)
         _vectors.check_graph_file(store, state)
         read_lexical(store, state)
@@ -240,7 +239,7 @@ def read_lexical(store: MemoryStore, state: State, field: str = "lexical") -> Le
     from memp_cli.index.lexical import LexicalIndex
 
     manifest = state.lexical if field == "lexical" else state.procedure
-    if not state.ids or manifest is None:
+    if not state.count or manifest is None:
         return None
     try:
         return LexicalIndex.load(store.index_dir, lexical_stem(state.generation, field), manifest)
@@ -263,7 +262,7 @@ def load_lexical(
     no texts to build from: None (a sync upgrades it)."""
     from memp_cli.index.lexical import LexicalIndex
 
-    if not state.ids or (field == "procedure" and state.version < 4):
+    if not state.count or (field == "procedure" and state.version < 4):
         return None
     try:
         lex = read_lexical(store, state, field)
@@ -297,7 +296,7 @@ def load(
         try:
             kw = load_keywords(store, state) if keywords and state.kw_version == KW_VERSION else None
             if exact:
-                vectors = _vectors.load_vectors(store, state) if state.ids else None
+                vectors = _vectors.load_vectors(store, state) if state.count else None
                 hnsw = None
             else:
                 vectors, hnsw = None, _vectors.load_hnsw(store, state)

@@ -17,6 +17,8 @@ import orjson
 from memp_cli.errors import ModelError, StoreError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from memp_cli.store.protocol import MemoryStore
 
 STATE_NAME = "state.json"
@@ -24,7 +26,7 @@ STATE_NAME = "state.json"
 #: temp file): what a sync may remove there, and nothing else.
 INDEX_FILE_NAME = re.compile(
     r"(state|lexical)\.json|\.tmp-[\w.-]+"
-    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure|records)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy|f32)"
+    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure|records|columns)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy|f32)"
 )
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
@@ -47,6 +49,10 @@ INDEX_FILE_NAME = re.compile(
 #    positions' records per generation (``records-<gen>.json``, ``records-<gen>.pos.npy``), not in
 #    ``files-``/``built-``/``keywords-<gen>.json`` rewritten whole (see :mod:`~memp_cli.index.records`).
 #    A sync upgrades a format 2-6 index without embedding (a new record generation).
+#    And the per-memory columns of state.json (ids, labels, kind and family codes) are binary files
+#    of the generation, ``columns-<gen>.<column>.npy``, written before state.json (the commit
+#    point, now small): a one-shot query maps them instead of parsing ~21 MB of JSON at 882k
+#    memories. A sync upgrades a format 2-6 index without embedding.
 INDEX_VERSION = 7
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
@@ -67,7 +73,13 @@ class IndexVersionError(StoreError):
 
 @dataclass
 class State:
-    """``state.json``: what a query needs (see the module docstring)."""
+    """``state.json``: what a query needs (see the module docstring).
+
+    Its per-memory columns (``ids``, ``labels``, ``kinds``, ``families``, in id order) are
+    lists. A format 7 state read from disk keeps them in the mapped ``columns-<gen>.*.npy``
+    files until a caller touches one as a list (then that column is built, once): a query
+    asks only about its candidates, through :meth:`label_array`, :meth:`id_at`,
+    :meth:`family_at`, :meth:`kind_at`, :meth:`kind_mask` and :attr:`count`."""
 
     embedder: str
     dim: int
@@ -101,33 +113,138 @@ class State:
     # The format this state was read in (written always as INDEX_VERSION).
     version: int = INDEX_VERSION
 
+    def __getattr__(self, name: str) -> list[Any]:
+        # Only reached for an attribute the instance lacks: a column of a format 7 state not
+        # built as a list yet.
+        cols: Columns | None = self.__dict__.get("_columns")
+        if cols is None or name not in COLUMNS:
+            raise AttributeError(name)
+        value = cols.as_list(name)
+        setattr(self, name, value)
+        return value
+
+    def _mapped(self, name: str) -> Columns | None:
+        """The mapped columns while column ``name`` has not been built as a list (the list,
+        once built, is what counts: a caller may have changed it)."""
+        return None if name in self.__dict__ else self.__dict__.get("_columns")
+
+    @property
+    def count(self) -> int:
+        """How many memories (``len(state.ids)``, without building the list)."""
+        cols = self._mapped("ids")
+        return len(cols.ids) if cols is not None else len(self.ids)
+
+    def label_array(self) -> np.ndarray:
+        """``labels`` as an int64 array (the mapped column of a format 7 state)."""
+        import numpy as np
+
+        cols = self._mapped("labels")
+        return cols.labels if cols is not None else np.asarray(self.labels, dtype=np.int64)
+
+    def id_at(self, pos: int) -> str:
+        cols = self._mapped("ids")
+        return cols.ids[pos].decode() if cols is not None else self.ids[pos]
+
+    def kind_at(self, pos: int) -> str:
+        cols = self._mapped("kinds")
+        return cols.kind_names[cols.kinds[pos]] if cols is not None else self.kinds[pos]
+
+    def family_at(self, pos: int) -> str:
+        cols = self._mapped("families")
+        if cols is not None:
+            return cols.family_names[cols.families[pos]]
+        return self.families[pos] if pos < len(self.families) else ""
+
+    def kind_mask(self, kind: str) -> np.ndarray:
+        """A boolean array over positions: the memories of ``kind``."""
+        import numpy as np
+
+        cols = self._mapped("kinds")
+        if cols is None:
+            return np.array([k == kind for k in self.kinds], dtype=bool)
+        if kind not in cols.kind_names:
+            return np.zeros(len(cols.kinds), dtype=bool)
+        return np.asarray(cols.kinds == cols.kind_names.index(kind))
+
     def to_json(self) -> bytes:
-        """The JSON form. Reading it is most of a one-shot query's index load, so two columns
-        are stored compactly: ``kinds`` as codes into ``kind_names``, and ``labels`` as runs
-        ``[first, count]`` of consecutive labels (``label_runs``; one run after a rebuild)
-        unless the runs are short, then as a plain list. At 100k memories that reads in
-        ~13 ms instead of ~21."""
-        d = {"index_version": INDEX_VERSION, **vars(self)}
+        """``state.json`` in format 7: everything but the columns, which :meth:`write_columns`
+        writes (before it: state.json is the commit point) to ``columns-<gen>.*.npy``. Only
+        their names tables (``kind_names``, ``family_names``) and the row count are here."""
+        d: dict[str, Any] = {"index_version": INDEX_VERSION}
+        d.update((k, v) for k, v in vars(self).items() if k not in COLUMNS and not k.startswith("_"))
         del d["version"]
-        runs: list[list[int]] = []
-        for lab in self.labels:
-            if runs and runs[-1][0] + runs[-1][1] == lab:
-                runs[-1][1] += 1
-            else:
-                runs.append([lab, 1])
-        if len(runs) * 4 <= len(self.labels):
-            del d["labels"]
-            d["label_runs"] = runs
-        names = sorted(set(self.kinds))
-        code = {k: i for i, k in enumerate(names)}
-        del d["kinds"]
-        d.update(kind_names=names, kind_codes=[code[k] for k in self.kinds])
-        families = self.families if len(self.families) == len(self.ids) else [""] * len(self.ids)
-        fam_names = sorted(set(families))
-        fam_code = {f: i for i, f in enumerate(fam_names)}
-        del d["families"]
-        d.update(family_names=fam_names, family_codes=[fam_code[f] for f in families])
+        d.update(count=self.count, kind_names=self._names("kinds"), family_names=self._names("families"))
         return orjson.dumps(d)
+
+    def _names(self, name: str) -> list[str]:
+        """The names table column ``name`` ("kinds" or "families") is coded into."""
+        cols = self._mapped(name)
+        if cols is not None:  # as read: the same table (no list built)
+            return cols.kind_names if name == "kinds" else cols.family_names
+        return sorted(set(self.kinds if name == "kinds" else self._families()))
+
+    def _families(self) -> list[str]:
+        return self.families if len(self.families) == self.count else [""] * self.count
+
+    def column_arrays(self) -> dict[str, np.ndarray]:
+        """The columns as :meth:`to_json`'s names tables code them: id bytes, int64 labels, and
+        codes into ``kind_names`` and ``family_names``."""
+        import numpy as np
+
+        cols = self._mapped("ids")
+        if cols is not None:  # as read
+            ids = np.asarray(cols.ids)
+        else:
+            try:  # ids are ASCII (memory.ID_RE): numpy encodes them at C speed
+                ids = np.array(self.ids, dtype=np.bytes_)
+            except UnicodeEncodeError:
+                ids = np.array([i.encode() for i in self.ids], dtype=np.bytes_)
+        if not len(ids):
+            ids = np.zeros(0, dtype="S1")
+        out = {"ids": ids, "labels": np.asarray(self.label_array(), dtype=np.int64)}
+        for name in ("kinds", "families"):
+            cols = self._mapped(name)
+            if cols is not None:  # as read: the same codes into the same table
+                out[name] = np.asarray(getattr(cols, name), dtype=np.int32)
+                continue
+            values = self.kinds if name == "kinds" else self._families()
+            code = {v: i for i, v in enumerate(self._names(name))}
+            out[name] = np.fromiter(map(code.__getitem__, values), dtype=np.int32, count=len(values))
+        return out
+
+    def stamp_at(self, pos: int) -> tuple[int, int] | None:
+        """The (mtime_ns, size) the memory file at ``pos`` had when the sync that wrote this
+        state read it (its content then was valid); None when unknown (not a format 7 state)."""
+        cols = self.__dict__.get("_columns")
+        return (int(cols.mtimes[pos]), int(cols.sizes[pos])) if cols is not None else None
+
+    def write_columns(self, index_dir: Path, stamps: tuple[Any, Any] | None = None) -> list[Path]:
+        """Write ``columns-<generation>.<column>.npy`` (each atomically), with the memory
+        files' ``stamps`` (mtimes, sizes: the file table's; default: as read); returns the paths."""
+        import numpy as np
+
+        from memp_cli.store.fsutil import atomic_output
+
+        arrays = self.column_arrays()
+        cols = self.__dict__.get("_columns")
+        given: tuple[Any, Any]
+        if stamps is not None:
+            given = stamps
+        elif cols is not None:
+            given = (cols.mtimes, cols.sizes)
+        else:
+            raise ValueError("the memory files' stamps are needed")
+        for name, values in zip(STAMPS, given, strict=True):
+            arrays[name] = np.asarray(values, dtype=np.int64)
+            if len(arrays[name]) != self.count:
+                raise ValueError(f"{len(arrays[name])} {name} for {self.count} memories")
+        paths = []
+        for name, arr in arrays.items():
+            path = index_dir / column_file_name(self.generation, name)
+            with atomic_output(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            paths.append(path)
+        return paths
 
     @classmethod
     def from_json(cls, raw: bytes, path: Path) -> State:
@@ -150,6 +267,14 @@ class State:
                 )
             if not isinstance(version, int) or version > INDEX_VERSION:
                 raise ValueError("unknown index version")
+            if version >= 7:
+                count, names, fnames = d.pop("count"), d.pop("kind_names"), d.pop("family_names")
+                state = cls(**d, version=version)
+                cols = Columns.load(path.parent, state.generation, count, names, fnames)
+                for name in COLUMNS:
+                    del state.__dict__[name]
+                state.__dict__["_columns"] = cols
+                return state
             if version < 3:
                 d.pop("lexical", None)
             if "label_runs" in d:
@@ -166,8 +291,76 @@ class State:
             if not len(state.ids) == len(state.labels) == len(state.kinds) == len(state.families):
                 raise ValueError("columns of different lengths")
             return state
+        except OSError as e:
+            raise StoreError(f"{path}: index state column unreadable ({e})", hint=REBUILD_HINT) from None
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
             raise StoreError(f"{path}: damaged index state ({e})", hint=REBUILD_HINT) from None
+
+
+#: The per-memory columns of a :class:`State`; in format 7 each is ``columns-<gen>.<name>.npy``.
+COLUMNS = ("ids", "labels", "kinds", "families")
+#: And beside them (format 7) each memory file's stat when the sync read it (the file table's),
+#: so a query can tell a file is unchanged since it was validated (:meth:`State.stamp_at`).
+STAMPS = ("mtimes", "sizes")
+
+
+def column_file_name(generation: int, name: str) -> str:
+    return f"columns-{generation}.{name}.npy"
+
+
+@dataclass
+class Columns:
+    """The mapped column files of a format 7 state: id bytes, labels, and kind and family codes
+    into their names tables (which are in state.json)."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    kinds: np.ndarray
+    families: np.ndarray
+    mtimes: np.ndarray
+    sizes: np.ndarray
+    kind_names: list[str]
+    family_names: list[str]
+
+    @classmethod
+    def load(
+        cls, index_dir: Path, generation: int, count: Any, kind_names: Any, family_names: Any
+    ) -> Columns:
+        """Map the files; ValueError unless each is a ``count``-long array of its type whose
+        codes are in range (FileNotFoundError when one is missing)."""
+        import numpy as np
+
+        if not isinstance(count, int) or count < 0:
+            raise ValueError("bad count")
+        for names in (kind_names, family_names):
+            if not isinstance(names, list):
+                raise ValueError("bad names table")
+            try:
+                "".join(names)  # a TypeError unless every name is a string (at C speed: 18k at 882k)
+            except TypeError:
+                raise ValueError("bad names table") from None
+        arrays = {}
+        for name in COLUMNS + STAMPS:
+            path = index_dir / column_file_name(generation, name)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            want = "S" if name == "ids" else "i"
+            if arr.shape != (count,) or arr.dtype.kind != want:
+                raise ValueError(f"{path.name}: {arr.dtype}{arr.shape} for {count} memories")
+            arrays[name] = arr
+        for name, names in (("kinds", kind_names), ("families", family_names)):
+            codes = arrays[name]
+            if count and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
+                raise ValueError(f"{name} codes out of range")
+        return cls(**arrays, kind_names=kind_names, family_names=family_names)
+
+    def as_list(self, name: str) -> list[Any]:
+        arr = getattr(self, name)
+        if name == "ids":
+            return [b.decode() for b in arr.tolist()]
+        if name == "labels":
+            return list(arr.tolist())
+        names = self.kind_names if name == "kinds" else self.family_names
+        return list(map(names.__getitem__, arr.tolist()))
 
 
 @dataclass
@@ -270,11 +463,12 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
     gen = state.generation
     if state.version >= 7:
         names = {STATE_NAME, kw_paths(store, gen)[1].name, *_record_names(store, gen)}
+        names |= {column_file_name(gen, name) for name in COLUMNS + STAMPS}
     else:
         names = {STATE_NAME, files_path(store, gen).name, *(p.name for p in kw_paths(store, gen))}
     if 5 <= state.version < 7:
         names.add(built_path(store, gen).name)
-    if state.ids:
+    if state.count:
         names.add(vectors_path(store, state).name)
         if state.base_end:
             names.add(hnsw_path(store, state.base_gen).name)
@@ -330,7 +524,7 @@ def load_files(store: MemoryStore, state: State) -> FileTable:
             rec.built(),
         )
     path = files_path(store, state.generation)
-    n = len(state.ids)
+    n = state.count
     try:
         d = orjson.loads(path.read_bytes())
         if d.pop("index_version", None) != state.version or d.pop("generation", None) != state.generation:
@@ -426,10 +620,10 @@ def is_fresh(store: MemoryStore, state: State | None) -> bool:
         return not store.memory_ids()
     dir_mtime = store.memories_mtime_ns()
     if dir_mtime < 0:
-        return not state.ids
+        return not state.count
     if dir_mtime != state.dir_mtime_ns:
         return False
-    if len(state.ids) > FULL_SCAN_LIMIT:
+    if state.count > FULL_SCAN_LIMIT:
         return True
     # Files added, removed or saved by rename change the directory's mtime;
     # in-place writes are caught here. Broken files are not in the index: they

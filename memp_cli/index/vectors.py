@@ -33,14 +33,14 @@ def import_hnswlib() -> Any:
 
 def load_hnsw(store: MemoryStore, state: State) -> hnswlib.Index | None:
     """The base graph (before format 6 the whole graph); None when the state has none."""
-    if not state.ids or not state.base_end:
+    if not state.count or not state.base_end:
         return None
     return load_graph(store, hnsw_path(store, state.base_gen), state.dim, state.base_end)
 
 
 def load_delta(store: MemoryStore, state: State) -> hnswlib.Index | None:
     """The delta graph (labels from ``base_end``); None when the state has none."""
-    if not state.ids or state.version < 6 or state.next_label <= state.base_end:
+    if not state.count or state.version < 6 or state.next_label <= state.base_end:
         return None
     return load_graph(
         store, delta_path(store, state.generation), state.dim, state.next_label - state.base_end
@@ -66,7 +66,7 @@ _GRAPH_HEADER = struct.Struct("<6QiI3QdQ")
 def check_graph_file(store: MemoryStore, state: State) -> None:
     """A cheap check of the base graph a sync leaves unread: its header is sound and the file
     holds the level-0 data the header announces (a truncated file is the common damage)."""
-    if not state.ids or not state.base_end:
+    if not state.count or not state.base_end:
         return
     path = hnsw_path(store, state.base_gen)
     try:

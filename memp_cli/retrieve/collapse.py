@@ -24,17 +24,23 @@ unless ``--no-collapse``):
   successful run opens first.
 
 Only the candidates that can be shown or that join a shown group are read from disk; the vector
-test over the candidate list is one small matrix product.
+test over the candidate list is one small matrix product. What collapse needs of a memory (id,
+kind, task, outcome, keys) is at the top of its file: :func:`read_head` parses only that part
+when the file is unchanged since the index validated it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memp_cli.model.memory import Memory
+from memp_cli.errors import MemoryFileError
+from memp_cli.model.memory import KINDS, Memory, read_memory_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +51,39 @@ OUTCOME_RANK: dict[bool | None, int] = {True: 2, None: 1, False: 0}
 # Scores this close are a tie (a fused score of equal key texts is computed identically).
 TIE = 1e-9
 _WORD = re.compile(r"[a-z0-9]+")
+# A line that may open a table: the top-level keys of a memory file are all above the first.
+_TABLE_LINE = re.compile(r"^[ \t]*\[", re.MULTILINE)
+
+
+def read_head(path: Path, stamp: tuple[int, int]) -> Memory | None:
+    """The memory at ``path`` with only what collapse reads of it (id, kind, task, success,
+    keys; the rest left empty), parsed from the file's top-level keys (above its first table,
+    ~1/8 of a full parse), when its (mtime_ns, size) is still ``stamp``: the index's record of
+    the file it validated, so the full parse would succeed and agree. None: read it whole (the
+    file changed, or its top does not parse on its own, e.g. a multi-line string or array
+    holds a line that starts with "[")."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if (st.st_mtime_ns, st.st_size) != stamp:
+            return None
+        text = read_memory_bytes(path).decode("utf-8")
+        cut = _TABLE_LINE.search(text)
+        data = tomllib.loads(text[: cut.start()] if cut else text)
+    except (OSError, ValueError, MemoryFileError):  # (UnicodeDecodeError, TOMLDecodeError)
+        return None
+    mid, kind, task = data.get("id"), data.get("kind"), data.get("task")
+    success, keys = data.get("success"), data.get("keys", [])
+    if not (
+        mid == path.stem
+        and kind in KINDS
+        and isinstance(task, str)
+        and task.strip()
+        and (success is None or isinstance(success, bool))
+        and isinstance(keys, list)
+        and all(isinstance(k, str) for k in keys)
+    ):
+        return None
+    return Memory(id=path.stem, kind=kind, task=task, keys=keys, success=success)
 
 
 def normalized_key(memory: Memory) -> str:

@@ -178,11 +178,10 @@ class Retriever(AveFact):
     # --------------------------------------------------------------- scoring
     def _allowed(self) -> np.ndarray | None:
         """Boolean mask over state positions for --kind (None: all)."""
-        import numpy as np
 
         if self.kind is None:
             return None
-        return np.array([k == self.kind for k in self.index.state.kinds], dtype=bool)
+        return self.index.state.kind_mask(self.kind)
 
     def scored(self, queries: Sequence[str]) -> list[list[tuple[int, float, float, float]]]:
         """Per query: (state position, score, cosine, lexical) best first, before min-score/k."""
@@ -298,13 +297,15 @@ class Retriever(AveFact):
         task = (1 - w) * cos + w * key_lex
         base = (1 - p) * task + p * proc
         score, pooled = base, zeros
-        ids = idx.state.ids
+        state = idx.state
+        cand_ids = [state.id_at(i) for i in pos_list]
         if f > 0 and m:
-            families = idx.state.families
-            nf = len(families)
             codes: dict[str, int] = {}
             fam = np.array(
-                [codes.setdefault((families[i] if i < nf else "") or ids[i], len(codes)) for i in pos_list],
+                [
+                    codes.setdefault(state.family_at(i) or cand_ids[j], len(codes))
+                    for j, i in enumerate(pos_list)
+                ],
                 dtype=np.int64,
             )
             # Per family, its best FAMILY_POOL bases (0 for a missing member), added best first.
@@ -323,7 +324,6 @@ class Retriever(AveFact):
             pooled = total[fam] / FAMILY_POOL
             score = (1 - f) * base + f * pooled
         # Ties go to the closer embedding, then the smaller id.
-        cand_ids = [ids[i] for i in pos_list]
         id_rank = np.empty(m, dtype=np.int64)
         id_rank[sorted(range(m), key=cand_ids.__getitem__)] = np.arange(m)
         order = np.lexsort((id_rank, -cos, -score))
@@ -370,7 +370,7 @@ class Retriever(AveFact):
         mat = idx.vector_matrix()
         if allowed is not None:
             live: np.ndarray | None = idx.label_array()[allowed]
-        elif len(idx.state.labels) == mat.shape[0]:
+        elif idx.state.count == mat.shape[0]:
             live = None  # every row is a memory (as after a rebuild): no gather needed
         else:
             live = idx.label_array()
@@ -396,7 +396,7 @@ class Retriever(AveFact):
             positions = [p for p in positions if allowed[p]]
         picked = self._rng.sample(positions, min(self.k, len(positions)))
         qvec = self.embedder.embed([query])[0]
-        vecs = self.index.vectors([self.index.state.labels[p] for p in picked])
+        vecs = self.index.vectors(self.index.label_array()[picked].tolist())
         sims = (vecs @ qvec).tolist() if len(picked) else []
         return [(p, float(s), float(s), 0.0) for p, s in zip(picked, sims, strict=True)]
 
@@ -415,10 +415,10 @@ class Retriever(AveFact):
         w_u = self.utility_weight if self.usage is not None else 0.0
         for qi, rows in enumerate(self.scored(queries)):
             if w_u and self.key != "random":
-                ids = self.index.state.ids
+                id_at = self.index.state.id_at
                 rows = sorted(
-                    ((p, s + w_u * (self._utility(ids[p]) - 0.5), c, lx) for p, s, c, lx in rows),
-                    key=lambda r: (-r[1], -r[2], ids[r[0]]),
+                    ((p, s + w_u * (self._utility(id_at(p)) - 0.5), c, lx) for p, s, c, lx in rows),
+                    key=lambda r: (-r[1], -r[2], id_at(r[0])),
                 )
             if self.collapse and self.key != "random":
                 hits = self._collapsed(qi, queries[qi], rows, w_u)
@@ -441,7 +441,7 @@ class Retriever(AveFact):
     def _read(self, pos: int) -> Memory | None:
         """The memory at state position ``pos``; None (and a warning) when its file is broken."""
         try:
-            return self.index.store.read_memory(self.index.state.ids[pos])
+            return self.index.store.read_memory(self.index.state.id_at(pos))
         except MemoryFileError as e:
             self.warnings.append(str(e))
             return None
@@ -471,28 +471,47 @@ class Retriever(AveFact):
     ) -> list[Hit]:
         """The top k procedures among ``rows``: near-duplicates collapsed, successes first
         (:mod:`memp_cli.retrieve.collapse`)."""
-        from memp_cli.retrieve.collapse import collapse
+        from memp_cli.retrieve.collapse import collapse, read_head
 
         above = [r for r in rows if r[1] >= self.min_score]
         state = self.index.state
+        heads: set[int] = set()  # positions read by read_head only
 
         def rating(mid: str) -> float:
             if self.usage is None and self.usage_loader is not None:
                 self.usage = self.usage_loader()
             return self._utility(mid)
 
+        def read(pos: int) -> Memory | None:
+            stamp = state.stamp_at(pos)
+            if stamp is not None:
+                head = read_head(self.index.store.memory_path(state.id_at(pos)), stamp)
+                if head is not None:
+                    heads.add(pos)
+                    return head
+            return self._read(pos)
+
         hits: list[Hit] = []
         for g in collapse(
             above,
             self.k,
-            kinds=[state.kinds[r[0]] for r in above],
-            vectors=self.index.vectors([state.labels[r[0]] for r in above]),
+            kinds=[state.kind_at(r[0]) for r in above],
+            vectors=self.index.vectors(self.index.label_array()[[r[0] for r in above]].tolist()),
             threshold=self.collapse_similarity,
-            read=self._read,
+            read=read,
             rating=rating,
         ):
             rep = g.representative
             assert rep is not None and rep.memory is not None
+            # What is shown is read whole: the hit, and the failed runs a prompt warns with.
+            if rep.position in heads:
+                rep.memory = self._read(rep.position)
+                if rep.memory is None:  # changed since its head was read: gone or broken
+                    continue
+            position = {c.memory.id: c.position for c in g.members if c.memory is not None}
+            for d in g.duplicates:
+                if d.memory.success is False and position[d.memory.id] in heads:
+                    d.memory = self._read(position[d.memory.id]) or d.memory
             parts = (rep.score, rep.similarity, rep.lexical)
             hit = self._hit(qi, query, rep.position, rep.memory, parts, len(hits) + 1, w_u)
             hit.duplicates = g.duplicates

@@ -44,7 +44,7 @@ def store_stats(store: Store) -> dict[str, Any]:
         "broken_memory_files": broken,
         "embedder": store.config.embedder.name,
         "index": {
-            "indexed": len(state.ids) if state else 0,
+            "indexed": state.count if state else 0,
             "fresh": fresh,
             "problem": index_problem,
             "embedder": state.embedder if state else None,
