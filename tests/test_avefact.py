@@ -100,22 +100,22 @@ def test_index_from_before_avefact_is_upgraded_lazily(built: Path) -> None:
     assert not list((built / "index").glob("keywords-*"))
     hits = avefact(HEAT, "-k", 2)
     assert hits and hits[0]["query_keywords"] == extract_keywords(HEAT)
-    assert list((built / "index").glob("keywords-*.json"))
+    assert list((built / "index").glob("keywords-*.bin"))  # format 7: the graph; labels in the records
 
 
 def test_damaged_keyword_file_is_reported_and_repaired(built: Path) -> None:
     state = index_mod.read_state(Store.open(built))
     assert state is not None
-    (built / "index" / f"keywords-{state.generation}.json").write_text("{oops", encoding="utf-8")
+    (built / "index" / f"keywords-{state.generation}.bin").write_text("{oops", encoding="utf-8")
     assert memp("query", HEAT, "--json").jsonl()  # the query key does not read it
     memp("doctor", "--json", expect=ExitCode.STORE)
     r = memp("query", HEAT, "--key", "avefact", "--json")  # derived data: rebuilt on the spot
-    assert "damaged keyword index" in r.stderr and "repaired the index" in r.stderr
+    assert "keywords-" in r.stderr and "keyword index" in r.stderr and "repaired the index" in r.stderr
     assert r.jsonl()
     memp("doctor", "--json")
     state = index_mod.read_state(Store.open(built))
     assert state is not None
-    (built / "index" / f"keywords-{state.generation}.json").write_text("{oops", encoding="utf-8")
+    (built / "index" / f"keywords-{state.generation}.bin").write_text("{oops", encoding="utf-8")
     memp("doctor", "--json", expect=ExitCode.STORE)
     memp("doctor", "--fix", "--json")
     assert avefact(HEAT, "-k", 1)
