@@ -6,12 +6,12 @@ table and the BM25 texts are written and let go of."""
 from __future__ import annotations
 
 import gc
-import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from test_index_scale import _memories
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
@@ -19,31 +19,11 @@ from memp_cli.errors import StoreError
 from memp_cli.index import vecsync
 from memp_cli.index.state import FileTable
 from memp_cli.index.vectors import VectorFile
-from memp_cli.model.memory import Memory, load_memory_file
+from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
 EMB = HashEmbedder(256)
 CHUNK = 16
-
-
-def _memories(n: int, start: int = 0, seed: int = 0) -> list[Memory]:
-    rng = random.Random(seed)
-    verbs = ["put", "heat", "cool", "clean", "find", "examine"]
-    objs = ["egg", "mug", "apple", "knife", "plate", "book", "lamp"]
-    out = []
-    for i in range(start, start + n):
-        task = f"{rng.choice(verbs)} some {rng.choice(objs)} and put it in shelf {i}."
-        out.append(
-            Memory(
-                id=f"m{i:04d}",
-                kind="procedure",
-                task=task,
-                keywords=[rng.choice(objs)],
-                steps=[{"action": "look", "observation": "nothing"}],
-                script={"title": task, "steps": ["go to the shelf", "look"]},
-            )
-        )
-    return out
 
 
 @pytest.fixture
