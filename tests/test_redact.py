@@ -296,7 +296,7 @@ def test_no_secret_reaches_memories_index_llm_cache_or_prompt(
     assert [s for s in SECRETS if s in sent] == []
     assert "[REDACTED:openai-key]" in sent
     assert list((store / "cache" / "llm").rglob("*.json")), "replies were cached"
-    assert list((store / "index").glob("files-*.json")), "the index was built"
+    assert list((store / "index").glob("records-*.text.bin")), "the index was built (its BM25 texts)"
     assert _leaks_in_files(store) == []
     out = _prompt_output()
     assert "[REDACTED:" in out

@@ -75,13 +75,17 @@ def test_a_family_outweighs_a_look_alike(store: Path) -> None:
 def _as_format_3(st: Store) -> None:
     """Rewrite the index as memp of index format 3 left it (no procedure BM25, no families)."""
     state_path = st.index_dir / "state.json"
+    current = index_mod.read_state(st)
+    assert current is not None
     d = state_json_before_7(st.index_dir, 3)
     gen = d["generation"]
     for key in ("procedure", "family_names", "family_codes"):
         d.pop(key)
     state_path.write_bytes(orjson.dumps(d))
     files = st.index_dir / f"files-{gen}.json"
-    f = orjson.loads(files.read_bytes())
+    f = orjson.loads(index_mod.state.load_files(st, current).to_json(gen))  # as format 3 wrote it
+    for p in st.index_dir.glob("records-*"):  # format 7's
+        p.unlink()
     f.update(index_version=3)
     f.pop("procedures")
     files.write_bytes(orjson.dumps(f))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.errors import ModelError, StoreError
+from memp_cli.index.columns import COLUMNS, STAMPS, Columns, column_file_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -295,72 +296,6 @@ class State:
             raise StoreError(f"{path}: index state column unreadable ({e})", hint=REBUILD_HINT) from None
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
             raise StoreError(f"{path}: damaged index state ({e})", hint=REBUILD_HINT) from None
-
-
-#: The per-memory columns of a :class:`State`; in format 7 each is ``columns-<gen>.<name>.npy``.
-COLUMNS = ("ids", "labels", "kinds", "families")
-#: And beside them (format 7) each memory file's stat when the sync read it (the file table's),
-#: so a query can tell a file is unchanged since it was validated (:meth:`State.stamp_at`).
-STAMPS = ("mtimes", "sizes")
-
-
-def column_file_name(generation: int, name: str) -> str:
-    return f"columns-{generation}.{name}.npy"
-
-
-@dataclass
-class Columns:
-    """The mapped column files of a format 7 state: id bytes, labels, and kind and family codes
-    into their names tables (which are in state.json)."""
-
-    ids: np.ndarray
-    labels: np.ndarray
-    kinds: np.ndarray
-    families: np.ndarray
-    mtimes: np.ndarray
-    sizes: np.ndarray
-    kind_names: list[str]
-    family_names: list[str]
-
-    @classmethod
-    def load(
-        cls, index_dir: Path, generation: int, count: Any, kind_names: Any, family_names: Any
-    ) -> Columns:
-        """Map the files; ValueError unless each is a ``count``-long array of its type whose
-        codes are in range (FileNotFoundError when one is missing)."""
-        import numpy as np
-
-        if not isinstance(count, int) or count < 0:
-            raise ValueError("bad count")
-        for names in (kind_names, family_names):
-            if not isinstance(names, list):
-                raise ValueError("bad names table")
-            try:
-                "".join(names)  # a TypeError unless every name is a string (at C speed: 18k at 882k)
-            except TypeError:
-                raise ValueError("bad names table") from None
-        arrays = {}
-        for name in COLUMNS + STAMPS:
-            path = index_dir / column_file_name(generation, name)
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            want = "S" if name == "ids" else "i"
-            if arr.shape != (count,) or arr.dtype.kind != want:
-                raise ValueError(f"{path.name}: {arr.dtype}{arr.shape} for {count} memories")
-            arrays[name] = arr
-        for name, names in (("kinds", kind_names), ("families", family_names)):
-            codes = arrays[name]
-            if count and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
-                raise ValueError(f"{name} codes out of range")
-        return cls(**arrays, kind_names=kind_names, family_names=family_names)
-
-    def as_list(self, name: str) -> list[Any]:
-        arr = getattr(self, name)
-        if name == "ids":
-            return [b.decode() for b in arr.tolist()]
-        if name == "labels":
-            return list(arr.tolist())
-        names = self.kind_names if name == "kinds" else self.family_names
-        return list(map(names.__getitem__, arr.tolist()))
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""The binary per-memory columns of a format 7 index state, ``columns-<gen>.<name>.npy``:
+what a one-shot query maps instead of parsing them out of ``state.json``
+(:class:`memp_cli.index.state.State` keeps them mapped until a caller wants a list)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["COLUMNS", "STAMPS", "Columns", "column_file_name"]
+
+
+#: The per-memory columns of a :class:`State`; in format 7 each is ``columns-<gen>.<name>.npy``.
+COLUMNS = ("ids", "labels", "kinds", "families")
+#: And beside them (format 7) each memory file's stat when the sync read it (the file table's),
+#: so a query can tell a file is unchanged since it was validated (:meth:`State.stamp_at`).
+STAMPS = ("mtimes", "sizes")
+
+
+def column_file_name(generation: int, name: str) -> str:
+    return f"columns-{generation}.{name}.npy"
+
+
+@dataclass
+class Columns:
+    """The mapped column files of a format 7 state: id bytes, labels, and kind and family codes
+    into their names tables (which are in state.json)."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    kinds: np.ndarray
+    families: np.ndarray
+    mtimes: np.ndarray
+    sizes: np.ndarray
+    kind_names: list[str]
+    family_names: list[str]
+
+    @classmethod
+    def load(
+        cls, index_dir: Path, generation: int, count: Any, kind_names: Any, family_names: Any
+    ) -> Columns:
+        """Map the files; ValueError unless each is a ``count``-long array of its type whose
+        codes are in range (FileNotFoundError when one is missing)."""
+        import numpy as np
+
+        if not isinstance(count, int) or count < 0:
+            raise ValueError("bad count")
+        for names in (kind_names, family_names):
+            if not isinstance(names, list):
+                raise ValueError("bad names table")
+            try:
+                "".join(names)  # a TypeError unless every name is a string (at C speed: 18k at 882k)
+            except TypeError:
+                raise ValueError("bad names table") from None
+        arrays = {}
+        for name in COLUMNS + STAMPS:
+            path = index_dir / column_file_name(generation, name)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            want = "S" if name == "ids" else "i"
+            if arr.shape != (count,) or arr.dtype.kind != want:
+                raise ValueError(f"{path.name}: {arr.dtype}{arr.shape} for {count} memories")
+            arrays[name] = arr
+        for name, names in (("kinds", kind_names), ("families", family_names)):
+            codes = arrays[name]
+            if count and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
+                raise ValueError(f"{name} codes out of range")
+        return cls(**arrays, kind_names=kind_names, family_names=family_names)
+
+    def as_list(self, name: str) -> list[Any]:
+        arr = getattr(self, name)
+        if name == "ids":
+            return [b.decode() for b in arr.tolist()]
+        if name == "labels":
+            return list(arr.tolist())
+        names = self.kind_names if name == "kinds" else self.family_names
+        return list(map(names.__getitem__, arr.tolist()))
