@@ -195,15 +195,21 @@ def test_an_index_in_format_2_is_read_and_upgraded_without_embedding(store_dir: 
     assert memp("doctor").stdout == ""
 
 
+def _fixture_and_reference(name: str, store_dir: Path, tmp_path: Path) -> tuple[Store, Path]:
+    """The committed store ``tests/data/<name>`` at ``store_dir`` (opened), and a copy of it
+    rebuilt from scratch in the current format: the answers an upgrade must give."""
+    shutil.copytree(DATA / name, store_dir)
+    ref = tmp_path / "ref" / ".memp"
+    shutil.copytree(DATA / name, ref)
+    index_mod.sync(Store.open(ref), EMB, rebuild=True)
+    return Store.open(store_dir), ref
+
+
 def test_an_index_in_format_5_is_upgraded_without_embedding_or_rewriting_its_graph(
     store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vecsync, "MERGE_SHARE", 1)  # a delta as large as the base stays a delta
-    shutil.copytree(DATA / "index_v5", store_dir)
-    ref = tmp_path / "ref" / ".memp"
-    shutil.copytree(DATA / "index_v5", ref)
-    index_mod.sync(Store.open(ref), EMB, rebuild=True)
-    st = Store.open(store_dir)
+    st, ref = _fixture_and_reference("index_v5", store_dir, tmp_path)
     old = index_mod.read_state(st)
     assert old is not None and old.version == 5 and old.next_label > len(old.ids)  # a dead label
     graph = store_dir / "index" / f"hnsw-{old.generation}.bin"
@@ -243,11 +249,7 @@ def test_an_index_in_format_6_is_upgraded_to_state_columns_without_embedding(
     store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vecsync, "MERGE_SHARE", 1)  # the delta stays a delta: no graph is rewritten
-    shutil.copytree(DATA / "index_v6", store_dir)
-    ref = tmp_path / "ref" / ".memp"
-    shutil.copytree(DATA / "index_v6", ref)
-    index_mod.sync(Store.open(ref), EMB, rebuild=True)
-    st = Store.open(store_dir)
+    st, ref = _fixture_and_reference("index_v6", store_dir, tmp_path)
     old = index_mod.read_state(st)
     assert old is not None and old.version == 6 and old.base_deleted and old.next_label > old.base_end
     index = store_dir / "index"
