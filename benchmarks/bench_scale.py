@@ -124,16 +124,28 @@ def base_store(n: int, distinct: int, policy: str, force: bool) -> tuple[Path, d
     params = {"n": n, "distinct": distinct, "policy": policy, "v": 1}
     if not force and C.fixture_ok(path, params):
         return path, Q._load_build(path)
-    C.reset_dir(path)
-    C.WORK.mkdir(parents=True, exist_ok=True)
-    C.run([*C.memp_argv(), "init", "--embedder", "hash", str(path)])
-    toml = path / "memp.toml"
-    text = toml.read_text()
-    toml.write_text(text.replace('policy = "proceduralization"', f'policy = "{policy}"', 1))
+    smaller = None if force else _smaller_fixture(n, distinct, policy)
+    info: dict[str, Any] = {"ingest": [], "write_memories_s": 0.0}
+    first = 0
+    if smaller is not None:
+        # the first m runs of an n-run store are the m-run store's (store_tasks and the chunk
+        # seeds depend only on the position): grow it in place instead of writing it again
+        first, old = smaller
+        C.reset_dir(path)
+        old.rename(path)
+        info = {**Q._load_build(path), "grown_from": first}
+        (path / ".bench-params.json").unlink()
+        print(f"  growing {old.name} ({first} runs) into {path.name}", file=sys.stderr)
+    else:
+        C.reset_dir(path)
+        C.WORK.mkdir(parents=True, exist_ok=True)
+        C.run([*C.memp_argv(), "init", "--embedder", "hash", str(path)])
+        toml = path / "memp.toml"
+        text = toml.read_text()
+        toml.write_text(text.replace('policy = "proceduralization"', f'policy = "{policy}"', 1))
     tasks = C.store_tasks(n, distinct)
     synth = C.AlfworldSynth()
-    info: dict[str, Any] = {"ingest": [], "write_memories_s": 0.0}
-    for start in range(0, n, CHUNK):
+    for start in range(first, n, CHUNK):
         trajs = _trajectories(synth, tasks[start : start + CHUNK], start, start)
         r = _ingest(path, trajs, f"base-{start}")
         info["ingest"].append({k: r[k] for k in ("s", "peak_rss_mb")})
@@ -145,6 +157,21 @@ def base_store(n: int, distinct: int, policy: str, force: bool) -> tuple[Path, d
     C.mark_fixture(path, params)
     (path / ".bench-build.json").write_bytes(orjson.dumps(info))
     return path, info
+
+
+def _smaller_fixture(n: int, distinct: int, policy: str) -> tuple[int, Path] | None:
+    """The largest cached store of fewer runs (a whole number of chunks) and the same texts and
+    policy, if any: its runs are the first ones of an ``n``-run store."""
+    best: tuple[int, Path] | None = None
+    for p in C.WORK.glob(f"scale-*-d{distinct}-{policy}"):
+        try:
+            m = int(p.name.split("-")[1])
+        except ValueError:
+            continue
+        params = {"n": m, "distinct": distinct, "policy": policy, "v": 1}
+        if m < n and m % CHUNK == 0 and C.fixture_ok(p, params) and (best is None or m > best[0]):
+            best = (m, p)
+    return best
 
 
 def working_copy(base: Path) -> Path:
@@ -257,6 +284,12 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=200, help="in-process queries")
     ap.add_argument("--llm", default="/tmp/llmvenv/bin/llm", help="llm executable in its own venv")
     ap.add_argument("--no-llm", action="store_true", help="skip the `llm similar` comparison")
+    ap.add_argument(
+        "--llm-n",
+        type=int,
+        default=0,
+        help="task texts in llm's collection (default: --n); its collection of the first N texts is cached",
+    )
     ap.add_argument("--force", action="store_true", help="rebuild the cached trajectories and memory files")
     args = ap.parse_args()
     res: dict[str, Any] = {"n": args.n, "batch": args.batch, "distinct": args.distinct, "policy": args.policy}
@@ -300,6 +333,11 @@ def main() -> int:
     res["fresh_query"]["peak_rss_mb"] = one["peak_rss_mb"]
     stats = memp(store, "stats", "--json")
     res["stats_cmd"] = {k: stats[k] for k in ("s", "peak_rss_mb")}
+    try:  # a finding exits non-zero: the run goes on, and says so
+        doctor = memp(store, "doctor", "--json")
+        res["doctor_cmd"] = {k: doctor[k] for k in ("s", "peak_rss_mb")}
+    except RuntimeError as e:
+        res["doctor_cmd"] = {"error": str(e)[-600:], "peak_rss_mb": 0}
     res["inprocess"] = inprocess(store, queries[: args.queries], 3)
     total = sum(1 for _ in os.scandir(store / "memories"))  # the base keeps only successful runs too
     res["disk"] = {
@@ -309,9 +347,11 @@ def main() -> int:
         "trajectories": disk(store / "trajectories", total),
     }
     if not args.no_llm and Path(args.llm).exists():
-        res["llm_similar"] = Q.llm_compare(Path(args.llm), args.n, args.distinct, 5, False, store=store)
+        res["llm_similar"] = Q.llm_compare(
+            Path(args.llm), args.llm_n or args.n, args.distinct, 5, False, store=store
+        )
     cmds = [res["rebuild"], *(x["distill"] for x in rounds), *(x["ingest"] for x in rounds), res["sync_noop"]]
-    cmds += [{"peak_rss_mb": res["fresh_query"]["peak_rss_mb"]}, res["stats_cmd"]]
+    cmds += [{"peak_rss_mb": res["fresh_query"]["peak_rss_mb"]}, res["stats_cmd"], res["doctor_cmd"]]
     res["peak_rss_mb_max"] = max(c["peak_rss_mb"] for c in cmds)
     res["targets"] = {
         "incremental_10k_under_30s": res["distill_s_per_10k_max"] < 30,
