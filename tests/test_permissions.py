@@ -250,3 +250,39 @@ def test_real_read_only_store(tmp_path: Path) -> None:  # pragma: no cover - run
     finally:
         for p in [root, *root.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_doctor_walks_a_large_store_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor's check for links and for paths others can write walks the store once, keeps only
+    counts and a few examples (not every path with its stat: at a million memories that was
+    hundreds of MB), and looks a group up once per (group, owner), not once per path."""
+    import tracemalloc
+
+    from memp_cli.store import doctor
+
+    s = Store.init(tmp_path / "s")
+    for i in range(3000):
+        p = s.memories_dir / f"m{i:05d}.toml"
+        p.write_text("x")
+        os.chmod(p, 0o664 if i % 2 else 0o666)
+    lookups: list[tuple[int, int]] = []
+
+    def shared(gid: int, uid: int) -> bool:
+        lookups.append((gid, uid))
+        return False
+
+    monkeypatch.setattr(doctor, "_private_group", shared)
+    tracemalloc.start()
+    try:
+        tree = doctor.scan_tree(s)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (tree.by_all.count, tree.by_group.count) == (1500, 1500)
+    assert len(tree.by_all.some) == len(tree.by_group.some) == 3
+    assert len(lookups) == 1
+    assert peak < 400_000, peak  # a list of 3,000 paths with their stats is ~1 MB
+    what = " ".join(f.what for f in doctor.permission_findings(s, tree))
+    assert "1500 paths" in what and "writable by everyone" in what and "writable by group" in what

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from shlex import quote
 from typing import Any
 
@@ -34,7 +34,8 @@ class Finding:
 def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Finding]:
     findings: list[Finding] = []
     add = findings.append
-    links = link_findings(store)
+    tree = scan_tree(store)  # one walk of the whole store, for links and permissions
+    links = link_findings(store, tree)
     fix = fix and not links  # nothing is written while a link could lead it out of the store
 
     # Stray temp files from killed writers.
@@ -126,7 +127,7 @@ def check(store: Store, *, fix: bool = False, embedder: Any = None) -> list[Find
 
     findings.extend(_index_findings(store, n_mem, fix=fix, embedder=embedder))
     findings.extend(links)
-    findings.extend(permission_findings(store))
+    findings.extend(permission_findings(store, tree))
     return findings
 
 
@@ -225,9 +226,10 @@ def _vector_problem(idx: index_mod.Index) -> str | None:
 
 
 # ------------------------------------------------------------ links and permissions
-def _walk(store: Store) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every path inside the store (not the root), by lstat: links are not followed."""
-    stack = [store.root]
+def _walk(store: Store) -> Iterator[tuple[str, os.stat_result]]:
+    """Every path inside the store (not the root), by lstat: links are not followed. One
+    folder's entries at a time: a million-memory store is walked in bounded memory."""
+    stack = [str(store.root)]
     while stack:
         d = stack.pop()
         try:
@@ -240,31 +242,81 @@ def _walk(store: Store) -> Iterator[tuple[Path, os.stat_result]]:
                     st = e.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                yield Path(e.path), st
+                yield e.path, st
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append(Path(e.path))
+                    stack.append(e.path)
 
 
-def link_findings(store: Store) -> list[Finding]:
-    """A symbolic link anywhere inside the store (error): memp refuses to write through one, and
-    one made by someone else can lead memp's writes (or a memory's contents) out of the store.
-    The store's own path may be a link: that is the user's choice, and not reported."""
-    out: list[Finding] = []
-    for path, st in _walk(store):
-        if stat.S_ISLNK(st.st_mode):
+@dataclass
+class _Paths:
+    """How many paths matched, and the first few (all a finding shows)."""
+
+    count: int = 0
+    some: list[str] = field(default_factory=list)
+
+    def add(self, path: str) -> None:
+        self.count += 1
+        if len(self.some) < 3:
+            self.some.append(path)
+
+    def describe(self) -> str:
+        shown = ", ".join(self.some)
+        return f"{self.count} path{'s' if self.count != 1 else ''} (e.g. {shown})"
+
+
+@dataclass
+class TreeScan:
+    """What one walk of the store found: links (each reported) and paths others can write."""
+
+    links: list[tuple[str, str]]  # (path, target)
+    by_all: _Paths
+    by_group: _Paths
+    group_gid: int = -1
+
+
+def scan_tree(store: Store) -> TreeScan:
+    root = str(store.root)
+    out = TreeScan([], _Paths(), _Paths())
+    private: dict[tuple[int, int], bool] = {}  # one group lookup per (group, owner), not per path
+    try:
+        items = itertools.chain([(root, os.stat(root))], _walk(store))
+    except OSError:
+        return out
+    for path, st in items:
+        if stat.S_ISLNK(st.st_mode):  # a link's own mode means nothing
             try:
                 target = os.readlink(path)
             except OSError:
                 target = "?"
-            out.append(
-                Finding(
-                    "error",
-                    f"{path}: a symbolic link (to {target}) inside the store; memp writes no file through it",
-                    f"if you did not make it, remove it (`rm {quote(str(path))}`; its target stays as it is) "
-                    "and memp makes a real one; to keep a store elsewhere, link the whole store instead "
-                    "(`memp doctor --fix` fixes nothing while a link is inside the store)",
-                )
+            out.links.append((path, target))
+        elif st.st_mode & stat.S_IWOTH:
+            out.by_all.add(path)
+        elif st.st_mode & stat.S_IWGRP:
+            key = (st.st_gid, st.st_uid)
+            if key not in private:
+                private[key] = _private_group(*key)
+            if not private[key]:
+                if not out.by_group.count:
+                    out.group_gid = st.st_gid
+                out.by_group.add(path)
+    return out
+
+
+def link_findings(store: Store, tree: TreeScan | None = None) -> list[Finding]:
+    """A symbolic link anywhere inside the store (error): memp refuses to write through one, and
+    one made by someone else can lead memp's writes (or a memory's contents) out of the store.
+    The store's own path may be a link: that is the user's choice, and not reported."""
+    out: list[Finding] = []
+    for path, target in (tree or scan_tree(store)).links:
+        out.append(
+            Finding(
+                "error",
+                f"{path}: a symbolic link (to {target}) inside the store; memp writes no file through it",
+                f"if you did not make it, remove it (`rm {quote(path)}`; its target stays as it is) "
+                "and memp makes a real one; to keep a store elsewhere, link the whole store instead "
+                "(`memp doctor --fix` fixes nothing while a link is inside the store)",
             )
+        )
     return sorted(out, key=lambda f: f.what)
 
 
@@ -281,47 +333,29 @@ def _private_group(gid: int, uid: int) -> bool:
     return group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
 
 
-def permission_findings(store: Store) -> list[Finding]:
+def permission_findings(store: Store, tree: TreeScan | None = None) -> list[Finding]:
     """Store folders and files others can write: by everyone is an error (anyone on the machine
     can edit settings or plant a link), by a shared group a warning (intended for a store a
     group shares, e.g. under umask 002; a private group is not reported)."""
-    root = store.root
-    by_all: list[Path] = []
-    by_group: list[Path] = []
-    try:
-        items = [(root, os.stat(root)), *_walk(store)]
-    except OSError:
-        return []
-    for path, st in items:
-        if stat.S_ISLNK(st.st_mode):
-            continue  # a link's own mode means nothing (and is reported above)
-        if st.st_mode & stat.S_IWOTH:
-            by_all.append(path)
-        elif st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid, st.st_uid):
-            by_group.append(path)
+    tree = tree or scan_tree(store)
+    root = quote(str(store.root))
     out: list[Finding] = []
-
-    def some(paths: list[Path]) -> str:
-        shown = ", ".join(str(p) for p in paths[:3])
-        return f"{len(paths)} path{'s' if len(paths) != 1 else ''} (e.g. {shown})"
-
-    if by_all:
+    if tree.by_all.count:
         out.append(
             Finding(
                 "error",
-                f"{some(by_all)} in the store are writable by everyone: anyone on this machine can "
-                "edit its settings or plant links in it",
-                f"run `chmod -R go-w {quote(str(root))}` (memp itself makes none, even under umask 000)",
+                f"{tree.by_all.describe()} in the store are writable by everyone: anyone on this machine "
+                "can edit its settings or plant links in it",
+                f"run `chmod -R go-w {root}` (memp itself makes none, even under umask 000)",
             )
         )
-    if by_group:
-        gid = os.stat(by_group[0]).st_gid if by_group[0].exists() else -1
+    if tree.by_group.count:
         out.append(
             Finding(
                 "warning",
-                f"{some(by_group)} in the store are writable by group {_group_name(gid)}: its members "
-                "can edit settings or plant links",
-                f"fine for a store your group shares; otherwise run `chmod -R g-w {quote(str(root))}`",
+                f"{tree.by_group.describe()} in the store are writable by group "
+                f"{_group_name(tree.group_gid)}: its members can edit settings or plant links",
+                f"fine for a store your group shares; otherwise run `chmod -R g-w {root}`",
             )
         )
     return out
