@@ -162,3 +162,57 @@ def test_memp_reads_back_a_memory_of_a_very_long_task(store: Path, tmp_path: Pat
     (m,) = memp("list", "--json").jsonl()
     assert memp("show", m["id"], "--json").jsonl()[0]["task"] == task
     memp("doctor")
+
+
+def test_read_ahead_threads_give_what_one_thread_gives(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large folder's memory files are read a window ahead by a few threads: the memories
+    and the errors come out the same and in the same order as one thread reading them, every
+    bad file among them is still one error, and no more than the window is read ahead."""
+    import threading
+
+    import memp_cli.store as store_mod
+    from memp_cli.errors import MemoryFileError
+    from memp_cli.store import Store
+
+    ids = memory_ids(built)
+    for mid, edit in zip(ids[1::2], CASES.values(), strict=False):  # every bad kind at once
+        edit(_mem(built, mid))
+    os.unlink(_mem(built, ids[-2]))
+    os.mkfifo(_mem(built, ids[-2]))
+    s = Store.open(built)
+
+    def outcome(items: list[object]) -> list[tuple[str, str]]:
+        return [
+            ("error", str(m)) if isinstance(m, MemoryFileError) else ("memory", m.id)  # type: ignore[attr-defined]
+            for m in items
+        ]
+
+    one = outcome(list(s.iter_memories()))
+    assert sum(kind == "error" for kind, _ in one) >= 10 and len(one) == len(ids)
+
+    threads: set[str] = set()
+    in_flight = [0, 0]  # now, most
+    real = store_mod._read_or_error
+
+    def read(path: Path) -> object:
+        threads.add(threading.current_thread().name)
+        return real(path)
+
+    parse = store_mod._parse_or_error
+
+    def parsed(raw: object, path: Path) -> object:
+        in_flight[0] -= 1
+        return parse(raw, path)  # type: ignore[arg-type]
+
+    def submit_counting(path: Path) -> object:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        return read(path)
+
+    monkeypatch.setattr(store_mod, "READ_THREADS_MIN", 1)
+    monkeypatch.setattr(store_mod, "READ_AHEAD", 5)
+    monkeypatch.setattr(store_mod, "_read_or_error", submit_counting)
+    monkeypatch.setattr(store_mod, "_parse_or_error", parsed)
+    assert outcome(list(s.iter_memories())) == one
+    assert threads and all(t.startswith("memp-read") for t in threads)
+    assert in_flight[1] <= 6  # the window (5) and the one just submitted

@@ -413,6 +413,11 @@ def load_memory_file(path: Path) -> Memory:
         raw = read_memory_bytes(path)
     except FileNotFoundError:
         raise MemoryFileError("no such memory file", path=str(path)) from None
+    return parse_memory_bytes(raw, path)
+
+
+def parse_memory_bytes(raw: bytes, path: Path) -> Memory:
+    """The memory in the bytes :func:`read_memory_bytes` read from ``path``."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

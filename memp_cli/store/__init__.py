@@ -34,6 +34,8 @@ from memp_cli.model.memory import (
     encode_memory_file,
     load_memory_file,
     now_iso,
+    parse_memory_bytes,
+    read_memory_bytes,
     valid_id,
     valid_ids,
 )
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # the record parsers stay off the query path
 DEFAULT_STORE = ".memp"
 SAVE_THREADS = 8  # memory files rendered at once by save_memories
 STAT_THREADS, STAT_THREADS_MIN = 4, 8192  # memory_stamps: threads, from this many files
+READ_THREADS, READ_THREADS_MIN, READ_AHEAD = 8, 2048, 256  # iter_memories: threads, from, window
 
 
 @dataclass
@@ -332,12 +335,29 @@ class Store:
             return -1
 
     def iter_memories(self) -> Iterator[Memory | MemoryFileError]:
-        """Every memory file, parsed; a broken one yields its error instead."""
-        for mid in self.memory_ids():
-            try:
-                yield load_memory_file(self.memories_dir / f"{mid}.toml")
-            except MemoryFileError as e:
-                yield e
+        """Every memory file, parsed, in id order; a broken one yields its error instead.
+
+        A large folder's files are read a window ahead by a few threads (a read waits on the
+        disk with the GIL released; parsing stays in this thread): on a cold cache at 900k
+        files one thread at a time read ~175 files a second."""
+        ids = self.memory_ids()
+        paths = (self.memories_dir / f"{mid}.toml" for mid in ids)
+        if len(ids) < READ_THREADS_MIN:
+            yield from (_parse_or_error(_read_or_error(p), p) for p in paths)
+            return
+        from collections import deque
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        ahead: deque[tuple[Path, Future[bytes | MemoryFileError]]] = deque()
+        with ThreadPoolExecutor(READ_THREADS, "memp-read") as pool:
+            for path in paths:
+                ahead.append((path, pool.submit(_read_or_error, path)))
+                if len(ahead) >= READ_AHEAD:  # bounded: at most this many files' bytes held
+                    done, fut = ahead.popleft()
+                    yield _parse_or_error(fut.result(), done)
+            while ahead:
+                done, fut = ahead.popleft()
+                yield _parse_or_error(fut.result(), done)
 
     def save_memory(
         self,
@@ -415,6 +435,24 @@ class Store:
             stamps = history.write_many(list(zip(ids, texts, strict=True)), by=by, why=why)
             self.journal(event, ids=ids, count=len(memories), **fields)
         return {m.id: (m, stamps[m.id]) for m in memories if m.id in stamps}
+
+
+def _read_or_error(path: Path) -> bytes | MemoryFileError:
+    try:
+        return read_memory_bytes(path)
+    except FileNotFoundError:  # removed since the listing
+        return MemoryFileError("no such memory file", path=str(path))
+    except MemoryFileError as e:
+        return e
+
+
+def _parse_or_error(raw: bytes | MemoryFileError, path: Path) -> Memory | MemoryFileError:
+    if isinstance(raw, MemoryFileError):
+        return raw
+    try:
+        return parse_memory_bytes(raw, path)
+    except MemoryFileError as e:
+        return e
 
 
 def _stamps(dir_fd: int, names: list[str]) -> dict[str, tuple[int, int]]:
