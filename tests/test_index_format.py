@@ -218,29 +218,37 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         graph = f"delta-{g}.bin" if step else f"hnsw-{g}.bin"
         # format 7: the records of the memories are appended to the rebuild's record files (no
         # rename either); a generation writes their manifest and each position's record
+        # format 8: the BM25 arrays as a base plus a delta. The first sync after the rebuild (2
+        # added, 1 removed of 50) writes the delta and the base's dead document only; the second
+        # (4 added, 2 dead: past 50 / 16) merges them into a new base.
+        arrays = ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
+        stems = [f"{{f}}-{g}-delta", f"{{f}}-{g}-dead"] if step == 1 else [f"{{f}}-{g}"]
         expected = [
             f"keywords-{g}.bin",
             f"records-{g}.pos.npy",
             f"records-{g}.json",
             *(f"columns-{g}.{c}.npy" for c in ("ids", "labels", "kinds", "families", "mtimes", "sizes")),
             *(
-                f"lexical-{g}.{a}.npy"
-                for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
-            ),
-            *(
-                f"procedure-{g}.{a}.npy"
-                for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
+                f"{stem.format(f=f)}.{a}.npy"
+                for f in ("lexical", "procedure")
+                for stem in stems
+                for a in arrays
             ),
             graph,
             "state.json",
         ]
         assert written == expected  # state.json last: it names the generation of the others
-        assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
+        old_base = ("lexical-2.", "procedure-2.") if step == 2 else ()  # merged: the old base goes
+        assert removed and all(
+            f"-{g - 1}." in name or f"-{g - 1}-" in name or name.startswith(old_base) for name in removed
+        )  # then the older generation
         kept = ["vectors-2.f32", *(["hnsw-2.bin"] if step else [])]  # the rebuild's, still named
         kept += [f"records-2.{part}.bin" for part in ("rows", "text", "kw", "words")]
+        kept += [f"{f}-2.{a}.npy" for f in ("lexical", "procedure") for a in arrays] if step == 1 else []
         assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected + kept)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 7
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 8
+        assert raw["lexical"].get("base_gen", g) == (2 if step == 1 else g)
         assert (raw["vec_gen"], raw["base_gen"]) == (2, 2)
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)

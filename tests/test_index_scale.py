@@ -231,7 +231,7 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     assert runner.built_stamps(st) == {}  # distill falls back to reading the files
     assert memp(*q).jsonl() == before  # the query upgrades it (a sync) and ranks as before
     state = index_mod.read_state(st)
-    assert state is not None and state.version == index_mod.INDEX_VERSION == 7
+    assert state is not None and state.version == index_mod.INDEX_VERSION == 8
     assert len(runner.built_stamps(st)) == len(state.ids)
     last = [e for e in st.read_journal() if e["event"] == "index.sync"][-1]
     assert last["embedded"] == 0 and last["updated"] == 0
