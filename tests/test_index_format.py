@@ -569,3 +569,40 @@ def test_rows_a_killed_sync_appended_are_never_read_and_cut_by_the_next(
     _, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 5
     assert vec.stat().st_size == (state.next_label + 5) * row  # the sixth row was cut
+
+
+def _lexical_answers(st: Store, queries: list[str]) -> list[list[tuple[str, float]]]:
+    idx = index_mod.load(st)
+    assert idx is not None
+    r = Retriever(idx, EMB, k=10, min_score=-1.0, lexical_weight=0.5, exact=True)
+    return [[(h.memory.id, h.score) for h in hits] for hits in r.search(queries)]
+
+
+def test_a_format_7_index_keeps_its_bm25_files_as_the_base_of_format_8(store: Path) -> None:
+    """Format 8 reads a format 7 index's BM25 arrays as a base; its first sync writes only the
+    delta and the dead documents next to them, and queries answer as after a rebuild."""
+    st = _store(store, 120)
+    state = index_mod.read_state(st)
+    assert state is not None and "base_gen" not in state.lexical
+    g7 = state.generation
+    for name in ("state.json", f"records-{g7}.json"):  # what format 7 wrote: the same files
+        raw = orjson.loads((st.index_dir / name).read_bytes())
+        raw["index_version"] = 7
+        (st.index_dir / name).write_bytes(orjson.dumps(raw))
+    base_files = {p.name: p.stat().st_mtime_ns for p in st.index_dir.glob(f"lexical-{g7}.*")}
+    assert base_files
+    (st.memories_dir / "m0003.toml").unlink()
+    st.save_memories(_memories(3, seed=9, start=500), event="test")
+    assert not index_mod.sync(st, EMB)[1].rebuilt
+    new = index_mod.read_state(st)
+    assert new is not None and new.version == 8 and new.generation == g7 + 1
+    assert new.lexical["base_gen"] == new.procedure["base_gen"] == g7
+    assert {p.name: p.stat().st_mtime_ns for p in st.index_dir.glob(f"lexical-{g7}.*")} == base_files
+    assert (st.index_dir / f"lexical-{g7 + 1}-delta.terms.npy").exists()
+    assert (st.index_dir / f"procedure-{g7 + 1}-dead.terms.npy").exists()
+    got = _lexical_answers(st, QUERIES[:15])
+    assert index_mod.load(st).lexical.top("heat some egg", 5)[0].shape[0]  # type: ignore[union-attr]
+    index_mod.sync(st, EMB, rebuild=True)
+    rebuilt = index_mod.read_state(st)
+    assert rebuilt is not None and "base_gen" not in rebuilt.lexical
+    assert _lexical_answers(st, QUERIES[:15]) == got

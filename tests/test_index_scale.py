@@ -129,12 +129,13 @@ def test_a_sync_tokenizes_only_what_it_reads_and_equals_a_rebuild(
     (st.memories_dir / "m0007.toml").unlink()  # one removed
     _idx, rep = index_mod.sync(st, EMB)
     assert (rep.added, rep.updated, rep.removed) == (3, 1, 1)
-    assert sizes == [4, 4]  # key texts and procedures of the 4 memories read, nothing else
+    # key texts and procedures of the 4 memories read, nothing else (and an empty delta's builds)
+    assert [n for n in sizes if n] == [4, 4]
     again = index_mod.load(st)
     assert again is not None and again.lexical is not None and again.procedure is not None
     sizes.clear()
     full, _ = index_mod.sync(st, EMB, rebuild=True)
-    assert sizes == [62, 62]
+    assert [n for n in sizes if n] == [62, 62]
     # labels differ (a rebuild numbers them afresh): compare by memory id
     for field in ("lexical", "procedure"):
         inc, reb = getattr(again, field), getattr(full, field)

@@ -133,6 +133,15 @@ def _df(ix: LexicalIndex, h: np.uint64) -> int:
     return int(ix._indptr[i + 1] - ix._indptr[i]) if i < t.shape[0] and t[i] == h else 0
 
 
+def _dfs(ix: LexicalIndex, hashes: np.ndarray) -> np.ndarray:
+    """Each term hash's document frequency in ``ix`` (0 when not there)."""
+    t = ix._terms
+    if not t.shape[0]:
+        return np.zeros(hashes.shape[0], dtype=np.int64)
+    at = np.minimum(np.searchsorted(t, hashes), t.shape[0] - 1)
+    return np.where(t[at] == hashes, np.diff(ix._indptr)[at], 0)
+
+
 class Segmented:
     """A BM25 index as a base, a delta and the base's dead documents (see the module docstring):
     the query methods of :class:`~memp_cli.index.lexical.LexicalIndex`, with its scores."""
@@ -182,7 +191,10 @@ class Segmented:
     def vocab_size(self) -> int:
         """Number of distinct terms of the live documents."""
         terms = np.union1d(self.base._terms, self.delta._terms)
-        return sum(self.df(h) > 0 for h in terms.tolist()) if len(self.dead) else int(terms.shape[0])
+        if not len(self.dead):
+            return int(terms.shape[0])
+        df = _dfs(self.base, terms) - _dfs(self.dead, terms) + _dfs(self.delta, terms)
+        return int(np.count_nonzero(df))
 
     def _is_dead(self, labels: np.ndarray) -> np.ndarray:
         dead = self.dead.labels
