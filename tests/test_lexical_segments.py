@@ -161,3 +161,18 @@ def test_subset_holds_exactly_the_asked_documents_postings() -> None:
     want = LexicalIndex.build([(lab, text) for lab, text in base if lab in drop])
     for name in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels"):
         np.testing.assert_array_equal(getattr(sub, f"_{name}"), getattr(want, f"_{name}"))
+
+
+def test_delta_documents_with_a_base_class_score_as_that_class() -> None:
+    base, drop, add = _bigger()
+    texts = sorted({text for _, text in base})
+    same = [(500 + i, texts[i % len(texts)]) for i in range(25)]  # the base's texts again
+    seg = Segmented.whole(LexicalIndex.build(base))
+    assert seg.base._classes is not None
+    with mock.patch.object(lexseg, "MERGE_FRACTION", 1.0):
+        seg = seg.updated(np.asarray(drop), same + add)
+    found = seg._delta_classes()
+    assert found is not None
+    assert found[1].tolist() == [lab for lab, _ in same] and found[2].tolist() == [lab for lab, _ in add]
+    live = [(lab, text) for lab, text in base if lab not in drop] + same + add
+    _assert_same(seg, LexicalIndex.build(live), [*QUERIES, "heat", texts[0], texts[3]], ks=(1, 5, 30, 500))

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 # A sync merges the delta and the dead into a new base when they hold more documents than this
 # fraction of the base's.
 MERGE_FRACTION = 1 / 16
+# A delta of up to this many documents is scored whole by a query (its top k then taken with
+# the base's): a few thousand postings per term, cheaper than MaxScore's rounds.
+_SCORE_ALL = 20_000
 _PARTS = ("delta", "dead")  # manifest keys (and file stem suffixes) of the two small parts
 _EXTRA = ("base_gen", *_PARTS, "doclen_sum")  # manifest keys that are not the base's own
 
@@ -170,14 +173,19 @@ class Segmented:
         for part in (base, delta):
             part._collection(self)
         self._labels: np.ndarray | None = None
+        self._dfs: dict[int, int] = {}
+        self._dcls: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _delta_classes
 
     def __len__(self) -> int:
         return self.n
 
     def df(self, h: int | np.uint64) -> int:
         """Term hash ``h``'s document frequency over the live documents."""
-        h = np.uint64(h)
-        return _df(self.base, h) - _df(self.dead, h) + _df(self.delta, h)
+        df = self._dfs.get(int(h))  # remembered: a query asks for each of its terms' several times
+        if df is None:
+            u = np.uint64(h)
+            df = self._dfs[int(h)] = _df(self.base, u) - _df(self.dead, u) + _df(self.delta, u)
+        return df
 
     @property
     def labels(self) -> np.ndarray:
@@ -231,11 +239,56 @@ class Segmented:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         bl, bs = self.base.top(query, k + len(self.dead))
         keep = ~self._is_dead(bl)
-        dl, ds = self.delta.top(query, k)
-        labels = np.concatenate([bl[keep], dl])
-        sc = np.concatenate([bs[keep], ds])
+        bl, bs = bl[keep], bs[keep]
+        floor = float(bs[k - 1]) if bs.shape[0] >= k else 0.0  # the k-th best is no lower
+        dl, ds = self._delta_top(query, k, floor)
+        labels = np.concatenate([bl, dl])
+        sc = np.concatenate([bs, ds])
         order = np.lexsort((labels, -sc))[:k]
         return labels[order], sc[order]
+
+    def _delta_top(self, query: str, k: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """The delta's best ``k`` documents scoring ``floor`` or more, and every tie of the k-th
+        (any order). A delta document with the terms of a class of the base (the same signature)
+        scores as that class, which the base has just scored (:mod:`memp_cli.index.classes`): the
+        same float32."""
+        if len(self.delta) > _SCORE_ALL:
+            return self.delta.top(query, k)
+        cls = self._delta_classes()
+        if cls is None:
+            dl, ds = self.delta.scores(query)  # every posting of a small delta: cheaper than MaxScore
+        else:
+            of, labels, rest = cls
+            ds = self.base._class_scores(query)[of]
+            dl = labels
+            if rest.shape[0]:
+                dl = np.concatenate([dl, rest])
+                ds = np.concatenate([ds, self.delta.score_labels(query, rest)])
+        hit = (ds >= floor) & (ds > 0)
+        dl, ds = dl[hit], ds[hit]
+        m = ds.shape[0]
+        if k < m:  # its k best and every tie of the k-th
+            keep = ds >= np.partition(ds, m - k)[m - k]
+            dl, ds = dl[keep], ds[keep]
+        return dl, ds
+
+    def _delta_classes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The delta documents in a class of the base (same signature): their classes and labels,
+        and the labels of the others; None when the base has no classes."""
+        classes = self.base._classes
+        if classes is None or not len(self.delta):
+            return None
+        if self._dcls is None:
+            first = np.asarray(classes.members)[np.asarray(classes.cstart[:-1])]  # a member per class
+            csig = np.asarray(self.base.signatures()[first])
+            order = np.argsort(csig)
+            csig = csig[order]
+            want = self.delta.signatures()
+            at = np.minimum(np.searchsorted(csig, want), csig.shape[0] - 1)
+            has = csig[at] == want
+            labels = self.delta.labels
+            self._dcls = (order[at[has]], labels[has], labels[~has])
+        return self._dcls
 
     def max_score(self, query: str) -> float:
         """Upper bound of :meth:`scores` (as :meth:`LexicalIndex.max_score`, over the live terms)."""
