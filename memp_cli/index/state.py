@@ -55,11 +55,7 @@ INDEX_FILE_NAME = re.compile(
 #    of the generation, ``columns-<gen>.<column>.npy``, written before state.json (the commit
 #    point, now small): a one-shot query maps them instead of parsing ~21 MB of JSON at 882k
 #    memories. A sync upgrades a format 2-6 index without embedding.
-# 8: the BM25 arrays as a base plus a delta: the base stays in the files of the generation that
-#    made it (manifest ``base_gen``), each generation writes only the documents added since
-#    (``<field>-<gen>-delta.*.npy``) and the base's removed ones (``-dead``), merged into a new
-#    base past a fraction of it (:mod:`~memp_cli.index.lexseg`). A format 7 index reads as a base
-#    alone: a sync keeps its files.
+# 8: BM25 as a base (``base_gen``'s files) plus ``<field>-<gen>-delta/-dead`` (index/lexseg.py).
 INDEX_VERSION = 8
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
