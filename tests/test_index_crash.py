@@ -18,7 +18,7 @@ from test_index_format import HEAT, VALID, _memories, _same_ranking
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import ExitCode
-from memp_cli.index import filesync, records, vecsync
+from memp_cli.index import filesync, lexseg, records, vecsync
 from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
@@ -109,7 +109,7 @@ def _vector_rows_cut(root: Path, where: str) -> None:
     sync."""
     st = Store.open(root)
     state = index_mod.read_state(st)
-    assert state is not None and state.version == 7, where
+    assert state is not None and state.version == index_mod.INDEX_VERSION, where
     size = index_mod.state.vectors_path(st, state).stat().st_size
     assert size == state.next_label * state.dim * 4, where
     m = json.loads(records.manifest_path(st.index_dir, state.generation).read_bytes())
@@ -124,13 +124,15 @@ def _vector_rows_cut(root: Path, where: str) -> None:
 
 
 # "sync" merges its delta into the base (MERGE_SHARE raised: the delta passes its share of the
-# base); "delta-sync" is the same sync adding to the delta graph; "compact-sync" is the same sync
+# base; the BM25 delta too, MERGE_FRACTION 0); "delta-sync" is the same sync adding to the delta
+# graph and to the BM25 delta (format 8: the base's arrays are not written); "compact-sync" is the same sync
 # starting a new record generation (any dead record is too many).
 @pytest.mark.parametrize("operation", ["sync", "delta-sync", "compact-sync", "rebuild", "first-sync"])
 def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     built: Path, tmp_path: Path, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vecsync, "MERGE_SHARE", 1 if operation == "delta-sync" else 100)
+    monkeypatch.setattr(lexseg, "MERGE_FRACTION", 100 if operation == "delta-sync" else 0)
     if operation == "compact-sync":
         monkeypatch.setattr(filesync, "COMPACT_MIN", -1)
         monkeypatch.setattr(filesync, "COMPACT_SHARE", 10**6)
@@ -152,6 +154,7 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
     # the base graph is rewritten by all but the delta sync; the delta one writes a delta graph
     assert (state.base_gen == state.generation) == (operation != "delta-sync")
     assert (state.next_label > state.base_end) == (operation == "delta-sync")
+    assert state.lexical is not None and ("delta" in state.lexical) == (operation == "delta-sync")
     now = json.loads(records.manifest_path(clean / "index", state.generation).read_bytes())["tgen"]
     if operation != "first-sync":  # appended to, or a new one
         assert (now == tgen) == (operation in ("sync", "delta-sync"))
@@ -171,6 +174,8 @@ def test_a_kill_at_any_write_point_of_an_index_write_leaves_a_working_store(
             break
     # every file of the new generation was a write point, state.json among the last
     assert any("state.json" in w for w in seen) and any("lexical" in w for w in seen), seen
+    lexical_writes = [w for w in seen if "lexical-" in w or "procedure-" in w]
+    assert all(("-delta." in w or "-dead." in w) == (operation == "delta-sync") for w in lexical_writes), seen
     # format 7: each state column (and stamp) file too, before state.json
     for column in ("ids", "labels", "kinds", "families", "mtimes", "sizes"):
         at = [i for i, w in enumerate(seen) if w.startswith("replace index/columns-") and f".{column}." in w]
@@ -218,7 +223,7 @@ def test_an_index_in_format_5_is_upgraded_without_embedding_or_rewriting_its_gra
     _, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 0 and not rep.rebuilt
     new = index_mod.read_state(st)
-    assert new is not None and new.version == index_mod.INDEX_VERSION == 7
+    assert new is not None and new.version == index_mod.INDEX_VERSION == 8
     # the old graph is the new base as it is; its vectors are copied once into the new file
     assert (new.base_gen, new.base_end) == (old.generation, old.next_label)
     assert graph.read_bytes() == graph_bytes
@@ -258,7 +263,7 @@ def test_an_index_in_format_6_is_upgraded_to_state_columns_without_embedding(
     _, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 0 and not rep.rebuilt
     new = index_mod.read_state(st)
-    assert new is not None and new.version == index_mod.INDEX_VERSION == 7
+    assert new is not None and new.version == index_mod.INDEX_VERSION == 8
     # the graphs and the vectors stay as they are; the columns are new files of the generation
     assert {n: (index / n).read_bytes() for n in kept if n.startswith(("hnsw", "vectors"))} == {
         n: b for n, b in kept.items() if n.startswith(("hnsw", "vectors"))

@@ -218,29 +218,37 @@ def test_files_are_written_with_one_generation(store: Path) -> None:
         graph = f"delta-{g}.bin" if step else f"hnsw-{g}.bin"
         # format 7: the records of the memories are appended to the rebuild's record files (no
         # rename either); a generation writes their manifest and each position's record
+        # format 8: the BM25 arrays as a base plus a delta. The first sync after the rebuild (2
+        # added, 1 removed of 50) writes the delta and the base's dead document only; the second
+        # (4 added, 2 dead: past 50 / 16) merges them into a new base.
+        arrays = ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
+        stems = [f"{{f}}-{g}-delta", f"{{f}}-{g}-dead"] if step == 1 else [f"{{f}}-{g}"]
         expected = [
             f"keywords-{g}.bin",
             f"records-{g}.pos.npy",
             f"records-{g}.json",
             *(f"columns-{g}.{c}.npy" for c in ("ids", "labels", "kinds", "families", "mtimes", "sizes")),
             *(
-                f"lexical-{g}.{a}.npy"
-                for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
-            ),
-            *(
-                f"procedure-{g}.{a}.npy"
-                for a in ("terms", "indptr", "doc_idx", "tf", "doclen", "labels", "sig")
+                f"{stem.format(f=f)}.{a}.npy"
+                for f in ("lexical", "procedure")
+                for stem in stems
+                for a in arrays
             ),
             graph,
             "state.json",
         ]
         assert written == expected  # state.json last: it names the generation of the others
-        assert removed and all(f"-{g - 1}." in name for name in removed)  # then the older generation
+        old_base = ("lexical-2.", "procedure-2.") if step == 2 else ()  # merged: the old base goes
+        assert removed and all(
+            f"-{g - 1}." in name or f"-{g - 1}-" in name or name.startswith(old_base) for name in removed
+        )  # then the older generation
         kept = ["vectors-2.f32", *(["hnsw-2.bin"] if step else [])]  # the rebuild's, still named
         kept += [f"records-2.{part}.bin" for part in ("rows", "text", "kw", "words")]
+        kept += [f"{f}-2.{a}.npy" for f in ("lexical", "procedure") for a in arrays] if step == 1 else []
         assert sorted(p.name for p in st.index_dir.iterdir()) == sorted(expected + kept)
         raw = orjson.loads((st.index_dir / "state.json").read_bytes())
-        assert raw["index_version"] == index_mod.INDEX_VERSION == 7
+        assert raw["index_version"] == index_mod.INDEX_VERSION == 8
+        assert raw["lexical"].get("base_gen", g) == (2 if step == 1 else g)
         assert (raw["vec_gen"], raw["base_gen"]) == (2, 2)
         assert not {"texts", "key_hashes", "mtimes", "sizes"} & set(raw)
         idx = index_mod.load(st)
@@ -561,3 +569,40 @@ def test_rows_a_killed_sync_appended_are_never_read_and_cut_by_the_next(
     _, rep = index_mod.sync(st, EMB)
     assert rep.embedded == 5
     assert vec.stat().st_size == (state.next_label + 5) * row  # the sixth row was cut
+
+
+def _lexical_answers(st: Store, queries: list[str]) -> list[list[tuple[str, float]]]:
+    idx = index_mod.load(st)
+    assert idx is not None
+    r = Retriever(idx, EMB, k=10, min_score=-1.0, lexical_weight=0.5, exact=True)
+    return [[(h.memory.id, h.score) for h in hits] for hits in r.search(queries)]
+
+
+def test_a_format_7_index_keeps_its_bm25_files_as_the_base_of_format_8(store: Path) -> None:
+    """Format 8 reads a format 7 index's BM25 arrays as a base; its first sync writes only the
+    delta and the dead documents next to them, and queries answer as after a rebuild."""
+    st = _store(store, 120)
+    state = index_mod.read_state(st)
+    assert state is not None and "base_gen" not in state.lexical
+    g7 = state.generation
+    for name in ("state.json", f"records-{g7}.json"):  # what format 7 wrote: the same files
+        raw = orjson.loads((st.index_dir / name).read_bytes())
+        raw["index_version"] = 7
+        (st.index_dir / name).write_bytes(orjson.dumps(raw))
+    base_files = {p.name: p.stat().st_mtime_ns for p in st.index_dir.glob(f"lexical-{g7}.*")}
+    assert base_files
+    (st.memories_dir / "m0003.toml").unlink()
+    st.save_memories(_memories(3, seed=9, start=500), event="test")
+    assert not index_mod.sync(st, EMB)[1].rebuilt
+    new = index_mod.read_state(st)
+    assert new is not None and new.version == 8 and new.generation == g7 + 1
+    assert new.lexical["base_gen"] == new.procedure["base_gen"] == g7
+    assert {p.name: p.stat().st_mtime_ns for p in st.index_dir.glob(f"lexical-{g7}.*")} == base_files
+    assert (st.index_dir / f"lexical-{g7 + 1}-delta.terms.npy").exists()
+    assert (st.index_dir / f"procedure-{g7 + 1}-dead.terms.npy").exists()
+    got = _lexical_answers(st, QUERIES[:15])
+    assert index_mod.load(st).lexical.top("heat some egg", 5)[0].shape[0]  # type: ignore[union-attr]
+    index_mod.sync(st, EMB, rebuild=True)
+    rebuilt = index_mod.read_state(st)
+    assert rebuilt is not None and "base_gen" not in rebuilt.lexical
+    assert _lexical_answers(st, QUERIES[:15]) == got

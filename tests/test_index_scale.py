@@ -129,12 +129,13 @@ def test_a_sync_tokenizes_only_what_it_reads_and_equals_a_rebuild(
     (st.memories_dir / "m0007.toml").unlink()  # one removed
     _idx, rep = index_mod.sync(st, EMB)
     assert (rep.added, rep.updated, rep.removed) == (3, 1, 1)
-    assert sizes == [4, 4]  # key texts and procedures of the 4 memories read, nothing else
+    # key texts and procedures of the 4 memories read, nothing else (and an empty delta's builds)
+    assert [n for n in sizes if n] == [4, 4]
     again = index_mod.load(st)
     assert again is not None and again.lexical is not None and again.procedure is not None
     sizes.clear()
     full, _ = index_mod.sync(st, EMB, rebuild=True)
-    assert sizes == [62, 62]
+    assert [n for n in sizes if n] == [62, 62]
     # labels differ (a rebuild numbers them afresh): compare by memory id
     for field in ("lexical", "procedure"):
         inc, reb = getattr(again, field), getattr(full, field)
@@ -231,7 +232,7 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     assert runner.built_stamps(st) == {}  # distill falls back to reading the files
     assert memp(*q).jsonl() == before  # the query upgrades it (a sync) and ranks as before
     state = index_mod.read_state(st)
-    assert state is not None and state.version == index_mod.INDEX_VERSION == 7
+    assert state is not None and state.version == index_mod.INDEX_VERSION == 8
     assert len(runner.built_stamps(st)) == len(state.ids)
     last = [e for e in st.read_journal() if e["event"] == "index.sync"][-1]
     assert last["embedded"] == 0 and last["updated"] == 0

@@ -103,7 +103,7 @@ def test_an_index_from_format_3_is_upgraded_without_embedding(built: Path) -> No
     # the next command upgrades it (procedure BM25, families) and ranks as before the rewrite
     assert _top("heat some egg and put it in garbagecan.") == before
     state = index_mod.read_state(st)
-    assert state is not None and state.version == index_mod.INDEX_VERSION == 7
+    assert state is not None and state.version == index_mod.INDEX_VERSION == 8
     assert state.procedure is not None and set(state.families) == {
         "put",
         "heat",

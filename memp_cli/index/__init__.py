@@ -34,8 +34,11 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
   to the delta, which is small to load and rewrite; once the delta (with ``base_deleted``)
   passes 1/8 of the base, the sync merges it into the base and writes a new base.
   :meth:`Index.search` searches both as one graph.
-- ``lexical-<gen>.<array>.npy``: the BM25 index over the same texts
-  (:mod:`memp_cli.index.lexical`); its manifest is in ``state.json``.
+- ``lexical-<base gen>.<array>.npy``: the BM25 index over the same texts
+  (:mod:`memp_cli.index.lexical`; ``procedure-`` over the procedures); its manifest is in
+  ``state.json``. Like the graph, a base (the files of the generation that made it, named by the
+  manifest's ``base_gen``) plus ``lexical-<gen>-delta``/``-dead``: the documents added since and
+  the base's removed ones; merged into a new base past 1/16 of it (:mod:`memp_cli.index.lexseg`).
 - ``keywords-<gen>.bin``: the AveFact keys. Every distinct keyword string of the store is
   embedded once and kept in a second hnswlib graph (label = line of the records' words file;
   each memory's labels are in its record). A memory's keywords are its ``keywords``
@@ -48,9 +51,10 @@ Files in ``<store>/index/`` (JSON and numpy only, never pickle):
 are embedded, changed ones (by mtime/size, then key hash) re-embedded,
 deleted ones removed, broken ones reported and left out. A memory's keywords
 are re-read whenever its file changes; only keyword strings new to the store
-are embedded. The BM25 arrays of a new generation are the last one's with the memories read
-again dropped and added (:meth:`~memp_cli.index.lexical.LexicalIndex.updated`, the same arrays
-as a full build): only what changed is tokenized. An index in format 5 (one ``hnsw-<gen>.bin``
+are embedded. The BM25 index of a new generation is the last one's with the memories read
+again dropped and added (:meth:`~memp_cli.index.lexseg.Segmented.updated`: only what changed is
+tokenized, and only the delta is written while it is small; the same scores as a full build).
+An index in format 5 (one ``hnsw-<gen>.bin``
 and a ``vectors-<gen>.npy`` rewritten by every sync) is upgraded by the next sync: its graph
 becomes the base as it is, its vectors are copied into a new vectors file (no embedding). An
 index in format 4 is rewritten in this format by the next sync, which reads the memory files

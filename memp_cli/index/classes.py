@@ -131,6 +131,11 @@ class Classes:
             cdoclen=np.asarray(doclen)[first],
         )
 
+    def reset(self) -> None:
+        """Forget the weights computed so far (the collection's statistics changed)."""
+        self._norm = None
+        self._weights.clear()
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ARRAYS}
 

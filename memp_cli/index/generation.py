@@ -15,7 +15,6 @@ from memp_cli.index.state import (
     delta_path,
     hnsw_path,
     kw_paths,
-    lexical_stem,
     state_path,
     vectors_path,
 )
@@ -24,7 +23,7 @@ from memp_cli.store.fsutil import atomic_write, remove_owned
 
 if TYPE_CHECKING:
     from memp_cli.index.keywords import KeywordIndex
-    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.index.lexseg import Segmented
     from memp_cli.index.records import RecordLog
     from memp_cli.index.vecsync import Graphs
     from memp_cli.store.protocol import MemoryStore
@@ -37,7 +36,7 @@ def write_generation(
     kw: KeywordIndex,
     recs: RecordLog,
     vectors: VectorFile | RamVectors,
-    lex: tuple[LexicalIndex, LexicalIndex] | None,
+    lex: tuple[Segmented, Segmented] | None,
 ) -> None:
     """Write ``state`` as the next generation: every file of it first (the keyword graph, the
     records appended and fsynced with their manifest and positions, the BM25 arrays, then the
@@ -56,7 +55,7 @@ def write_texts(
     state: State,
     kw: KeywordIndex,
     recs: RecordLog,
-    lex: tuple[LexicalIndex, LexicalIndex] | None,
+    lex: tuple[Segmented, Segmented] | None,
 ) -> set[str]:
     """The first half of :func:`write_generation`: the generation's number, its keyword graph,
     records, state columns and BM25 files. Returns the names written."""
@@ -74,12 +73,12 @@ def write_texts(
     written.update(p.name for p in state.write_columns(store.index_dir, stamps))
     state.lexical = state.procedure = None
     if lex is not None and state.ids:
-        from memp_cli.index.lexical import array_paths
+        from memp_cli.index import lexseg
 
-        state.lexical = lex[0].save(store.index_dir, lexical_stem(gen))
-        state.procedure = lex[1].save(store.index_dir, lexical_stem(gen, "procedure"))
-        for stem in (lexical_stem(gen), lexical_stem(gen, "procedure")):
-            written.update(p.name for p in array_paths(store.index_dir, stem).values())
+        state.lexical = lex[0].save(store.index_dir, "lexical", gen)
+        state.procedure = lex[1].save(store.index_dir, "procedure", gen)
+        for field, m in (("lexical", state.lexical), ("procedure", state.procedure)):
+            written.update(p.name for p in lexseg.paths(store.index_dir, field, gen, m))
     return written
 
 

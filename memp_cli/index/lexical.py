@@ -64,13 +64,20 @@ import functools
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
 # Text to terms is words.py; its names stay importable from here (tests, benchmarks).
-from memp_cli.index.classes import ARRAYS as CLASS_ARRAYS
 from memp_cli.index.classes import Classes, signatures
+
+# The on-disk part (arrays, manifest) is lexfile.py; its names stay importable from here.
+from memp_cli.index.lexfile import _ARRAYS as _ARRAYS
+from memp_cli.index.lexfile import _DTYPES as _DTYPES
+from memp_cli.index.lexfile import FORMAT as FORMAT
+from memp_cli.index.lexfile import FORMAT_VERSION as FORMAT_VERSION
+from memp_cli.index.lexfile import TERM_HASH as TERM_HASH
+from memp_cli.index.lexfile import array_paths as array_paths
 from memp_cli.index.termhash import _pair_hash as _pair_hash
 from memp_cli.index.termhash import _pair_hash_np as _pair_hash_np
 from memp_cli.index.termhash import _word_hash as _word_hash
@@ -82,23 +89,9 @@ from memp_cli.index.words import STOPWORDS as STOPWORDS
 from memp_cli.index.words import _normalize as _normalize
 from memp_cli.index.words import terms as terms
 from memp_cli.index.words import tokenize as tokenize
-from memp_cli.store.fsutil import atomic_output
 
-FORMAT = "memp-lexical"
-FORMAT_VERSION = 2
-#: How term hashes are computed (checked on load): see :func:`term_hashes`.
-TERM_HASH = "blake2b63+splitmix64"
-_ARRAYS: dict[str, np.dtype[Any]] = {
-    "terms": np.dtype(np.uint64),
-    "indptr": np.dtype(np.int64),
-    "doc_idx": np.dtype(np.int32),
-    "tf": np.dtype(np.float32),
-    "doclen": np.dtype(np.float32),
-    "labels": np.dtype(np.int64),
-}
-# Optional arrays (an index saved before them loads without): each document's signature, and
-# the classes of identical documents when they pay (memp_cli.index.classes).
-_DTYPES: dict[str, np.dtype[Any]] = {**_ARRAYS, "sig": np.dtype(np.uint64), **CLASS_ARRAYS}
+if TYPE_CHECKING:
+    from memp_cli.index.lexseg import Segmented
 
 #: Default scoring parameters (also the defaults of :meth:`LexicalIndex.build`).
 K1 = 1.2
@@ -157,6 +150,10 @@ class LexicalIndex:
         self._recent_classes: dict[str, np.ndarray] = {}  # every class's float32 score
         self._best: dict[int, float] = {}  # term id -> its largest weight (see _bound)
         self._idfs: dict[int, float] = {}  # term id -> idf
+        # The collection this index is a part of (memp_cli.index.lexseg): its statistics score.
+        self._coll: Segmented | None = None
+        self.base_gen: int | None = None  # the generation whose files hold it, once loaded
+        self.base_manifest: dict[str, Any] | None = None
         self.avgdl = float(avgdl)
         self.k1 = float(k1)
         self.b = float(b)
@@ -269,58 +266,23 @@ class LexicalIndex:
     def updated(self, drop: np.ndarray, docs: Iterable[tuple[int, str]]) -> LexicalIndex:
         """This index without the documents labelled ``drop`` and with ``docs`` added (labels
         not in it after the drop): the same arrays :meth:`build` makes of the result's documents,
-        but only ``docs`` are tokenized. The kept postings stay in (term, document) order when
-        terms and documents are renumbered, so the new ones are merged in, not sorted with them:
-        a sync of a few new memories costs array copies, not the store's texts again."""
+        but only ``docs`` are tokenized (:func:`memp_cli.index.lexseg.merged`)."""
+        from memp_cli.index.lexseg import merged
+
         add = LexicalIndex.build(docs, k1=self.k1, b=self.b, idf_power=self.idf_power, bigrams=self.bigrams)
-        keep_doc = ~np.isin(self._labels, np.asarray(drop, dtype=np.int64))
-        labels = np.concatenate([self._labels[keep_doc], add._labels])
-        order = np.argsort(labels, kind="stable")
-        labels = labels[order]
-        if len(labels) > 1 and bool((labels[1:] == labels[:-1]).any()):
-            raise ValueError("an added document's label is already in the lexical index")
-        doclen = np.concatenate([self._doclen[keep_doc], add._doclen])[order]
-        sig = np.concatenate([self.signatures()[keep_doc], add.signatures()])[order]
-        # Each side's postings as (term hash, document label, tf), in (term, label) order.
-        keep_post = keep_doc[self._doc_idx]
-        old_t = np.repeat(np.arange(len(self._terms), dtype=np.int64), np.diff(self._indptr))[keep_post]
-        old_lab, old_tf = self._labels[self._doc_idx[keep_post]], self._tf[keep_post]
-        present = np.zeros(len(self._terms), dtype=bool)
-        present[old_t] = True
-        terms = np.union1d(self._terms[present], add._terms)  # a term whose documents all left goes
-        old_hash = self._terms[old_t]
-        add_hash = np.repeat(add._terms, np.diff(add._indptr))
-        add_lab, add_tf = add._labels[add._doc_idx], add._tf
-        width = max(len(labels), 1)
-        old_key = np.searchsorted(terms, old_hash).astype(np.int64) * width + np.searchsorted(labels, old_lab)
-        add_key = np.searchsorted(terms, add_hash).astype(np.int64) * width + np.searchsorted(labels, add_lab)
-        # Merge two sorted key sequences: each added key goes after the kept keys below it.
-        total = len(old_key) + len(add_key)
-        at_add = np.searchsorted(old_key, add_key) + np.arange(len(add_key))
-        is_add = np.zeros(total, dtype=bool)
-        is_add[at_add] = True
-        keys = np.empty(total, dtype=np.int64)
-        tf = np.empty(total, dtype=np.float32)
-        keys[at_add], keys[~is_add] = add_key, old_key
-        tf[at_add], tf[~is_add] = add_tf, old_tf
-        post_term = keys // width
-        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(post_term, minlength=len(terms)), out=indptr[1:])
-        n = len(labels)
-        return LexicalIndex(
-            sig=sig,
-            terms=terms.astype(np.uint64, copy=False),
-            indptr=indptr,
-            doc_idx=(keys - post_term * width).astype(np.int32),
-            tf=tf,
-            doclen=doclen,
-            labels=labels,
-            avgdl=float(doclen.sum(dtype=np.float64) / n) if n else 0.0,
-            k1=self.k1,
-            b=self.b,
-            idf_power=self.idf_power,
-            bigrams=self.bigrams,
-        )._with_classes()
+        return merged(self, drop, add)
+
+    def _collection(self, coll: Segmented) -> None:
+        """Score with the statistics of ``coll`` (a base and delta this index is part of): its
+        document count, average length and document frequencies."""
+        self._coll = coll
+        self.avgdl = coll.avgdl
+        self._idfs.clear()
+        self._best.clear()
+        self._recent_scores.clear()
+        self._recent_classes.clear()
+        if self._classes is not None:
+            self._classes.reset()
 
     def signatures(self) -> np.ndarray:
         """Each document's signature (:func:`~memp_cli.index.classes.signatures`; computed from
@@ -338,99 +300,17 @@ class LexicalIndex:
 
     def save(self, directory: Path, stem: str) -> dict[str, Any]:
         """Write the arrays as ``<directory>/<stem>.<name>.npy`` (each atomically) and return the
-        manifest :meth:`load` needs. Writing the manifest is the caller's: after the arrays."""
-        paths = array_paths(Path(directory), stem)
-        arrays = {name: getattr(self, f"_{name}") for name in _ARRAYS}
-        arrays["sig"] = self.signatures()
-        if self._classes is not None:
-            arrays.update(self._classes.arrays())
-        for name, arr in arrays.items():
-            with atomic_output(paths[name]) as tmp, open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr, dtype=_DTYPES[name]), allow_pickle=False)
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "term_hash": TERM_HASH,
-            "n_docs": len(self),
-            "n_terms": self.vocab_size,
-            "n_postings": int(self._doc_idx.shape[0]),
-            "avgdl": self.avgdl,
-            "k1": self.k1,
-            "b": self.b,
-            "idf_power": self.idf_power,
-            "bigrams": self.bigrams,
-            "sig": True,
-            "classes": len(self._classes) if self._classes is not None else None,
-        }
+        manifest :meth:`load` needs (:func:`memp_cli.index.lexfile.save`)."""
+        from memp_cli.index import lexfile
+
+        return lexfile.save(self, directory, stem)
 
     @classmethod
     def load(cls, directory: Path, stem: str, manifest: Any) -> LexicalIndex:
-        """Load the index :meth:`save` wrote under ``stem``, given the manifest it returned.
+        """Load the index :meth:`save` wrote under ``stem`` (:func:`memp_cli.index.lexfile.load`)."""
+        from memp_cli.index import lexfile
 
-        Raises FileNotFoundError when an array is missing, ValueError when the manifest or
-        an array is malformed or inconsistent, or of another format version (an older memp):
-        both mean "rebuild it".
-        """
-        where = f"{Path(directory) / stem}.*.npy"
-        m = manifest
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise ValueError(f"{where}: not a memp lexical index manifest")
-        if m.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{where}: unsupported lexical index version {m.get('version')!r}")
-        if m.get("term_hash") != TERM_HASH:
-            raise ValueError(f"{where}: unknown term hash {m.get('term_hash')!r}")
-        try:
-            n_docs = int(m["n_docs"])
-            n_terms = int(m["n_terms"])
-            avgdl = float(m["avgdl"])
-            k1 = float(m["k1"])
-            b = float(m["b"])
-            idf_power = float(m["idf_power"])
-            bigrams = m["bigrams"]
-            n_classes = None if m.get("classes") is None else int(m["classes"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: missing or bad manifest field ({e})") from None
-        if not isinstance(bigrams, bool):
-            raise ValueError(f"{where}: bad bigrams field")
-        arrays: dict[str, np.ndarray] = {}
-        wanted = {*_ARRAYS, *(("sig",) if m.get("sig") is True else ())}
-        wanted |= set(CLASS_ARRAYS) if n_classes is not None else set()
-        for name, path in array_paths(Path(directory), stem).items():
-            if name not in wanted:
-                continue
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{path}: missing") from None
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{path}: unreadable array ({e})") from None
-            dtype = _DTYPES[name]
-            if arr.dtype != dtype or arr.ndim != 1:
-                raise ValueError(f"{path}: expected 1-d {dtype}, got {arr.ndim}-d {arr.dtype}")
-            arrays[name] = np.asarray(arr)  # plain ndarray view of the mapping: no memmap overhead
-        indptr = arrays["indptr"]
-        n_post = arrays["doc_idx"].shape[0]
-        if (
-            arrays["terms"].shape[0] != n_terms
-            or indptr.shape[0] != n_terms + 1
-            or int(indptr[0]) != 0
-            or int(indptr[-1]) != n_post
-            or arrays["tf"].shape[0] != n_post
-            or arrays["doclen"].shape[0] != n_docs
-            or arrays["labels"].shape[0] != n_docs
-        ):
-            raise ValueError(f"{where}: arrays do not match the manifest (sizes differ)")
-        sig = arrays.pop("sig", None)
-        classes = None
-        if n_classes is not None:
-            classes = Classes(**{name: arrays.pop(name) for name in CLASS_ARRAYS})
-            if len(classes) != n_classes or not classes.check(n_docs, n_terms):
-                raise ValueError(f"{where}: class arrays do not match the manifest (sizes differ)")
-        if sig is not None and sig.shape[0] != n_docs:
-            raise ValueError(f"{where}: arrays do not match the manifest (sizes differ)")
-        ix = cls(avgdl=avgdl, k1=k1, b=b, idf_power=idf_power, bigrams=bigrams, sig=sig, **arrays)
-        ix._classes = classes
-        return ix
+        return lexfile.load(directory, stem, manifest)
 
     # ---------------------------------------------------------------- scoring
 
@@ -465,7 +345,10 @@ class LexicalIndex:
     def _idf(self, tid: int) -> float:
         idf = self._idfs.get(tid)  # remembered: a query asks for each term's several times
         if idf is None:
-            idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
+            if self._coll is None:
+                idf = _bm25_idf(len(self), int(self._indptr[tid + 1] - self._indptr[tid]))
+            else:
+                idf = _bm25_idf(self._coll.n, self._coll.df(self._terms[tid]))
             idf = self._idfs[tid] = idf if self.idf_power == 1.0 else idf**self.idf_power
         return idf
 
@@ -601,6 +484,11 @@ _term_counts = {bg: functools.partial(term_counts, bigrams=bg) for bg in (True, 
 _T = TypeVar("_T")
 
 
+def query_counts(query: str, bigrams: bool) -> dict[int, int]:
+    """Term hash -> occurrences in ``query`` (remembered for the last few queries)."""
+    return _remembered(_RECENT_COUNTS[bigrams], query, _term_counts[bigrams])[0]
+
+
 def _remembered(recent: dict[str, _T], query: str, compute: Callable[[str], _T]) -> _T:
     """``compute(query)``, remembered for the last :data:`RECENT` queries (oldest goes first)."""
     hit = recent.get(query)
@@ -610,9 +498,3 @@ def _remembered(recent: dict[str, _T], query: str, compute: Callable[[str], _T])
             del recent[next(iter(recent))]
         recent[query] = hit
     return hit
-
-
-def array_paths(directory: Path, stem: str) -> dict[str, Path]:
-    """The array files an index saved under ``stem`` may have, by array name (the optional
-    ones only when its manifest names them)."""
-    return {name: directory / f"{stem}.{name}.npy" for name in _DTYPES}

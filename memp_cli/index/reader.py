@@ -12,7 +12,6 @@ from memp_cli.index.state import (
     REBUILD_HINT,
     FileTable,
     State,
-    lexical_stem,
     load_files,
     read_state,
 )
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
     import hnswlib
     import numpy as np
 
-    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.index.lexseg import Lexical
     from memp_cli.store.protocol import MemoryStore
 
 
@@ -38,12 +37,12 @@ class Index:
         store: MemoryStore,
         state: State,
         hnsw: hnswlib.Index | None,
-        lexical: LexicalIndex | None,
+        lexical: Lexical | None,
         keywords: KeywordIndex | None = None,
         *,
         vectors: np.ndarray | None = None,
         files: FileTable | None = None,
-        procedure: LexicalIndex | None = None,
+        procedure: Lexical | None = None,
         delta: hnswlib.Index | None = None,
     ) -> None:
         self.store = store
@@ -231,18 +230,18 @@ def check_files(store: MemoryStore, state: State) -> None:
         load_keywords(store, state)
 
 
-def read_lexical(store: MemoryStore, state: State, field: str = "lexical") -> LexicalIndex | None:
+def read_lexical(store: MemoryStore, state: State, field: str = "lexical") -> Lexical | None:
     """The BM25 index of the state's generation over the key texts (``field`` "lexical") or the
     procedures ("procedure"); None for an empty index or one from before that field's files were
     part of a generation (format 2; format 3 for "procedure"). StoreError when missing or
     damaged."""
-    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.index import lexseg
 
     manifest = state.lexical if field == "lexical" else state.procedure
     if not state.count or manifest is None:
         return None
     try:
-        return LexicalIndex.load(store.index_dir, lexical_stem(state.generation, field), manifest)
+        return lexseg.load(store.index_dir, field, state.generation, manifest)
     except FileNotFoundError as e:
         raise StoreError(str(e), hint=REBUILD_HINT) from None
     except ValueError as e:
@@ -255,7 +254,7 @@ def load_lexical(
     files: FileTable | None = None,
     problems: list[str] | None = None,
     field: str = "lexical",
-) -> LexicalIndex | None:
+) -> Lexical | None:
     """A BM25 index (see :func:`read_lexical`); built in memory from the texts of
     ``files-<gen>.json`` (not written: readers never write) when its files are missing or
     damaged (said in ``problems``). The procedure field of an index from before format 4 has

@@ -27,7 +27,8 @@ STATE_NAME = "state.json"
 #: temp file): what a sync may remove there, and nothing else.
 INDEX_FILE_NAME = re.compile(
     r"(state|lexical)\.json|\.tmp-[\w.-]+"
-    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure|records|columns)-[0-9a-f-]+(\.[a-z_]+)?\.(json|bin|npy|f32)"
+    r"|(files|built|hnsw|delta|vectors|keywords|lexical|procedure|records|columns)-[0-9a-f-]+(-delta|-dead)?"
+    r"(\.[a-z_]+)?\.(json|bin|npy|f32)"
 )
 # 2: state.json split into state.json (query) + files-<gen>.json (sync); vectors-<gen>.npy.
 # 3: the BM25 arrays are files of the generation too (lexical-<gen>.*.npy), their manifest is
@@ -54,7 +55,8 @@ INDEX_FILE_NAME = re.compile(
 #    of the generation, ``columns-<gen>.<column>.npy``, written before state.json (the commit
 #    point, now small): a one-shot query maps them instead of parsing ~21 MB of JSON at 882k
 #    memories. A sync upgrades a format 2-6 index without embedding.
-INDEX_VERSION = 7
+# 8: BM25 as a base (``base_gen``'s files) plus ``<field>-<gen>-delta/-dead`` (index/lexseg.py).
+INDEX_VERSION = 8
 # The oldest format this memp still reads (a sync upgrades it without embedding anything).
 OLDEST_READ = 2
 # Format of the keyword files; a state with another kw_version (0: none yet, an
@@ -393,7 +395,7 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
     (``keywords-<gen>.bin`` only when the store has keywords, the graph and the vectors only
     when it has memories): every other file there is left over from an interrupted write or
     from an older generation."""
-    from memp_cli.index.lexical import array_paths
+    from memp_cli.index.lexseg import paths
 
     gen = state.generation
     if state.version >= 7:
@@ -409,10 +411,9 @@ def generation_files(store: MemoryStore, state: State) -> set[str]:
             names.add(hnsw_path(store, state.base_gen).name)
         if state.version >= 6 and state.next_label > state.base_end:
             names.add(delta_path(store, gen).name)
-        if state.lexical is not None:
-            names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen)).values()}
-        if state.procedure is not None:
-            names |= {p.name for p in array_paths(store.index_dir, lexical_stem(gen, "procedure")).values()}
+        for field, manifest in (("lexical", state.lexical), ("procedure", state.procedure)):
+            if isinstance(manifest, dict):
+                names |= {p.name for p in paths(store.index_dir, field, gen, manifest)}
     return names
 
 

@@ -44,7 +44,7 @@ from memp_cli.store.fsutil import atomic_write
 if TYPE_CHECKING:
     import numpy as np
 
-    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.index.lexseg import Lexical, Segmented
     from memp_cli.store.protocol import MemoryStore
 
 Progress = Callable[[int, int], None]
@@ -203,17 +203,18 @@ def _sync(
             )
         to_embed.clear()  # the key texts are embedded: not held through the BM25 build
         drop_labels(state, graphs, removed_labels)
-        both = None
+        segs = None
         if old is not None and old_side is not None:
-            both = _update_lexical(store, old, old_side, state, sources, removed_labels)
-        if both is None:
-            both = _build_lexical(state, recs)
+            segs = _update_lexical(store, old, old_side, state, sources, removed_labels)
+        if segs is None:
+            segs = _build_lexical(state, recs)
+        both: tuple[Lexical, Lexical] | None = segs
         if persist:
             if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
                 store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-            written = write_texts(store, state, kw, recs, both)
+            written = write_texts(store, state, kw, recs, segs)
             if graphs.merged:  # on disk now: not in memory beside the base being made
-                del files, sources, stamps, old_side, recs
+                del files, sources, stamps, old_side, recs, segs
                 sides = (read_lexical(store, state), read_lexical(store, state, "procedure"))
                 both = (
                     (sides[0], sides[1]) if sides[0] is not None and sides[1] is not None else None
@@ -498,16 +499,17 @@ def _checkpoint(
     store.journal("index.sync", embedded=report.embedded, interrupted=True, pending=len(pending))
 
 
-def _build_lexical(state: State, recs: RecordLog) -> tuple[LexicalIndex, LexicalIndex] | None:
+def _build_lexical(state: State, recs: RecordLog) -> tuple[Segmented, Segmented] | None:
     """The two BM25 indexes of a generation: over the key texts and over the procedures."""
     from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.index.lexseg import Segmented
 
     if not state.ids:
         return None
     texts, procedures = recs.records(recs.pos).all_texts()
     return (
-        LexicalIndex.build(list(zip(state.labels, texts, strict=True))),
-        LexicalIndex.build(list(zip(state.labels, procedures, strict=True))),
+        Segmented.whole(LexicalIndex.build(list(zip(state.labels, texts, strict=True)))),
+        Segmented.whole(LexicalIndex.build(list(zip(state.labels, procedures, strict=True)))),
     )
 
 
@@ -518,13 +520,15 @@ def _update_lexical(
     state: State,
     sources: list[Source],
     removed_labels: list[int],
-) -> tuple[LexicalIndex, LexicalIndex] | None:
-    """The two BM25 indexes of the new generation from the old one's (:meth:`LexicalIndex.updated`:
-    the memories read again are dropped and added, nothing else is tokenized again); None when
-    the old ones cannot be used (another format, damaged, other BM25 parameters): build them."""
+) -> tuple[Segmented, Segmented] | None:
+    """The two BM25 indexes of the new generation from the old one's (:meth:`Segmented.updated`:
+    the memories read again are dropped and added, nothing else is tokenized again; the old base
+    is kept while the delta is small); None when the old ones cannot be used (another format,
+    damaged, other BM25 parameters): build them."""
     import numpy as np
 
     from memp_cli.index import lexical
+    from memp_cli.index.lexseg import as_segmented
 
     if not state.ids or old.version < 6 or not old.ids:
         return None
@@ -546,7 +550,9 @@ def _update_lexical(
         ):
             return None
         try:
-            new = lex.updated(drop, [(state.labels[p], e.procedure if k else e.lexical) for p, e in read])
+            new = as_segmented(lex).updated(
+                drop, [(state.labels[p], e.procedure if k else e.lexical) for p, e in read]
+            )
         except ValueError:
             return None
         if len(new) != len(state.ids):

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from memp_cli.config import RetrievalConfig
-    from memp_cli.index.lexical import LexicalIndex
+    from memp_cli.index.lexseg import Lexical
     from memp_cli.update.outcomes import Usage
 
 KEYS = ("query", "avefact", "random")
@@ -225,7 +225,7 @@ class Retriever(AveFact):
         return out
 
     def _bm25(
-        self, lex: LexicalIndex, query: str, allowed: np.ndarray | None, n_cand: int
+        self, lex: Lexical, query: str, allowed: np.ndarray | None, n_cand: int
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """The best ``n_cand`` allowed labels of ``query``, their BM25 / bound (float64), and the
         bound (the largest BM25 a document could reach for it)."""
@@ -260,7 +260,7 @@ class Retriever(AveFact):
 
     @staticmethod
     def _lexical(
-        top: tuple[np.ndarray, np.ndarray, float], lex: LexicalIndex, query: str, labs: np.ndarray
+        top: tuple[np.ndarray, np.ndarray, float], lex: Lexical, query: str, labs: np.ndarray
     ) -> np.ndarray:
         """BM25 / bound of each of ``labs``: from the :meth:`_bm25` top list, else looked up
         (float32, as the lexical index gives it)."""
