@@ -339,3 +339,75 @@ def test_a_rerun_indexes_memories_a_killed_distill_left_unindexed(store: Path) -
     r = memp(*DISTILL)
     assert "index: 5 embedded" in r.stderr
     assert memp("doctor", "--json").jsonl() == []
+
+
+def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every full stat of the memory files (Store.memory_stamps), by its count of files."""
+    from memp_cli.store import Store
+
+    calls: list[int] = []
+    real = Store.memory_stamps
+
+    def counted(self: Store) -> dict[str, tuple[int, int]]:
+        out = real(self)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(Store, "memory_stamps", counted)
+    return calls
+
+
+def _index_matches_the_files(store: Path) -> None:
+    from memp_cli import index as index_mod
+    from memp_cli.index.state import file_stamps
+    from memp_cli.store import Store
+
+    st = Store.open(store)
+    state = index_mod.read_state(st)
+    assert state is not None
+    assert file_stamps(st, state) == st.memory_stamps()
+    assert len(state.ids) == len(memory_ids(store))
+    assert memp("doctor", "--json").jsonl() == []
+
+
+def test_the_sync_after_a_distill_takes_its_planning_scan_instead_of_statting_every_file(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ingest(FILES["native"])
+    memp(*DISTILL)  # an index: the plan scans the memory files (none before it)
+    _ingest(FILES["openai"])
+    with monkeypatch.context() as m:
+        calls = _count_scans(m)
+        r = memp(*DISTILL, "--json")
+    assert r.jsonl()[0]["written"] == 5 and "index: 5 embedded" in r.stderr
+    assert calls == [40]  # the plan's; the sync took it over, statting the 5 it wrote
+    _index_matches_the_files(store)
+
+
+def test_a_memory_saved_by_someone_else_between_the_plan_and_the_write_is_indexed(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memp_cli.build.writing import Writer
+    from memp_cli.model.memory import load_memory_file
+    from memp_cli.store import Store
+
+    _ingest(FILES["native"])
+    memp(*DISTILL)
+    _ingest(FILES["openai"])
+    real = Writer.write
+    other = load_memory_file(next((store / "memories").glob("*.toml")))
+    other.id, other.task = "mhand-saved", "a task saved by another writer while distill planned"
+
+    def write_after_another(self: Writer, batch: list) -> None:  # type: ignore[type-arg]
+        if batch and other.id not in memory_ids(store):
+            st = Store.open(store)
+            with st.lock:
+                st.save_memories([other], event="test")
+        real(self, batch)
+
+    with monkeypatch.context() as m:
+        calls = _count_scans(m)
+        m.setattr(Writer, "write", write_after_another)
+        memp(*DISTILL)
+    assert calls == [40, 46]  # the folder changed under the plan's scan: the sync statted anew
+    _index_matches_the_files(store)  # the other writer's memory among them

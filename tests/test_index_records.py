@@ -188,3 +188,31 @@ def test_what_a_killed_sync_appended_past_the_named_records_is_cut(store: Path) 
         "kw": m["kw_count"] * 4,
         "words": m["words_bytes"],
     }
+
+
+def test_a_sync_gathers_the_records_once_for_the_keywords_not_again_for_the_stamp_columns(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sync holds each position's stat already: the state columns take them from it, not
+    # from a second gather of every record (a pass over every memory at 1M).
+    st = _store(store, 30)
+    edited = load_memory_file(st.memories_dir / "m0004.toml")
+    edited.task = HEAT
+    st.save_memories([edited, *_memories(2, seed=5, start=700)], event="test")
+    calls = []
+    real = records.RecordLog.records
+
+    def counted(self: records.RecordLog, pos: np.ndarray) -> records.Records:
+        calls.append(len(pos))
+        return real(self, pos)
+
+    monkeypatch.setattr(records.RecordLog, "records", counted)
+    idx, rep = index_mod.sync(st, EMB)
+    assert (rep.added, rep.updated, len(idx)) == (2, 1, 32)
+    assert calls == [32]  # the keyword rows' gather only
+    state = index_mod.read_state(st)
+    assert state is not None
+    monkeypatch.undo()
+    assert file_stamps(st, state) == st.memory_stamps()
+    # the columns a query checks a memory file against: each as statted now
+    assert {mid: state.stamp_at(i) for i, mid in enumerate(state.ids)} == st.memory_stamps()

@@ -436,3 +436,49 @@ def test_after_scrub_rewrites_a_segment(store_dir: Path, tmp_path: Path) -> None
     ref, got, _ = _both(store_dir, tmp_path)
     _same(ref, got)
     assert "sk-proj" not in (store_dir / "cache" / LEDGER_NAME).read_text()
+
+
+def test_the_ledger_keeps_each_segments_memory_ids_so_a_settled_run_is_not_hashed_again(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memp_cli.build import settled
+
+    _setup(store_dir, tmp_path, "trajectory")
+    memp("distill", "--policy", "trajectory")  # builds the new batch (its segment parsed)
+    memp("distill", "--policy", "trajectory")  # every segment settled: their memory ids kept
+    d = json.loads((store_dir / "cache" / LEDGER_NAME).read_bytes())
+    for _, ids, _, mids in d["segments"].values():
+        assert mids["trajectory"] == "".join(memory_id("trajectory", t)[1:] for t in ids)
+    hashed: list[str] = []
+    original = settled.memory_id
+
+    def count(policy: str, tid: str) -> str:
+        hashed.append(tid)
+        return original(policy, tid)
+
+    monkeypatch.setattr(settled, "memory_id", count)
+    r = memp("distill", "--policy", "trajectory", "--json").jsonl()[-1]
+    assert r["total"] == 18 + 14 + 4 and r["skipped"] == 36 and r["read"] == 0 and hashed == []
+
+
+@pytest.mark.parametrize("damage", ["not_hex", "short", "not_a_string", "not_a_dict"])
+def test_a_ledger_with_damaged_memory_ids_is_rebuilt_and_plans_as_without_it(
+    store_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    _setup(store_dir, tmp_path, "trajectory")
+    memp("distill", "--policy", "trajectory")
+    memp("distill", "--policy", "trajectory")
+    path = store_dir / "cache" / LEDGER_NAME
+    d = json.loads(path.read_bytes())
+    entry = next(iter(d["segments"].values()))
+    n = len(entry[1])
+    entry[3] = {
+        "not_hex": {"trajectory": "z" * 12 * n},
+        "short": {"trajectory": "a" * (12 * n - 1)},
+        "not_a_string": {"trajectory": 5},
+        "not_a_dict": ["a" * 12 * n],
+    }[damage]
+    path.write_text(json.dumps(d))
+    assert ledger.Ledger(Store.open(store_dir)).entries == {}  # damaged: ignored, written again
+    ref, got, _ = _both(store_dir, tmp_path, policy="trajectory")
+    _same(ref, got)

@@ -37,7 +37,7 @@ from memp_cli.build.policies import (
 from memp_cli.build.settled import Settled
 from memp_cli.build.writing import Writer
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
-from memp_cli.index.entry import Entry, Stamp
+from memp_cli.index.entry import Entry, Scan, Stamp
 from memp_cli.index.state import built_stamps
 from memp_cli.model.memory import Memory, encoding_problem, load_memory_file, valid_ids
 from memp_cli.model.trajectory import Trajectory
@@ -100,9 +100,13 @@ class DistillReport:
     error: MempError | None = None  # the settings error that stopped the run
     lock_seconds: float = 0.0  # time spent holding the store lock to write (benchmarks)
     fresh: dict[str, tuple[Entry, Stamp]] = field(default_factory=dict, repr=False)  # for the index sync
+    # The plan's scan of the memory files, handed to the index sync (:class:`Scan`) while the
+    # memories folder is as this run left it: :class:`Writer` checks the folder's mtime before
+    # each write (a change by anyone else drops it) and takes it again right after.
+    scan: Scan | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = {"ids", "failures", "planned", "warnings", "error", "lock_seconds", "fresh"}
+        skip = {"ids", "failures", "planned", "warnings", "error", "lock_seconds", "fresh", "scan"}
         d = {k: v for k, v in vars(self).items() if k not in skip}
         d["seconds"] = round(self.seconds, 3)
         if self.cost_usd is not None:
@@ -237,7 +241,10 @@ def _plan(
 
     # What each memory was built with, as the index saw it (while its stat is the same).
     known = built_stamps(store)
+    dir_mtime = store.memories_mtime_ns()  # before the listing: a change during it moves it
     stamps = store.memory_stamps() if known else {}
+    if known and dir_mtime >= 0 and not report.dry_run:
+        report.scan = Scan(dir_mtime, stamps)
     existing = set(valid_ids(stamps) if known else store.memory_ids())
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.

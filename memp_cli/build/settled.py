@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from memp_cli.build.policies import POLICIES, memory_id, needs_rebuild
+from memp_cli.store.ledger import MID_HEX
 
 OWN_CACHE = 1 << 18  # ids remembered at most (a segment's worth, about 30 MB)
 Stamps = Mapping[str, tuple[int, int]]
@@ -98,18 +99,24 @@ class Settled:
         mid = self.memory_of(tid)
         return mid in self.gone or self._current(mid)
 
-    def segment(self, ids: list[str], codes: str) -> list[int] | None:
+    def hashes(self, ids: list[str]) -> str:
+        """The runs' memory ids under this policy, without their "m", joined: what the ledger
+        keeps of a segment (:class:`memp_cli.store.ledger.Entry`)."""
+        return "".join(memory_id(self.policy, tid)[1:] for tid in ids)
+
+    def segment(self, ids: list[str], codes: str, hashes: str | None = None) -> list[int] | None:
         """A segment of the ledger at once: None when a run of it is not settled (the plan
         parses it). Else the positions of the runs the plan must still see (as outlines); the
         others are counted here as the plan would count them: its memory current under this
         policy (:meth:`current`: skipped), or left out by ``only_success`` with no memory of it
-        under any policy, in the trash or not (filtered, and unlabeled for an unknown outcome)."""
+        under any policy, in the trash or not (filtered, and unlabeled for an unknown outcome).
+        ``hashes``: :meth:`hashes` of ``ids`` (the ledger's), else each run is hashed here."""
         currents, policy, others = self.currents(), self.policy, self.others
         existing, gone, only_success = self.existing, self.gone, self.only_success
         out: list[int] = []
         skipped = filtered = unlabeled = 0
         for i, (tid, code) in enumerate(zip(ids, codes, strict=True)):
-            mid = memory_id(policy, tid)
+            mid = "m" + hashes[i * MID_HEX : (i + 1) * MID_HEX] if hashes else memory_id(policy, tid)
             if mid in currents:
                 skipped += 1
             elif only_success and code != "s":

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from memp_cli.build.policies import built_with, needs_rebuild
 from memp_cli.errors import MemoryFileError
-from memp_cli.index.entry import entry
+from memp_cli.index.entry import Scan, entry
 from memp_cli.model.memory import Memory, load_memory_file
 from memp_cli.store.protocol import MemoryStore
 
@@ -83,7 +83,12 @@ class Writer:
                 fields: dict[str, Any] = {"policy": self.policy}
                 if self.model:
                     fields.update(model=self.model, prompt_version=self.prompt_version)
+                scan = report.scan
+                if scan is not None and store.memories_mtime_ns() != scan.dir_mtime_ns:
+                    scan = report.scan = None  # changed by someone else since: the sync stats
                 saved = store.save_memories(out, event="distill.write", **fields)
+                if scan is not None:  # right after this run's own write, under the lock
+                    report.scan = Scan(store.memories_mtime_ns(), scan.stamps)
                 report.lock_seconds += time.perf_counter() - t0
         finally:
             lock.wait = wait

@@ -21,7 +21,7 @@ from memp_cli.cli import G, app, choice, open_store, output, store_path
 from memp_cli.cli.output import env, open_input
 from memp_cli.config import Config
 from memp_cli.errors import ExitCode, InputError, MemoryFileError, NotFoundError, StoreError
-from memp_cli.index.entry import Fresh
+from memp_cli.index.entry import Fresh, Scan
 from memp_cli.ingest import FORMATS
 from memp_cli.ingest.transcripts import FORMATS as TRANSCRIPT_FORMATS
 from memp_cli.model.memory import KINDS, Memory, memory_from_toml, read_memory_bytes
@@ -45,12 +45,15 @@ def redacted_note(counts: Mapping[str, int]) -> str:
     return f", {n} secret{'s' if n != 1 else ''} redacted ({kinds})"
 
 
-def sync_index(store: Store, what: str = "memories", fresh: Fresh | None = None) -> index_mod.Index:
+def sync_index(
+    store: Store, what: str = "memories", fresh: Fresh | None = None, scanned: Scan | None = None
+) -> index_mod.Index:
     """Embed what changed (a writer: waits for the lock), with a progress bar on a terminal.
-    ``fresh``: the memories this command just wrote (not read again, :data:`Fresh`)."""
+    ``fresh``: the memories this command just wrote (not read again, :data:`Fresh`);
+    ``scanned``: its scan of the memory files (:class:`Scan`: not statted again while valid)."""
     emb = store_embedder(store, G.embedder)
     with output.progress_bar(f"embedding {what}") as progress:
-        idx, report = index_mod.sync(store, emb, progress=progress, fresh=fresh)
+        idx, report = index_mod.sync(store, emb, progress=progress, fresh=fresh, scanned=scanned)
     report_sync(report, store, emb.name, len(idx))
     return idx
 
@@ -293,7 +296,7 @@ def distill_cmd(
         # Before the summary: its last line says the run is done. Also when this run wrote
         # nothing: a distill killed after its memory files left them unindexed.
         if report.written or (not dry_run and not _index_is_fresh(store)):
-            sync_index(store, fresh=report.fresh)
+            sync_index(store, fresh=report.fresh, scanned=report.scan)
     finally:
         for line in _distill_summary(report, time.perf_counter() - t0):
             output.info(line)

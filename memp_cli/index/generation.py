@@ -4,7 +4,8 @@ directory removed. :func:`memp_cli.index.writer.sync` decides what goes in it.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 from memp_cli.index.state import (
     INDEX_FILE_NAME,
@@ -56,9 +57,11 @@ def write_texts(
     kw: KeywordIndex,
     recs: RecordLog,
     lex: tuple[Segmented, Segmented] | None,
+    stamps: list[tuple[int, int]] | None = None,
 ) -> set[str]:
     """The first half of :func:`write_generation`: the generation's number, its keyword graph,
-    records, state columns and BM25 files. Returns the names written."""
+    records, state columns and BM25 files. Returns the names written. ``stamps``: each
+    position's file stat as the sync read it (else gathered from the records, one more pass)."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -68,9 +71,7 @@ def write_texts(
         save_hnsw(store, kw.hnsw, bpath.name)
         written.add(bpath.name)
     written |= recs.write(store, gen, recs.pos)
-    rows = recs.records(recs.pos)  # each memory's file stat as the sync read it: the query's check
-    stamps = (rows.column("mtime"), rows.column("size"))
-    written.update(p.name for p in state.write_columns(store.index_dir, stamps))
+    written.update(p.name for p in state.write_columns(store.index_dir, _stamp_columns(recs, stamps)))
     state.lexical = state.procedure = None
     if lex is not None and state.ids:
         from memp_cli.index import lexseg
@@ -80,6 +81,17 @@ def write_texts(
         for field, m in (("lexical", state.lexical), ("procedure", state.procedure)):
             written.update(p.name for p in lexseg.paths(store.index_dir, field, gen, m))
     return written
+
+
+def _stamp_columns(recs: RecordLog, stamps: list[tuple[int, int]] | None) -> tuple[Any, Any]:
+    """Each memory's file stat as the sync read it (mtimes, sizes): the query's check."""
+    import numpy as np
+
+    if stamps is None:
+        rows = recs.records(recs.pos)
+        return rows.column("mtime"), rows.column("size")
+    flat = np.fromiter(chain.from_iterable(stamps), dtype=np.int64, count=2 * len(stamps))
+    return flat[0::2], flat[1::2]
 
 
 def write_graphs(

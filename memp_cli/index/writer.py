@@ -212,7 +212,7 @@ def _sync(
         if persist:
             if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
                 store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-            written = write_texts(store, state, kw, recs, segs)
+            written = write_texts(store, state, kw, recs, segs, stamps)
             if graphs.merged:  # on disk now: not in memory beside the base being made
                 del files, sources, stamps, old_side, recs, segs
                 sides = (read_lexical(store, state), read_lexical(store, state, "procedure"))

@@ -49,9 +49,16 @@ SkipFn = Callable[[str], bool]
 
 
 class Settles(Protocol):
-    def segment(self, ids: list[str], codes: str) -> list[int] | None:
+    policy: str  # the memory ids the ledger keeps for it (:meth:`hashes`)
+
+    def hashes(self, ids: list[str]) -> str:
+        """The runs' memory ids under ``policy``, without their "m", joined (12 hex each)."""
+        ...
+
+    def segment(self, ids: list[str], codes: str, hashes: str | None = None) -> list[int] | None:
         """None: parse the segment. Else the positions of the runs to yield as outlines (the
-        caller needs nothing of the others); no other effect on a segment it returns None for."""
+        caller needs nothing of the others); no other effect on a segment it returns None for.
+        ``hashes``: :meth:`hashes` of ``ids``, as the ledger kept them."""
         ...
 
 
@@ -68,11 +75,18 @@ def _stat(st: os.stat_result) -> Stat:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+MID_HEX = 12  # a memory id is "m" and 12 hex digits (memp_cli.build.policies.memory_id)
+_HEX = re.compile(r"[0-9a-f]*")
+
+
 @dataclass
 class Entry:
     stat: Stat
     ids: list[str]
     codes: str  # one of "sfu" per run
+    # policy -> the runs' memory ids under it (Settles.hashes), so a settled segment is not
+    # hashed again on every plan (about 1.3M sha256 at 1M memories). Derived from ``ids`` only.
+    mids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,7 +184,10 @@ class Ledger:
             return
         data = {
             "ledger_version": LEDGER_VERSION,
-            "segments": {n: [list(e.stat), e.ids, e.codes] for n, e in sorted(self.entries.items())},
+            "segments": {
+                n: [list(e.stat), e.ids, e.codes, *([e.mids] if e.mids else [])]
+                for n, e in sorted(self.entries.items())
+            },
         }
         with contextlib.suppress(OSError, StoreError):
             remove_dead_temps(self.path.parent)
@@ -236,9 +253,15 @@ def _load(path: Path) -> tuple[dict[str, Entry], bool]:
         if d["ledger_version"] != LEDGER_VERSION:
             return {}, True
         entries: dict[str, Entry] = {}
-        for name, (st_list, ids, codes) in d["segments"].items():
+        for name, (st_list, ids, codes, *more) in d["segments"].items():
+            mids = more[0] if len(more) == 1 else {} if not more else None
             if not (
-                isinstance(st_list, list)
+                isinstance(mids, dict)
+                and all(
+                    isinstance(m, str) and len(m) == MID_HEX * len(ids) and _HEX.fullmatch(m)
+                    for m in mids.values()
+                )
+                and isinstance(st_list, list)
                 and len(st_list) == 3
                 and all(type(x) is int for x in st_list)
                 and isinstance(ids, list)
@@ -248,7 +271,7 @@ def _load(path: Path) -> tuple[dict[str, Entry], bool]:
                 and all(type(x) is str for x in ids)
             ):
                 return {}, True
-            entries[name] = Entry((st_list[0], st_list[1], st_list[2]), ids, codes)
+            entries[name] = Entry((st_list[0], st_list[1], st_list[2]), ids, codes, mids)
         return entries, False
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return {}, True
@@ -264,7 +287,13 @@ def runs(store: Store, skip: SkipFn | None, settled: Settles, *, record: bool = 
     ledger = Ledger(store)
     for seg in store.segments():
         e = ledger.entry(seg)
-        keep = settled.segment(e.ids, e.codes) if e is not None else None
+        keep = None
+        if e is not None:
+            hashes = e.mids.get(settled.policy)
+            if hashes is None:  # kept for the next plan (derived from the ids alone)
+                hashes = e.mids[settled.policy] = settled.hashes(e.ids)
+                ledger.changed = True
+            keep = settled.segment(e.ids, e.codes, hashes)
         if e is not None and keep is not None:
             for i in keep:
                 yield Trajectory(task="", steps=[], success=_CODES[e.codes[i]], id=e.ids[i])
