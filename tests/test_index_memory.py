@@ -6,17 +6,20 @@ table and the BM25 texts are written and let go of."""
 from __future__ import annotations
 
 import gc
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from test_index_scale import _memories
+from test_index_scale import _memories, _same_arrays
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import StoreError
-from memp_cli.index import vecsync
+from memp_cli.index import vecsync, writer
+from memp_cli.index.entry import entry
+from memp_cli.index.lexical import LexicalIndex
 from memp_cli.index.state import FileTable
 from memp_cli.index.vectors import VectorFile
 from memp_cli.model.memory import load_memory_file
@@ -24,6 +27,10 @@ from memp_cli.store import Store
 
 EMB = HashEmbedder(256)
 CHUNK = 16
+# Bytes a rebuild's traced peak may grow by per memory (held: ~700 packed records, columns and
+# state lists; it was ~3 KB with an object per memory read and per record, and every text in
+# one BM25 build).
+PER_MEMORY = 1200
 
 
 @pytest.fixture
@@ -140,3 +147,61 @@ def test_a_merge_whose_base_is_unreadable_makes_it_from_the_file(
     assert idx.graph_count() == 90
     for q in ("heat some egg", "cool the mug 310"):
         _same_top(st, q)
+
+
+def test_a_rebuild_builds_bm25_in_chunks_that_equal_one_build(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = Store.open(store)
+    mems = _memories(60)
+    st.save_memories(mems, event="test")
+    monkeypatch.setattr(writer, "LEXICAL_CHUNK", 7)
+    built: list[int] = []
+    real = LexicalIndex.build.__func__  # type: ignore[attr-defined]
+
+    def build(cls: Any, docs: Any, **kw: Any) -> LexicalIndex:
+        docs = list(docs)
+        built.append(len(docs))
+        return real(cls, docs, **kw)
+
+    monkeypatch.setattr(LexicalIndex, "build", classmethod(build))
+    idx, _ = index_mod.sync(st, EMB, rebuild=True)
+    assert max(built) == 7 and sum(built) == 2 * 60  # both sides, a chunk at a time
+    monkeypatch.undo()
+    by_id = {m.id: entry(m) for m in mems}
+    labels = idx.state.labels
+    for got, text in ((idx.lexical, "lexical"), (idx.procedure, "procedure")):
+        assert got is not None
+        whole = LexicalIndex.build(
+            (lab, getattr(by_id[mid], text)) for mid, lab in zip(idx.state.ids, labels, strict=True)
+        )
+        _same_arrays(got, whole)
+
+
+def _rebuild_peak(st: Store) -> int:
+    """tracemalloc's peak over a rebuild, less what was held before it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index_mod.sync(st, EMB, rebuild=True)
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_a_rebuild_holds_no_python_objects_per_memory(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a rebuild's peak grows by per memory (the graph, made by hnswlib, is not traced):
+    the state's columns and the packed records, not an object per memory read or per record,
+    nor a BM25 build's temporaries over every memory at once (LEXICAL_CHUNK at a time)."""
+    monkeypatch.setattr(writer, "LEXICAL_CHUNK", 1024)
+    st = Store.open(store)
+    st.save_memories(_memories(2000), event="test")
+    index_mod.sync(st, EMB)
+    small = _rebuild_peak(st)
+    st.save_memories(_memories(4000, start=2000, seed=1), event="test")
+    index_mod.sync(st, EMB)
+    large = _rebuild_peak(st)
+    per_memory = (large - small) / 4000
+    assert per_memory < PER_MEMORY, (small, large, per_memory)

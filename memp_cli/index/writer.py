@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,8 @@ Progress = Callable[[int, int], None]
 # A sync that embeds this many memories adds them to the graph on every core (the graph then
 # depends a little on thread timing); a smaller one on one thread, the same graph every time.
 PARALLEL_ADD_MIN = 2048
+# A rebuild's BM25 indexes are built this many documents at a time (:func:`_build_side`).
+LEXICAL_CHUNK = 65536
 
 
 @dataclass
@@ -505,15 +508,28 @@ def _checkpoint(
 
 def _build_lexical(state: State, recs: RecordLog) -> tuple[LexicalIndex, LexicalIndex] | None:
     """The two BM25 indexes of a generation: over the key texts and over the procedures."""
-    from memp_cli.index.lexical import LexicalIndex
 
     if not state.ids:
         return None
     rec = recs.records(recs.pos)  # the texts read one at a time, one index after the other
-    return (
-        LexicalIndex.build(zip(state.labels, rec.iter_texts(0), strict=True)),
-        LexicalIndex.build(zip(state.labels, rec.iter_texts(1), strict=True)),
-    )
+    return _build_side(state.labels, rec.iter_texts(0)), _build_side(state.labels, rec.iter_texts(1))
+
+
+def _build_side(labels: list[int], texts: Iterator[str]) -> LexicalIndex:
+    """One BM25 index, built :data:`LEXICAL_CHUNK` documents at a time, each chunk merged into
+    the index so far (:meth:`LexicalIndex.updated`: the arrays one build of them all makes). A
+    build's temporary arrays are several times its postings' size: bounded by a chunk, they
+    are no longer the peak of a rebuild at 1M memories."""
+    import numpy as np
+
+    from memp_cli.index.lexical import LexicalIndex
+
+    docs = zip(labels, texts, strict=True)
+    lex = LexicalIndex.build(itertools.islice(docs, LEXICAL_CHUNK))
+    none = np.zeros(0, dtype=np.int64)
+    while chunk := list(itertools.islice(docs, LEXICAL_CHUNK)):
+        lex = lex.updated(none, chunk)
+    return lex
 
 
 def _update_lexical(
