@@ -8,6 +8,7 @@ import bisect
 import contextlib
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -400,7 +401,9 @@ def _plan(
                 state.next_label += 1
                 report.added += 1
             to_embed.append(p - len(broken))
-        labels[p], kinds[p], families[p], sources[p] = label, ent.kind, ent.family, ent
+        # (kinds and families repeat: one string each, not one per memory read)
+        labels[p], kinds[p], families[p] = label, sys.intern(ent.kind), sys.intern(ent.family)
+        sources[p] = ent
     if broken:  # broken files are left out
         gone_at = set(broken)
         keep = [p for p in range(len(ids)) if p not in gone_at]
