@@ -223,3 +223,24 @@ def test_a_rebuild_holds_no_python_objects_per_memory(store: Path, monkeypatch: 
     large = _rebuild_peaks(st)
     read, whole = ((b - a) / 4000 for a, b in zip(small, large, strict=True))
     assert read < READ_PER_MEMORY and whole < PER_MEMORY, (small, large, read, whole)
+
+
+def test_a_rebuild_hands_the_freed_heap_back_before_the_graph(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text phase's freed memory goes back to the system before the base graph is made
+    (else it stays resident under the graph: RSS, not tracemalloc, shows it)."""
+    vecsync.release_free_heap()  # callable here (glibc's malloc_trim, or nothing)
+    order: list[str] = []
+    monkeypatch.setattr(vecsync, "release_free_heap", lambda: order.append("release"))
+    real_fill = vecsync.fill
+
+    def fill(*args: Any) -> None:
+        order.append("fill")
+        real_fill(*args)
+
+    monkeypatch.setattr(vecsync, "fill", fill)
+    st = Store.open(store)
+    st.save_memories(_memories(40), event="test")
+    index_mod.sync(st, EMB, rebuild=True)
+    assert order[0] == "release" and order.count("release") == 1 and "fill" in order
