@@ -6,24 +6,34 @@ table and the BM25 texts are written and let go of."""
 from __future__ import annotations
 
 import gc
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from test_index_scale import _memories
+from test_index_scale import _memories, _same_arrays
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
 from memp_cli.errors import StoreError
-from memp_cli.index import vecsync
+from memp_cli.index import vecsync, writer
+from memp_cli.index.entry import entry
+from memp_cli.index.lexical import LexicalIndex
 from memp_cli.index.state import FileTable
 from memp_cli.index.vectors import VectorFile
+from memp_cli.model import memory as memory_model
 from memp_cli.model.memory import load_memory_file
 from memp_cli.store import Store
 
 EMB = HashEmbedder(256)
 CHUNK = 16
+# Bytes a rebuild's traced peak may grow by per memory (2k vs 6k memories), up to the records
+# written (READ_PER_MEMORY; measured 1,020; ~1,700 holding an Entry object per memory read, 2,273
+# before packing) and over the whole rebuild (PER_MEMORY; measured 1,524, the BM25 phase: what
+# is held, ~660, and a chunk's merge; 2,112 with one BM25 build of every text; 3,582 before).
+READ_PER_MEMORY = 1300
+PER_MEMORY = 1800
 
 
 @pytest.fixture
@@ -140,3 +150,97 @@ def test_a_merge_whose_base_is_unreadable_makes_it_from_the_file(
     assert idx.graph_count() == 90
     for q in ("heat some egg", "cool the mug 310"):
         _same_top(st, q)
+
+
+def test_a_rebuild_builds_bm25_in_chunks_that_equal_one_build(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = Store.open(store)
+    mems = _memories(60)
+    st.save_memories(mems, event="test")
+    monkeypatch.setattr(writer, "LEXICAL_CHUNK", 7)
+    built: list[int] = []
+    real = LexicalIndex.build.__func__  # type: ignore[attr-defined]
+
+    def build(cls: Any, docs: Any, **kw: Any) -> LexicalIndex:
+        docs = list(docs)
+        built.append(len(docs))
+        return real(cls, docs, **kw)
+
+    monkeypatch.setattr(LexicalIndex, "build", classmethod(build))
+    idx, _ = index_mod.sync(st, EMB, rebuild=True)
+    assert max(built) == 7 and sum(built) == 2 * 60  # both sides, a chunk at a time
+    monkeypatch.undo()
+    by_id = {m.id: entry(m) for m in mems}
+    labels = idx.state.labels
+    for got, text in ((idx.lexical, "lexical"), (idx.procedure, "procedure")):
+        assert got is not None
+        whole = LexicalIndex.build(
+            (lab, getattr(by_id[mid], text)) for mid, lab in zip(idx.state.ids, labels, strict=True)
+        )
+        _same_arrays(got, whole)
+
+
+def _rebuild_peaks(st: Store) -> tuple[int, int]:
+    """tracemalloc's peaks over a rebuild, less what was held before it: up to the records
+    written (every memory read), and over the whole rebuild."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index_mod.sync(st, EMB, rebuild=True)
+        return _read_peak[0] - before, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+_read_peak = [0]
+
+
+@pytest.mark.slow
+def test_a_rebuild_holds_no_python_objects_per_memory(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a rebuild's peak grows by per memory (the graph, made by hnswlib, is not traced):
+    the state's columns and the packed records, not an object per memory read or per record,
+    nor a BM25 build's temporaries over every memory at once (LEXICAL_CHUNK at a time)."""
+    monkeypatch.setattr(writer, "LEXICAL_CHUNK", 1024)
+    # Each read's buffer for the largest memory file allowed (16 MB, let go at once) would
+    # be the peak at this size, whatever the rebuild holds.
+    monkeypatch.setattr(memory_model, "MAX_MEMORY_FILE_BYTES", 1 << 16)
+    real = writer._sync_records
+
+    def sync_records(*args: Any) -> Any:
+        out = real(*args)
+        _read_peak[0] = tracemalloc.get_traced_memory()[1]
+        return out
+
+    monkeypatch.setattr(writer, "_sync_records", sync_records)
+    st = Store.open(store)
+    st.save_memories(_memories(2000), event="test")
+    index_mod.sync(st, EMB)
+    small = _rebuild_peaks(st)
+    st.save_memories(_memories(4000, start=2000, seed=1), event="test")
+    index_mod.sync(st, EMB)
+    large = _rebuild_peaks(st)
+    read, whole = ((b - a) / 4000 for a, b in zip(small, large, strict=True))
+    assert read < READ_PER_MEMORY and whole < PER_MEMORY, (small, large, read, whole)
+
+
+def test_a_rebuild_hands_the_freed_heap_back_before_the_graph(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text phase's freed memory goes back to the system before the base graph is made
+    (else it stays resident under the graph: RSS, not tracemalloc, shows it)."""
+    vecsync.release_free_heap()  # callable here (glibc's malloc_trim, or nothing)
+    order: list[str] = []
+    monkeypatch.setattr(vecsync, "release_free_heap", lambda: order.append("release"))
+    real_fill = vecsync.fill
+
+    def fill(*args: Any) -> None:
+        order.append("fill")
+        real_fill(*args)
+
+    monkeypatch.setattr(vecsync, "fill", fill)
+    st = Store.open(store)
+    st.save_memories(_memories(40), event="test")
+    index_mod.sync(st, EMB, rebuild=True)
+    assert order[0] == "release" and order.count("release") == 1 and "fill" in order

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ from memp_cli.index.records import (
     RecordLog,
     Records,
     khash_int,
+    khash_str,
     load_records,
 )
 from memp_cli.index.state import FileTable, State, load_files, scan
@@ -30,6 +33,81 @@ if TYPE_CHECKING:
 
 # Where a memory of the new generation comes from: its old state position, or what was read.
 Source = int | Entry
+_UNSET = -(2**62)  # a position whose memory is not placed yet
+_TEXTS = 6  # an entry's texts packed: key, kind, family, lexical, procedure, built
+
+
+class Sources:
+    """The :data:`Source` of each position of the new generation. The entries read are kept
+    packed as they come (their texts in one byte buffer, key hashes and keywords in int arrays),
+    not as Python objects: a rebuild reads every memory of the store before any is written,
+    and a few hundred bytes of objects per memory was most of its peak at 1M memories. An
+    entry is unpacked again when asked for (:meth:`__getitem__`, :meth:`__iter__`, :meth:`key`)."""
+
+    def __init__(self) -> None:
+        self._at = array("q")  # per position: its old position (>= 0), or -1 - its entry number
+        self._text = bytearray()
+        self._ends = array("q")  # _TEXTS ends into _text per entry
+        self._khash = array("Q")
+        self._kw = array("i")  # keyword numbers into _words, back to back
+        self._kw_ends = array("q")
+        self._words: list[str] = []
+        self._word_of: dict[str, int] = {}
+
+    def extend(self, old: Iterable[int | None]) -> None:
+        """Positions at the end: their old positions (None: placed later with ``[p] = entry``)."""
+        self._at.extend(_UNSET if i is None else i for i in old)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __setitem__(self, p: int, ent: Entry) -> None:
+        self._at[p] = -1 - len(self._khash)
+        for text in (ent.key, ent.kind, ent.family, ent.lexical, ent.procedure, ent.built):
+            self._text += text.encode()
+            self._ends.append(len(self._text))
+        self._khash.append(khash_int(ent.key_hash))
+        for w in ent.keywords:
+            n = self._word_of.get(w)
+            if n is None:
+                n = self._word_of[w] = len(self._words)
+                self._words.append(w)
+            self._kw.append(n)
+        self._kw_ends.append(len(self._kw))
+
+    def _texts(self, j: int) -> list[str]:
+        start = self._ends[j * _TEXTS - 1] if j else 0
+        out = []
+        for end in self._ends[j * _TEXTS : (j + 1) * _TEXTS]:
+            out.append(self._text[start:end].decode())
+            start = end
+        return out
+
+    def _entry(self, j: int) -> Entry:
+        key, kind, family, lexical, procedure, built = self._texts(j)
+        kw = self._kw[self._kw_ends[j - 1] if j else 0 : self._kw_ends[j]]
+        words = [self._words[n] for n in kw]
+        return Entry(key, khash_str(self._khash[j]), kind, family, lexical, procedure, built, words)
+
+    def __getitem__(self, p: int) -> Source:
+        at = self._at[p]
+        return at if at >= 0 else self._entry(-1 - at)
+
+    def __iter__(self) -> Iterator[Source]:
+        for p in range(len(self._at)):
+            yield self[p]
+
+    def key(self, p: int) -> str:
+        """The key text of the entry read at position ``p``."""
+        return self._texts(-1 - self._at[p])[0]
+
+    def kept(self) -> int:
+        """How many positions keep their old position."""
+        return sum(1 for at in self._at if at >= 0)
+
+    def keep(self, positions: list[int]) -> None:
+        """Only ``positions``, in this order (an entry left out stays in the buffers, unnamed)."""
+        self._at = array("q", (self._at[p] for p in positions))
 
 
 @dataclass
@@ -74,14 +152,14 @@ def load_old(store: MemoryStore, old: State) -> Old:
     return Old(table.mtimes, table.sizes, khash, table.built, table=table, kw=kw)
 
 
-def appendable(old: Old | None, sources: list[Source]) -> Records | None:
+def appendable(old: Old | None, sources: Sources) -> Records | None:
     """The records a sync appends to: the last generation's, unless there are none (an older
     format, a rebuild) or, after this sync, most of their rows would be named by no position
     (then a new record generation, with the live records only)."""
     rec = old.records if old is not None else None
     if rec is None:
         return None
-    kept = sum(isinstance(src, int) for src in sources)
+    kept = sources.kept()
     dead = len(rec.rows) - kept
     if dead > COMPACT_MIN and dead * COMPACT_SHARE > len(rec.rows) + len(sources) - kept:
         return None
@@ -93,7 +171,7 @@ def place(
     log: RecordLog,
     old: Old | None,
     ids: list[str],
-    sources: list[Source],
+    sources: Sources,
     stamps: list[tuple[int, int]],
 ) -> np.ndarray:
     """The record of each position of the new generation: an unchanged memory keeps its record

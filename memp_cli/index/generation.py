@@ -57,11 +57,12 @@ def write_texts(
     kw: KeywordIndex,
     recs: RecordLog,
     lex: tuple[Segmented, Segmented] | None,
-    stamps: list[tuple[int, int]] | None = None,
+    stamps: tuple[Any, Any] | None = None,
 ) -> set[str]:
     """The first half of :func:`write_generation`: the generation's number, its keyword graph,
     records, state columns and BM25 files. Returns the names written. ``stamps``: each
-    position's file stat as the sync read it (else gathered from the records, one more pass)."""
+    position's file stat as the sync read it, as :func:`stamp_columns` (else gathered from the
+    records, one more pass)."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -83,15 +84,20 @@ def write_texts(
     return written
 
 
-def _stamp_columns(recs: RecordLog, stamps: list[tuple[int, int]] | None) -> tuple[Any, Any]:
-    """Each memory's file stat as the sync read it (mtimes, sizes): the query's check."""
+def stamp_columns(stamps: list[tuple[int, int]]) -> tuple[Any, Any]:
+    """Each memory's file stat as the sync read it, as two arrays (mtimes, sizes): the state
+    columns the query checks. 16 bytes a memory, where the list held two ints and a tuple."""
     import numpy as np
 
-    if stamps is None:
-        rows = recs.records(recs.pos)
-        return rows.column("mtime"), rows.column("size")
     flat = np.fromiter(chain.from_iterable(stamps), dtype=np.int64, count=2 * len(stamps))
     return flat[0::2], flat[1::2]
+
+
+def _stamp_columns(recs: RecordLog, stamps: tuple[Any, Any] | None) -> tuple[Any, Any]:
+    if stamps is not None:
+        return stamps
+    rows = recs.records(recs.pos)
+    return rows.column("mtime"), rows.column("size")
 
 
 def write_graphs(

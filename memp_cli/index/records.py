@@ -21,7 +21,10 @@ the old one stays until the files are compacted (a new ``tgen`` with the live re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import struct
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +45,10 @@ PARTS = ("rows", "text", "kw", "words")
 # position names pass this share of all rows (and COMPACT_MIN rows).
 COMPACT_SHARE = 2
 COMPACT_MIN = 4096
+
+
+# One row of row_dtype() packed (it has no padding between its fields).
+_ROW = struct.Struct("<qqQiiqqq")
 
 
 def row_dtype() -> np.dtype[Any]:
@@ -94,7 +101,7 @@ class Records:
     """The records a generation names: ``rows`` (every valid row), ``pos`` (per state position,
     its row), the keyword labels ``kw`` (int32), ``words``, ``built_names``. The texts are read
     on demand (:meth:`texts`): from ``text`` (the valid bytes of the text file, mapped) and, for
-    rows a sync has just added, ``new_text``."""
+    rows a sync has just added, ``new_text`` (their bytes, the first at byte ``new_text_at``)."""
 
     tgen: int
     rows: np.ndarray
@@ -104,8 +111,9 @@ class Records:
     built_names: list[str]
     text: Any  # bytes-like
     words_bytes: int = 0  # the valid length of the words file
-    new_text: list[tuple[str, str]] = field(default_factory=list)
+    new_text: Any = b""  # bytes-like
     new_from: int = -1  # the first row whose texts are in new_text (-1: none)
+    new_text_at: int = 0
 
     def column(self, name: str) -> np.ndarray:
         """A fixed column per state position (``mtime``, ``size``, ``khash``, ``built``)."""
@@ -117,11 +125,10 @@ class Records:
 
     def texts(self, row: int) -> tuple[str, str]:
         """The BM25 text and the procedure text of record ``row``."""
-        if 0 <= self.new_from <= row:
-            return self.new_text[row - self.new_from]
+        buf, at = (self.new_text, self.new_text_at) if 0 <= self.new_from <= row else (self.text, 0)
         start = int(self.rows["proc_end"][row - 1]) if row else 0
         mid, end = int(self.rows["lex_end"][row]), int(self.rows["proc_end"][row])
-        raw = bytes(self.text[start:end])
+        raw = bytes(buf[start - at : end - at])
         return raw[: mid - start].decode(), raw[mid - start :].decode()
 
     def all_texts(self) -> tuple[list[str], list[str]]:
@@ -132,6 +139,11 @@ class Records:
             lex.append(a)
             proc.append(b)
         return lex, proc
+
+    def iter_texts(self, which: int) -> Iterator[str]:
+        """Per state position its BM25 text (``which`` 0) or procedure text (1), one at a time."""
+        for row in self.pos.tolist():
+            yield self.texts(row)[which]
 
     def keyword_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Per state position its keyword labels, as CSR (offsets, labels: int64)."""
@@ -207,7 +219,9 @@ def load_records(store: MemoryStore, state: State) -> Records:
 
 class RecordLog:
     """The records a sync writes: those of ``base`` (the last generation's, unless a new record
-    generation starts) plus the ones :meth:`add` appends, held in memory until :meth:`write`."""
+    generation starts) plus the ones :meth:`add` appends, held in memory until :meth:`write`:
+    packed into byte buffers and int arrays as they come, not a Python object per record (a
+    rebuild adds one for every memory of the store)."""
 
     def __init__(self, tgen: int, base: Records | None, words: list[str] | None = None) -> None:
         """``base``: the records to append to (None: a new record generation, empty, whose
@@ -221,10 +235,9 @@ class RecordLog:
         self.built_names: list[str] = list(base.built_names) if base is not None else []
         self._code = {b: i for i, b in enumerate(self.built_names)}
         self._label = {w: i for i, w in enumerate(self.words)}
-        self._rows: list[tuple[int, ...]] = []
-        self._texts: list[tuple[str, str]] = []
-        self._text_parts: list[bytes] = []
-        self._kw: list[int] = []
+        self._rows = bytearray()  # _ROW each
+        self._text = bytearray()
+        self._kw = array("i")
         n = len(base.rows) if base is not None else 0
         self.first = n
         self.pos: np.ndarray = np.zeros(0, dtype=np.int64)  # the new generation's (set by the sync)
@@ -234,7 +247,7 @@ class RecordLog:
 
     @property
     def n_rows(self) -> int:
-        return self.first + len(self._rows)
+        return self.first + len(self._rows) // _ROW.size
 
     def word_label(self, word: str) -> int:
         lab = self._label.get(word)
@@ -252,20 +265,25 @@ class RecordLog:
             code = self._code[built] = len(self.built_names)
             self.built_names.append(built)
         a, b = lexical.encode(), procedure.encode()
-        self._text_parts += (a, b)
-        self._texts.append((lexical, procedure))
+        self._text += a
+        self._text += b
         lex_end = self._text_end + len(a)
         self._text_end = lex_end + len(b)
         self._kw.extend(kw)
         self._kw_end += len(kw)
-        self._rows.append((stamp[0], stamp[1], khash, code, 0, lex_end, self._text_end, self._kw_end))
+        self._rows += _ROW.pack(stamp[0], stamp[1], khash, code, 0, lex_end, self._text_end, self._kw_end)
         return self.n_rows - 1
+
+    def _new_rows(self) -> np.ndarray:
+        import numpy as np
+
+        return np.frombuffer(bytes(self._rows), dtype=row_dtype()) if self._rows else self._empty
 
     def records(self, pos: np.ndarray) -> Records:
         """The records with ``pos`` as the positions (the base's rows and the added ones)."""
         import numpy as np
 
-        new_rows = np.array(self._rows, dtype=row_dtype()) if self._rows else self._empty
+        new_rows = self._new_rows()
         new_kw = np.array(self._kw, dtype=np.int32)
         base = self.base
         rows = np.concatenate([base.rows, new_rows]) if base is not None else new_rows
@@ -279,8 +297,9 @@ class RecordLog:
             self.words,
             self.built_names,
             text,
-            new_text=self._texts,
+            new_text=bytes(self._text),
             new_from=self.first,
+            new_text_at=self._text_end - len(self._text),
         )
 
     def write(self, store: MemoryStore, gen: int, pos: np.ndarray) -> set[str]:
@@ -299,9 +318,9 @@ class RecordLog:
             "words": base.words_bytes if base is not None else 0,
         }
         words_old = self._words_written
-        data = {
-            "rows": np.array(self._rows, dtype=row_dtype()).tobytes() if self._rows else b"",
-            "text": b"".join(self._text_parts),
+        data: dict[str, bytes | bytearray] = {
+            "rows": self._rows,
+            "text": self._text,
             "kw": np.array(self._kw, dtype=np.int32).tobytes(),
             "words": b"".join(orjson.dumps(w) + b"\n" for w in self.words[words_old:]),
         }

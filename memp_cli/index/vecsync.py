@@ -69,6 +69,7 @@ class Graphs:
         """Make the merge's base and apply the recorded steps (nothing for a delta sync)."""
         if self.make is None:
             return
+        release_free_heap()  # what the text phase freed, before the base takes its place
         base, steps = self.make(vectors), self.steps
         self.make, self.steps = None, []
         for step in steps:
@@ -78,6 +79,19 @@ class Graphs:
             else:
                 fill(base, vectors, *step)
         self.base = base
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing where
+    there is none). The objects and arrays a rebuild's text phase frees (about 1.2 KB a memory)
+    otherwise stay resident under the graph made next: at 882k memories, a GB of the peak."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def fill(graph: hnswlib.Index, vectors: VectorFile | RamVectors, labels: np.ndarray, threads: int) -> None:

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.entry import Entry, Fresh, Scan, entry
-from memp_cli.index.filesync import Old, Source, appendable, load_old, place, stamps_now
-from memp_cli.index.generation import write_generation, write_graphs, write_texts
+from memp_cli.index.entry import Fresh, Scan, entry
+from memp_cli.index.filesync import Old, Sources, appendable, load_old, place, stamps_now
+from memp_cli.index.generation import stamp_columns, write_generation, write_graphs, write_texts
 from memp_cli.index.keywords import KeywordIndex, load_graph, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
 from memp_cli.index.records import RecordLog, khash_int
@@ -44,6 +46,7 @@ from memp_cli.store.fsutil import atomic_write
 if TYPE_CHECKING:
     import numpy as np
 
+    from memp_cli.index.lexical import LexicalIndex
     from memp_cli.index.lexseg import Lexical, Segmented
     from memp_cli.store.protocol import MemoryStore
 
@@ -51,6 +54,8 @@ Progress = Callable[[int, int], None]
 # A sync that embeds this many memories adds them to the graph on every core (the graph then
 # depends a little on thread timing); a smaller one on one thread, the same graph every time.
 PARALLEL_ADD_MIN = 2048
+# A rebuild's BM25 indexes are built this many documents at a time (:func:`_build_side`).
+LEXICAL_CHUNK = 65536
 
 
 @dataclass
@@ -149,9 +154,10 @@ def _sync(
             with contextlib.suppress(StoreError):  # else taken from the graph below
                 old_vectors = load_vectors(store, old) if old.ids else None
     first = state.next_label  # the labels of this sync's embeddings start here
-    sources: list[Source] = []
+    sources = Sources()
     stamps: list[tuple[int, int]] = []
     to_embed, removed_labels = _plan(store, files, old, old_side, state, sources, stamps, report, fresh)
+    del files  # a rebuild holds no per-memory objects it no longer needs (stamps, entries: below)
     _relabel(state, to_embed, removed_labels, first)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
@@ -185,6 +191,8 @@ def _sync(
     try:
         # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
         recs, kw = _sync_records(store, embedder, state, old, old_side, sources, stamps, kw_missing, report)
+        stamp_cols = stamp_columns(stamps)  # for the state columns: two arrays, not 882k tuples
+        del stamps  # in the records now
         graphs = graph_for(store, state, delta, vectors, removed_labels, first)
         if to_embed:
             _embed(
@@ -196,6 +204,7 @@ def _sync(
                 recs,
                 vectors,
                 to_embed,
+                sources,
                 removed_labels,
                 report,
                 progress,
@@ -206,15 +215,16 @@ def _sync(
         segs = None
         if old is not None and old_side is not None:
             segs = _update_lexical(store, old, old_side, state, sources, removed_labels)
+        del sources
         if segs is None:
             segs = _build_lexical(state, recs)
         both: tuple[Lexical, Lexical] | None = segs
         if persist:
             if report.updated_ids:  # a hand edit becomes a version of its memory, before the index
                 store.notice_edits(report.updated_ids)  # stops calling it changed (a kill between)
-            written = write_texts(store, state, kw, recs, segs, stamps)
+            written = write_texts(store, state, kw, recs, segs, stamp_cols)
             if graphs.merged:  # on disk now: not in memory beside the base being made
-                del files, sources, stamps, old_side, recs, segs
+                del old_side, recs, segs
                 sides = (read_lexical(store, state), read_lexical(store, state, "procedure"))
                 both = (
                     (sides[0], sides[1]) if sides[0] is not None and sides[1] is not None else None
@@ -255,7 +265,7 @@ def _sync_records(
     state: State,
     old: State | None,
     old_side: Old | None,
-    sources: list[Source],
+    sources: Sources,
     stamps: list[tuple[int, int]],
     kw_missing: bool,
     report: SyncReport,
@@ -288,11 +298,11 @@ def _sync_records(
     return log, kw
 
 
-def _relabel(state: State, to_embed: list[tuple[int, Entry]], removed_labels: list[int], first: int) -> None:
+def _relabel(state: State, to_embed: list[int], removed_labels: list[int], first: int) -> None:
     """Give every memory to embed a new label, ``first`` on in ``to_embed`` order, so the
     vectors file only ever grows at its end (a memory whose keys changed leaves its old label
     and row behind: the last generation, which still names them, stays intact)."""
-    for j, (pos, _) in enumerate(to_embed):
+    for j, pos in enumerate(to_embed):
         if state.labels[pos] < first:
             removed_labels.append(state.labels[pos])
         state.labels[pos] = first + j
@@ -332,20 +342,20 @@ def _plan(
     old: State | None,
     old_side: Old | None,
     state: State,
-    sources: list[Source],
+    sources: Sources,
     stamps: list[tuple[int, int]],
     report: SyncReport,
     fresh: Fresh | None = None,
-) -> tuple[list[tuple[int, Entry]], list[int]]:
+) -> tuple[list[int], list[int]]:
     """Fill ``state``, ``sources`` and ``stamps`` with the memory files (in id order): unchanged
     ones (same stat) by their old position, the others read, or taken from ``fresh`` while their
     stat is the one recorded there (only these are visited one by one: the unchanged ones are
-    found by set difference and copied column by column). Returns what to embed (state
-    position, entry) and the labels to remove from the graph. Only :class:`Entry` texts are kept
-    of a memory read, never the memory."""
+    found by set difference and copied column by column). Returns the state positions to embed
+    (their entries are in ``sources``) and the labels to remove from the graph. Only
+    :class:`Entry` texts are kept of a memory read, packed (:class:`Sources`), never the memory."""
     prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
     fresh = fresh or {}
-    to_embed: list[tuple[int, Entry]] = []
+    to_embed: list[int] = []
     removed_labels: list[int] = []
     ids = sorted(files)
     # (An index from before format 4 has no procedure texts: its memories are re-read.)
@@ -363,7 +373,7 @@ def _plan(
     labels = [old.labels[i] for i in take] if old is not None and old.ids else [0] * len(ids)
     kinds = [old.kinds[i] for i in take] if old is not None and old.ids else [""] * len(ids)
     families = [old.families[i] for i in take] if old is not None and old.ids else [""] * len(ids)
-    sources.extend(cast("list[Source]", src))
+    sources.extend(src)
     stamps.extend(map(files.__getitem__, ids))
     broken: list[int] = []
     for p in at:
@@ -393,14 +403,16 @@ def _plan(
                 label = state.next_label
                 state.next_label += 1
                 report.added += 1
-            to_embed.append((p - len(broken), ent))
-        labels[p], kinds[p], families[p], sources[p] = label, ent.kind, ent.family, ent
+            to_embed.append(p - len(broken))
+        # (kinds and families repeat: one string each, not one per memory read)
+        labels[p], kinds[p], families[p] = label, sys.intern(ent.kind), sys.intern(ent.family)
+        sources[p] = ent
     if broken:  # broken files are left out
         gone_at = set(broken)
         keep = [p for p in range(len(ids)) if p not in gone_at]
         ids, kinds, families = [ids[p] for p in keep], [kinds[p] for p in keep], [families[p] for p in keep]
         labels = [labels[p] for p in keep]
-        sources[:] = [sources[p] for p in keep]
+        sources.keep(keep)
         stamps[:] = [stamps[p] for p in keep]
     state.ids, state.labels, state.kinds, state.families = ids, labels, kinds, families
     if old is not None:
@@ -418,13 +430,14 @@ def _embed(
     kw: KeywordIndex,
     recs: RecordLog,
     vectors: VectorFile | RamVectors,
-    to_embed: list[tuple[int, Entry]],
+    to_embed: list[int],
+    sources: Sources,
     removed_labels: list[int],
     report: SyncReport,
     progress: Progress | None,
     persist: bool,
 ) -> None:
-    """Embed the key texts of ``to_embed`` in batches into the graph and ``vectors`` (their
+    """Embed the key texts of the positions ``to_embed`` in batches into the graph and ``vectors`` (their
     labels are new and consecutive: appended). When interrupted (Ctrl-C, a failing embedder),
     write what was done first (:func:`_checkpoint`)."""
     import numpy as np
@@ -434,8 +447,8 @@ def _embed(
     try:
         for start in range(0, len(to_embed), EMBED_BATCH):
             batch = to_embed[start : start + EMBED_BATCH]
-            vecs = embedder.embed([e.key for _, e in batch])
-            labels = np.array([state.labels[pos] for pos, _ in batch], dtype=np.int64)
+            vecs = embedder.embed([sources.key(pos) for pos in batch])
+            labels = np.array([state.labels[pos] for pos in batch], dtype=np.int64)
             rows = unit_rows(vecs)
             vectors.append(labels, rows)
             graphs.add(labels, rows, threads)
@@ -445,7 +458,7 @@ def _embed(
                 progress(done, len(to_embed))
     except BaseException:
         if persist and done:
-            pending = {pos for pos, _ in to_embed[done:]}
+            pending = set(to_embed[done:])
             with contextlib.suppress(Exception):
                 _checkpoint(store, state, graphs, kw, recs, vectors, pending, removed_labels, report)
         raise
@@ -501,16 +514,33 @@ def _checkpoint(
 
 def _build_lexical(state: State, recs: RecordLog) -> tuple[Segmented, Segmented] | None:
     """The two BM25 indexes of a generation: over the key texts and over the procedures."""
-    from memp_cli.index.lexical import LexicalIndex
-    from memp_cli.index.lexseg import Segmented
 
     if not state.ids:
         return None
-    texts, procedures = recs.records(recs.pos).all_texts()
+    from memp_cli.index.lexseg import Segmented
+
+    rec = recs.records(recs.pos)  # the texts read one at a time, one index after the other
     return (
-        Segmented.whole(LexicalIndex.build(list(zip(state.labels, texts, strict=True)))),
-        Segmented.whole(LexicalIndex.build(list(zip(state.labels, procedures, strict=True)))),
+        Segmented.whole(_build_side(state.labels, rec.iter_texts(0))),
+        Segmented.whole(_build_side(state.labels, rec.iter_texts(1))),
     )
+
+
+def _build_side(labels: list[int], texts: Iterator[str]) -> LexicalIndex:
+    """One BM25 index, built :data:`LEXICAL_CHUNK` documents at a time, each chunk merged into
+    the index so far (:meth:`LexicalIndex.updated`: the arrays one build of them all makes). A
+    build's temporary arrays are several times its postings' size: bounded by a chunk, they
+    are no longer the peak of a rebuild at 1M memories."""
+    import numpy as np
+
+    from memp_cli.index.lexical import LexicalIndex
+
+    docs = zip(labels, texts, strict=True)
+    lex = LexicalIndex.build(itertools.islice(docs, LEXICAL_CHUNK))
+    none = np.zeros(0, dtype=np.int64)
+    while chunk := list(itertools.islice(docs, LEXICAL_CHUNK)):
+        lex = lex.updated(none, chunk)
+    return lex
 
 
 def _update_lexical(
@@ -518,7 +548,7 @@ def _update_lexical(
     old: State,
     old_side: Old,
     state: State,
-    sources: list[Source],
+    sources: Sources,
     removed_labels: list[int],
 ) -> tuple[Segmented, Segmented] | None:
     """The two BM25 indexes of the new generation from the old one's (:meth:`Segmented.updated`:
