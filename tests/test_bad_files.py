@@ -216,3 +216,34 @@ def test_read_ahead_threads_give_what_one_thread_gives(built: Path, monkeypatch:
     assert outcome(list(s.iter_memories())) == one
     assert threads and all(t.startswith("memp-read") for t in threads)
     assert in_flight[1] <= 6  # the window (5) and the one just submitted
+
+
+def test_a_memory_file_is_read_at_its_size_not_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read asks for the file's size and one byte more (to see it grew), not a buffer of the
+    16 MB limit: that allocation was most of a read's cost over 900k files. A file that grows
+    past what fstat said is still read whole, and one over the limit is still refused."""
+    from memp_cli.errors import MemoryFileError
+    from memp_cli.model import memory as mem_mod
+
+    asked: list[int] = []
+    real = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        asked.append(n)
+        return real(fd, n)
+
+    monkeypatch.setattr(mem_mod.os, "read", read)
+    p = tmp_path / "m.toml"
+    p.write_bytes(b"x" * 2000)
+    assert mem_mod.read_memory_bytes(p) == b"x" * 2000
+    assert asked[0] == 2001 and max(asked) < 1 << 17
+    real_fstat = os.fstat
+    monkeypatch.setattr(
+        mem_mod.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 10, *real_fstat(fd)[7:]))
+    )
+    assert mem_mod.read_memory_bytes(p) == b"x" * 2000  # grew since fstat: still read whole
+    p.write_bytes(b"x" * (MAX_MEMORY_FILE_BYTES + 5))
+    with pytest.raises(MemoryFileError, match="over the"):
+        mem_mod.read_memory_bytes(p)  # fstat says 10 bytes; the read finds it over the limit

@@ -381,8 +381,7 @@ def read_memory_bytes(path: Path) -> bytes:
             raise _not_regular(path, kind)
         if st.st_size > MAX_MEMORY_FILE_BYTES:
             raise _too_big(path, st.st_size)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_MEMORY_FILE_BYTES + 1)
+        raw = _read_all(fd, st.st_size + 1)
         if len(raw) > MAX_MEMORY_FILE_BYTES:
             raise _too_big(path, len(raw))  # grew while being read
         return raw
@@ -390,6 +389,22 @@ def read_memory_bytes(path: Path) -> bytes:
         raise MemoryFileError(f"cannot be read ({e.strerror})", path=str(path)) from None
     finally:
         os.close(fd)
+
+
+def _read_all(fd: int, first: int) -> bytes:
+    """Up to MAX_MEMORY_FILE_BYTES + 1 bytes of ``fd``, asking first for ``first`` (the size
+    fstat gave, and one byte to see it grew): a buffer of the limit's size for every file cost
+    a 16 MB allocation per read (~30 us; half a minute over 900k files)."""
+    parts: list[bytes] = []
+    total, want = 0, first
+    while total <= MAX_MEMORY_FILE_BYTES:
+        chunk = os.read(fd, min(want, MAX_MEMORY_FILE_BYTES + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        want = 1 << 16
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _not_regular(path: Path, kind: str) -> MemoryFileError:
