@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_index_scale import _memories, _same_arrays
+from test_index_scale import _count_built, _memories, _same_arrays
 
 from memp_cli import index as index_mod
 from memp_cli.backends.embedders.hashing import HashEmbedder
@@ -159,15 +159,7 @@ def test_a_rebuild_builds_bm25_in_chunks_that_equal_one_build(
     mems = _memories(60)
     st.save_memories(mems, event="test")
     monkeypatch.setattr(writer, "LEXICAL_CHUNK", 7)
-    built: list[int] = []
-    real = LexicalIndex.build.__func__  # type: ignore[attr-defined]
-
-    def build(cls: Any, docs: Any, **kw: Any) -> LexicalIndex:
-        docs = list(docs)
-        built.append(len(docs))
-        return real(cls, docs, **kw)
-
-    monkeypatch.setattr(LexicalIndex, "build", classmethod(build))
+    built = _count_built(monkeypatch)
     idx, _ = index_mod.sync(st, EMB, rebuild=True)
     assert max(built) == 7 and sum(built) == 2 * 60  # both sides, a chunk at a time
     monkeypatch.undo()
