@@ -593,3 +593,20 @@ def test_the_reply_shown_in_the_error_is_printable_and_redacted(srv: LLMServer) 
     shown = str(info.value)
     assert KEY not in shown and "\x1b" not in shown and "\ufffd" in shown
     shown.encode("utf-8")
+
+
+def test_the_local_server_says_nothing_of_a_client_killed_mid_call(capfd: pytest.CaptureFixture[str]) -> None:
+    """The kill -9 trials kill memp while it talks to this server: the reset connection is no
+    server error. socketserver printed its traceback to stderr, which an in-process `memp` call
+    running at that moment took as its own (and failed the trial's no-traceback check)."""
+    import socket
+    import struct
+    import time
+
+    with serve() as server:
+        host, _, port = server.url.split("//")[1].split("/")[0].partition(":")
+        s = socket.create_connection((host, int(port)))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # linger 0: a reset, as from a killed process
+        time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err

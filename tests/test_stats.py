@@ -60,6 +60,7 @@ def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Path], list[str]]:
     files: list[Path] = []
     runs: list[str] = []
     load, from_stored = store_mod.load_memory_file, Trajectory.from_stored
+    parse = store_mod.parse_memory_bytes
 
     def load_spy(path: Path) -> Any:
         files.append(path)
@@ -69,7 +70,12 @@ def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Path], list[str]]:
         runs.append(d["id"])
         return from_stored(d)
 
+    def bytes_spy(raw: bytes, path: Path) -> Any:  # Store.iter_memories reads ahead, then parses
+        files.append(path)
+        return parse(raw, path)
+
     monkeypatch.setattr(store_mod, "load_memory_file", load_spy)
+    monkeypatch.setattr(store_mod, "parse_memory_bytes", bytes_spy)
     monkeypatch.setattr(Trajectory, "from_stored", staticmethod(parse_spy))
     return files, runs
 
