@@ -155,7 +155,6 @@ def graph_for(
     store: MemoryStore,
     state: State,
     delta: hnswlib.Index | None,
-    vectors: VectorFile | RamVectors,
     removed_labels: list[int],
     first: int,
 ) -> Graphs:

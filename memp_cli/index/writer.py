@@ -193,7 +193,7 @@ def _sync(
         recs, kw = _sync_records(store, embedder, state, old, old_side, sources, stamps, kw_missing, report)
         stamp_cols = stamp_columns(stamps)  # for the state columns: two arrays, not 882k tuples
         del stamps  # in the records now
-        graphs = graph_for(store, state, delta, vectors, removed_labels, first)
+        graphs = graph_for(store, state, delta, removed_labels, first)
         if to_embed:
             _embed(
                 store,
@@ -212,9 +212,7 @@ def _sync(
             )
         to_embed.clear()  # the key texts are embedded: not held through the BM25 build
         drop_labels(state, graphs, removed_labels)
-        segs = None
-        if old is not None and old_side is not None:
-            segs = _update_lexical(store, old, old_side, state, sources, removed_labels)
+        segs = _update_lexical(store, old, state, sources) if old is not None else None
         del sources
         if segs is None:
             segs = _build_lexical(state, recs)
@@ -544,12 +542,7 @@ def _build_side(labels: list[int], texts: Iterator[str]) -> LexicalIndex:
 
 
 def _update_lexical(
-    store: MemoryStore,
-    old: State,
-    old_side: Old,
-    state: State,
-    sources: Sources,
-    removed_labels: list[int],
+    store: MemoryStore, old: State, state: State, sources: Sources
 ) -> tuple[Segmented, Segmented] | None:
     """The two BM25 indexes of the new generation from the old one's (:meth:`Segmented.updated`:
     the memories read again are dropped and added, nothing else is tokenized again; the old base
