@@ -247,3 +247,24 @@ def test_a_memory_file_is_read_at_its_size_not_the_limit(
     p.write_bytes(b"x" * (MAX_MEMORY_FILE_BYTES + 5))
     with pytest.raises(MemoryFileError, match="over the"):
         mem_mod.read_memory_bytes(p)  # fstat says 10 bytes; the read finds it over the limit
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_memory_removed_after_the_listing_is_one_error(
+    built: Path, monkeypatch: pytest.MonkeyPatch, threaded: bool
+) -> None:
+    """A memory file deleted between the folder's listing and its read (a concurrent forget)
+    is reported by path like any file memp cannot use; the others still come out."""
+    import memp_cli.store as store_mod
+    from memp_cli.errors import MemoryFileError
+    from memp_cli.store import Store
+
+    s = Store.open(built)
+    ids = memory_ids(built)
+    monkeypatch.setattr(Store, "memory_ids", lambda self: sorted([*ids, "mgone00000000"]))
+    if threaded:
+        monkeypatch.setattr(store_mod, "READ_THREADS_MIN", 1)
+    out = list(s.iter_memories())
+    errors = [m for m in out if isinstance(m, MemoryFileError)]
+    assert len(out) == len(ids) + 1 and len(errors) == 1
+    assert str(_mem(built, "mgone00000000")) in str(errors[0]) and "no such memory file" in str(errors[0])

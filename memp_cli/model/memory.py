@@ -424,11 +424,16 @@ def _too_big(path: Path, size: int) -> MemoryFileError:
 
 
 def load_memory_file(path: Path) -> Memory:
+    return parse_memory_bytes(memory_file_bytes(path), path)
+
+
+def memory_file_bytes(path: Path) -> bytes:
+    """:func:`read_memory_bytes`, a missing file being a MemoryFileError too (for readers that
+    report a file removed since they listed it and go on)."""
     try:
-        raw = read_memory_bytes(path)
+        return read_memory_bytes(path)
     except FileNotFoundError:
         raise MemoryFileError("no such memory file", path=str(path)) from None
-    return parse_memory_bytes(raw, path)
 
 
 def parse_memory_bytes(raw: bytes, path: Path) -> Memory:

@@ -33,9 +33,9 @@ from memp_cli.model.memory import (
     Memory,
     encode_memory_file,
     load_memory_file,
+    memory_file_bytes,
     now_iso,
     parse_memory_bytes,
-    read_memory_bytes,
     valid_id,
     valid_ids,
 )
@@ -439,10 +439,8 @@ class Store:
 
 def _read_or_error(path: Path) -> bytes | MemoryFileError:
     try:
-        return read_memory_bytes(path)
-    except FileNotFoundError:  # removed since the listing
-        return MemoryFileError("no such memory file", path=str(path))
-    except MemoryFileError as e:
+        return memory_file_bytes(path)
+    except MemoryFileError as e:  # also a file removed since the listing
         return e
 
 
