@@ -58,6 +58,24 @@ class Sources:
         """Positions at the end: their old positions (None: placed later with ``[p] = entry``)."""
         self._at.extend(_UNSET if i is None else i for i in old)
 
+    def extend_positions(self, old: np.ndarray) -> None:
+        """:meth:`extend` from an int array of old positions (-1: placed later)."""
+        import numpy as np
+
+        at = np.where(old >= 0, old, _UNSET).astype(np.int64)
+        self._at.frombytes(at.tobytes())
+
+    def positions(self) -> np.ndarray:
+        """Each position's old position, or a negative number for an entry read (a copy)."""
+        import numpy as np
+
+        return np.frombuffer(self._at, dtype=np.int64).copy() if len(self._at) else np.zeros(0, np.int64)
+
+    def read(self) -> list[tuple[int, Entry]]:
+        """The positions of the entries read, with their entries, in position order."""
+        at = self._at
+        return [(p, self._entry(-1 - at[p])) for p in range(len(at)) if at[p] < 0]
+
     def __len__(self) -> int:
         return len(self._at)
 
@@ -181,13 +199,15 @@ def place(
 
     pos = np.empty(len(sources), dtype=np.int64)
     base = log.base
+    todo: Iterable[int] = range(len(sources))
     if base is not None:  # the unchanged keep their records: one gather
-        kept = [p for p, src in enumerate(sources) if isinstance(src, int)]
-        pos[kept] = base.pos[np.asarray([sources[p] for p in kept], dtype=np.int64)]
-    for p, src in enumerate(sources):
+        at = sources.positions()
+        kept = at >= 0
+        pos[kept] = base.pos[at[kept]]
+        todo = np.flatnonzero(~kept).tolist()
+    for p in todo:
+        src = sources[p]
         if isinstance(src, int):
-            if base is not None:
-                continue
             assert old is not None
             lex, proc = old.texts(src)
             kw = _old_keywords(store, log, old, src, ids[p])

@@ -176,11 +176,12 @@ class State:
         d: dict[str, Any] = {"index_version": INDEX_VERSION}
         d.update((k, v) for k, v in vars(self).items() if k not in COLUMNS and not k.startswith("_"))
         del d["version"]
-        d.update(count=self.count, kind_names=self._names("kinds"), family_names=self._names("families"))
+        d.update(count=self.count, kind_names=self.names("kinds"), family_names=self.names("families"))
         return orjson.dumps(d)
 
-    def _names(self, name: str) -> list[str]:
-        """The names table column ``name`` ("kinds" or "families") is coded into."""
+    def names(self, name: str) -> list[str]:
+        """The names table column ``name`` ("kinds" or "families") is coded into (the codes of
+        :meth:`column_arrays`)."""
         cols = self._mapped(name)
         if cols is not None:  # as read: the same table (no list built)
             return cols.kind_names if name == "kinds" else cols.family_names
@@ -211,7 +212,7 @@ class State:
                 out[name] = np.asarray(getattr(cols, name), dtype=np.int32)
                 continue
             values = self.kinds if name == "kinds" else self._families()
-            code = {v: i for i, v in enumerate(self._names(name))}
+            code = {v: i for i, v in enumerate(self.names(name))}
             out[name] = np.fromiter(map(code.__getitem__, values), dtype=np.int32, count=len(values))
         return out
 

@@ -4,7 +4,6 @@ same work without the lock and without writing (a store the process may not writ
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import itertools
 import os
@@ -148,11 +147,11 @@ def _sync(
             report.rebuilt = True
             report.rebuild_reason = e.message
         else:
-            if old.ids:  # else the graphs and the vectors file start afresh
+            if old.count:  # else the graphs and the vectors file start afresh
                 state.vec_gen, state.base_gen, state.base_end = old.vec_gen, old.base_gen, old.base_end
                 state.base_deleted = list(old.base_deleted)
             with contextlib.suppress(StoreError):  # else taken from the graph below
-                old_vectors = load_vectors(store, old) if old.ids else None
+                old_vectors = load_vectors(store, old) if old.count else None
     first = state.next_label  # the labels of this sync's embeddings start here
     sources = Sources()
     stamps: list[tuple[int, int]] = []
@@ -161,7 +160,7 @@ def _sync(
     _relabel(state, to_embed, removed_labels, first)
     state.dir_mtime_ns = dir_mtime
     kw_missing = old is None or old.kw_version != KW_VERSION
-    vectors_missing = old is not None and bool(old.ids) and old_vectors is None
+    vectors_missing = old is not None and old.count > 0 and old_vectors is None
     changed = report.changed or bool(removed_labels) or kw_missing or report.rebuilt or vectors_missing
     if not changed and old is not None and old.version == INDEX_VERSION:
         # Nothing to embed: the last generation stands if its BM25 and keyword files are sound.
@@ -351,31 +350,50 @@ def _plan(
     found by set difference and copied column by column). Returns the state positions to embed
     (their entries are in ``sources``) and the labels to remove from the graph. Only
     :class:`Entry` texts are kept of a memory read, packed (:class:`Sources`), never the memory."""
-    prev = {mid: i for i, mid in enumerate(old.ids)} if old is not None else {}
+    import numpy as np
+
     fresh = fresh or {}
     to_embed: list[int] = []
     removed_labels: list[int] = []
     ids = sorted(files)
+    stamps.extend(map(files.__getitem__, ids))
+    # Each memory's old position (-1: new), found by array search in the old ids (sorted).
+    none = {"ids": np.zeros(0, dtype="S1"), "labels": np.zeros(0, dtype=np.int64)}
+    arrays = old.column_arrays() if old is not None else none
+    old_ids, old_labels = arrays["ids"], arrays["labels"]
+    prev = _old_positions(old_ids, ids)
     # (An index from before format 4 has no procedure texts: its memories are re-read.)
     if old is not None and old_side is not None and old.version >= 4:
-        known = dict(zip(old.ids, zip(old_side.mtimes, old_side.sizes, strict=True), strict=True))
-        redo = {mid for mid, _ in files.items() - known.items()}  # new or another stat
+        had = np.flatnonzero(prev >= 0)
+        redo = np.ones(len(ids), dtype=bool)  # new, or another stat
+        if len(had):
+            now = np.asarray(stamps, dtype=np.int64)[had]
+            was = prev[had]
+            redo[had] = (now[:, 0] != np.asarray(old_side.mtimes, dtype=np.int64)[was]) | (
+                now[:, 1] != np.asarray(old_side.sizes, dtype=np.int64)[was]
+            )
         if "" in old_side.built:  # what it was built with is unknown: read again
-            redo.update(old.ids[i] for i, b in enumerate(old_side.built) if not b and old.ids[i] in files)
-        at = sorted(bisect.bisect_left(ids, mid) for mid in redo)
+            unknown = np.zeros(len(old_ids), dtype=bool)
+            unknown[[i for i, b in enumerate(old_side.built) if not b]] = True
+            redo[had[unknown[prev[had]]]] = True
+        at = np.flatnonzero(redo).tolist()
     else:
         at = list(range(len(ids)))
     # Every memory as unchanged (its old position), then those to read again in their place.
-    src: list[int | None] = list(map(prev.get, ids))
-    take = [i if i is not None else 0 for i in src]
-    labels = [old.labels[i] for i in take] if old is not None and old.ids else [0] * len(ids)
-    kinds = [old.kinds[i] for i in take] if old is not None and old.ids else [""] * len(ids)
-    families = [old.families[i] for i in take] if old is not None and old.ids else [""] * len(ids)
-    sources.extend(src)
-    stamps.extend(map(files.__getitem__, ids))
+    src: list[int] = prev.tolist()
+    take = np.where(prev >= 0, prev, 0)
+    if old is not None and len(old_ids):
+        labels = old_labels[take].tolist()
+        # (one string per kind and family name, not one per memory)
+        kinds, families = (
+            list(map(old.names(n).__getitem__, arrays[n][take].tolist())) for n in ("kinds", "families")
+        )
+    else:
+        labels, kinds, families = [0] * len(ids), [""] * len(ids), [""] * len(ids)
+    sources.extend_positions(prev)
     broken: list[int] = []
     for p in at:
-        mid, stamp, i = ids[p], stamps[p], src[p]
+        mid, stamp, i = ids[p], stamps[p], (src[p] if src[p] >= 0 else None)
         handed = fresh.get(mid)
         try:
             ent = handed[0] if handed is not None and handed[1] == stamp else entry(store.read_memory(mid))
@@ -383,18 +401,18 @@ def _plan(
             report.broken.append(e)
             state.broken[mid] = list(stamp)
             if i is not None and old is not None:
-                removed_labels.append(old.labels[i])
+                removed_labels.append(int(old_labels[i]))
             broken.append(p)
             continue
         khash = khash_int(ent.key_hash)
         if i is not None and old is not None and old_side is not None and old_side.khash[i] == khash:
-            label = old.labels[i]  # content edit that leaves the keys alone: no re-embed
+            label = int(old_labels[i])  # content edit that leaves the keys alone: no re-embed
             if (old_side.mtimes[i], old_side.sizes[i]) != stamp:
                 report.updated += 1
                 report.updated_ids.append(mid)
         else:
             if i is not None and old is not None:
-                label = old.labels[i]
+                label = int(old_labels[i])
                 report.updated += 1
                 report.updated_ids.append(mid)
             else:
@@ -414,10 +432,33 @@ def _plan(
         stamps[:] = [stamps[p] for p in keep]
     state.ids, state.labels, state.kinds, state.families = ids, labels, kinds, families
     if old is not None:
-        gone = set(old.ids) - set(files)
-        removed_labels.extend(old.labels[prev[mid]] for mid in gone)
-        report.removed = len(gone)
+        gone = np.ones(len(old_ids), dtype=bool)
+        gone[prev[prev >= 0]] = False
+        removed_labels.extend(old_labels[gone].tolist())
+        report.removed = int(gone.sum())
     return to_embed, removed_labels
+
+
+def _old_positions(old_ids: np.ndarray, ids: list[str]) -> np.ndarray:
+    """The position of each of ``ids`` in ``old_ids`` (sorted id bytes), -1 where it is not."""
+    import numpy as np
+
+    prev = np.full(len(ids), -1, dtype=np.int64)
+    if not len(old_ids) or not ids:
+        return prev
+    try:  # ids are ASCII (memory.ID_RE): numpy encodes them at C speed
+        new = np.array(ids, dtype=np.bytes_)
+    except UnicodeEncodeError:
+        new = np.array([i.encode() for i in ids], dtype=np.bytes_)
+    if len(old_ids) > 1 and not bool(np.all(old_ids[:-1] < old_ids[1:])):  # not as a sync writes them
+        where = {mid: i for i, mid in enumerate(old_ids.tolist())}
+        return np.fromiter((where.get(m, -1) for m in new.tolist()), dtype=np.int64, count=len(ids))
+    at = np.searchsorted(old_ids, new)
+    inside = at < len(old_ids)
+    hit = np.zeros(len(ids), dtype=bool)
+    hit[inside] = old_ids[at[inside]] == new[inside]
+    prev[hit] = at[hit]
+    return prev
 
 
 def _embed(
@@ -553,16 +594,18 @@ def _update_lexical(
     from memp_cli.index import lexical
     from memp_cli.index.lexseg import as_segmented
 
-    if not state.ids or old.version < 6 or not old.ids:
+    if not state.ids or old.version < 6 or not old.count:
         return None
     try:
         sides = (read_lexical(store, old), read_lexical(store, old, "procedure"))
     except StoreError:
         return None
-    copied = np.zeros(len(old.ids), dtype=bool)
-    copied[[src for src in sources if isinstance(src, int)]] = True
-    drop = np.asarray(old.labels, dtype=np.int64)[~copied]  # read again, gone or broken
-    read = [(p, src) for p, src in enumerate(sources) if not isinstance(src, int)]
+    at = sources.positions()
+    kept = at >= 0
+    copied = np.zeros(old.count, dtype=bool)
+    copied[at[kept]] = True
+    drop = old.label_array()[~copied]  # read again, gone or broken
+    read = sources.read()
     out = []
     for k, lex in enumerate(sides):
         if lex is None or (lex.k1, lex.b, lex.idf_power, lex.bigrams) != (
