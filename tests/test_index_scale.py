@@ -229,7 +229,7 @@ def test_an_index_from_format_4_is_upgraded_without_embedding(built: Path) -> No
     files.write_bytes(orjson.dumps(f))
     for p in st.index_dir.glob("records-*"):  # format 7's
         p.unlink()
-    assert runner.built_stamps(st) == {}  # distill falls back to reading the files
+    assert len(runner.built_stamps(st)) == 0  # distill falls back to reading the files
     assert memp(*q).jsonl() == before  # the query upgrades it (a sync) and ranks as before
     state = index_mod.read_state(st)
     assert state is not None and state.version == index_mod.INDEX_VERSION == 8

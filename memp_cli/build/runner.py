@@ -21,7 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +37,9 @@ from memp_cli.build.policies import (
 from memp_cli.build.settled import Settled
 from memp_cli.build.writing import Writer
 from memp_cli.errors import InputError, LLMError, MemoryFileError, MempError
+from memp_cli.index.built import built_stamps
 from memp_cli.index.entry import Entry, Scan, Stamp
-from memp_cli.index.state import built_stamps
-from memp_cli.model.memory import Memory, encoding_problem, load_memory_file, valid_ids
+from memp_cli.model.memory import Memory, encoding_problem, load_memory_file
 from memp_cli.model.trajectory import Trajectory
 from memp_cli.redact import for_config, redact_all
 from memp_cli.store.fsutil import StoreLock, make_dirs
@@ -245,11 +245,13 @@ def _plan(
     stamps = store.memory_stamps() if known else {}
     if known and dir_mtime >= 0 and not report.dry_run:
         report.scan = Scan(dir_mtime, stamps)
-    existing = set(valid_ids(stamps) if known else store.memory_ids())
+    # (the names statted are the files there: a name no memory id has is never looked up)
+    existing: Collection[str] = stamps.keys() if known else set(store.memory_ids())
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
     gone = trash.trashed_ids(store)
-    hand_deleted = trash.notice_hand_deletes(store, History(store).ids() - existing - gone)
+    unseen = {mid for mid in History(store).ids() if mid not in existing and mid not in gone}
+    hand_deleted = trash.notice_hand_deletes(store, unseen)
     for mid in hand_deleted:
         report.warnings.append(
             f"{mid} was deleted by hand: moved to the trash, not rebuilt (`memp restore {mid}`)"

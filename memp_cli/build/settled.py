@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from memp_cli.build.policies import POLICIES, memory_id, needs_rebuild
+from memp_cli.index.built import Built, BuiltWith
 from memp_cli.store.ledger import MID_HEX
 
 OWN_CACHE = 1 << 18  # ids remembered at most (a segment's worth, about 30 MB)
 Stamps = Mapping[str, tuple[int, int]]
-Known = Mapping[str, tuple[int, int, tuple[str, str, str]]]
 
 
 class Settled:
@@ -30,7 +30,7 @@ class Settled:
         only_success: bool,
         existing: Collection[str],
         gone: Collection[str],
-        known: Known,
+        known: Built,
         stamps: Stamps,
     ) -> None:
         self.policy, self.model, self.prompt_version = policy, model, prompt_version
@@ -75,20 +75,15 @@ class Settled:
         return not needs_rebuild(k[2], self.policy, self.model, self.prompt_version)
 
     def currents(self) -> set[str]:
-        """Every memory :meth:`_current` calls current, found once: one pass over what the index
-        knows, with :func:`needs_rebuild` asked once per distinct build key."""
+        """Every memory :meth:`_current` calls current, found once: the index's stats compared
+        with the files' as arrays, with :func:`needs_rebuild` asked once per distinct build key."""
         if self._currents is None:
-            rebuild: dict[tuple[str, str, str], bool] = {}
-            out: set[str] = set()
-            existing, gone, stamps = self.existing, self.gone, self.stamps
-            for mid, (mtime, size, built) in self.known.items():
-                if stamps.get(mid) != (mtime, size) or mid in gone or mid not in existing:
-                    continue
-                r = rebuild.get(built)
-                if r is None:
-                    r = rebuild[built] = needs_rebuild(built, self.policy, self.model, self.prompt_version)
-                if not r:
-                    out.add(mid)
+
+            def stale(built: BuiltWith) -> bool:
+                return needs_rebuild(built, self.policy, self.model, self.prompt_version)
+
+            out = set(self.known.unchanged(self.stamps, stale))
+            out.difference_update(self.gone)
             self._currents = out
         return self._currents
 
@@ -113,13 +108,19 @@ class Settled:
         ``hashes``: :meth:`hashes` of ``ids`` (the ledger's), else each run is hashed here."""
         currents, policy, others = self.currents(), self.policy, self.others
         existing, gone, only_success = self.existing, self.gone, self.only_success
+        if hashes:
+            mids = ["m" + hashes[k : k + MID_HEX] for k in range(0, len(ids) * MID_HEX, MID_HEX)]
+        else:
+            mids = [memory_id(policy, tid) for tid in ids]
+        if len(mids) != len(ids) or len(codes) != len(ids):
+            raise ValueError("a ledger entry's ids, codes and memory ids differ in length")
+        # Most runs of a settled segment have a current memory: the others, one by one.
+        rest = [i for i, mid in enumerate(mids) if mid not in currents]
         out: list[int] = []
-        skipped = filtered = unlabeled = 0
-        for i, (tid, code) in enumerate(zip(ids, codes, strict=True)):
-            mid = "m" + hashes[i * MID_HEX : (i + 1) * MID_HEX] if hashes else memory_id(policy, tid)
-            if mid in currents:
-                skipped += 1
-            elif only_success and code != "s":
+        skipped, filtered, unlabeled = len(ids) - len(rest), 0, 0
+        for i in rest:
+            tid, code, mid = ids[i], codes[i], mids[i]
+            if only_success and code != "s":
                 if (
                     mid in existing
                     or mid in gone

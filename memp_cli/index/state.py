@@ -499,35 +499,6 @@ def load_built(store: MemoryStore, state: State, n: int) -> list[str]:
         return [""] * n
 
 
-def built_stamps(store: MemoryStore) -> dict[str, tuple[int, int, tuple[str, str, str]]]:
-    """What the last index generation knows of each memory file: id -> (mtime_ns, size,
-    (policy, model, prompt_version)), without reading the texts; {} when it cannot say (no
-    index, another format, damaged). A caller trusts an entry only while the file's stat is the same."""
-    try:
-        state = read_state(store)
-        if state is None or state.version < 5:
-            return {}
-        if state.version >= 7:
-            from memp_cli.index.records import load_records
-
-            rec = load_records(store, state)
-            names = [tuple(x.split("\t")) for x in rec.built_names]
-            cols = (rec.column("mtime").tolist(), rec.column("size").tolist(), rec.column("built").tolist())
-            return {
-                mid: (mt, sz, names[c])
-                for mid, mt, sz, c in zip(state.ids, *cols, strict=True)
-                if len(names[c]) == 3
-            }
-        d = orjson.loads(built_path(store, state.generation).read_bytes())
-        if d["index_version"] != state.version or d["generation"] != state.generation:
-            return {}
-        built = [tuple(x.split("\t")) if isinstance(x, str) else () for x in d["names"]]
-        rows = zip(state.ids, d["mtimes"], d["sizes"], d["codes"], strict=True)
-        return {mid: (mt, sz, built[c]) for mid, mt, sz, c in rows if len(built[c]) == 3}
-    except (OSError, StoreError, orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
-        return {}
-
-
 def kw_paths(store: MemoryStore, generation: int) -> tuple[Path, Path]:
     return store.index_dir / f"keywords-{generation}.json", store.index_dir / f"keywords-{generation}.bin"
 
