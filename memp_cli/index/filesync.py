@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memp_cli.errors import MemoryFileError, StoreError
-from memp_cli.index.entry import Entry, Fresh, Scan, Stamp
+from memp_cli.index.entry import Entry, Fresh, Scan, Stamp, Stamps
 from memp_cli.index.keywords import KeywordIndex, load_keywords, memory_keywords
 from memp_cli.index.records import (
     COMPACT_MIN,
@@ -190,7 +190,7 @@ def place(
     old: Old | None,
     ids: list[str],
     sources: Sources,
-    stamps: list[tuple[int, int]],
+    stamps: Stamps,
 ) -> np.ndarray:
     """The record of each position of the new generation: an unchanged memory keeps its record
     when ``log`` appends to the old records, else (a new record generation) its old record is

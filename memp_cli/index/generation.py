@@ -4,7 +4,6 @@ directory removed. :func:`memp_cli.index.writer.sync` decides what goes in it.""
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from memp_cli.index.state import (
@@ -61,8 +60,8 @@ def write_texts(
 ) -> set[str]:
     """The first half of :func:`write_generation`: the generation's number, its keyword graph,
     records, state columns and BM25 files. Returns the names written. ``stamps``: each
-    position's file stat as the sync read it, as :func:`stamp_columns` (else gathered from the
-    records, one more pass)."""
+    position's file stat as the sync read it, as two arrays (mtimes, sizes: the sync's
+    :class:`~memp_cli.index.entry.Stamps`; else gathered from the records, one more pass)."""
     state.generation += 1
     gen = state.generation
     written = {STATE_NAME}
@@ -82,15 +81,6 @@ def write_texts(
         for field, m in (("lexical", state.lexical), ("procedure", state.procedure)):
             written.update(p.name for p in lexseg.paths(store.index_dir, field, gen, m))
     return written
-
-
-def stamp_columns(stamps: list[tuple[int, int]]) -> tuple[Any, Any]:
-    """Each memory's file stat as the sync read it, as two arrays (mtimes, sizes): the state
-    columns the query checks. 16 bytes a memory, where the list held two ints and a tuple."""
-    import numpy as np
-
-    flat = np.fromiter(chain.from_iterable(stamps), dtype=np.int64, count=2 * len(stamps))
-    return flat[0::2], flat[1::2]
 
 
 def _stamp_columns(recs: RecordLog, stamps: tuple[Any, Any] | None) -> tuple[Any, Any]:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from memp_cli.backends.embedders import Embedder
 from memp_cli.errors import MemoryFileError, ModelError, StoreError
-from memp_cli.index.entry import Fresh, Scan, entry
+from memp_cli.index.entry import Fresh, Scan, Stamps, entry
 from memp_cli.index.filesync import Old, Sources, appendable, load_old, place, stamps_now
-from memp_cli.index.generation import stamp_columns, write_generation, write_graphs, write_texts
+from memp_cli.index.generation import write_generation, write_graphs, write_texts
 from memp_cli.index.keywords import KeywordIndex, load_graph, load_keywords, sync_keywords
 from memp_cli.index.reader import Index, read_lexical
 from memp_cli.index.records import RecordLog, khash_int
@@ -154,8 +154,7 @@ def _sync(
                 old_vectors = load_vectors(store, old) if old.count else None
     first = state.next_label  # the labels of this sync's embeddings start here
     sources = Sources()
-    stamps: list[tuple[int, int]] = []
-    to_embed, removed_labels = _plan(store, files, old, old_side, state, sources, stamps, report, fresh)
+    to_embed, removed_labels, stamps = _plan(store, files, old, old_side, state, sources, report, fresh)
     del files  # a rebuild holds no per-memory objects it no longer needs (stamps, entries: below)
     _relabel(state, to_embed, removed_labels, first)
     state.dir_mtime_ns = dir_mtime
@@ -190,8 +189,7 @@ def _sync(
     try:
         # Keywords first: an interrupted embedding of the memories then keeps a complete keyword side.
         recs, kw = _sync_records(store, embedder, state, old, old_side, sources, stamps, kw_missing, report)
-        stamp_cols = stamp_columns(stamps)  # for the state columns: two arrays, not 882k tuples
-        del stamps  # in the records now
+        stamp_cols = (stamps.mtimes, stamps.sizes)  # the state columns
         graphs = graph_for(store, state, delta, removed_labels, first)
         if to_embed:
             _embed(
@@ -263,7 +261,7 @@ def _sync_records(
     old: State | None,
     old_side: Old | None,
     sources: Sources,
-    stamps: list[tuple[int, int]],
+    stamps: Stamps,
     kw_missing: bool,
     report: SyncReport,
 ) -> tuple[RecordLog, KeywordIndex]:
@@ -340,11 +338,11 @@ def _plan(
     old_side: Old | None,
     state: State,
     sources: Sources,
-    stamps: list[tuple[int, int]],
     report: SyncReport,
     fresh: Fresh | None = None,
-) -> tuple[list[int], list[int]]:
-    """Fill ``state``, ``sources`` and ``stamps`` with the memory files (in id order): unchanged
+) -> tuple[list[int], list[int], Stamps]:
+    """Fill ``state`` and ``sources`` with the memory files (in id order), and give their
+    stamps: unchanged
     ones (same stat) by their old position, the others read, or taken from ``fresh`` while their
     stat is the one recorded there (only these are visited one by one: the unchanged ones are
     found by set difference and copied column by column). Returns the state positions to embed
@@ -356,7 +354,7 @@ def _plan(
     to_embed: list[int] = []
     removed_labels: list[int] = []
     ids = sorted(files)
-    stamps.extend(map(files.__getitem__, ids))
+    stamps = Stamps.of(map(files.__getitem__, ids), len(ids))
     # Each memory's old position (-1: new), found by array search in the old ids (sorted).
     none = {"ids": np.zeros(0, dtype="S1"), "labels": np.zeros(0, dtype=np.int64)}
     arrays = old.column_arrays() if old is not None else none
@@ -367,10 +365,9 @@ def _plan(
         had = np.flatnonzero(prev >= 0)
         redo = np.ones(len(ids), dtype=bool)  # new, or another stat
         if len(had):
-            now = np.asarray(stamps, dtype=np.int64)[had]
             was = prev[had]
-            redo[had] = (now[:, 0] != np.asarray(old_side.mtimes, dtype=np.int64)[was]) | (
-                now[:, 1] != np.asarray(old_side.sizes, dtype=np.int64)[was]
+            redo[had] = (stamps.mtimes[had] != np.asarray(old_side.mtimes, dtype=np.int64)[was]) | (
+                stamps.sizes[had] != np.asarray(old_side.sizes, dtype=np.int64)[was]
             )
         if "" in old_side.built:  # what it was built with is unknown: read again
             unknown = np.zeros(len(old_ids), dtype=bool)
@@ -429,14 +426,14 @@ def _plan(
         ids, kinds, families = [ids[p] for p in keep], [kinds[p] for p in keep], [families[p] for p in keep]
         labels = [labels[p] for p in keep]
         sources.keep(keep)
-        stamps[:] = [stamps[p] for p in keep]
+        stamps = stamps.keep(keep)
     state.ids, state.labels, state.kinds, state.families = ids, labels, kinds, families
     if old is not None:
         gone = np.ones(len(old_ids), dtype=bool)
         gone[prev[prev >= 0]] = False
         removed_labels.extend(old_labels[gone].tolist())
         report.removed = int(gone.sum())
-    return to_embed, removed_labels
+    return to_embed, removed_labels, stamps
 
 
 def _old_positions(old_ids: np.ndarray, ids: list[str]) -> np.ndarray:
