@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from memp_cli.errors import MemoryFileError
+from memp_cli.model import tomlwrite
 from memp_cli.model.limits import (
     MAX_COUNT,
     MAX_DEPTH,
@@ -158,7 +157,7 @@ class Memory:
         """The memory file's text. With ``previous`` (the text it replaces), keep that text's
         comments, blank lines and key order wherever the content did not change."""
         data = self.to_dict()
-        fresh = HEADER + tomli_w.dumps(data, multiline_strings=True)
+        fresh = HEADER + tomlwrite.dumps(data)  # as tomli_w renders it, faster
         if previous is None or _as_memp_writes_it(previous):
             return fresh  # nothing of the user's to keep: skip the (slow) round trip
         return update_toml(previous, data) or fresh
@@ -166,9 +165,9 @@ class Memory:
 
 def _as_memp_writes_it(text: str) -> bool:
     """Whether ``text`` is exactly what memp renders for its content (no comment, no layout
-    of the user's). Cheap next to a tomlkit round trip: tomllib and tomli_w are fast."""
+    of the user's). Cheap next to a tomlkit round trip: tomllib and the writer are fast."""
     try:
-        return text == HEADER + tomli_w.dumps(tomllib.loads(text), multiline_strings=True)
+        return text == HEADER + tomlwrite.dumps(tomllib.loads(text))
     except (tomllib.TOMLDecodeError, TypeError, ValueError):
         return False
 
