@@ -160,3 +160,15 @@ def test_a_link_among_the_folders_of_a_batch_is_refused(st: Store, tmp_path: Pat
             monkeypatch.undo()
     assert list(victim.iterdir()) == []
     assert all(not (tmp_path / "moved" / f"{mid}.toml").exists() for mid, _ in items)
+
+
+def test_ids_but_leaves_out_the_known_and_what_is_no_id(st: Store) -> None:
+    """The ids with a history in none of the given collections: distill's plan asks for those
+    without a memory file or a trash entry (hand deletes) without a set of every history id."""
+    h = History(st)
+    h.write_many([(f"m{i:03d}", _data(f"m{i:03d}", f"task {i}")) for i in range(6)], by="test")
+    (st.history_dir / "not an id.jsonl").write_bytes(b"")
+    (st.history_dir / "m900.txt").write_bytes(b"")
+    assert h.ids() == {f"m{i:03d}" for i in range(6)}
+    assert h.ids_but({"m000", "m001"}, {"m005": 1}.keys()) == {"m002", "m003", "m004"}
+    assert h.ids_but(h.ids()) == set()

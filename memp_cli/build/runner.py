@@ -250,8 +250,7 @@ def _plan(
     # Tombstones: forgotten or pruned memories (in the trash), and memory files deleted by
     # hand since memp wrote them (put in the trash now). Distill never rebuilds them.
     gone = trash.trashed_ids(store)
-    unseen = {mid for mid in History(store).ids() if mid not in existing and mid not in gone}
-    hand_deleted = trash.notice_hand_deletes(store, unseen)
+    hand_deleted = trash.notice_hand_deletes(store, History(store).ids_but(existing, gone))
     for mid in hand_deleted:
         report.warnings.append(
             f"{mid} was deleted by hand: moved to the trash, not rebuilt (`memp restore {mid}`)"

@@ -27,6 +27,7 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,10 +158,17 @@ class History:
 
     def ids(self) -> set[str]:
         """Every memory id that has a history."""
+        return self.ids_but(())
+
+    def ids_but(self, *known: Container[str]) -> set[str]:
+        """The memory ids that have a history and are in none of ``known``: only those names
+        are checked as ids (a million history logs, almost all of them of memories present)."""
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return set()
+        for k in known:  # ("<id>.jsonl"[:-6] is the id)
+            names = [n for n in names if n[:-6] not in k]
         return set(valid_ids(names, ".jsonl"))
 
     def content(self, memory_id: str, v: int) -> bytes:
