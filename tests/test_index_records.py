@@ -216,3 +216,42 @@ def test_a_sync_gathers_the_records_once_for_the_keywords_not_again_for_the_stam
     assert file_stamps(st, state) == st.memory_stamps()
     # the columns a query checks a memory file against: each as statted now
     assert {mid: state.stamp_at(i) for i, mid in enumerate(state.ids)} == st.memory_stamps()
+
+
+def test_a_sync_matches_the_memories_to_the_old_state_by_its_mapped_columns(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sync finds each memory's old position by array search over the last generation's id
+    # column: it never builds that generation's ids, labels, kinds or families as lists (a
+    # million strings and ints at 1M, where the arrays are mapped).
+    from memp_cli.index import columns
+
+    st = _store(store, 30)
+    edited = load_memory_file(st.memories_dir / "m0004.toml")
+    edited.task = HEAT
+    st.save_memories([edited, *_memories(2, seed=5, start=700)], event="test")
+    (st.memories_dir / "m0007.toml").unlink()
+    built: list[str] = []
+    real = columns.Columns.as_list
+
+    def as_list(self: columns.Columns, name: str) -> list[object]:
+        built.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(columns.Columns, "as_list", as_list)
+    idx, rep = index_mod.sync(st, EMB)
+    assert (rep.added, rep.updated, rep.removed, len(idx)) == (2, 1, 1, 31)
+    assert built == []
+    monkeypatch.undo()
+    state = index_mod.read_state(st)
+    assert state is not None and state.ids == sorted(st.memory_stamps())
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_old_positions_are_found_in_sorted_ids_and_in_any_other_order(ordered: bool) -> None:
+    from memp_cli.index.plan import _old_positions
+
+    old = ["m01", "m03", "m05", "m07"] if ordered else ["m05", "m01", "m07", "m03"]
+    got = _old_positions(np.array(old, dtype=np.bytes_), ["m00", "m01", "m04", "m05", "m07", "m09"])
+    assert got.tolist() == [-1, old.index("m01"), -1, old.index("m05"), old.index("m07"), -1]
+    assert _old_positions(np.zeros(0, dtype="S1"), ["m01"]).tolist() == [-1]

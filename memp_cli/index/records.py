@@ -188,8 +188,8 @@ def load_records(store: MemoryStore, state: State) -> Records:
             raise ValueError("another index version or generation")
         tgen = int(m["tgen"])
         pos = np.load(pos_path(d, state.generation), allow_pickle=False)
-        if pos.ndim != 1 or pos.dtype != np.int64 or len(pos) != len(state.ids):
-            raise ValueError(f"{len(pos)} positions for {len(state.ids)} memories")
+        if pos.ndim != 1 or pos.dtype != np.int64 or len(pos) != state.count:
+            raise ValueError(f"{len(pos)} positions for {state.count} memories")
         rows = _map(part_path(d, tgen, "rows"), int(m["rows"]), row_dtype())
         kw = _map(part_path(d, tgen, "kw"), int(m["kw_count"]), np.int32)
         text = _map(part_path(d, tgen, "text"), int(m["text_bytes"]), np.uint8)
