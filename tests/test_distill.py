@@ -672,7 +672,7 @@ def _memory_files(store: Path) -> dict[str, str]:
 
 def _wait_for_distill_threads() -> None:
     for t in threading.enumerate():
-        if t.name.startswith(("memp-distill-", "memp-save")):
+        if t.name.startswith("memp-distill-"):
             t.join(timeout=30)
 
 

@@ -53,10 +53,18 @@ def _string(s: str, multiline: bool = True) -> str:
     return '"' + (_ILLEGAL.sub(_escape, s) if _ILLEGAL.search(s) else s) + '"'
 
 
+_KEYS: dict[str, str] = {}  # keys as written, remembered: a memory file repeats a few dozen
+
+
 def _key(k: object) -> str:
     if type(k) is not str:
         raise _Other
-    return k if _BARE_KEY.fullmatch(k) else _string(k, multiline=False)
+    out = _KEYS.get(k)
+    if out is None:
+        out = k if _BARE_KEY.fullmatch(k) else _string(k, multiline=False)
+        if len(_KEYS) < 4096:
+            _KEYS[k] = out
+    return out
 
 
 def _literal(v: object, level: int = 0) -> str:
@@ -97,6 +105,8 @@ def _fits(d: dict[Any, Any]) -> bool:
 
 
 def _table(table: dict[Any, Any], name: str, in_aot: bool) -> list[str]:
+    if in_aot and all(type(v) is str for v in table.values()):  # a step: strings only
+        return [f"[[{name}]]\n", *(f"{_key(k)} = {_string(v)}\n" for k, v in table.items())]
     literals: list[tuple[Any, Any]] = []
     tables: list[tuple[Any, Any, bool]] = []
     for k, v in table.items():

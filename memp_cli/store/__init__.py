@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # the record parsers stay off the query path
     from memp_cli.store.protocol import MemoryStore
 
 DEFAULT_STORE = ".memp"
-SAVE_THREADS = 8  # memory files rendered at once by save_memories
 READ_THREADS, READ_THREADS_MIN, READ_AHEAD = 8, 2048, 256  # iter_memories: threads, from, window
 
 
@@ -403,8 +402,6 @@ class Store:
         its file's (mtime_ns, size) right after the write, for the index (whose sync need not
         read them again while their files are as written).
         """
-        from concurrent.futures import ThreadPoolExecutor  # not on every command's import path
-
         from memp_cli.update.history import History
 
         _stamp(memories)
@@ -417,10 +414,10 @@ class Store:
             return encode_memory_file(self.memory_path(m.id), m)
 
         ids = [m.id for m in memories]
-        with ThreadPoolExecutor(min(len(memories), SAVE_THREADS), "memp-save") as pool:
-            # Every file is rendered before any is written: a memory that cannot be encoded
-            # (MemoryFileError) fails the call with nothing written, never half a batch.
-            texts = list(pool.map(render, memories))
+        # Every file is rendered before any is written: a memory that cannot be encoded
+        # (MemoryFileError) fails the call with nothing written, never half a batch. (In this
+        # thread: rendering is Python, and threads taking turns at it were slower than one.)
+        texts = [render(m) for m in memories]
         with pending(self, event, ids):  # a kill before the journal line: the next writer journals
             stamps = history.write_many(list(zip(ids, texts, strict=True)), by=by, why=why)
             self.journal(event, ids=ids, count=len(memories), **fields)
