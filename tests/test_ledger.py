@@ -461,6 +461,33 @@ def test_the_ledger_keeps_each_segments_memory_ids_so_a_settled_run_is_not_hashe
     assert r["total"] == 18 + 14 + 4 and r["skipped"] == 36 and r["read"] == 0 and hashed == []
 
 
+def test_the_ledger_keeps_the_other_policies_memory_ids_for_the_failed_runs_of_only_success(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed run left out by --only-success is checked for a memory of it under any policy:
+    # two more ids per failed run, kept by the ledger like this policy's (not hashed again).
+    from memp_cli.build import settled
+
+    _setup(store_dir, tmp_path, "trajectory", "--only-success")
+    memp("distill", "--policy", "trajectory", "--only-success")
+    memp("distill", "--policy", "trajectory", "--only-success")
+    d = json.loads((store_dir / "cache" / LEDGER_NAME).read_bytes())
+    for _, ids, codes, mids in d["segments"].values():
+        if codes.strip("s"):
+            assert set(mids) == {"trajectory", "script", "proceduralization"}
+            assert mids["script"] == "".join(memory_id("script", t)[1:] for t in ids)
+    hashed: list[str] = []
+    original = settled.memory_id
+
+    def count(policy: str, tid: str) -> str:
+        hashed.append(tid)
+        return original(policy, tid)
+
+    monkeypatch.setattr(settled, "memory_id", count)
+    r = memp("distill", "--policy", "trajectory", "--only-success", "--json").jsonl()[-1]
+    assert r["filtered"] > 0 and r["read"] == 0 and hashed == []
+
+
 @pytest.mark.parametrize("damage", ["not_hex", "short", "not_a_string", "not_a_dict"])
 def test_a_ledger_with_damaged_memory_ids_is_rebuilt_and_plans_as_without_it(
     store_dir: Path, tmp_path: Path, damage: str

@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 
 from memp_cli.build.policies import POLICIES, memory_id, needs_rebuild
 from memp_cli.index.built import Built, BuiltWith
-from memp_cli.store.ledger import MID_HEX
+from memp_cli.store.ledger import MID_HEX, Kept
 
 OWN_CACHE = 1 << 18  # ids remembered at most (a segment's worth, about 30 MB)
 Stamps = Mapping[str, tuple[int, int]]
@@ -94,21 +94,22 @@ class Settled:
         mid = self.memory_of(tid)
         return mid in self.gone or self._current(mid)
 
-    def hashes(self, ids: list[str]) -> str:
-        """The runs' memory ids under this policy, without their "m", joined: what the ledger
+    def hashes(self, ids: list[str], policy: str) -> str:
+        """The runs' memory ids under ``policy``, without their "m", joined: what the ledger
         keeps of a segment (:class:`memp_cli.store.ledger.Entry`)."""
-        return "".join(memory_id(self.policy, tid)[1:] for tid in ids)
+        return "".join(memory_id(policy, tid)[1:] for tid in ids)
 
-    def segment(self, ids: list[str], codes: str, hashes: str | None = None) -> list[int] | None:
+    def segment(self, ids: list[str], codes: str, kept: Kept | None = None) -> list[int] | None:
         """A segment of the ledger at once: None when a run of it is not settled (the plan
         parses it). Else the positions of the runs the plan must still see (as outlines); the
         others are counted here as the plan would count them: its memory current under this
         policy (:meth:`current`: skipped), or left out by ``only_success`` with no memory of it
         under any policy, in the trash or not (filtered, and unlabeled for an unknown outcome).
-        ``hashes``: :meth:`hashes` of ``ids`` (the ledger's), else each run is hashed here."""
+        ``kept(policy)``: :meth:`hashes` of ``ids`` (the ledger's), else each run is hashed here."""
         currents, policy, others = self.currents(), self.policy, self.others
         existing, gone, only_success = self.existing, self.gone, self.only_success
-        if hashes:
+        if kept is not None:
+            hashes = kept(policy)
             mids = ["m" + hashes[k : k + MID_HEX] for k in range(0, len(ids) * MID_HEX, MID_HEX)]
         else:
             mids = [memory_id(policy, tid) for tid in ids]
@@ -118,18 +119,22 @@ class Settled:
         rest = [i for i, mid in enumerate(mids) if mid not in currents]
         out: list[int] = []
         skipped, filtered, unlabeled = len(ids) - len(rest), 0, 0
+        other: list[str] | None = None  # the runs' memory ids under the other policies
         for i in rest:
             tid, code, mid = ids[i], codes[i], mids[i]
             if only_success and code != "s":
-                if (
-                    mid in existing
-                    or mid in gone
-                    or any((m := memory_id(p, tid)) in existing or m in gone for p in others)
-                ):
-                    out.append(i)
-                else:
-                    filtered += 1
-                    unlabeled += code == "u"
+                if mid not in existing and mid not in gone:
+                    if other is None:
+                        other = [kept(p) for p in others] if kept is not None else []
+                    if other:
+                        theirs = ["m" + h[i * MID_HEX : (i + 1) * MID_HEX] for h in other]
+                    else:
+                        theirs = [memory_id(p, tid) for p in others]
+                    if not any(m in existing or m in gone for m in theirs):
+                        filtered += 1
+                        unlabeled += code == "u"
+                        continue
+                out.append(i)
             elif self(tid, True if code == "s" else False if code == "f" else None):
                 out.append(i)
             else:

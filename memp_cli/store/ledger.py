@@ -49,17 +49,20 @@ SkipFn = Callable[[str], bool]
 
 
 class Settles(Protocol):
-    policy: str  # the memory ids the ledger keeps for it (:meth:`hashes`)
+    policy: str  # the policy the plan builds with
 
-    def hashes(self, ids: list[str]) -> str:
+    def hashes(self, ids: list[str], policy: str) -> str:
         """The runs' memory ids under ``policy``, without their "m", joined (12 hex each)."""
         ...
 
-    def segment(self, ids: list[str], codes: str, hashes: str | None = None) -> list[int] | None:
+    def segment(self, ids: list[str], codes: str, kept: Kept | None = None) -> list[int] | None:
         """None: parse the segment. Else the positions of the runs to yield as outlines (the
         caller needs nothing of the others); no other effect on a segment it returns None for.
-        ``hashes``: :meth:`hashes` of ``ids``, as the ledger kept them."""
+        ``kept(policy)``: :meth:`hashes` of ``ids`` under a policy, as the ledger keeps them."""
         ...
+
+
+Kept = Callable[[str], str]  # a policy -> a segment's memory ids under it, as the ledger keeps them
 
 
 Stat = tuple[int, int, int]
@@ -85,7 +88,8 @@ class Entry:
     ids: list[str]
     codes: str  # one of "sfu" per run
     # policy -> the runs' memory ids under it (Settles.hashes), so a settled segment is not
-    # hashed again on every plan (about 1.3M sha256 at 1M memories). Derived from ``ids`` only.
+    # hashed again on every plan (about 1.3M sha256 at 1M memories, and two more per failed run:
+    # its memory under another policy). Derived from ``ids`` only.
     mids: dict[str, str] = field(default_factory=dict)
 
 
@@ -289,11 +293,15 @@ def runs(store: Store, skip: SkipFn | None, settled: Settles, *, record: bool = 
         e = ledger.entry(seg)
         keep = None
         if e is not None:
-            hashes = e.mids.get(settled.policy)
-            if hashes is None:  # kept for the next plan (derived from the ids alone)
-                hashes = e.mids[settled.policy] = settled.hashes(e.ids)
-                ledger.changed = True
-            keep = settled.segment(e.ids, e.codes, hashes)
+
+            def kept(policy: str, e: Entry = e) -> str:
+                hashes = e.mids.get(policy)
+                if hashes is None:  # kept for the next plan (derived from the ids alone)
+                    hashes = e.mids[policy] = settled.hashes(e.ids, policy)
+                    ledger.changed = True
+                return hashes
+
+            keep = settled.segment(e.ids, e.codes, kept)
         if e is not None and keep is not None:
             for i in keep:
                 yield Trajectory(task="", steps=[], success=_CODES[e.codes[i]], id=e.ids[i])
