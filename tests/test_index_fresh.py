@@ -117,6 +117,30 @@ def test_a_cycle_hands_distills_memories_to_the_index(store: Path, monkeypatch: 
     assert len(_table(store)) == report.distill.written
 
 
+def test_a_cycle_hands_distills_scan_to_the_index_when_reflect_and_prune_wrote_nothing(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memp_cli.update.cycle import run_cycle
+
+    st = Store.open(store)
+    run_cycle(st, [], prune=False)  # the first: no index for the plan to compare with
+    memp("ingest", DATA / "openai_webshop.jsonl")
+    stats: list[int] = []
+    real = Store.memory_stamps
+
+    def counted(self: Store) -> dict[str, tuple[int, int]]:
+        out = real(self)
+        stats.append(len(out))
+        return out
+
+    monkeypatch.setattr(Store, "memory_stamps", counted)
+    report = run_cycle(Store.open(store), [], prune=False)
+    assert report.distill is not None and report.distill.written
+    assert report.reflect is not None and report.reflect.written == 0
+    assert len(stats) == 1  # the plan's: the sync took it over
+    assert len(_table(store)) == len(Store.open(store).memory_ids())
+
+
 @pytest.mark.parametrize("parallel_min", [1, 10**6])
 def test_a_large_sync_adds_to_the_graph_on_every_core(
     store: Path, monkeypatch: pytest.MonkeyPatch, parallel_min: int

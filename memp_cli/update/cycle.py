@@ -98,7 +98,11 @@ def run_cycle(
         report.pruned = prune_store(store)
         report.seconds["prune"] = time.perf_counter() - t
     t = step("index")
-    sync(store, store_embedder(store), fresh=report.distill.fresh)  # what reflect/prune rewrote is read
+    # What reflect and prune rewrote is read. Distill's scan of the memory files is taken over
+    # only when they wrote nothing (the sync also checks the folder is as distill left it).
+    wrote = bool(report.pruned) or (report.reflect is not None and report.reflect.written > 0)
+    scanned = None if wrote else report.distill.scan
+    sync(store, store_embedder(store), fresh=report.distill.fresh, scanned=scanned)
     report.seconds["index"] = time.perf_counter() - t
     store.journal("cycle", **{k: v for k, v in report.to_dict().items() if k != "seconds"})
     return report
