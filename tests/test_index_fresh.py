@@ -120,20 +120,14 @@ def test_a_cycle_hands_distills_memories_to_the_index(store: Path, monkeypatch: 
 def test_a_cycle_hands_distills_scan_to_the_index_when_reflect_and_prune_wrote_nothing(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from test_cli_distill import _count_scans
+
     from memp_cli.update.cycle import run_cycle
 
     st = Store.open(store)
     run_cycle(st, [], prune=False)  # the first: no index for the plan to compare with
     memp("ingest", DATA / "openai_webshop.jsonl")
-    stats: list[int] = []
-    real = Store.memory_stamps
-
-    def counted(self: Store) -> dict[str, tuple[int, int]]:
-        out = real(self)
-        stats.append(len(out))
-        return out
-
-    monkeypatch.setattr(Store, "memory_stamps", counted)
+    stats = _count_scans(monkeypatch)
     report = run_cycle(Store.open(store), [], prune=False)
     assert report.distill is not None and report.distill.written
     assert report.reflect is not None and report.reflect.written == 0

@@ -190,15 +190,21 @@ def test_what_a_killed_sync_appended_past_the_named_records_is_cut(store: Path) 
     }
 
 
+def _edited_and_two_new(store: Path) -> Store:
+    """An indexed store of 30 memories, then one edited (its keys) and two new."""
+    st = _store(store, 30)
+    edited = load_memory_file(st.memories_dir / "m0004.toml")
+    edited.task = HEAT
+    st.save_memories([edited, *_memories(2, seed=5, start=700)], event="test")
+    return st
+
+
 def test_a_sync_gathers_the_records_once_for_the_keywords_not_again_for_the_stamp_columns(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The sync holds each position's stat already: the state columns take them from it, not
     # from a second gather of every record (a pass over every memory at 1M).
-    st = _store(store, 30)
-    edited = load_memory_file(st.memories_dir / "m0004.toml")
-    edited.task = HEAT
-    st.save_memories([edited, *_memories(2, seed=5, start=700)], event="test")
+    st = _edited_and_two_new(store)
     calls = []
     real = records.RecordLog.records
 
@@ -226,10 +232,7 @@ def test_a_sync_matches_the_memories_to_the_old_state_by_its_mapped_columns(
     # million strings and ints at 1M, where the arrays are mapped).
     from memp_cli.index import columns
 
-    st = _store(store, 30)
-    edited = load_memory_file(st.memories_dir / "m0004.toml")
-    edited.task = HEAT
-    st.save_memories([edited, *_memories(2, seed=5, start=700)], event="test")
+    st = _edited_and_two_new(store)
     (st.memories_dir / "m0007.toml").unlink()
     built: list[str] = []
     real = columns.Columns.as_list

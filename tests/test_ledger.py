@@ -438,17 +438,10 @@ def test_after_scrub_rewrites_a_segment(store_dir: Path, tmp_path: Path) -> None
     assert "sk-proj" not in (store_dir / "cache" / LEDGER_NAME).read_text()
 
 
-def test_the_ledger_keeps_each_segments_memory_ids_so_a_settled_run_is_not_hashed_again(
-    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runs distill's plan hashes into memory ids from now on."""
     from memp_cli.build import settled
 
-    _setup(store_dir, tmp_path, "trajectory")
-    memp("distill", "--policy", "trajectory")  # builds the new batch (its segment parsed)
-    memp("distill", "--policy", "trajectory")  # every segment settled: their memory ids kept
-    d = json.loads((store_dir / "cache" / LEDGER_NAME).read_bytes())
-    for _, ids, _, mids in d["segments"].values():
-        assert mids["trajectory"] == "".join(memory_id("trajectory", t)[1:] for t in ids)
     hashed: list[str] = []
     original = settled.memory_id
 
@@ -457,6 +450,19 @@ def test_the_ledger_keeps_each_segments_memory_ids_so_a_settled_run_is_not_hashe
         return original(policy, tid)
 
     monkeypatch.setattr(settled, "memory_id", count)
+    return hashed
+
+
+def test_the_ledger_keeps_each_segments_memory_ids_so_a_settled_run_is_not_hashed_again(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _setup(store_dir, tmp_path, "trajectory")
+    memp("distill", "--policy", "trajectory")  # builds the new batch (its segment parsed)
+    memp("distill", "--policy", "trajectory")  # every segment settled: their memory ids kept
+    d = json.loads((store_dir / "cache" / LEDGER_NAME).read_bytes())
+    for _, ids, _, mids in d["segments"].values():
+        assert mids["trajectory"] == "".join(memory_id("trajectory", t)[1:] for t in ids)
+    hashed = _count_hashes(monkeypatch)
     r = memp("distill", "--policy", "trajectory", "--json").jsonl()[-1]
     assert r["total"] == 18 + 14 + 4 and r["skipped"] == 36 and r["read"] == 0 and hashed == []
 
@@ -466,8 +472,6 @@ def test_the_ledger_keeps_the_other_policies_memory_ids_for_the_failed_runs_of_o
 ) -> None:
     # A failed run left out by --only-success is checked for a memory of it under any policy:
     # two more ids per failed run, kept by the ledger like this policy's (not hashed again).
-    from memp_cli.build import settled
-
     _setup(store_dir, tmp_path, "trajectory", "--only-success")
     memp("distill", "--policy", "trajectory", "--only-success")
     memp("distill", "--policy", "trajectory", "--only-success")
@@ -476,14 +480,7 @@ def test_the_ledger_keeps_the_other_policies_memory_ids_for_the_failed_runs_of_o
         if codes.strip("s"):
             assert set(mids) == {"trajectory", "script", "proceduralization"}
             assert mids["script"] == "".join(memory_id("script", t)[1:] for t in ids)
-    hashed: list[str] = []
-    original = settled.memory_id
-
-    def count(policy: str, tid: str) -> str:
-        hashed.append(tid)
-        return original(policy, tid)
-
-    monkeypatch.setattr(settled, "memory_id", count)
+    hashed = _count_hashes(monkeypatch)
     r = memp("distill", "--policy", "trajectory", "--only-success", "--json").jsonl()[-1]
     assert r["filtered"] > 0 and r["read"] == 0 and hashed == []
 
