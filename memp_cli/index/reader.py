@@ -12,14 +12,19 @@ from memp_cli.index.state import (
     REBUILD_HINT,
     FileTable,
     State,
+    delta_path,
+    hnsw_path,
     load_files,
     read_state,
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import hnswlib
     import numpy as np
 
+    from memp_cli.index.graphfile import Layout
     from memp_cli.index.lexseg import Lexical
     from memp_cli.store.protocol import MemoryStore
 
@@ -104,23 +109,62 @@ class Index:
 
     def graph_vectors(self, labels: list[int]) -> np.ndarray:
         """The vectors the graphs hold for ``labels`` (base or delta by label); RuntimeError
-        when a graph lacks one."""
+        when a graph lacks one. A graph not loaded is not loaded for this: its file is read
+        (:mod:`~memp_cli.index.graphfile`), in bounded memory."""
         import numpy as np
+
+        from memp_cli.index.graphfile import read_items
 
         out = np.zeros((len(labels), self.state.dim), dtype=np.float32)
         end = self.state.base_end
         for in_base in (True, False):
             rows = [i for i, lab in enumerate(labels) if (lab < end) == in_base]
-            if rows:  # a graph no asked label is in is not loaded
-                graph = self.hnsw if in_base else self.delta
-                if graph is None:
-                    raise RuntimeError(f"no graph holds label {labels[rows[0]]}")
-                out[rows] = np.asarray(graph.get_items([labels[i] for i in rows]), dtype=np.float32)
+            if not rows:
+                continue  # a graph no asked label is in is not read
+            file = self._graph_file(in_base)
+            if file is not None:
+                items = read_items(file[0], self.state.dim, [labels[i] for i in rows], file[1])
+                lacking = [labels[i] for i in rows if labels[i] not in items]
+                if lacking:
+                    raise RuntimeError(f"{file[0].name} lacks label {lacking[0]}")
+                out[rows] = np.stack([items[labels[i]] for i in rows])
+                continue
+            graph = self.hnsw if in_base else self.delta
+            if graph is None:
+                raise RuntimeError(f"no graph holds label {labels[rows[0]]}")
+            out[rows] = np.asarray(graph.get_items([labels[i] for i in rows]), dtype=np.float32)
         return out
 
     def graph_count(self) -> int:
-        """How many vectors the graphs hold (deleted ones too)."""
-        return sum(g.get_current_count() for g in (self.hnsw, self.delta) if g is not None)
+        """How many vectors the graphs hold (deleted ones too); from the files' headers for
+        graphs not loaded."""
+        total = 0
+        for in_base in (True, False):
+            file = self._graph_file(in_base)
+            if file is not None:
+                total += file[1].count
+                continue
+            graph = self.hnsw if in_base else self.delta
+            total += graph.get_current_count() if graph is not None else 0
+        return total
+
+    def _graph_file(self, in_base: bool) -> tuple[Path, Layout] | None:
+        """The file of the base (or delta) graph and its layout, while that graph is not loaded;
+        None when it is loaded, when there is none, or when its file cannot be read so (then
+        the graph is loaded, and reports what is wrong with it)."""
+        from memp_cli.index.graphfile import Layout
+
+        st = self.state
+        if in_base:
+            if self._hnsw is not None or not st.count or not st.base_end:
+                return None
+            path = hnsw_path(self.store, st.base_gen)
+        else:
+            if self._delta is not None or not st.count or st.version < 6 or st.next_label <= st.base_end:
+                return None
+            path = delta_path(self.store, st.generation)
+        layout = Layout.read(path, st.dim)
+        return (path, layout) if layout is not None else None
 
     @property
     def vectors_mapped(self) -> bool:

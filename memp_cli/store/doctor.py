@@ -167,7 +167,7 @@ def _index_findings(store: Store, n_mem: int, *, fix: bool, embedder: Any) -> li
                 # the next command that reads it syncs it
                 problem = Finding("warning", "the index is older than some memory files", SYNC_FIX)
             else:
-                idx = index_mod.load(store, keywords=True)
+                idx = index_mod.load(store, keywords=True, exact=True)  # graphs not loaded: read
                 vector_problem = _vector_problem(idx) if idx is not None else None
                 if vector_problem:
                     problem = Finding("error", vector_problem, REBUILD_FIX)
@@ -212,8 +212,9 @@ def _vector_problem(idx: index_mod.Index) -> str | None:
         return None
     if idx.graph_count() < len(idx):
         return "the vector index holds fewer vectors than the state lists"
-    labels = idx.state.labels
-    sample = sorted({labels[i] for i in np.linspace(0, len(labels) - 1, min(len(labels), 64)).astype(int)})
+    labels = idx.state.label_array()
+    picks = np.linspace(0, len(labels) - 1, min(len(labels), 64)).astype(int)
+    sample = sorted({int(labels[i]) for i in picks})
     try:
         in_graph = idx.graph_vectors(sample)
     except RuntimeError as e:
