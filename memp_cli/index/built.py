@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from memp_cli.errors import StoreError
+from memp_cli.index.columns import ascending, id_bytes
 from memp_cli.index.state import built_path, read_state
 
 if TYPE_CHECKING:
@@ -61,18 +62,16 @@ class Built:
         if not len(self.ids) or not stamps:
             return []
         keys = list(stamps)
-        try:  # ids are ASCII (memory.ID_RE): numpy encodes them at C speed
-            want = np.array(keys, dtype=np.bytes_)
-        except UnicodeEncodeError:
-            want = np.array([k.encode() for k in keys], dtype=np.bytes_)
+        want = id_bytes(keys)
         now = np.fromiter(chain.from_iterable(stamps.values()), dtype=np.int64, count=2 * len(keys))
         # Searched in sorted order: a million searches in listing order miss the cache (3x slower).
         order = np.argsort(want)
-        at = np.minimum(np.searchsorted(self.ids, want[order]), len(self.ids) - 1)
+        want = want[order]
+        at = np.minimum(np.searchsorted(self.ids, want), len(self.ids) - 1)
         fine = np.array([len(n) == 3 and not stale((n[0], n[1], n[2])) for n in self.names] + [False])
         codes = self.codes[at]
         ok = (
-            (self.ids[at] == want[order])
+            (self.ids[at] == want)
             & (self.mtimes[at] == now[0::2][order])
             & (self.sizes[at] == now[1::2][order])
             & fine[np.where((codes >= 0) & (codes < len(self.names)), codes, len(self.names))]
@@ -97,7 +96,7 @@ def built_stamps(store: MemoryStore) -> Built:
         if state is None or state.version < 5:
             return empty()
         ids = state.column_arrays()["ids"]
-        if len(ids) > 1 and not bool(np.all(ids[:-1] < ids[1:])):
+        if not ascending(ids):
             return empty()  # not as a sync writes them (sorted): trust none
         if state.version >= 7:
             from memp_cli.index.records import load_records

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["COLUMNS", "STAMPS", "Columns", "column_file_name"]
+__all__ = ["COLUMNS", "STAMPS", "Columns", "ascending", "column_file_name", "id_bytes"]
 
 
 #: The per-memory columns of a :class:`State`; in format 7 each is ``columns-<gen>.<name>.npy``.
@@ -23,6 +23,24 @@ STAMPS = ("mtimes", "sizes")
 
 def column_file_name(generation: int, name: str) -> str:
     return f"columns-{generation}.{name}.npy"
+
+
+def id_bytes(ids: list[str]) -> np.ndarray:
+    """Memory ids as a bytes array (the ids column's form)."""
+    import numpy as np
+
+    try:  # ids are ASCII (memory.ID_RE): numpy encodes them at C speed
+        return np.array(ids, dtype=np.bytes_)
+    except UnicodeEncodeError:
+        return np.array([i.encode() for i in ids], dtype=np.bytes_)
+
+
+def ascending(ids: np.ndarray) -> bool:
+    """Whether an ids column is in the order a sync writes it (sorted, no id twice): what an
+    array search over it needs."""
+    import numpy as np
+
+    return len(ids) < 2 or bool(np.all(ids[:-1] < ids[1:]))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,12 +54,9 @@ class Sources:
         self._words: list[str] = []
         self._word_of: dict[str, int] = {}
 
-    def extend(self, old: Iterable[int | None]) -> None:
-        """Positions at the end: their old positions (None: placed later with ``[p] = entry``)."""
-        self._at.extend(_UNSET if i is None else i for i in old)
-
-    def extend_positions(self, old: np.ndarray) -> None:
-        """:meth:`extend` from an int array of old positions (-1: placed later)."""
+    def extend(self, old: np.ndarray) -> None:
+        """Positions at the end: their old positions, an int array (-1: placed later with
+        ``[p] = entry``)."""
         import numpy as np
 
         at = np.where(old >= 0, old, _UNSET).astype(np.int64)
@@ -111,17 +108,13 @@ class Sources:
         at = self._at[p]
         return at if at >= 0 else self._entry(-1 - at)
 
-    def __iter__(self) -> Iterator[Source]:
-        for p in range(len(self._at)):
-            yield self[p]
-
     def key(self, p: int) -> str:
         """The key text of the entry read at position ``p``."""
         return self._texts(-1 - self._at[p])[0]
 
     def kept(self) -> int:
         """How many positions keep their old position."""
-        return sum(1 for at in self._at if at >= 0)
+        return int((self.positions() >= 0).sum())
 
     def keep(self, positions: list[int]) -> None:
         """Only ``positions``, in this order (an entry left out stays in the buffers, unnamed)."""

@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from memp_cli.errors import MemoryFileError
+from memp_cli.index.columns import ascending, id_bytes
 from memp_cli.index.entry import Fresh, Stamps, entry
 from memp_cli.index.filesync import Old, Sources
 from memp_cli.index.records import khash_int
@@ -31,13 +32,13 @@ def plan_sync(
     report: SyncReport,
     fresh: Fresh | None = None,
 ) -> tuple[list[int], list[int], Stamps]:
-    """Fill ``state`` and ``sources`` with the memory files (in id order), and give their
-    stamps: unchanged
-    ones (same stat) by their old position, the others read, or taken from ``fresh`` while their
-    stat is the one recorded there (only these are visited one by one: the unchanged ones are
-    found by set difference and copied column by column). Returns the state positions to embed
-    (their entries are in ``sources``) and the labels to remove from the graph. Only
-    :class:`Entry` texts are kept of a memory read, packed (:class:`Sources`), never the memory."""
+    """Fill ``state`` and ``sources`` with the memory files (in id order): unchanged ones (same
+    stat) by their old position, the others read, or taken from ``fresh`` while their stat is
+    the one recorded there (only these are visited one by one: the unchanged ones are found by
+    array search and copied column by column). Returns the state positions to embed (their
+    entries are in ``sources``), the labels to remove from the graph, and the files' stamps.
+    Only :class:`Entry` texts are kept of a memory read, packed (:class:`Sources`), never the
+    memory."""
     import numpy as np
 
     fresh = fresh or {}
@@ -77,7 +78,7 @@ def plan_sync(
         )
     else:
         labels, kinds, families = [0] * len(ids), [""] * len(ids), [""] * len(ids)
-    sources.extend_positions(prev)
+    sources.extend(prev)
     broken: list[int] = []
     for p in at:
         mid, stamp, i = ids[p], stamps[p], (src[p] if src[p] >= 0 else None)
@@ -133,11 +134,8 @@ def _old_positions(old_ids: np.ndarray, ids: list[str]) -> np.ndarray:
     prev = np.full(len(ids), -1, dtype=np.int64)
     if not len(old_ids) or not ids:
         return prev
-    try:  # ids are ASCII (memory.ID_RE): numpy encodes them at C speed
-        new = np.array(ids, dtype=np.bytes_)
-    except UnicodeEncodeError:
-        new = np.array([i.encode() for i in ids], dtype=np.bytes_)
-    if len(old_ids) > 1 and not bool(np.all(old_ids[:-1] < old_ids[1:])):  # not as a sync writes them
+    new = id_bytes(ids)
+    if not ascending(old_ids):  # not as a sync writes them
         where = {mid: i for i, mid in enumerate(old_ids.tolist())}
         return np.fromiter((where.get(m, -1) for m in new.tolist()), dtype=np.int64, count=len(ids))
     at = np.searchsorted(old_ids, new)

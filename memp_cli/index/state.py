@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from memp_cli.errors import ModelError, StoreError
-from memp_cli.index.columns import COLUMNS, STAMPS, Columns, column_file_name
+from memp_cli.index.columns import COLUMNS, STAMPS, Columns, column_file_name, id_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,13 +196,7 @@ class State:
         import numpy as np
 
         cols = self._mapped("ids")
-        if cols is not None:  # as read
-            ids = np.asarray(cols.ids)
-        else:
-            try:  # ids are ASCII (memory.ID_RE): numpy encodes them at C speed
-                ids = np.array(self.ids, dtype=np.bytes_)
-            except UnicodeEncodeError:
-                ids = np.array([i.encode() for i in self.ids], dtype=np.bytes_)
+        ids = np.asarray(cols.ids) if cols is not None else id_bytes(self.ids)  # as read, or encoded
         if not len(ids):
             ids = np.zeros(0, dtype="S1")
         out = {"ids": ids, "labels": np.asarray(self.label_array(), dtype=np.int64)}
