@@ -10,11 +10,11 @@ before it appends; a reader maps only the rows its state names."""
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memp_cli.errors import StoreError
+from memp_cli.index.graphfile import HEADER  # hnswlib's file header
 from memp_cli.index.state import REBUILD_HINT, State, delta_path, hnsw_path, vectors_path
 from memp_cli.store.fsutil import atomic_output, open_own
 
@@ -57,12 +57,6 @@ def load_graph(store: MemoryStore, path: Path, dim: int, n: int) -> hnswlib.Inde
     return idx
 
 
-# hnswlib's file header: offsetLevel0, max_elements, cur_element_count, size_data_per_element,
-# label_offset, offsetData (size_t each), maxlevel (int), enterpoint (uint), maxM, maxM0, M
-# (size_t), mult (double), ef_construction (size_t); then the level-0 data of every element.
-_GRAPH_HEADER = struct.Struct("<6QiI3QdQ")
-
-
 def check_graph_file(store: MemoryStore, state: State) -> None:
     """A cheap check of the base graph a sync leaves unread: its header is sound and the file
     holds the level-0 data the header announces (a truncated file is the common damage)."""
@@ -71,14 +65,14 @@ def check_graph_file(store: MemoryStore, state: State) -> None:
     path = hnsw_path(store, state.base_gen)
     try:
         with open(path, "rb") as f:
-            head = f.read(_GRAPH_HEADER.size)
+            head = f.read(HEADER.size)
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise StoreError(f"{path}: cannot load the vector index ({e.strerror})", hint=REBUILD_HINT) from None
-    ok = len(head) == _GRAPH_HEADER.size
+    ok = len(head) == HEADER.size
     if ok:
-        _, _, count, per_element, *_ = _GRAPH_HEADER.unpack(head)
-        ok = count <= state.base_end and size >= _GRAPH_HEADER.size + count * per_element
+        _, _, count, per_element, *_ = HEADER.unpack(head)
+        ok = count <= state.base_end and size >= HEADER.size + count * per_element
     if not ok:
         raise StoreError(f"{path}: cannot load the vector index (truncated or damaged)", hint=REBUILD_HINT)
 
