@@ -12,8 +12,6 @@ from memp_cli.index.state import (
     REBUILD_HINT,
     FileTable,
     State,
-    delta_path,
-    hnsw_path,
     load_files,
     read_state,
 )
@@ -154,16 +152,10 @@ class Index:
         the graph is loaded, and reports what is wrong with it)."""
         from memp_cli.index.graphfile import Layout
 
-        st = self.state
-        if in_base:
-            if self._hnsw is not None or not st.count or not st.base_end:
-                return None
-            path = hnsw_path(self.store, st.base_gen)
-        else:
-            if self._delta is not None or not st.count or st.version < 6 or st.next_label <= st.base_end:
-                return None
-            path = delta_path(self.store, st.generation)
-        layout = Layout.read(path, st.dim)
+        path = _vectors.graph_file(self.store, self.state, base=in_base)
+        if path is None or (self._hnsw if in_base else self._delta) is not None:
+            return None
+        layout = Layout.read(path, self.state.dim)
         return (path, layout) if layout is not None else None
 
     @property

@@ -31,20 +31,27 @@ def import_hnswlib() -> Any:
     return hnswlib
 
 
-def load_hnsw(store: MemoryStore, state: State) -> hnswlib.Index | None:
-    """The base graph (before format 6 the whole graph); None when the state has none."""
-    if not state.count or not state.base_end:
+def graph_file(store: MemoryStore, state: State, base: bool) -> Path | None:
+    """The file of the base graph (before format 6 the whole graph) or of the delta graph (the
+    labels from ``base_end``); None when the state has none."""
+    if base:
+        return hnsw_path(store, state.base_gen) if state.count and state.base_end else None
+    if not state.count or state.version < 6 or state.next_label <= state.base_end:
         return None
-    return load_graph(store, hnsw_path(store, state.base_gen), state.dim, state.base_end)
+    return delta_path(store, state.generation)
+
+
+def load_hnsw(store: MemoryStore, state: State) -> hnswlib.Index | None:
+    """The base graph; None when the state has none."""
+    path = graph_file(store, state, base=True)
+    return load_graph(store, path, state.dim, state.base_end) if path is not None else None
 
 
 def load_delta(store: MemoryStore, state: State) -> hnswlib.Index | None:
-    """The delta graph (labels from ``base_end``); None when the state has none."""
-    if not state.count or state.version < 6 or state.next_label <= state.base_end:
-        return None
-    return load_graph(
-        store, delta_path(store, state.generation), state.dim, state.next_label - state.base_end
-    )
+    """The delta graph; None when the state has none."""
+    path = graph_file(store, state, base=False)
+    n = state.next_label - state.base_end
+    return load_graph(store, path, state.dim, n) if path is not None else None
 
 
 def load_graph(store: MemoryStore, path: Path, dim: int, n: int) -> hnswlib.Index:
@@ -60,9 +67,9 @@ def load_graph(store: MemoryStore, path: Path, dim: int, n: int) -> hnswlib.Inde
 def check_graph_file(store: MemoryStore, state: State) -> None:
     """A cheap check of the base graph a sync leaves unread: its header is sound and the file
     holds the level-0 data the header announces (a truncated file is the common damage)."""
-    if not state.count or not state.base_end:
+    path = graph_file(store, state, base=True)
+    if path is None:
         return
-    path = hnsw_path(store, state.base_gen)
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER.size)
