@@ -176,3 +176,27 @@ def test_delta_documents_with_a_base_class_score_as_that_class() -> None:
     assert found[1].tolist() == [lab for lab, _ in same] and found[2].tolist() == [lab for lab, _ in add]
     live = [(lab, text) for lab, text in base if lab not in drop] + same + add
     _assert_same(seg, LexicalIndex.build(live), [*QUERIES, "heat", texts[0], texts[3]], ks=(1, 5, 30, 500))
+
+
+def test_a_large_delta_of_base_texts_is_scored_by_class_not_by_its_own_postings() -> None:
+    """At a million memories a delta past ``_SCORE_ALL`` was searched by MaxScore over its own
+    postings (1-2 ms a query side) though every document of it was in a class of the base, whose
+    scores the base had just computed: a gather would do. The documents outside the base's
+    classes still count against ``_SCORE_ALL``."""
+    base, drop, add = _bigger()
+    texts = sorted({text for _, text in base})
+    same = [(500 + i, texts[i % len(texts)]) for i in range(25)]
+    seg = Segmented.whole(LexicalIndex.build(base))
+    with mock.patch.object(lexseg, "MERGE_FRACTION", 1.0):
+        seg = seg.updated(np.asarray(drop), same + add[:5])
+    live = [(lab, text) for lab, text in base if lab not in drop] + same + add[:5]
+    queries = [*QUERIES, "heat", texts[0], texts[3]]
+    with (
+        mock.patch.object(lexseg, "_SCORE_ALL", 10),  # the delta (30) is past it, its rest (5) not
+        mock.patch.object(LexicalIndex, "top", autospec=True, side_effect=LexicalIndex.top) as top,
+    ):
+        _assert_same(seg, LexicalIndex.build(live), queries, ks=(1, 5, 30))
+        assert seg.delta not in {call.args[0] for call in top.call_args_list}
+        with mock.patch.object(lexseg, "_SCORE_ALL", 4):  # now the rest is past it too
+            seg.top(queries[0], 5)
+        assert seg.delta in {call.args[0] for call in top.call_args_list}

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 # fraction of the base's.
 MERGE_FRACTION = 1 / 16
 # A delta of up to this many documents is scored whole by a query (its top k then taken with
-# the base's): a few thousand postings per term, cheaper than MaxScore's rounds.
+# the base's): a few thousand postings per term, cheaper than MaxScore's rounds. The documents
+# in a class of the base do not count: their scores are the base's class scores, gathered.
 _SCORE_ALL = 20_000
 _PARTS = ("delta", "dead")  # manifest keys (and file stem suffixes) of the two small parts
 _EXTRA = ("base_gen", *_PARTS, "doclen_sum")  # manifest keys that are not the base's own
@@ -252,12 +253,12 @@ class Segmented:
         (any order). A delta document with the terms of a class of the base (the same signature)
         scores as that class, which the base has just scored (:mod:`memp_cli.index.classes`): the
         same float32."""
-        if len(self.delta) > _SCORE_ALL:
-            return self.delta.top(query, k)
         cls = self._delta_classes()
-        if cls is None:
+        if cls is None or cls[2].shape[0] > _SCORE_ALL:
+            if len(self.delta) > _SCORE_ALL:
+                return self.delta.top(query, k)
             dl, ds = self.delta.scores(query)  # every posting of a small delta: cheaper than MaxScore
-        else:
+        else:  # however large the delta: its documents in a base class cost a gather
             of, labels, rest = cls
             ds = self.base._class_scores(query)[of]
             dl = labels
