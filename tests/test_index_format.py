@@ -428,6 +428,16 @@ def test_state_json_roundtrip(tmp_path: Path, labels: str) -> None:
         zip(state.kinds, state.families, strict=True)
     )
     assert read.kind_mask("trajectory").tolist() == [k == "trajectory" for k in state.kinds]
+    # the array forms a query's fusion takes, from the columns and from the lists alike
+    some = np.array([p for p in range(n) if p % 7 != 3][::-1], dtype=np.int64)
+    for st in (read, state):
+        assert [i.decode() if isinstance(i, bytes) else i for i in st.id_array(some)] == [
+            state.ids[p] for p in some
+        ]
+        codes = st.family_codes(some).tolist()
+        fams = [state.families[p] for p in some]
+        assert [c == -1 for c in codes] == [f == "" for f in fams]
+        assert len({(c, f) for c, f in zip(codes, fams, strict=True)}) == len(set(fams))
     assert not read.kind_mask("nosuchkind").any() and len(read.kind_mask("nosuchkind")) == n
     assert not {"ids", "labels", "kinds", "families"} & set(vars(read))
     assert [read.stamp_at(p) for p in range(n)] == [(i, 100 + i) for i in range(n)]

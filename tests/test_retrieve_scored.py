@@ -59,11 +59,13 @@ def _store(path: Path) -> Store:
     return st
 
 
-@pytest.mark.parametrize("exact", [True, False])
-def test_scored_follows_the_formula(store: Path, exact: bool) -> None:
+@pytest.mark.parametrize(("exact", "blank"), [(True, False), (False, False), (False, True)])
+def test_scored_follows_the_formula(store: Path, exact: bool, blank: bool) -> None:
     st = _store(store)
     emb = store_embedder(st)
     idx, _ = index_mod.sync(st, emb)
+    if blank:  # memories without a family (an index from before families): each its own
+        idx.state.families = ["" if i % 3 else fam for i, fam in enumerate(idx.state.families)]
     n = len(idx)
     assert n > 170
     r = Retriever(index=idx, embedder=emb, k=1, exact=exact)  # 50 candidates per list

@@ -148,6 +148,31 @@ class State:
         cols = self._mapped("ids")
         return cols.ids[pos].decode() if cols is not None else self.ids[pos]
 
+    def id_array(self, pos: np.ndarray) -> np.ndarray:
+        """The ids at positions ``pos`` as an array that sorts as the ids do (bytes, from the
+        mapped column: ids are ASCII)."""
+        import numpy as np
+
+        cols = self._mapped("ids")
+        if cols is not None:
+            return np.asarray(cols.ids[pos])
+        return np.array([self.ids[i] for i in np.asarray(pos).tolist()], dtype=str)
+
+    def family_codes(self, pos: np.ndarray) -> np.ndarray:
+        """Per position of ``pos``: an int64 code of its family, the same for the same family,
+        -1 for a memory in none."""
+        import numpy as np
+
+        cols = self._mapped("families")
+        if cols is not None:
+            codes = np.asarray(cols.families[pos], dtype=np.int64)
+            if "" in cols.family_names:
+                codes[codes == cols.family_names.index("")] = -1
+            return codes
+        fams = [self.families[i] if i < len(self.families) else "" for i in np.asarray(pos).tolist()]
+        numbers = {"": -1}
+        return np.array([numbers.setdefault(f, len(numbers) - 1) for f in fams], dtype=np.int64)
+
     def kind_at(self, pos: int) -> str:
         cols = self._mapped("kinds")
         return cols.kind_names[cols.kinds[pos]] if cols is not None else self.kinds[pos]

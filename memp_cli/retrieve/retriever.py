@@ -293,21 +293,17 @@ class Retriever(AveFact):
         key_lex = zeros if key_lex is None else key_lex
         proc = zeros if proc is None else proc
         pos = self.index.positions(labs)
-        pos_list = pos.tolist()
         task = (1 - w) * cos + w * key_lex
         base = (1 - p) * task + p * proc
         score, pooled = base, zeros
         state = idx.state
-        cand_ids = [state.id_at(i) for i in pos_list]
         if f > 0 and m:
-            codes: dict[str, int] = {}
-            fam = np.array(
-                [
-                    codes.setdefault(state.family_at(i) or cand_ids[j], len(codes))
-                    for j, i in enumerate(pos_list)
-                ],
-                dtype=np.int64,
-            )
+            # Families numbered 0..: a memory in none is a family of its own.
+            fam = state.family_codes(pos)
+            alone = fam < 0
+            fam[alone] = fam.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+            codes, fam = np.unique(fam, return_inverse=True)
+            fam = fam.ravel()
             # Per family, its best FAMILY_POOL bases (0 for a missing member), added best first.
             by = np.lexsort((-base, fam))
             fam_by = fam[by]
@@ -324,9 +320,7 @@ class Retriever(AveFact):
             pooled = total[fam] / FAMILY_POOL
             score = (1 - f) * base + f * pooled
         # Ties go to the closer embedding, then the smaller id.
-        id_rank = np.empty(m, dtype=np.int64)
-        id_rank[sorted(range(m), key=cand_ids.__getitem__)] = np.arange(m)
-        order = np.lexsort((id_rank, -cos, -score))
+        order = np.lexsort((state.id_array(pos), -cos, -score))
         rows = list(
             zip(
                 pos[order].tolist(),
@@ -340,7 +334,7 @@ class Retriever(AveFact):
             self.details.append(
                 {
                     i: {"procedure": pr, "family": po}
-                    for i, pr, po in zip(pos_list, proc.tolist(), pooled.tolist(), strict=True)
+                    for i, pr, po in zip(pos.tolist(), proc.tolist(), pooled.tolist(), strict=True)
                 }
             )
         return rows
