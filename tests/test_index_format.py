@@ -397,6 +397,14 @@ def test_index_from_a_newer_memp_is_left_alone(built: Path) -> None:
     assert memp("query", HEAT, "-k", 1).jsonl()[0]["task"] == HEAT
 
 
+class _Unsearchable(list[str]):
+    def index(self, *args: object) -> int:
+        raise AssertionError("the names table was searched again")
+
+    def __contains__(self, item: object) -> bool:
+        raise AssertionError("the names table was searched again")
+
+
 @pytest.mark.parametrize("labels", ["rebuilt", "fragmented", "empty"])
 def test_state_json_roundtrip(tmp_path: Path, labels: str) -> None:
     n = {"rebuilt": 1000, "fragmented": 1000, "empty": 0}[labels]
@@ -438,6 +446,11 @@ def test_state_json_roundtrip(tmp_path: Path, labels: str) -> None:
         fams = [state.families[p] for p in some]
         assert [c == -1 for c in codes] == [f == "" for f in fams]
         assert len({(c, f) for c, f in zip(codes, fams, strict=True)}) == len(set(fams))
+    # the names table (~18k at 1M memories) is searched once, not by every query's fusion
+    mapped = read.family_codes(some).tolist()
+    cols = read.__dict__["_columns"]
+    cols.family_names = _Unsearchable(cols.family_names)
+    assert read.family_codes(some).tolist() == mapped
     assert not read.kind_mask("nosuchkind").any() and len(read.kind_mask("nosuchkind")) == n
     assert not {"ids", "labels", "kinds", "families"} & set(vars(read))
     assert [read.stamp_at(p) for p in range(n)] == [(i, 100 + i) for i in range(n)]

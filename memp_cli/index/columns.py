@@ -4,6 +4,7 @@ what a one-shot query maps instead of parsing them out of ``state.json``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,14 @@ class Columns:
             if count and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
                 raise ValueError(f"{name} codes out of range")
         return cls(**arrays, kind_names=kind_names, family_names=family_names)
+
+    @functools.cached_property
+    def no_family(self) -> int:
+        """The family code of memories in none (the empty name); -1 when no memory is."""
+        try:
+            return self.family_names.index("")  # a scan of ~18k names at 1M: once, not per query
+        except ValueError:
+            return -1
 
     def as_list(self, name: str) -> list[Any]:
         arr = getattr(self, name)

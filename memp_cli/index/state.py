@@ -166,8 +166,8 @@ class State:
         cols = self._mapped("families")
         if cols is not None:
             codes = np.asarray(cols.families[pos], dtype=np.int64)
-            if "" in cols.family_names:
-                codes[codes == cols.family_names.index("")] = -1
+            if cols.no_family >= 0:
+                codes[codes == cols.no_family] = -1
             return codes
         fams = [self.families[i] if i < len(self.families) else "" for i in np.asarray(pos).tolist()]
         numbers = {"": -1}
