@@ -200,3 +200,12 @@ def test_a_large_delta_of_base_texts_is_scored_by_class_not_by_its_own_postings(
         with mock.patch.object(lexseg, "_SCORE_ALL", 4):  # now the rest is past it too
             seg.top(queries[0], 5)
         assert seg.delta in {call.args[0] for call in top.call_args_list}
+    # a lookup of the delta's documents asks the delta only for those outside the base's classes
+    with mock.patch.object(
+        LexicalIndex, "score_labels", autospec=True, side_effect=LexicalIndex.score_labels
+    ) as looked_up:
+        _assert_same(seg, LexicalIndex.build(live), queries, ks=(5,))
+    asked = {
+        lab for call in looked_up.call_args_list if call.args[0] is seg.delta for lab in call.args[2].tolist()
+    }
+    assert asked and not asked & {lab for lab, _ in same}

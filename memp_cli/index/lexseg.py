@@ -231,6 +231,17 @@ class Segmented:
         want = np.asarray(labels, dtype=np.int64).ravel()
         out = self.base.score_labels(query, want)
         out[self._is_dead(want)] = 0.0
+        cls = self._delta_classes()
+        if cls is not None and cls[1].shape[0]:  # a delta document in a base class: its score
+            of, in_class, rest = cls
+            at = np.minimum(np.searchsorted(in_class, want), in_class.shape[0] - 1)
+            hit = in_class[at] == want
+            out[hit] = self.base._class_scores(query)[of[at[hit]]]
+            if not rest.shape[0]:
+                return out
+            want = want[~hit]
+            out[~hit] += self.delta.score_labels(query, want)
+            return out
         return out + self.delta.score_labels(query, want)  # a label is in one part: + 0.0 elsewhere
 
     def top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
