@@ -137,3 +137,41 @@ def test_vectors_come_from_the_mapped_file_else_from_the_graph(store: Path) -> N
     assert idx is not None
     np.testing.assert_array_equal(idx.vectors(labels), from_graph)
     assert not idx.vectors_mapped
+
+
+def test_a_large_index_searches_its_graph_beside_the_bm25_lists(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From OVERLAP_MIN memories the graph search runs on the retriever's own thread while the
+    BM25 top lists are made (hnswlib lets go of the GIL): the same ranking as in line, and an
+    error of the search reaches the caller."""
+    import threading
+
+    from memp_cli.retrieve import retriever as retriever_mod
+
+    st = _store(store)
+    emb = store_embedder(st)
+    idx, _ = index_mod.sync(st, emb)
+    serial = Retriever(index=idx, embedder=emb, k=1, exact=False)
+    want = [serial.scored([q]) for q in QUERIES]
+    monkeypatch.setattr(retriever_mod, "OVERLAP_MIN", 1)
+    r = Retriever(index=idx, embedder=emb, k=1, exact=False)
+    threads = []
+    search = idx.search
+
+    def spy(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread())
+        return search(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(idx, "search", spy)
+    assert [r.scored([q]) for q in QUERIES] == want
+    assert serial._pool is None and len(threads) == len(QUERIES)
+    assert {t.name for t in threads} != {threading.current_thread().name}
+    assert len(set(threads)) == 1  # one thread for the retriever, not one per query
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("the graph file went away")
+
+    monkeypatch.setattr(idx, "search", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        r.scored([QUERIES[0]])

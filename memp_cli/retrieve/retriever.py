@@ -42,6 +42,8 @@ from memp_cli.retrieve.avefact import AveFact, KeywordExtractor, builtin_keyword
 from memp_cli.retrieve.collapse import Duplicate
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
     from memp_cli.config import RetrievalConfig
@@ -54,6 +56,9 @@ KEYS = ("query", "avefact", "random")
 # load the hnsw graph. At 100k memories the graph costs ~130 ms to load and ~0.2 ms per
 # query; exact search ~10-20 ms per query read through the vectors.
 EXACT_MAX_QUERIES = 32
+# From this many memories, a query's graph search runs on a thread of its own beside the BM25
+# top lists (each ~0.5-1 ms at a million memories; hnswlib releases the GIL while it searches).
+OVERLAP_MIN = 50_000
 # The family part of a score: the mean of the best FAMILY_POOL candidate scores of the memory's
 # procedure family (a missing member counts 0, so one lone look-alike pools little).
 FAMILY_POOL = 3
@@ -173,6 +178,7 @@ class Retriever(AveFact):
         if self.key not in KEYS:
             raise InputError(f"unknown key {self.key!r}", hint=f"choose one of {', '.join(KEYS)}")
         self._rng = random.Random(self.seed)
+        self._pool: ThreadPoolExecutor | None = None
         self._kw_vecs: dict[str, np.ndarray] = {}
 
     # --------------------------------------------------------------- scoring
@@ -199,7 +205,22 @@ class Retriever(AveFact):
         exact = self.exact
         if exact is None:
             exact = idx.vectors_mapped and not idx.hnsw_loaded and len(queries) < EXACT_MAX_QUERIES
-        if exact:
+        pending = None
+        if not exact and n >= OVERLAP_MIN:  # the graph search releases the GIL: BM25 meanwhile
+            pending = self._worker().submit(self._hnsw_candidates, qvecs, n_cand, allowed)
+        sides = ((idx.lexical, self.lexical_weight), (idx.procedure, self.procedure_weight))
+        # Both BM25 sides first (their top lists join the candidates), then every candidate's
+        # cosine and both BM25 scores, as arrays over the candidates.
+        all_tops = [
+            [
+                self._bm25(lex, q, allowed, n_cand) if lex is not None and weight > 0 else None
+                for lex, weight in sides
+            ]
+            for q in queries
+        ]
+        if pending is not None:
+            found = pending.result()
+        elif exact:
             found = self._exact_candidates(qvecs, n_cand, allowed)
         else:
             found = self._hnsw_candidates(qvecs, n_cand, allowed)
@@ -208,14 +229,7 @@ class Retriever(AveFact):
         labels, sims = found
         out = []
         self.details = []
-        sides = ((idx.lexical, self.lexical_weight), (idx.procedure, self.procedure_weight))
-        for qi, q in enumerate(queries):
-            # Both BM25 sides first (their top lists join the candidates), then every
-            # candidate's cosine and both BM25 scores, as arrays over the candidates.
-            tops = [
-                self._bm25(lex, q, allowed, n_cand) if lex is not None and weight > 0 else None
-                for lex, weight in sides
-            ]
+        for qi, (q, tops) in enumerate(zip(queries, all_tops, strict=True)):
             labs, cos = self._candidates(labels[qi], sims[qi], tops, qvecs[qi])
             key_lex, proc = (
                 self._lexical(top, lex, q, labs) if top is not None and lex is not None else None
@@ -223,6 +237,15 @@ class Retriever(AveFact):
             )
             out.append(self._fuse(labs, cos, key_lex, proc))
         return out
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """This retriever's thread for graph searches (started on first use; it ends when the
+        retriever is collected)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memp-graph")
+        return self._pool
 
     def _bm25(
         self, lex: Lexical, query: str, allowed: np.ndarray | None, n_cand: int
