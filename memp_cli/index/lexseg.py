@@ -176,6 +176,7 @@ class Segmented:
         self._labels: np.ndarray | None = None
         self._dfs: dict[int, int] = {}
         self._dcls: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _delta_classes
+        self._dgroups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _delta_groups
 
     def __len__(self) -> int:
         return self.n
@@ -269,10 +270,9 @@ class Segmented:
             if len(self.delta) > _SCORE_ALL:
                 return self.delta.top(query, k)
             dl, ds = self.delta.scores(query)  # every posting of a small delta: cheaper than MaxScore
-        else:  # however large the delta: its documents in a base class cost a gather
-            of, labels, rest = cls
-            ds = self.base._class_scores(query)[of]
-            dl = labels
+        else:  # however large the delta: the base's classes that score, then their documents
+            rest = cls[2]
+            dl, ds = self._delta_in_classes(self.base._class_scores(query), floor)
             if rest.shape[0]:
                 dl = np.concatenate([dl, rest])
                 ds = np.concatenate([ds, self.delta.score_labels(query, rest)])
@@ -283,6 +283,29 @@ class Segmented:
             keep = ds >= np.partition(ds, m - k)[m - k]
             dl, ds = dl[keep], ds[keep]
         return dl, ds
+
+    def _delta_in_classes(self, scores: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, scores) of the delta documents in a base class scoring ``floor`` or more and
+        above 0, given every class's ``scores``: a pass over the classes, not the documents."""
+        has, starts, grouped = self._delta_groups()
+        sel = np.flatnonzero((scores >= floor) & (scores > 0) & has)
+        lens = starts[sel + 1] - starts[sel]
+        ends = np.cumsum(lens)
+        at = np.arange(int(ends[-1]) if ends.shape[0] else 0) + np.repeat(starts[sel] - (ends - lens), lens)
+        return grouped[at], np.repeat(scores[sel], lens)
+
+    def _delta_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The delta documents in a base class by class: per class whether it has any, where its
+        run starts in the labels (one more entry: the end), and the labels by class."""
+        if self._dgroups is None:
+            dcls = self._delta_classes()
+            assert dcls is not None and self.base._classes is not None
+            of, labels, _ = dcls
+            counts = np.bincount(of, minlength=len(self.base._classes))
+            starts = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+            np.cumsum(counts, out=starts[1:])
+            self._dgroups = (counts > 0, starts, labels[np.argsort(of, kind="stable")])
+        return self._dgroups
 
     def _delta_classes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The delta documents in a class of the base (same signature): their classes and labels,
