@@ -18,8 +18,9 @@ document could reach for that query, so every part means the same on every store
 cosine top list and both BM25 top lists, rescored exactly; the family part pools over them. The
 cosine candidates come from the hnsw graph, or, for a one-shot query on an index loaded with
 ``index.load(..., exact=True)``, from exact search over the memory-mapped vectors (a
-matrix-vector product: no graph to load, recall 1.0). The weights were tuned on held-out
-ALFWorld tasks and paraphrases (``benchmarks/eval_retrieval.py``).
+matrix-vector product: no graph to load, recall 1.0). On a large index the graph search runs on
+the retriever's own thread while the BM25 top lists are made (:data:`OVERLAP_MIN`). The weights
+were tuned on held-out ALFWorld tasks and paraphrases (``benchmarks/eval_retrieval.py``).
 The ``random`` key is the paper's baseline: k memories drawn at random.
 
 The ``avefact`` key (the paper's AveFact) matches keywords instead: see
