@@ -238,10 +238,8 @@ class Segmented:
             at = np.minimum(np.searchsorted(in_class, want), in_class.shape[0] - 1)
             hit = in_class[at] == want
             out[hit] = self.base._class_scores(query)[of[at[hit]]]
-            if not rest.shape[0]:
-                return out
-            want = want[~hit]
-            out[~hit] += self.delta.score_labels(query, want)
+            if rest.shape[0]:  # the others may be the delta's other documents
+                out[~hit] += self.delta.score_labels(query, want[~hit])
             return out
         return out + self.delta.score_labels(query, want)  # a label is in one part: + 0.0 elsewhere
 
