@@ -50,6 +50,7 @@ SkipFn = Callable[[str], bool]
 
 class Settles(Protocol):
     policy: str  # the policy the plan builds with
+    others: list[str]  # the other policies (a failed run's memory may be under one of them)
 
     def hashes(self, ids: list[str], policy: str) -> str:
         """The runs' memory ids under ``policy``, without their "m", joined (12 hex each)."""
@@ -307,6 +308,11 @@ def runs(store: Store, skip: SkipFn | None, settled: Settles, *, record: bool = 
                 yield Trajectory(task="", steps=[], success=_CODES[e.codes[i]], id=e.ids[i])
             continue
         yield from ledger.read(seg, skip, enter=record)
+        entered = ledger.entries.get(seg.name) if record else None
+        if entered is not None and not entered.mids:
+            # Entered just now: its memory ids under each policy too, while the ids are at hand
+            # (~1 us a run each), so the next plan settles the segment without hashing it.
+            entered.mids = {p: settled.hashes(entered.ids, p) for p in (settled.policy, *settled.others)}
     if record:
         ledger.save()
 
